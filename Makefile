@@ -1,0 +1,28 @@
+# The two commands the README gives a new user, plus helpers.
+.PHONY: demo test crds fmt lint cluster-bins
+
+export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
+export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
+
+## demo: build everything and run the local demo (today: what the examples configure)
+demo:
+	cargo build --workspace --locked
+	cargo run --quiet --locked -p lanemesh-e2e --bin lanemesh-demo -- examples
+
+## test: install what the suite needs (idempotent) and run every test tier
+test:
+	bash scripts/test.sh
+
+## crds: regenerate charts/lanemesh/crds from the Rust types
+crds:
+	cargo run --quiet -p lanemesh-api --bin crdgen
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## cluster-bins: build kube-apiserver, etcd and kubectl into the cache
+cluster-bins:
+	bash e2e/cluster/build.sh

@@ -1,0 +1,24 @@
+//! lanemesh API: discovery protocol, CRD types and validation shared by both planes.
+//!
+//! # Layout
+//! - [`proto`]: the generated discovery protocol (`proto/lanemesh/v1/*.proto`).
+//! - [`resource`]: type URLs and `Any` packing of the discovery resources.
+//! - [`crd`]: the `lanemesh.io/v1alpha1` custom resources with their schema and CEL rules.
+//! - [`convert`]: CRD spec -> discovery resource, with the checks CEL cannot express.
+//! - [`labels`]: the MSE onboarding labels and what they say about a pod.
+//! - [`manifest`]: reading multi-document YAML of lanemesh objects (examples, local source).
+
+pub mod convert;
+// `KubeSchema` re-emits each struct in a private module to derive its
+// schema; that copy's `pub` items trip `unreachable_pub`.
+#[allow(unreachable_pub)]
+pub mod crd;
+pub mod labels;
+pub mod manifest;
+pub mod resource;
+
+/// Generated from `proto/lanemesh/v1/`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("lanemesh.v1");
+}

@@ -1,0 +1,1 @@
+//! lanemesh control plane: watches Kubernetes and streams lanes and policies to sidecars.

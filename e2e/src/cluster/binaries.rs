@@ -1,0 +1,65 @@
+//! Locating the `etcd`, `kube-apiserver` and `kubectl` binaries built by `e2e/cluster/build.sh`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+/// The script that builds the binaries; named in every "not found" error.
+pub(crate) const BUILD_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/build.sh");
+
+/// Absolute paths of the three binaries the cluster tier runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `etcd` (from `go.etcd.io/etcd/server/v3`).
+    pub etcd: PathBuf,
+    /// `kube-apiserver` (from `k8s.io/kubernetes/cmd/kube-apiserver`).
+    pub kube_apiserver: PathBuf,
+    /// `kubectl` (from `k8s.io/kubernetes/cmd/kubectl`); used instead of any `kubectl` on `PATH`
+    /// so the client version always matches the server.
+    pub kubectl: PathBuf,
+}
+
+impl Binaries {
+    /// The directory `build.sh` writes to: `$LANEMESH_CACHE/bin`, by default
+    /// `$HOME/.cache/lanemesh/bin`.
+    pub fn default_dir() -> Result<PathBuf> {
+        if let Some(cache) = std::env::var_os("LANEMESH_CACHE").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(cache).join("bin"));
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Ok(PathBuf::from(home).join(".cache/lanemesh/bin")),
+            None => {
+                bail!("neither LANEMESH_CACHE nor HOME is set; cannot find the cluster binaries")
+            }
+        }
+    }
+
+    /// Finds the binaries in [`Binaries::default_dir`].
+    pub fn locate() -> Result<Self> {
+        Self::in_dir(&Self::default_dir()?)
+    }
+
+    /// Finds the binaries in `dir`, failing with instructions when any is missing. Building them
+    /// here instead is not an option: the first build takes tens of minutes.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let bins = Self {
+            etcd: dir.join("etcd"),
+            kube_apiserver: dir.join("kube-apiserver"),
+            kubectl: dir.join("kubectl"),
+        };
+        let missing: Vec<String> = [&bins.etcd, &bins.kube_apiserver, &bins.kubectl]
+            .into_iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "local cluster binaries not found: {}\n\
+                 build them once (about 10 min on 2 cores, cached afterwards) with:\n    {BUILD_SCRIPT}\n\
+                 or set LANEMESH_SKIP_CLUSTER=1 to skip the API server tests",
+                missing.join(", ")
+            );
+        }
+        Ok(bins)
+    }
+}
