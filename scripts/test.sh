@@ -25,6 +25,19 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo --version
 go version
 
+step "system packages (iptables for the capture tests)"
+missing=()
+command -v iptables-restore >/dev/null || missing+=(iptables)
+command -v ip >/dev/null || missing+=(iproute2)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "test.sh: missing ${missing[*]}; the root-only capture tests will be skipped" >&2
+  fi
+fi
+
 step "local cluster binaries (kube-apiserver, etcd, kubectl from Go modules; cached)"
 bash e2e/cluster/build.sh
 
