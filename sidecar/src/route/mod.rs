@@ -1,0 +1,1 @@
+//! Endpoint choice (DESIGN §4 "Endpoint choice", §5 destinations).
