@@ -231,4 +231,16 @@ mod tests {
         let d = t.decide_gateway(&view, &mut rng).unwrap();
         assert_eq!(d.tag.as_deref(), Some("blue"));
     }
+
+    #[test]
+    fn shared_state_is_send_and_sync() {
+        // One instance serves every connection.
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<LaneTable>();
+        assert_send_sync::<Propagator>();
+        assert_send_sync::<InboundGuard>();
+        assert_send_sync::<crate::route::RouteTable>();
+        assert_send_sync::<crate::route::Balancer>();
+        assert_send_sync::<crate::route::Pick>();
+    }
 }

@@ -28,14 +28,18 @@ pub struct BalancerConfig {
     pub default_rtt: Duration,
     /// Time constant of the moving average and of the decay without observations.
     pub decay: Duration,
+    /// The latency recorded for a failed request ([`Pick::fail`]) when it failed faster: a
+    /// refusing endpoint answers in microseconds and must not look like the fastest one.
+    pub failure_penalty: Duration,
 }
 
 impl Default for BalancerConfig {
-    /// linkerd's defaults: 30 ms initial estimate, 10 s decay.
+    /// linkerd's defaults (30 ms initial estimate, 10 s decay) and a 1 s failure penalty.
     fn default() -> Self {
         Self {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            failure_penalty: Duration::from_secs(1),
         }
     }
 }
@@ -224,6 +228,8 @@ impl Balancer {
             clock: Arc::clone(&self.clock),
             decay: self.config.decay,
             started: self.clock.now(),
+            floor: Duration::ZERO,
+            penalty: self.config.failure_penalty,
         })
     }
 }
@@ -237,9 +243,18 @@ pub struct Pick {
     clock: Arc<dyn Clock>,
     decay: Duration,
     started: Duration,
+    /// Smallest latency to record; raised to `penalty` by [`Pick::fail`].
+    floor: Duration,
+    penalty: Duration,
 }
 
 impl Pick {
+    /// Ends the request as failed (connect error, reset, 5xx): records at least the failure
+    /// penalty, so the endpoint is avoided until its estimate decays.
+    pub fn fail(mut self) {
+        self.floor = self.penalty;
+    }
+
     /// Where to send the request.
     pub fn addr(&self) -> SocketAddr {
         self.endpoint.addr
@@ -255,7 +270,8 @@ impl Drop for Pick {
     fn drop(&mut self) {
         let now = self.clock.now();
         let stats = &self.endpoint.stats;
-        stats.observe(now.saturating_sub(self.started), now, self.decay);
+        let latency = now.saturating_sub(self.started).max(self.floor);
+        stats.observe(latency, now, self.decay);
         stats.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -358,6 +374,26 @@ mod tests {
         drop(fast);
         assert!(b.cost(&endpoints[1]) < b.cost(&endpoints[0]));
         assert_eq!(b.pick(&endpoints, &mut rng).unwrap().addr(), addr(2));
+    }
+
+    #[test]
+    fn a_failure_counts_as_slow() {
+        // A refusing endpoint fails in no time; it must not win every comparison.
+        let (b, clock) = setup();
+        let endpoints = [b.endpoint(addr(1)), b.endpoint(addr(2))];
+        let mut rng = StdRng::seed_from_u64(9);
+        let ok = b.pick(&endpoints[..1], &mut rng).unwrap();
+        clock.advance(Duration::from_millis(20));
+        drop(ok);
+        b.pick(&endpoints[1..], &mut rng).unwrap().fail();
+        let decay = BalancerConfig::default().decay;
+        assert_eq!(
+            endpoints[1].stats().latency_estimate(clock.now(), decay),
+            Duration::from_secs(1)
+        );
+        for _ in 0..20 {
+            assert_eq!(b.pick(&endpoints, &mut rng).unwrap().addr(), addr(1));
+        }
     }
 
     #[test]
