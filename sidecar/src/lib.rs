@@ -4,6 +4,12 @@
 //! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
 //! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
 //!   overload protection as pure state machines (no I/O, injectable clock).
+//! - [`lane`]: lane groups, the lane decision at entry apps and gateways, and carrying the lane
+//!   across a hop (pure; injectable clock and random source).
+//! - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
+//!   destination lookup, and peak-EWMA power-of-two-choices balancing (pure).
 
 pub mod init;
+pub mod lane;
 pub mod policy;
+pub mod route;

@@ -1,0 +1,642 @@
+//! The lane decision at an entry app's inbound or at a gateway (DESIGN §4 "Lane decision").
+//!
+//! - A request that already carries a tag (the group's tag header, else a W3C `baggage` member
+//!   named like the tag header) keeps it.
+//! - Content mode: lanes are tried in name order; the first enabled lane whose match holds wins.
+//!   `All` = every condition holds, `Any` = at least one. A condition on an absent key is false,
+//!   whatever its operator (so `NotEqual`/`NotIn` never match an absent key).
+//! - Percentage mode: one uniform draw in `0..100` per request against the cumulative weights of
+//!   the enabled lanes (name order); the remainder stays base. A lane that also has a match only
+//!   takes the requests of its slice that satisfy it (the rest stay base), so a weight is always
+//!   an upper bound of the lane's share.
+
+use std::borrow::Cow;
+
+use http::header::COOKIE;
+use http::{HeaderMap, HeaderName, Uri};
+use rand::Rng;
+
+use super::rules::{Condition, LaneGroupConfig, LaneMatch, Logic, Operator, RoutingMode, Source};
+
+/// FNV-1a, 64 bit (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`): the hash of the
+/// `Percentage` operator, chosen because every language has it, so other tools can predict which
+/// users land in a lane.
+pub const fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+/// The parts of a request the decision reads.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> RequestView<'a> {
+    /// A view of a request's URI and headers.
+    pub fn new(uri: &'a Uri, headers: &'a HeaderMap) -> Self {
+        Self { uri, headers }
+    }
+
+    /// The request's headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// The first value of header `name`, if it is valid UTF-8.
+    pub fn header(&self, name: &HeaderName) -> Option<&'a str> {
+        header_str(self.headers, name)
+    }
+
+    /// The first query parameter `name` (case-sensitive), percent- and `+`-decoded. A parameter
+    /// without `=` is present with an empty value.
+    pub fn query(&self, name: &str) -> Option<Cow<'a, str>> {
+        let query = self.uri.query()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The first cookie `name` (case-sensitive) of any `cookie` header, surrounding quotes removed.
+    pub fn cookie(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                (k.trim() == name).then(|| {
+                    let v = v.trim();
+                    v.strip_prefix('"')
+                        .and_then(|v| v.strip_suffix('"'))
+                        .unwrap_or(v)
+                })
+            })
+    }
+}
+
+impl<'a> From<&'a http::request::Parts> for RequestView<'a> {
+    fn from(parts: &'a http::request::Parts) -> Self {
+        Self::new(&parts.uri, &parts.headers)
+    }
+}
+
+/// A header's first value as text; non-UTF-8 values count as absent.
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+}
+
+/// The value of baggage member `key` (ASCII case-insensitive) in any `baggage` header, per W3C
+/// Baggage: comma-separated `key=value` members with optional whitespace and `;` properties;
+/// the value is percent-decoded. Empty values count as absent.
+pub fn baggage_value<'a>(headers: &'a HeaderMap, key: &str) -> Option<Cow<'a, str>> {
+    headers
+        .get_all("baggage")
+        .iter()
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|member| {
+            let (k, rest) = member.split_once('=')?;
+            if !k.trim().eq_ignore_ascii_case(key) {
+                return None;
+            }
+            let value = rest.split(';').next().unwrap_or("").trim();
+            let decoded = percent_encoding::percent_decode_str(value)
+                .decode_utf8()
+                .ok()?;
+            (!decoded.is_empty()).then_some(decoded)
+        })
+}
+
+/// How a request carries a tag it already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// In the tag header.
+    TagHeader,
+    /// In a `baggage` member named like the tag header.
+    Baggage,
+}
+
+/// The tag a request already carries: the tag header first, then baggage (DESIGN §2). Empty
+/// values count as absent.
+pub fn carried_tag<'a>(
+    headers: &'a HeaderMap,
+    tag_header: &HeaderName,
+) -> Option<(Cow<'a, str>, Carried)> {
+    if let Some(tag) = header_str(headers, tag_header).map(str::trim)
+        && !tag.is_empty()
+    {
+        return Some((Cow::Borrowed(tag), Carried::TagHeader));
+    }
+    baggage_value(headers, tag_header.as_str()).map(|tag| (tag, Carried::Baggage))
+}
+
+/// Why a request is (or is not) in a lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionReason {
+    /// It already carried the tag in the tag header.
+    TagHeader,
+    /// It already carried the tag in baggage.
+    Baggage,
+    /// A Content-mode lane's match held.
+    Matched,
+    /// The Percentage-mode draw fell in a lane's slice.
+    Weighted,
+    /// No lane took it: base.
+    NoMatch,
+}
+
+/// The lane decision for one request in one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneDecision<'a> {
+    /// The lane's tag; `None` = base.
+    pub tag: Option<Cow<'a, str>>,
+    /// Why.
+    pub reason: DecisionReason,
+    /// The deciding lane's name, when a lane rule decided.
+    pub lane: Option<&'a str>,
+    /// The group that decided (`namespace/name`).
+    pub group: &'a str,
+    /// The header to carry the tag in.
+    pub tag_header: &'a HeaderName,
+}
+
+impl LaneDecision<'_> {
+    /// Whether the proxy must set the tag header: a lane rule put the request in a lane (a tag
+    /// that arrived in baggage stays there; the next hops read baggage too).
+    pub fn sets_tag_header(&self) -> bool {
+        self.tag.is_some()
+            && matches!(
+                self.reason,
+                DecisionReason::Matched | DecisionReason::Weighted
+            )
+    }
+}
+
+impl LaneGroupConfig {
+    /// Decides the lane of `request` in this group; `rng` draws for Percentage mode only.
+    pub fn decide<'a, R: Rng + ?Sized>(
+        &'a self,
+        request: &RequestView<'a>,
+        rng: &mut R,
+    ) -> LaneDecision<'a> {
+        let decision = |tag, reason, lane| LaneDecision {
+            tag,
+            reason,
+            lane,
+            group: &self.name,
+            tag_header: &self.tag_header,
+        };
+        if let Some((tag, carried)) = carried_tag(request.headers, &self.tag_header) {
+            let reason = match carried {
+                Carried::TagHeader => DecisionReason::TagHeader,
+                Carried::Baggage => DecisionReason::Baggage,
+            };
+            return decision(Some(tag), reason, None);
+        }
+        let enabled = self.lanes.iter().filter(|l| l.enabled);
+        match self.routing_mode {
+            RoutingMode::Content => {
+                let hit = enabled
+                    .clone()
+                    .find(|l| l.lane_match.as_ref().is_some_and(|m| m.holds(request)));
+                match hit {
+                    Some(l) => decision(
+                        Some(Cow::Borrowed(&l.tag)),
+                        DecisionReason::Matched,
+                        Some(&l.name),
+                    ),
+                    None => decision(None, DecisionReason::NoMatch, None),
+                }
+            }
+            RoutingMode::Percentage => {
+                let draw: u32 = rng.random_range(0..100);
+                let mut upper = 0u32;
+                for l in enabled {
+                    upper += u32::from(l.weight);
+                    if draw < upper {
+                        if l.lane_match.as_ref().is_none_or(|m| m.holds(request)) {
+                            return decision(
+                                Some(Cow::Borrowed(&l.tag)),
+                                DecisionReason::Weighted,
+                                Some(&l.name),
+                            );
+                        }
+                        break;
+                    }
+                }
+                decision(None, DecisionReason::NoMatch, None)
+            }
+        }
+    }
+}
+
+impl LaneMatch {
+    /// Whether the match holds for `request`. An empty `All` holds, an empty `Any` does not.
+    pub fn holds(&self, request: &RequestView<'_>) -> bool {
+        match self.logic {
+            Logic::All => self.conditions.iter().all(|c| c.holds(request)),
+            Logic::Any => self.conditions.iter().any(|c| c.holds(request)),
+        }
+    }
+}
+
+impl Condition {
+    /// Whether the condition holds; false when its key is absent.
+    pub fn holds(&self, request: &RequestView<'_>) -> bool {
+        match &self.source {
+            Source::Header(name) => request.header(name).is_some_and(|v| self.operator.test(v)),
+            Source::Query(name) => request.query(name).is_some_and(|v| self.operator.test(&v)),
+            Source::Cookie(name) => request.cookie(name).is_some_and(|v| self.operator.test(v)),
+        }
+    }
+}
+
+impl Operator {
+    /// Tests a present value.
+    pub fn test(&self, value: &str) -> bool {
+        match self {
+            Self::Equal(want) => value == want,
+            Self::NotEqual(want) => value != want,
+            Self::In(set) => set.iter().any(|s| s == value),
+            Self::NotIn(set) => !set.iter().any(|s| s == value),
+            Self::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            Self::Regex(re) => re.is_match(value),
+            Self::Percentage(n) => fnv1a64(value.as_bytes()) % 100 < u64::from(*n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rules::tests::{cond, group, lane};
+    use super::*;
+    use http::HeaderValue;
+    use lanemesh_api::proto::{self, Operator as Op, Source as Src};
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn config(logic: proto::Logic, conditions: Vec<proto::Condition>) -> LaneGroupConfig {
+        let m = proto::Match {
+            logic: logic as i32,
+            conditions,
+        };
+        LaneGroupConfig::try_from(&group(
+            "ns/g",
+            &["a"],
+            vec![lane("l", "gray", true, Some(m))],
+        ))
+        .unwrap()
+    }
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> (Uri, HeaderMap) {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        (uri.parse().unwrap(), map)
+    }
+
+    fn tag_of(c: &LaneGroupConfig, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let (uri, headers) = request(uri, headers);
+        let mut rng = StdRng::seed_from_u64(1);
+        c.decide(&RequestView::new(&uri, &headers), &mut rng)
+            .tag
+            .map(Cow::into_owned)
+    }
+
+    fn single(op: Op, value: &str) -> LaneGroupConfig {
+        config(proto::Logic::All, vec![cond(Src::Header, "u", op, value)])
+    }
+
+    fn multi(op: Op, values: &[&str]) -> LaneGroupConfig {
+        let mut c = cond(Src::Header, "u", op, "");
+        c.values = values.iter().map(|v| (*v).to_owned()).collect();
+        config(proto::Logic::All, vec![c])
+    }
+
+    #[test]
+    fn fnv1a64_matches_the_published_vectors() {
+        // DESIGN §4: Percentage is fnv1a64(value) % 100; vectors from the FNV reference
+        // (isthe.com/chongo/tech/comp/fnv, test vectors of FNV-1a 64).
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"b"), 0xaf63_df4c_8601_f1a5);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn all_requires_every_condition_any_requires_one() {
+        // DESIGN §4: All = every condition holds; Any = at least one.
+        let conds = || {
+            vec![
+                cond(Src::Header, "x-a", Op::Equal, "1"),
+                cond(Src::Query, "b", Op::Equal, "2"),
+            ]
+        };
+        let all = config(proto::Logic::All, conds());
+        let any = config(proto::Logic::Any, conds());
+        assert_eq!(
+            tag_of(&all, "/?b=2", &[("x-a", "1")]).as_deref(),
+            Some("gray")
+        );
+        assert_eq!(tag_of(&all, "/?b=3", &[("x-a", "1")]), None);
+        assert_eq!(tag_of(&all, "/?b=2", &[]), None);
+        assert_eq!(
+            tag_of(&any, "/?b=3", &[("x-a", "1")]).as_deref(),
+            Some("gray")
+        );
+        assert_eq!(tag_of(&any, "/?b=2", &[]).as_deref(), Some("gray"));
+        assert_eq!(tag_of(&any, "/?b=3", &[("x-a", "0")]), None);
+    }
+
+    #[test]
+    fn absent_key_is_false_even_for_negative_operators() {
+        // DESIGN §4: a condition on an absent key is false (NotEqual/NotIn do not match it).
+        let ne = single(Op::NotEqual, "gray");
+        assert_eq!(tag_of(&ne, "/", &[]), None);
+        assert_eq!(tag_of(&ne, "/", &[("u", "blue")]).as_deref(), Some("gray"));
+        assert_eq!(tag_of(&ne, "/", &[("u", "gray")]), None);
+        let not_in = multi(Op::NotIn, &["x", "y"]);
+        assert_eq!(tag_of(&not_in, "/", &[]), None);
+        assert_eq!(tag_of(&not_in, "/", &[("u", "z")]).as_deref(), Some("gray"));
+        assert_eq!(tag_of(&not_in, "/", &[("u", "y")]), None);
+    }
+
+    #[test]
+    fn every_operator() {
+        // DESIGN §3: Equal | NotEqual | In | NotIn | Prefix | Regex | Percentage.
+        let eq = single(Op::Equal, "gray");
+        assert!(tag_of(&eq, "/", &[("u", "gray")]).is_some());
+        assert!(
+            tag_of(&eq, "/", &[("u", "Gray")]).is_none(),
+            "values are case-sensitive"
+        );
+        let within = multi(Op::In, &["a", "b"]);
+        assert!(tag_of(&within, "/", &[("u", "b")]).is_some());
+        assert!(tag_of(&within, "/", &[("u", "c")]).is_none());
+        let prefix = single(Op::Prefix, "vip-");
+        assert!(tag_of(&prefix, "/", &[("u", "vip-42")]).is_some());
+        assert!(tag_of(&prefix, "/", &[("u", "x-vip-42")]).is_none());
+        let regex = single(Op::Regex, "[0-9]+");
+        assert!(tag_of(&regex, "/", &[("u", "123")]).is_some());
+        assert!(tag_of(&regex, "/", &[("u", "123a")]).is_none(), "anchored");
+        // Percentage: fnv1a64("a") = 0xaf63dc4c8601ec8c (published vector), which is 96 mod 100
+        // (computed independently), so "a" is inside a 97% lane and outside a 96% one.
+        let mut p = cond(Src::Header, "u", Op::Percentage, "");
+        p.percent = 97;
+        let p97 = config(proto::Logic::All, vec![p.clone()]);
+        p.percent = 96;
+        let p96 = config(proto::Logic::All, vec![p]);
+        assert!(tag_of(&p97, "/", &[("u", "a")]).is_some());
+        assert!(tag_of(&p96, "/", &[("u", "a")]).is_none());
+    }
+
+    #[test]
+    fn percentage_operator_is_deterministic_and_proportional() {
+        // DESIGN §4: fnv1a64(value) % 100 < n, deterministic per key.
+        let mut p = cond(Src::Header, "u", Op::Percentage, "");
+        p.percent = 30;
+        let c = config(proto::Logic::All, vec![p]);
+        let mut inside = 0;
+        for i in 0..2_000 {
+            let user = format!("user-{i}");
+            let first = tag_of(&c, "/", &[("u", &user)]);
+            // Same key, same answer, whatever the rng.
+            for _ in 0..3 {
+                assert_eq!(tag_of(&c, "/", &[("u", &user)]), first);
+            }
+            let expected = fnv1a64(user.as_bytes()) % 100 < 30;
+            assert_eq!(first.is_some(), expected);
+            inside += usize::from(expected);
+        }
+        assert!(
+            (500..700).contains(&inside),
+            "{inside} of 2000 in a 30% lane"
+        );
+    }
+
+    #[test]
+    fn sources_header_query_cookie() {
+        // DESIGN §3: condition sources Header | Query | Cookie.
+        let h = config(
+            proto::Logic::All,
+            vec![cond(Src::Header, "X-User", Op::Equal, "v")],
+        );
+        assert!(
+            tag_of(&h, "/", &[("x-user", "v")]).is_some(),
+            "header names case-insensitive"
+        );
+        let q = config(
+            proto::Logic::All,
+            vec![cond(Src::Query, "name", Op::Equal, "a b/é")],
+        );
+        assert!(tag_of(&q, "/p?x=1&name=a+b%2F%C3%A9&name=other", &[]).is_some());
+        assert!(
+            tag_of(&q, "/p?Name=a+b%2F%C3%A9", &[]).is_none(),
+            "query names keep case"
+        );
+        let flag = config(
+            proto::Logic::All,
+            vec![cond(Src::Query, "debug", Op::Equal, "")],
+        );
+        assert!(
+            tag_of(&flag, "/?debug", &[]).is_some(),
+            "a bare parameter is present and empty"
+        );
+        let c = config(
+            proto::Logic::All,
+            vec![cond(Src::Cookie, "lane", Op::Equal, "gray")],
+        );
+        assert!(tag_of(&c, "/", &[("cookie", "a=1; lane=gray; b=2")]).is_some());
+        assert!(tag_of(&c, "/", &[("cookie", "a=1"), ("cookie", "lane=\"gray\"")]).is_some());
+        assert!(tag_of(&c, "/", &[("cookie", "xlane=gray")]).is_none());
+        assert!(
+            tag_of(&c, "/", &[("cookie", "Lane=gray")]).is_none(),
+            "cookie names keep case"
+        );
+    }
+
+    #[test]
+    fn first_enabled_matching_lane_in_name_order_wins() {
+        // DESIGN §4: lanes tried in stable (name) order; the first enabled lane whose match holds.
+        let m = |v: &str| {
+            Some(proto::Match {
+                logic: 0,
+                conditions: vec![cond(Src::Header, "u", Op::Prefix, v)],
+            })
+        };
+        let g = group(
+            "ns/g",
+            &["a"],
+            vec![
+                lane("c-lane", "c", true, m("")),
+                lane("b-lane", "b", true, m("x")),
+                lane("a-lane", "a", false, m("")),
+            ],
+        );
+        let c = LaneGroupConfig::try_from(&g).unwrap();
+        // a-lane would match everything but is disabled; b-lane comes before c-lane.
+        assert_eq!(tag_of(&c, "/", &[("u", "xy")]).as_deref(), Some("b"));
+        assert_eq!(tag_of(&c, "/", &[("u", "y")]).as_deref(), Some("c"));
+        let (uri, headers) = request("/", &[("u", "xy")]);
+        let d = c.decide(&RequestView::new(&uri, &headers), &mut rand::rng());
+        assert_eq!(d.reason, DecisionReason::Matched);
+        assert_eq!(d.lane, Some("b-lane"));
+        assert!(d.sets_tag_header());
+    }
+
+    #[test]
+    fn existing_tag_is_kept() {
+        // DESIGN §4: a request that already carries a tag keeps it (header, then baggage).
+        let c = single(Op::Equal, "yes");
+        let (uri, headers) = request("/", &[("u", "yes"), ("x-mse-tag", "blue")]);
+        let d = c.decide(&RequestView::new(&uri, &headers), &mut rand::rng());
+        assert_eq!(d.tag.as_deref(), Some("blue"));
+        assert_eq!(d.reason, DecisionReason::TagHeader);
+        assert!(!d.sets_tag_header());
+        let (uri, headers) = request("/", &[("u", "yes"), ("baggage", "k=v, x-mse-tag=blue")]);
+        let d = c.decide(&RequestView::new(&uri, &headers), &mut rand::rng());
+        assert_eq!(d.tag.as_deref(), Some("blue"));
+        assert_eq!(d.reason, DecisionReason::Baggage);
+        // The header wins over baggage.
+        let (uri, headers) = request(
+            "/",
+            &[("baggage", "x-mse-tag=blue"), ("x-mse-tag", "green")],
+        );
+        let d = c.decide(&RequestView::new(&uri, &headers), &mut rand::rng());
+        assert_eq!(d.tag.as_deref(), Some("green"));
+        // An empty tag header is no tag.
+        let (uri, headers) = request("/", &[("u", "yes"), ("x-mse-tag", "")]);
+        let d = c.decide(&RequestView::new(&uri, &headers), &mut rand::rng());
+        assert_eq!(d.reason, DecisionReason::Matched);
+    }
+
+    #[test]
+    fn baggage_parsing() {
+        // DESIGN §2: `baggage: x-mse-tag=<tag>` per W3C Baggage.
+        let get = |values: &[&str]| {
+            let (_, headers) = request(
+                "/",
+                &values.iter().map(|v| ("baggage", *v)).collect::<Vec<_>>(),
+            );
+            baggage_value(&headers, "x-mse-tag").map(Cow::into_owned)
+        };
+        assert_eq!(get(&["x-mse-tag=gray"]).as_deref(), Some("gray"));
+        assert_eq!(get(&["a=1,b=2,x-mse-tag=gray"]).as_deref(), Some("gray"));
+        assert_eq!(
+            get(&[" a = 1 ,  x-mse-tag  =  gray  , c=3"]).as_deref(),
+            Some("gray")
+        );
+        assert_eq!(
+            get(&["x-mse-tag=gray;prop1;p2=v, a=b"]).as_deref(),
+            Some("gray")
+        );
+        assert_eq!(get(&["x-mse-tag = gray ; prop"]).as_deref(), Some("gray"));
+        assert_eq!(
+            get(&["a=1", "x-mse-tag=gray"]).as_deref(),
+            Some("gray"),
+            "several headers"
+        );
+        assert_eq!(
+            get(&["x-mse-tag=gr%61y"]).as_deref(),
+            Some("gray"),
+            "percent-decoded"
+        );
+        assert_eq!(get(&["X-MSE-TAG=gray"]).as_deref(), Some("gray"));
+        assert_eq!(
+            get(&["x-mse-tags=gray, mse-tag=blue"]),
+            None,
+            "whole key only"
+        );
+        assert_eq!(get(&["x-mse-tag="]), None);
+        assert_eq!(get(&["garbage, x-mse-tag"]), None);
+    }
+
+    fn weighted(weights: &[(&str, &str, u32, bool)]) -> LaneGroupConfig {
+        let mut g = group("ns/w", &["a"], vec![]);
+        g.routing_mode = proto::RoutingMode::Percentage as i32;
+        g.lanes = weights
+            .iter()
+            .map(|(name, tag, w, enabled)| {
+                let mut l = lane(name, tag, *enabled, None);
+                l.weight = *w;
+                l
+            })
+            .collect();
+        LaneGroupConfig::try_from(&g).unwrap()
+    }
+
+    #[test]
+    fn percentage_mode_draws_against_cumulative_weights() {
+        // DESIGN §4: percentage mode is a uniform draw per request against cumulative weights;
+        // the remainder stays base. Disabled lanes take no share.
+        let c = weighted(&[
+            ("l1", "gray", 30, true),
+            ("l2", "blue", 20, true),
+            ("l3", "off", 40, false),
+        ]);
+        let (uri, headers) = request("/", &[]);
+        let view = RequestView::new(&uri, &headers);
+        let mut rng = StdRng::seed_from_u64(42);
+        let (mut gray, mut blue, mut base) = (0, 0, 0);
+        for _ in 0..10_000 {
+            let d = c.decide(&view, &mut rng);
+            match d.tag.as_deref() {
+                Some("gray") => gray += 1,
+                Some("blue") => blue += 1,
+                None => {
+                    assert_eq!(d.reason, DecisionReason::NoMatch);
+                    base += 1;
+                }
+                other => panic!("unexpected lane {other:?}"),
+            }
+        }
+        // Binomial standard deviation at n = 10 000 is at most 50; allow about 5 sigma.
+        assert!((2_750..3_250).contains(&gray), "gray {gray}");
+        assert!((1_750..2_250).contains(&blue), "blue {blue}");
+        assert!((4_750..5_250).contains(&base), "base {base}");
+    }
+
+    #[test]
+    fn percentage_mode_respects_existing_tags_and_lane_filters() {
+        // DESIGN §4: an existing tag is kept even in percentage mode.
+        let all = weighted(&[("l1", "gray", 100, true)]);
+        let (uri, headers) = request("/", &[("x-mse-tag", "blue")]);
+        let d = all.decide(
+            &RequestView::new(&uri, &headers),
+            &mut StdRng::seed_from_u64(3),
+        );
+        assert_eq!(d.tag.as_deref(), Some("blue"));
+        // A match on a weighted lane filters its slice.
+        let mut g = group("ns/w", &["a"], vec![]);
+        g.routing_mode = proto::RoutingMode::Percentage as i32;
+        let mut l = lane(
+            "l1",
+            "gray",
+            true,
+            Some(proto::Match {
+                logic: 0,
+                conditions: vec![cond(Src::Header, "u", Op::Equal, "1")],
+            }),
+        );
+        l.weight = 100;
+        g.lanes = vec![l];
+        let c = LaneGroupConfig::try_from(&g).unwrap();
+        assert_eq!(tag_of(&c, "/", &[("u", "1")]).as_deref(), Some("gray"));
+        assert_eq!(tag_of(&c, "/", &[("u", "2")]), None);
+    }
+}
