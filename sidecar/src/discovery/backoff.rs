@@ -76,6 +76,18 @@ impl Backoff {
     pub const fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// The wait before reconnecting after a stream ended. `connected_for` is
+    /// how long the stream was open (`None`: it never opened); a stream that
+    /// stayed up for `stable_after` starts the schedule over, so a healthy
+    /// control plane's routine restart is retried quickly, while a server
+    /// that accepts and immediately drops streams keeps backing off.
+    pub fn after_disconnect(&mut self, connected_for: Option<Duration>) -> Duration {
+        if connected_for.is_some_and(|d| d >= self.config.stable_after) {
+            self.reset();
+        }
+        self.next_delay()
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +150,22 @@ mod tests {
                 "attempt {attempt}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_stable_connection_resets_the_schedule() {
+        let mut backoff = Backoff::new(config());
+        for _ in 0..4 {
+            backoff.after_disconnect(None);
+        }
+        assert_eq!(backoff.ceiling(), Duration::from_millis(1600));
+        // Open for a moment and dropped: keep backing off.
+        backoff.after_disconnect(Some(Duration::from_secs(1)));
+        assert_eq!(backoff.ceiling(), Duration::from_millis(3200));
+        // Up for stable_after: start over (this delay drawn from the base ceiling).
+        let delay = backoff.after_disconnect(Some(Duration::from_secs(30)));
+        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+        assert_eq!(backoff.ceiling(), Duration::from_millis(200));
     }
 
     #[test]

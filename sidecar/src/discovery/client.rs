@@ -184,10 +184,7 @@ impl DiscoveryClient {
                     tracing::warn!(%error, "discovery stream lost; keeping the last applied configuration")
                 }
             }
-            if connected_at.is_some_and(|at| at.elapsed() >= backoff.config().stable_after) {
-                backoff.reset();
-            }
-            let delay = backoff.next_delay();
+            let delay = backoff.after_disconnect(connected_at.map(|at: Instant| at.elapsed()));
             self.state
                 .reconnect_attempts
                 .fetch_add(1, Ordering::Relaxed);

@@ -211,6 +211,34 @@ spec: {ports: [{port: 80}]}
     }
 
     #[test]
+    fn every_example_passes_the_sidecar_validation() {
+        // What the shared conversion accepts, the sidecar must accept too;
+        // otherwise a valid cluster configuration would be NACKed.
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut files = Vec::new();
+        let mut dirs = vec![examples];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() >= 4, "examples not found: {files:?}");
+        let mut held = 0;
+        for path in &files {
+            let snap = load(path, local()).unwrap_or_else(|e| panic!("{e}"));
+            held += snap.lane_groups().len()
+                + snap.inbound_policies().len()
+                + snap.outbound_policies().len();
+        }
+        assert!(held >= 4, "the examples produced only {held} resources");
+    }
+
+    #[test]
     fn load_into_swaps_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");

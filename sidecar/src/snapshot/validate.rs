@@ -54,6 +54,9 @@ pub enum ValidationError {
     },
     #[error("{field}: {source}")]
     Policy { field: String, source: PolicyError },
+    /// For runtime conversions plugged into [`Compile`] by other modules.
+    #[error("{field}: {message}")]
+    Other { field: String, message: String },
 }
 
 /// A discovery resource that can be checked and turned into what the data
@@ -116,7 +119,13 @@ impl Compile for proto::LaneGroup {
 
     fn compile(&self) -> Result<Checked, ValidationError> {
         non_empty("name", &self.name)?;
-        non_empty("tagHeader", &self.tag_header)?;
+        header_name("tagHeader", &self.tag_header)?;
+        if let Some(p) = &self.propagation {
+            for (i, h) in p.trace_headers.iter().enumerate() {
+                header_name(&format!("propagation.traceHeaders[{i}]"), h)?;
+            }
+            duration("propagation.traceTtl", p.trace_ttl.as_ref())?;
+        }
         known::<proto::RoutingMode>("routingMode", "routing mode", self.routing_mode)?;
         for (i, lane) in self.lanes.iter().enumerate() {
             let field = format!("lanes[{i}]");
@@ -126,7 +135,11 @@ impl Compile for proto::LaneGroup {
             known::<proto::Logic>(&format!("{field}.match.logic"), "logic", m.logic)?;
             for (j, c) in m.conditions.iter().enumerate() {
                 let field = format!("{field}.match.conditions[{j}]");
-                known::<proto::Source>(&format!("{field}.source"), "source", c.source)?;
+                let source =
+                    known::<proto::Source>(&format!("{field}.source"), "source", c.source)?;
+                if source == proto::Source::Header {
+                    header_name(&format!("{field}.name"), &c.name)?;
+                }
                 let op =
                     known::<proto::Operator>(&format!("{field}.operator"), "operator", c.operator)?;
                 match op {
@@ -244,6 +257,23 @@ fn non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
         return Err(ValidationError::Empty {
             field: field.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Header names travel lower-case (resources.proto), and the proxy compares
+/// them as such; anything else would silently never match.
+fn header_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+.^_`|~-".contains(&b)
+        });
+    if !valid {
+        return Err(ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be a lower-case HTTP header name",
+            value: format!("{name:?}"),
         });
     }
     Ok(())
@@ -513,6 +543,10 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+        let mut upper = regex_condition("x");
+        upper.name = "Canary".into();
+        let err = lane_group(upper).compile().unwrap_err().to_string();
+        assert!(err.contains("conditions[0].name"), "{err}");
         let mut unknown = regex_condition("x");
         unknown.operator = 99;
         assert!(matches!(
