@@ -593,3 +593,69 @@ async fn losing_the_control_plane_keeps_the_snapshot_and_reconnects_with_held_ve
     assert!(h.store.load().services().is_empty());
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn readers_see_only_complete_snapshots_while_100_responses_stream_in() {
+    let mut h = Harness::start().await;
+    let mut stream = h.next_stream().await;
+    stream.initial().await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let store = Arc::clone(&h.store);
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut loads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let snap = store.load();
+                    // Each response replaces demo/b with a new cluster IP and
+                    // pod IP; the indexes must belong to the same update.
+                    if let Some(entry) = snap.get::<proto::Service>("demo/b") {
+                        let addr = SocketAddr::new(entry.compiled.cluster_ips[0], 80);
+                        let by_addr = snap.service_by_cluster_addr(addr).unwrap();
+                        assert!(Arc::ptr_eq(by_addr, entry), "index from another snapshot");
+                        let owner = snap.endpoint(entry.compiled.endpoint_ips[0]).unwrap();
+                        assert!(Arc::ptr_eq(&owner.services[0], entry));
+                        assert_eq!(snap.services().len(), 1, "stale entries left behind");
+                    }
+                    loads += 1;
+                    tokio::task::yield_now().await;
+                }
+                loads
+            })
+        })
+        .collect();
+    for i in 0..100u32 {
+        let b = service(
+            "b",
+            &format!("10.96.{}.{}", i / 200, i % 200 + 1),
+            &format!("10.1.{}.{}", i / 200, i % 200 + 1),
+        );
+        stream
+            .send(response(
+                ResourceKind::Service,
+                &format!("n{i}"),
+                vec![resource(&format!("v{i}"), &b)],
+                &[],
+            ))
+            .await;
+    }
+    for i in 0..100u32 {
+        let ack = stream.recv().await;
+        assert_eq!(
+            ack.response_nonce,
+            format!("n{i}"),
+            "ACKs in response order"
+        );
+        assert!(ack.error_detail.is_none());
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for reader in readers {
+        let loads = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
+        assert!(loads > 0);
+    }
+    let snap = h.store.load();
+    assert_eq!(snap.get::<proto::Service>("demo/b").unwrap().version, "v99");
+    assert_eq!(h.state.stats().acks, 100);
+    h.stop().await;
+}
