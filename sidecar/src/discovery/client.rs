@@ -170,7 +170,7 @@ impl DiscoveryClient {
         let mut backoff = Backoff::new(self.config.backoff);
         tokio::pin!(shutdown);
         loop {
-            let mut connected_at = None;
+            let mut connected_at: Option<Instant> = None;
             let result = tokio::select! {
                 () = &mut shutdown => break,
                 result = self.session(&mut connected_at) => result,
@@ -184,7 +184,7 @@ impl DiscoveryClient {
                     tracing::warn!(%error, "discovery stream lost; keeping the last applied configuration")
                 }
             }
-            let delay = backoff.after_disconnect(connected_at.map(|at: Instant| at.elapsed()));
+            let delay = backoff.after_disconnect(connected_at.map(|at| at.elapsed()));
             self.state
                 .reconnect_attempts
                 .fetch_add(1, Ordering::Relaxed);
