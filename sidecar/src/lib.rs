@@ -8,8 +8,15 @@
 //!   across a hop (pure; injectable clock and random source).
 //! - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
 //!   destination lookup, and peak-EWMA power-of-two-choices balancing (pure).
+//! - [`snapshot`]: the live configuration, an immutable snapshot of the
+//!   discovery resources with indexes, validated per resource and swapped
+//!   atomically.
+//! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
+//!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
 
+pub mod discovery;
 pub mod init;
 pub mod lane;
 pub mod policy;
 pub mod route;
+pub mod snapshot;

@@ -1,0 +1,307 @@
+//! The discovery client: one `DeltaAggregatedResources` stream to the
+//! control plane, applying each response to the [`SnapshotStore`].
+//!
+//! Per response: removed names are dropped, every changed resource is
+//! decoded and validated on its own; valid ones replace what was held,
+//! refused ones keep their last good copy and are listed in the NACK's
+//! `error_detail.resource_errors` (DESIGN §6). When the stream breaks the
+//! snapshot stays as it is and the client reconnects with jittered
+//! exponential backoff, announcing what it holds in
+//! `initial_resource_versions`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lanemesh_api::proto;
+use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::backoff::{Backoff, BackoffConfig};
+use crate::snapshot::{LocalApp, ResourceKind, SnapshotBuilder, SnapshotStore};
+
+/// Who this sidecar is; sent in the first request of each stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub pod_name: String,
+    pub namespace: String,
+    pub app: String,
+    /// Empty = base.
+    pub lane_tag: String,
+    pub ip: String,
+    pub proxy_version: String,
+    /// Projected service-account token; empty outside Kubernetes.
+    pub token: String,
+}
+
+impl NodeIdentity {
+    pub fn to_proto(&self) -> proto::Node {
+        proto::Node {
+            pod_name: self.pod_name.clone(),
+            namespace: self.namespace.clone(),
+            app: self.app.clone(),
+            lane_tag: self.lane_tag.clone(),
+            ip: self.ip.clone(),
+            proxy_version: self.proxy_version.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    /// The app whose InboundPolicy this sidecar enforces.
+    pub fn local_app(&self) -> LocalApp {
+        LocalApp {
+            namespace: self.namespace.clone(),
+            app: self.app.clone(),
+        }
+    }
+}
+
+/// How to reach the control plane.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `http://host:port` of the discovery service (port 15010 by default).
+    pub addr: String,
+    pub node: NodeIdentity,
+    pub backoff: BackoffConfig,
+    pub connect_timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(addr: impl Into<String>, node: NodeIdentity) -> Self {
+        Self {
+            addr: addr.into(),
+            node,
+            backoff: BackoffConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid discovery address {addr:?}: {source}")]
+    Address {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to the control plane at {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: tonic::transport::Error,
+    },
+    #[error("discovery stream failed: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the discovery request stream closed")]
+    RequestsClosed,
+}
+
+/// The client's health, for metrics and the admin page. Counters only grow.
+#[derive(Debug, Default)]
+pub struct DiscoveryState {
+    connected: AtomicBool,
+    connects: AtomicU64,
+    reconnect_attempts: AtomicU64,
+    acks: AtomicU64,
+    nacks: AtomicU64,
+    rejected_resources: AtomicU64,
+}
+
+/// A copy of [`DiscoveryState`] at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DiscoveryStats {
+    /// A stream is open.
+    pub connected: bool,
+    /// Streams opened successfully.
+    pub connects: u64,
+    /// Waits before a new attempt, after a failure or a closed stream.
+    pub reconnect_attempts: u64,
+    /// Responses fully applied.
+    pub acks: u64,
+    /// Responses with at least one refused resource (or of an unknown type).
+    pub nacks: u64,
+    /// Resources refused, summed over all NACKs.
+    pub rejected_resources: u64,
+}
+
+impl DiscoveryState {
+    pub fn stats(&self) -> DiscoveryStats {
+        DiscoveryStats {
+            connected: self.connected.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            reconnect_attempts: self.reconnect_attempts.load(Ordering::Relaxed),
+            acks: self.acks.load(Ordering::Relaxed),
+            nacks: self.nacks.load(Ordering::Relaxed),
+            rejected_resources: self.rejected_resources.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// The one writer of a [`SnapshotStore`] while a control plane is used.
+#[derive(Debug)]
+pub struct DiscoveryClient {
+    config: ClientConfig,
+    store: Arc<SnapshotStore>,
+    state: Arc<DiscoveryState>,
+}
+
+impl DiscoveryClient {
+    pub fn new(config: ClientConfig, store: Arc<SnapshotStore>) -> Self {
+        Self {
+            config,
+            store,
+            state: Arc::default(),
+        }
+    }
+
+    pub fn state(&self) -> Arc<DiscoveryState> {
+        Arc::clone(&self.state)
+    }
+
+    /// Streams until `shutdown` completes, reconnecting for ever.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut backoff = Backoff::new(self.config.backoff);
+        tokio::pin!(shutdown);
+        loop {
+            let mut connected_at: Option<Instant> = None;
+            let result = tokio::select! {
+                () = &mut shutdown => break,
+                result = self.session(&mut connected_at) => result,
+            };
+            self.state.connected.store(false, Ordering::Relaxed);
+            match result {
+                Ok(()) => {
+                    tracing::info!(addr = %self.config.addr, "control plane closed the discovery stream")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "discovery stream lost; keeping the last applied configuration")
+                }
+            }
+            let delay = backoff.after_disconnect(connected_at.map(|at| at.elapsed()));
+            self.state
+                .reconnect_attempts
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                ?delay,
+                attempt = backoff.attempt(),
+                "reconnecting to the control plane"
+            );
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.state.connected.store(false, Ordering::Relaxed);
+    }
+
+    /// One stream, from connect to its end. `connected_at` is set once the
+    /// stream is open, so the caller can tell a stable connection.
+    async fn session(&self, connected_at: &mut Option<Instant>) -> Result<(), ClientError> {
+        let addr = &self.config.addr;
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|source| ClientError::Address {
+                addr: addr.clone(),
+                source,
+            })?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            // Detects a vanished control plane (no FIN) on an idle stream.
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
+        let mut client = AggregatedDiscoveryServiceClient::new(channel);
+
+        let (requests, rx) = mpsc::channel(ResourceKind::ALL.len() * 2);
+        let held = self.store.load_full();
+        for (i, kind) in ResourceKind::ALL.into_iter().enumerate() {
+            let request = proto::DeltaDiscoveryRequest {
+                node: (i == 0).then(|| self.config.node.to_proto()),
+                type_url: kind.type_url().to_owned(),
+                initial_resource_versions: held.versions(kind),
+                ..Default::default()
+            };
+            requests
+                .send(request)
+                .await
+                .map_err(|_| ClientError::RequestsClosed)?;
+        }
+        drop(held);
+        let mut responses = client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        *connected_at = Some(Instant::now());
+        self.state.connected.store(true, Ordering::Relaxed);
+        self.state.connects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%addr, "discovery stream open");
+
+        while let Some(response) = responses.message().await? {
+            let answer = self.apply(response);
+            requests
+                .send(answer)
+                .await
+                .map_err(|_| ClientError::RequestsClosed)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one response and returns its ACK or NACK.
+    fn apply(&self, response: proto::DeltaDiscoveryResponse) -> proto::DeltaDiscoveryRequest {
+        let mut answer = proto::DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        };
+        let Some(kind) = ResourceKind::from_type_url(&response.type_url) else {
+            tracing::warn!(type_url = %response.type_url, "NACK: unknown resource type");
+            self.state.nacks.fetch_add(1, Ordering::Relaxed);
+            answer.error_detail = Some(proto::ErrorDetail {
+                message: format!("unknown resource type {:?}", response.type_url),
+                resource_errors: Vec::new(),
+            });
+            return answer;
+        };
+        let mut builder = SnapshotBuilder::from_snapshot(&self.store.load());
+        let refused = builder.apply_delta(kind, response.resources, &response.removed_resources);
+        let generation = self.store.store(builder.build());
+        if refused.is_empty() {
+            self.state.acks.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%kind, nonce = %response.nonce, generation, "ACK");
+            return answer;
+        }
+        for r in &refused {
+            tracing::warn!(%r, "refused resource; keeping its last good version");
+        }
+        self.state.nacks.fetch_add(1, Ordering::Relaxed);
+        let count = u64::try_from(refused.len()).unwrap_or(u64::MAX);
+        self.state
+            .rejected_resources
+            .fetch_add(count, Ordering::Relaxed);
+        answer.error_detail = Some(proto::ErrorDetail {
+            message: format!(
+                "{} of the {kind} resources refused: {}",
+                refused.len(),
+                refused
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            resource_errors: refused.iter().map(|r| r.to_resource_error()).collect(),
+        });
+        answer
+    }
+}

@@ -1,0 +1,674 @@
+//! Per-resource checks made before a discovery resource enters the snapshot.
+//!
+//! The control plane already validates what it sends (`lanemesh_api::convert`),
+//! but a sidecar must not trust the wire: a newer or buggy control plane may
+//! send an enum value this proxy does not know, or a pattern its regex engine
+//! refuses. A resource that fails here is NACKed by name and the last good copy
+//! stays in force.
+//!
+//! [`Compile`] is the seam for richer runtime conversions: today each resource
+//! compiles into the small structure the snapshot indexes need; the lane and
+//! route modules can replace an `Output` with their runtime rules without
+//! touching the discovery client.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use lanemesh_api::proto;
+use lanemesh_api::resource::DiscoveryResource;
+
+use crate::policy::PolicyError;
+use crate::policy::error::{check_min, check_positive, check_ratio, check_threshold};
+
+/// Why a resource was refused; rendered into the NACK's `resource_errors`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    #[error("the resource has an empty name")]
+    EmptyName,
+    #[error("the resource is named {outer:?} on the stream but {inner:?} inside")]
+    NameMismatch { outer: String, inner: String },
+    #[error("cannot decode the resource: {0}")]
+    Decode(String),
+    #[error("{field}: must not be empty")]
+    Empty { field: String },
+    #[error("{field}: invalid IP address {value:?}")]
+    InvalidIp { field: String, value: String },
+    #[error("{field}: unknown {what} value {value} (this proxy is older than the control plane?)")]
+    UnknownEnum {
+        field: String,
+        what: &'static str,
+        value: i32,
+    },
+    #[error("{field}: invalid regular expression {pattern:?}: {reason}")]
+    InvalidRegex {
+        field: String,
+        pattern: String,
+        reason: String,
+    },
+    #[error("{field}: {reason}, got {value}")]
+    OutOfRange {
+        field: String,
+        reason: &'static str,
+        value: String,
+    },
+    #[error("{field}: {source}")]
+    Policy { field: String, source: PolicyError },
+    /// For runtime conversions plugged into [`Compile`] by other modules.
+    #[error("{field}: {message}")]
+    Other { field: String, message: String },
+}
+
+/// A discovery resource that can be checked and turned into what the data
+/// plane uses at run time.
+pub trait Compile: DiscoveryResource + Send + Sync + 'static {
+    /// The runtime form kept next to the resource in the snapshot.
+    type Output: std::fmt::Debug + Send + Sync + 'static;
+
+    /// Refuses the resource with the first problem found, or compiles it.
+    fn compile(&self) -> Result<Self::Output, ValidationError>;
+}
+
+/// A Service's addresses, parsed once so that the indexes need not re-parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddrs {
+    pub cluster_ips: Vec<IpAddr>,
+    /// Parallel to `proto::Service::endpoints`.
+    pub endpoint_ips: Vec<IpAddr>,
+}
+
+/// Marker for resources that are checked but have no runtime form yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checked;
+
+impl Compile for proto::Service {
+    type Output = ServiceAddrs;
+
+    fn compile(&self) -> Result<ServiceAddrs, ValidationError> {
+        non_empty("name", &self.name)?;
+        non_empty("namespace", &self.namespace)?;
+        let cluster_ips = self
+            .cluster_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| parse_ip(&format!("clusterIps[{i}]"), ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, port) in self.ports.iter().enumerate() {
+            let field = format!("ports[{i}]");
+            port_number(&format!("{field}.port"), port.port, false)?;
+            port_number(&format!("{field}.targetPort"), port.target_port, true)?;
+            known::<proto::AppProtocol>(&format!("{field}.protocol"), "protocol", port.protocol)?;
+        }
+        let mut endpoint_ips = Vec::with_capacity(self.endpoints.len());
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = format!("endpoints[{i}]");
+            endpoint_ips.push(parse_ip(&format!("{field}.ip"), &endpoint.ip)?);
+            for (name, port) in &endpoint.ports {
+                port_number(&format!("{field}.ports[{name:?}]"), *port, false)?;
+            }
+        }
+        Ok(ServiceAddrs {
+            cluster_ips,
+            endpoint_ips,
+        })
+    }
+}
+
+impl Compile for proto::LaneGroup {
+    type Output = Checked;
+
+    fn compile(&self) -> Result<Checked, ValidationError> {
+        non_empty("name", &self.name)?;
+        header_name("tagHeader", &self.tag_header)?;
+        if let Some(p) = &self.propagation {
+            for (i, h) in p.trace_headers.iter().enumerate() {
+                header_name(&format!("propagation.traceHeaders[{i}]"), h)?;
+            }
+            duration("propagation.traceTtl", p.trace_ttl.as_ref())?;
+        }
+        known::<proto::RoutingMode>("routingMode", "routing mode", self.routing_mode)?;
+        for (i, lane) in self.lanes.iter().enumerate() {
+            let field = format!("lanes[{i}]");
+            non_empty(&format!("{field}.tag"), &lane.tag)?;
+            percent(&format!("{field}.weight"), lane.weight)?;
+            let Some(m) = &lane.r#match else { continue };
+            known::<proto::Logic>(&format!("{field}.match.logic"), "logic", m.logic)?;
+            for (j, c) in m.conditions.iter().enumerate() {
+                let field = format!("{field}.match.conditions[{j}]");
+                let source =
+                    known::<proto::Source>(&format!("{field}.source"), "source", c.source)?;
+                if source == proto::Source::Header {
+                    header_name(&format!("{field}.name"), &c.name)?;
+                }
+                let op =
+                    known::<proto::Operator>(&format!("{field}.operator"), "operator", c.operator)?;
+                match op {
+                    proto::Operator::Regex => regex(&format!("{field}.value"), &c.value)?,
+                    proto::Operator::Percentage => percent(&format!("{field}.percent"), c.percent)?,
+                    _ => {}
+                }
+            }
+        }
+        Ok(Checked)
+    }
+}
+
+impl Compile for proto::InboundPolicy {
+    type Output = Checked;
+
+    fn compile(&self) -> Result<Checked, ValidationError> {
+        non_empty("name", &self.name)?;
+        non_empty("app", &self.app)?;
+        for (i, rule) in self.rules.iter().enumerate() {
+            let field = format!("rules[{i}]");
+            if let Some(m) = &rule.r#match {
+                route_match(&format!("{field}.match"), m)?;
+            }
+            if let Some(qps) = &rule.qps {
+                let f = format!("{field}.qps");
+                policy(&f, check_threshold("threshold", qps.threshold))?;
+                known::<proto::QpsBehavior>(&format!("{f}.behavior"), "behavior", qps.behavior)?;
+                known::<proto::Scope>(&format!("{f}.scope"), "scope", qps.scope)?;
+                duration(&format!("{f}.warmUpPeriod"), qps.warm_up_period.as_ref())?;
+                duration(&format!("{f}.maxQueueTime"), qps.max_queue_time.as_ref())?;
+            }
+            for (j, hot) in rule.hot_params.iter().enumerate() {
+                let f = format!("{field}.hotParams[{j}]");
+                known::<proto::Source>(&format!("{f}.source"), "source", hot.source)?;
+                policy(&f, check_threshold("threshold", hot.threshold))?;
+                if let Some(window) = duration(&format!("{f}.window"), hot.window.as_ref())? {
+                    policy(&f, check_positive("window", window))?;
+                }
+                for (k, o) in hot.overrides.iter().enumerate() {
+                    policy(
+                        &format!("{f}.overrides[{k}]"),
+                        check_threshold("threshold", o.threshold),
+                    )?;
+                }
+            }
+            if let Some(fallback) = &rule.fallback {
+                self::fallback(&format!("{field}.fallback"), fallback)?;
+            }
+        }
+        if let Some(o) = &self.overload {
+            known::<proto::OverloadMode>("overload.mode", "overload mode", o.mode)?;
+            known::<proto::OverloadStrategy>("overload.strategy", "strategy", o.strategy)?;
+            policy("overload", check_ratio("cpuThreshold", o.cpu_threshold))?;
+            if let Some(fallback) = &o.fallback {
+                self::fallback("overload.fallback", fallback)?;
+            }
+        }
+        Ok(Checked)
+    }
+}
+
+impl Compile for proto::OutboundPolicy {
+    type Output = Checked;
+
+    fn compile(&self) -> Result<Checked, ValidationError> {
+        non_empty("name", &self.name)?;
+        non_empty("app", &self.app)?;
+        if let Some(timeout) = duration("timeout", self.timeout.as_ref())? {
+            policy("", check_positive("timeout", timeout))?;
+        }
+        for (i, b) in self.breakers.iter().enumerate() {
+            let field = format!("breakers[{i}]");
+            if let Some(m) = &b.r#match {
+                route_match(&format!("{field}.match"), m)?;
+            }
+            let strategy = known::<proto::BreakerStrategy>(
+                &format!("{field}.strategy"),
+                "strategy",
+                b.strategy,
+            )?;
+            match strategy {
+                proto::BreakerStrategy::ErrorCount => {
+                    policy(&field, check_threshold("threshold", b.threshold))?;
+                    policy(&field, check_min("threshold", b.threshold as u64, 1))?;
+                }
+                proto::BreakerStrategy::SlowRequestRatio | proto::BreakerStrategy::ErrorRatio => {
+                    policy(&field, check_ratio("threshold", b.threshold))?;
+                }
+            }
+            duration(
+                &format!("{field}.slowRequestDuration"),
+                b.slow_request_duration.as_ref(),
+            )?;
+            let window = duration(&format!("{field}.window"), b.window.as_ref())?;
+            policy(&field, check_positive("window", window.unwrap_or_default()))?;
+            let open = duration(&format!("{field}.openDuration"), b.open_duration.as_ref())?;
+            policy(
+                &field,
+                check_positive("openDuration", open.unwrap_or_default()),
+            )?;
+            policy(
+                &field,
+                check_min("halfOpenProbes", u64::from(b.half_open_probes), 1),
+            )?;
+            if let Some(fallback) = &b.fallback {
+                self::fallback(&format!("{field}.fallback"), fallback)?;
+            }
+        }
+        Ok(Checked)
+    }
+}
+
+fn non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        return Err(ValidationError::Empty {
+            field: field.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Header names travel lower-case (resources.proto), and the proxy compares
+/// them as such; anything else would silently never match.
+fn header_name(field: &str, name: &str) -> Result<(), ValidationError> {
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+.^_`|~-".contains(&b)
+        });
+    if !valid {
+        return Err(ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be a lower-case HTTP header name",
+            value: format!("{name:?}"),
+        });
+    }
+    Ok(())
+}
+
+fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ValidationError> {
+    value.parse().map_err(|_| ValidationError::InvalidIp {
+        field: field.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// `target` ports may be 0 (= same as the service port); others may not.
+fn port_number(field: &str, port: u32, zero_allowed: bool) -> Result<(), ValidationError> {
+    let min = u32::from(!zero_allowed);
+    if port < min || port > u32::from(u16::MAX) {
+        return Err(ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be a TCP port number",
+            value: port.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn percent(field: &str, value: u32) -> Result<(), ValidationError> {
+    if value > 100 {
+        return Err(ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be 0..=100",
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Prost keeps unknown enum numbers as plain `i32`; refuse them rather than
+/// silently falling back to the default variant.
+fn known<E: TryFrom<i32>>(
+    field: &str,
+    what: &'static str,
+    value: i32,
+) -> Result<E, ValidationError> {
+    E::try_from(value).map_err(|_| ValidationError::UnknownEnum {
+        field: field.to_owned(),
+        what,
+        value,
+    })
+}
+
+/// Anchored as the control plane anchors it (`lanemesh_api::convert`), so a
+/// pattern is accepted here exactly when it will be usable by the matcher.
+fn regex(field: &str, pattern: &str) -> Result<(), ValidationError> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map(drop)
+        .map_err(|e| ValidationError::InvalidRegex {
+            field: field.to_owned(),
+            pattern: pattern.to_owned(),
+            // regex errors draw the pattern over several lines; the last says what is wrong.
+            reason: e
+                .to_string()
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        })
+}
+
+fn route_match(field: &str, m: &proto::RouteMatch) -> Result<(), ValidationError> {
+    use proto::path_match::Kind;
+    for (i, p) in m.paths.iter().enumerate() {
+        let f = format!("{field}.paths[{i}]");
+        match &p.kind {
+            Some(Kind::Exact(path) | Kind::Prefix(path)) if !path.starts_with('/') => {
+                return Err(ValidationError::OutOfRange {
+                    field: f,
+                    reason: "a path must start with /",
+                    value: format!("{path:?}"),
+                });
+            }
+            Some(Kind::Regex(pattern)) => regex(&format!("{f}.regex"), pattern)?,
+            Some(_) => {}
+            None => return Err(ValidationError::Empty { field: f }),
+        }
+    }
+    for (i, method) in m.methods.iter().enumerate() {
+        non_empty(&format!("{field}.methods[{i}]"), method)?;
+    }
+    Ok(())
+}
+
+fn fallback(field: &str, f: &proto::Fallback) -> Result<(), ValidationError> {
+    if !(200..=599).contains(&f.status) {
+        return Err(ValidationError::OutOfRange {
+            field: format!("{field}.status"),
+            reason: "must be an HTTP status 200..=599",
+            value: f.status.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `None` when absent; refuses negative or denormalised durations.
+fn duration(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, ValidationError> {
+    let Some(d) = d else { return Ok(None) };
+    Duration::try_from(*d)
+        .map(Some)
+        .map_err(|_| ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be a non-negative duration",
+            value: format!("{}s {}ns", d.seconds, d.nanos),
+        })
+}
+
+fn policy<T>(field: &str, result: Result<T, PolicyError>) -> Result<T, ValidationError> {
+    result.map_err(|source| ValidationError::Policy {
+        field: field.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn service() -> proto::Service {
+        proto::Service {
+            name: "default/b".into(),
+            namespace: "default".into(),
+            app: "b".into(),
+            cluster_ips: vec!["10.96.0.10".into(), "fd00::10".into()],
+            ports: vec![proto::ServicePort {
+                name: "http".into(),
+                port: 80,
+                target_port: 8080,
+                protocol: proto::AppProtocol::Http1 as i32,
+            }],
+            endpoints: vec![proto::Endpoint {
+                ip: "10.0.0.7".into(),
+                pod_name: "b-1".into(),
+                lane_tag: "gray".into(),
+                ready: true,
+                ports: HashMap::from([("http".into(), 8080)]),
+            }],
+        }
+    }
+
+    fn lane_group(condition: proto::Condition) -> proto::LaneGroup {
+        proto::LaneGroup {
+            name: "default/flow".into(),
+            namespace: "default".into(),
+            apps: vec!["a".into()],
+            tag_header: "x-mse-tag".into(),
+            lanes: vec![proto::Lane {
+                name: "gray".into(),
+                tag: "gray".into(),
+                enabled: true,
+                r#match: Some(proto::Match {
+                    logic: proto::Logic::All as i32,
+                    conditions: vec![condition],
+                }),
+                weight: 0,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn breaker(strategy: proto::BreakerStrategy, threshold: f64) -> proto::OutboundPolicy {
+        let secs = |s| {
+            Some(prost_types::Duration {
+                seconds: s,
+                nanos: 0,
+            })
+        };
+        proto::OutboundPolicy {
+            name: "default/c".into(),
+            namespace: "default".into(),
+            app: "c".into(),
+            breakers: vec![proto::CircuitBreakerRule {
+                name: "cb/slow".into(),
+                strategy: strategy as i32,
+                threshold,
+                window: secs(10),
+                open_duration: secs(5),
+                half_open_probes: 1,
+                ..Default::default()
+            }],
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn a_well_formed_service_compiles_into_parsed_addresses() {
+        let addrs = service().compile().unwrap();
+        assert_eq!(
+            addrs.cluster_ips,
+            vec![
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "fd00::10".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            addrs.endpoint_ips,
+            vec!["10.0.0.7".parse::<IpAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn service_with_unparsable_ips_or_ports_is_refused_naming_the_field() {
+        let mut s = service();
+        s.endpoints[0].ip = "10.0.0.300".into();
+        let err = s.compile().unwrap_err();
+        assert_eq!(
+            err,
+            ValidationError::InvalidIp {
+                field: "endpoints[0].ip".into(),
+                value: "10.0.0.300".into()
+            }
+        );
+        let mut s = service();
+        s.cluster_ips.push("not-an-ip".into());
+        assert!(
+            s.compile()
+                .unwrap_err()
+                .to_string()
+                .contains("clusterIps[2]")
+        );
+        let mut s = service();
+        s.ports[0].port = 70_000;
+        assert!(matches!(
+            s.compile(),
+            Err(ValidationError::OutOfRange { .. })
+        ));
+        let mut s = service();
+        s.name.clear();
+        assert!(matches!(s.compile(), Err(ValidationError::Empty { .. })));
+        let mut s = service();
+        s.ports[0].protocol = 42;
+        let err = s.compile().unwrap_err().to_string();
+        assert!(
+            err.contains("ports[0].protocol") && err.contains("42"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lane_conditions_with_bad_regex_or_unknown_operator_are_refused() {
+        let regex_condition = |value: &str| proto::Condition {
+            source: proto::Source::Header as i32,
+            name: "canary".into(),
+            operator: proto::Operator::Regex as i32,
+            value: value.into(),
+            ..Default::default()
+        };
+        assert!(lane_group(regex_condition("gr(a|e)y")).compile().is_ok());
+        let err = lane_group(regex_condition("gr(ay")).compile().unwrap_err();
+        match err {
+            ValidationError::InvalidRegex { field, pattern, .. } => {
+                assert_eq!(field, "lanes[0].match.conditions[0].value");
+                assert_eq!(pattern, "gr(ay");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut upper = regex_condition("x");
+        upper.name = "Canary".into();
+        let err = lane_group(upper).compile().unwrap_err().to_string();
+        assert!(err.contains("conditions[0].name"), "{err}");
+        let mut unknown = regex_condition("x");
+        unknown.operator = 99;
+        assert!(matches!(
+            lane_group(unknown).compile(),
+            Err(ValidationError::UnknownEnum { value: 99, .. })
+        ));
+        let percentage = proto::Condition {
+            operator: proto::Operator::Percentage as i32,
+            percent: 101,
+            ..regex_condition("")
+        };
+        assert!(matches!(
+            lane_group(percentage).compile(),
+            Err(ValidationError::OutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn breaker_ratios_are_checked_with_the_policy_constructors() {
+        assert!(
+            breaker(proto::BreakerStrategy::ErrorRatio, 0.5)
+                .compile()
+                .is_ok()
+        );
+        let err = breaker(proto::BreakerStrategy::ErrorRatio, 1.5)
+            .compile()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "breakers[0]: threshold must be a ratio in (0, 1], got 1.5"
+        );
+        // A count strategy takes counts, not ratios.
+        assert!(
+            breaker(proto::BreakerStrategy::ErrorCount, 3.0)
+                .compile()
+                .is_ok()
+        );
+        assert!(
+            breaker(proto::BreakerStrategy::ErrorCount, 0.0)
+                .compile()
+                .is_err()
+        );
+        let mut no_window = breaker(proto::BreakerStrategy::SlowRequestRatio, 0.5);
+        no_window.breakers[0].window = None;
+        assert!(
+            no_window
+                .compile()
+                .unwrap_err()
+                .to_string()
+                .contains("window")
+        );
+    }
+
+    #[test]
+    fn inbound_rules_check_paths_thresholds_and_fallbacks() {
+        let rule =
+            |path: proto::path_match::Kind, threshold: f64, status: u32| proto::InboundPolicy {
+                name: "default/a".into(),
+                namespace: "default".into(),
+                app: "a".into(),
+                rules: vec![proto::RateLimitRule {
+                    name: "rl/r1".into(),
+                    r#match: Some(proto::RouteMatch {
+                        paths: vec![proto::PathMatch { kind: Some(path) }],
+                        methods: vec!["GET".into()],
+                    }),
+                    qps: Some(proto::QpsLimit {
+                        threshold,
+                        ..Default::default()
+                    }),
+                    fallback: Some(proto::Fallback {
+                        status,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                overload: None,
+            };
+        use proto::path_match::Kind;
+        assert!(
+            rule(Kind::Exact("/greet".into()), 1.0, 429)
+                .compile()
+                .is_ok()
+        );
+        assert!(
+            rule(Kind::Prefix("greet".into()), 1.0, 429)
+                .compile()
+                .is_err()
+        );
+        let err = rule(Kind::Regex("/(a".into()), 1.0, 429)
+            .compile()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("rules[0].match.paths[0].regex"),
+            "{err}"
+        );
+        let err = rule(Kind::Exact("/".into()), -1.0, 429)
+            .compile()
+            .unwrap_err();
+        assert!(matches!(err, ValidationError::Policy { .. }), "{err}");
+        assert!(
+            rule(Kind::Exact("/".into()), f64::NAN, 429)
+                .compile()
+                .is_err()
+        );
+        assert!(rule(Kind::Exact("/".into()), 1.0, 0).compile().is_err());
+    }
+
+    #[test]
+    fn overload_cpu_threshold_must_be_a_ratio() {
+        let policy = |cpu: f64| proto::InboundPolicy {
+            name: "default/a".into(),
+            app: "a".into(),
+            overload: Some(proto::OverloadProtection {
+                mode: proto::OverloadMode::On as i32,
+                cpu_threshold: cpu,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(policy(0.8).compile().is_ok());
+        assert!(policy(0.0).compile().is_err());
+        assert!(policy(1.2).compile().is_err());
+    }
+}
