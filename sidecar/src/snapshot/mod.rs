@@ -25,7 +25,7 @@ use lanemesh_api::resource::DiscoveryResource;
 use prost::Message;
 use tokio::sync::watch;
 
-pub use validate::{Checked, Compile, ServiceAddrs, ValidationError};
+pub use validate::{Checked, Compile, ValidationError};
 
 /// The four resource types of the discovery protocol (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -167,7 +167,8 @@ impl Index {
                 }
             }
             let endpoints = entry.resource.endpoints.iter();
-            for (ip, endpoint) in entry.compiled.endpoint_ips.iter().zip(endpoints) {
+            let ips = entry.compiled.endpoints.iter().map(|e| &e.ip);
+            for (ip, endpoint) in ips.zip(endpoints) {
                 let owner = index
                     .by_endpoint_ip
                     .entry(*ip)

@@ -300,7 +300,7 @@ async fn readers_see_only_complete_snapshots_during_rapid_swaps() {
                 assert_eq!(versions.len(), i % 7 + 1);
                 assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
                 for e in snap.services().values() {
-                    let ip = e.compiled.endpoint_ips[0];
+                    let ip = e.compiled.endpoints[0].ip;
                     let owner = snap.endpoint(ip).unwrap();
                     assert_eq!(owner.services[0].version, e.version);
                 }

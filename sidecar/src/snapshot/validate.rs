@@ -11,14 +11,15 @@
 //! route modules can replace an `Output` with their runtime rules without
 //! touching the discovery client.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
+use crate::lane::rules::LaneGroupConfig;
 use crate::policy::PolicyError;
 use crate::policy::error::{check_min, check_positive, check_ratio, check_threshold};
+use crate::route::endpoints::ServiceSpec;
 
 /// Why a resource was refused; rendered into the NACK's `resource_errors`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -69,87 +70,34 @@ pub trait Compile: DiscoveryResource + Send + Sync + 'static {
     fn compile(&self) -> Result<Self::Output, ValidationError>;
 }
 
-/// A Service's addresses, parsed once so that the indexes need not re-parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceAddrs {
-    pub cluster_ips: Vec<IpAddr>,
-    /// Parallel to `proto::Service::endpoints`.
-    pub endpoint_ips: Vec<IpAddr>,
-}
-
 /// Marker for resources that are checked but have no runtime form yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Checked;
 
 impl Compile for proto::Service {
-    type Output = ServiceAddrs;
+    type Output = ServiceSpec;
 
-    fn compile(&self) -> Result<ServiceAddrs, ValidationError> {
+    fn compile(&self) -> Result<ServiceSpec, ValidationError> {
         non_empty("name", &self.name)?;
         non_empty("namespace", &self.namespace)?;
-        let cluster_ips = self
-            .cluster_ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| parse_ip(&format!("clusterIps[{i}]"), ip))
-            .collect::<Result<Vec<_>, _>>()?;
-        for (i, port) in self.ports.iter().enumerate() {
-            let field = format!("ports[{i}]");
-            port_number(&format!("{field}.port"), port.port, false)?;
-            port_number(&format!("{field}.targetPort"), port.target_port, true)?;
-            known::<proto::AppProtocol>(&format!("{field}.protocol"), "protocol", port.protocol)?;
-        }
-        let mut endpoint_ips = Vec::with_capacity(self.endpoints.len());
-        for (i, endpoint) in self.endpoints.iter().enumerate() {
-            let field = format!("endpoints[{i}]");
-            endpoint_ips.push(parse_ip(&format!("{field}.ip"), &endpoint.ip)?);
-            for (name, port) in &endpoint.ports {
-                port_number(&format!("{field}.ports[{name:?}]"), *port, false)?;
-            }
-        }
-        Ok(ServiceAddrs {
-            cluster_ips,
-            endpoint_ips,
+        ServiceSpec::try_from(self).map_err(|e| ValidationError::Other {
+            field: "service".to_owned(),
+            message: e.to_string(),
         })
     }
 }
 
+/// The lane module's runtime rules are the check: one conversion, made once
+/// per resource off the hot path.
 impl Compile for proto::LaneGroup {
-    type Output = Checked;
+    type Output = LaneGroupConfig;
 
-    fn compile(&self) -> Result<Checked, ValidationError> {
+    fn compile(&self) -> Result<LaneGroupConfig, ValidationError> {
         non_empty("name", &self.name)?;
-        header_name("tagHeader", &self.tag_header)?;
-        if let Some(p) = &self.propagation {
-            for (i, h) in p.trace_headers.iter().enumerate() {
-                header_name(&format!("propagation.traceHeaders[{i}]"), h)?;
-            }
-            duration("propagation.traceTtl", p.trace_ttl.as_ref())?;
-        }
-        known::<proto::RoutingMode>("routingMode", "routing mode", self.routing_mode)?;
-        for (i, lane) in self.lanes.iter().enumerate() {
-            let field = format!("lanes[{i}]");
-            non_empty(&format!("{field}.tag"), &lane.tag)?;
-            percent(&format!("{field}.weight"), lane.weight)?;
-            let Some(m) = &lane.r#match else { continue };
-            known::<proto::Logic>(&format!("{field}.match.logic"), "logic", m.logic)?;
-            for (j, c) in m.conditions.iter().enumerate() {
-                let field = format!("{field}.match.conditions[{j}]");
-                let source =
-                    known::<proto::Source>(&format!("{field}.source"), "source", c.source)?;
-                if source == proto::Source::Header {
-                    header_name(&format!("{field}.name"), &c.name)?;
-                }
-                let op =
-                    known::<proto::Operator>(&format!("{field}.operator"), "operator", c.operator)?;
-                match op {
-                    proto::Operator::Regex => regex(&format!("{field}.value"), &c.value)?,
-                    proto::Operator::Percentage => percent(&format!("{field}.percent"), c.percent)?,
-                    _ => {}
-                }
-            }
-        }
-        Ok(Checked)
+        LaneGroupConfig::try_from(self).map_err(|e| ValidationError::Other {
+            field: "laneGroup".to_owned(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -262,54 +210,6 @@ fn non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Header names travel lower-case (resources.proto), and the proxy compares
-/// them as such; anything else would silently never match.
-fn header_name(field: &str, name: &str) -> Result<(), ValidationError> {
-    let valid = !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+.^_`|~-".contains(&b)
-        });
-    if !valid {
-        return Err(ValidationError::OutOfRange {
-            field: field.to_owned(),
-            reason: "must be a lower-case HTTP header name",
-            value: format!("{name:?}"),
-        });
-    }
-    Ok(())
-}
-
-fn parse_ip(field: &str, value: &str) -> Result<IpAddr, ValidationError> {
-    value.parse().map_err(|_| ValidationError::InvalidIp {
-        field: field.to_owned(),
-        value: value.to_owned(),
-    })
-}
-
-/// `target` ports may be 0 (= same as the service port); others may not.
-fn port_number(field: &str, port: u32, zero_allowed: bool) -> Result<(), ValidationError> {
-    let min = u32::from(!zero_allowed);
-    if port < min || port > u32::from(u16::MAX) {
-        return Err(ValidationError::OutOfRange {
-            field: field.to_owned(),
-            reason: "must be a TCP port number",
-            value: port.to_string(),
-        });
-    }
-    Ok(())
-}
-
-fn percent(field: &str, value: u32) -> Result<(), ValidationError> {
-    if value > 100 {
-        return Err(ValidationError::OutOfRange {
-            field: field.to_owned(),
-            reason: "must be 0..=100",
-            value: value.to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// Prost keeps unknown enum numbers as plain `i32`; refuse them rather than
 /// silently falling back to the default variant.
 fn known<E: TryFrom<i32>>(
@@ -404,6 +304,7 @@ fn policy<T>(field: &str, result: Result<T, PolicyError>) -> Result<T, Validatio
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::net::IpAddr;
 
     fn service() -> proto::Service {
         proto::Service {
@@ -481,48 +382,40 @@ mod tests {
                 "fd00::10".parse().unwrap()
             ]
         );
-        assert_eq!(
-            addrs.endpoint_ips,
-            vec!["10.0.0.7".parse::<IpAddr>().unwrap()]
-        );
+        let endpoint_ips: Vec<IpAddr> = addrs.endpoints.iter().map(|e| e.ip).collect();
+        assert_eq!(endpoint_ips, vec!["10.0.0.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    /// The error text of a refused resource; the conversions behind
+    /// `compile` pin their variants in their own modules.
+    fn refusal<T: Compile>(resource: &T) -> String {
+        match resource.compile() {
+            Ok(_) => panic!("accepted a bad resource"),
+            Err(e) => e.to_string(),
+        }
     }
 
     #[test]
-    fn service_with_unparsable_ips_or_ports_is_refused_naming_the_field() {
+    fn service_with_unparsable_ips_or_ports_is_refused_naming_the_value() {
         let mut s = service();
         s.endpoints[0].ip = "10.0.0.300".into();
-        let err = s.compile().unwrap_err();
-        assert_eq!(
-            err,
-            ValidationError::InvalidIp {
-                field: "endpoints[0].ip".into(),
-                value: "10.0.0.300".into()
-            }
+        let err = refusal(&s);
+        assert!(
+            err.contains("\"10.0.0.300\"") && err.contains("default/b"),
+            "{err}"
         );
         let mut s = service();
         s.cluster_ips.push("not-an-ip".into());
-        assert!(
-            s.compile()
-                .unwrap_err()
-                .to_string()
-                .contains("clusterIps[2]")
-        );
+        assert!(refusal(&s).contains("not-an-ip"));
         let mut s = service();
         s.ports[0].port = 70_000;
-        assert!(matches!(
-            s.compile(),
-            Err(ValidationError::OutOfRange { .. })
-        ));
+        assert!(refusal(&s).contains("70000"));
         let mut s = service();
         s.name.clear();
         assert!(matches!(s.compile(), Err(ValidationError::Empty { .. })));
         let mut s = service();
         s.ports[0].protocol = 42;
-        let err = s.compile().unwrap_err().to_string();
-        assert!(
-            err.contains("ports[0].protocol") && err.contains("42"),
-            "{err}"
-        );
+        assert!(refusal(&s).contains("42"));
     }
 
     #[test]
@@ -535,33 +428,17 @@ mod tests {
             ..Default::default()
         };
         assert!(lane_group(regex_condition("gr(a|e)y")).compile().is_ok());
-        let err = lane_group(regex_condition("gr(ay")).compile().unwrap_err();
-        match err {
-            ValidationError::InvalidRegex { field, pattern, .. } => {
-                assert_eq!(field, "lanes[0].match.conditions[0].value");
-                assert_eq!(pattern, "gr(ay");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-        let mut upper = regex_condition("x");
-        upper.name = "Canary".into();
-        let err = lane_group(upper).compile().unwrap_err().to_string();
-        assert!(err.contains("conditions[0].name"), "{err}");
+        let err = refusal(&lane_group(regex_condition("gr(ay")));
+        assert!(err.contains("gr(ay") && err.contains("lane gray"), "{err}");
         let mut unknown = regex_condition("x");
         unknown.operator = 99;
-        assert!(matches!(
-            lane_group(unknown).compile(),
-            Err(ValidationError::UnknownEnum { value: 99, .. })
-        ));
+        assert!(refusal(&lane_group(unknown)).contains("99"));
         let percentage = proto::Condition {
             operator: proto::Operator::Percentage as i32,
             percent: 101,
             ..regex_condition("")
         };
-        assert!(matches!(
-            lane_group(percentage).compile(),
-            Err(ValidationError::OutOfRange { .. })
-        ));
+        assert!(refusal(&lane_group(percentage)).contains("101"));
     }
 
     #[test]
