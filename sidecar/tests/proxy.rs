@@ -22,8 +22,8 @@ use lanemesh_api::proto::aggregated_discovery_service_server::{
 use lanemesh_api::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use lanemesh_sidecar::config::ProxyConfig;
 use lanemesh_sidecar::proxy::{
-    ConnContext, DrainReport, Fixed, LocalResponse, OriginalDst, PassthroughRouter, PeerMap, Proxy,
-    RouteDecision, Router, ShutdownHandle, TcpDecision,
+    ConnContext, DrainReport, Fixed, HttpOutcome, LocalResponse, OriginalDst, PassthroughRouter,
+    PeerMap, Proxy, RouteDecision, Router, ShutdownHandle, TcpDecision, UpstreamFailure,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -768,12 +768,7 @@ async fn slowloris_is_closed_after_header_timeout_while_others_are_served() {
 
 #[tokio::test]
 async fn unreachable_upstream_gets_502_with_reason() {
-    // Bind then drop: the port is (very likely) closed.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_port().await;
     let harness = Harness::start(test_config()).await;
     let mut send = harness.h1(closed).await;
     let resp = timeout(STEP, send.send_request(get("/")))
@@ -786,9 +781,12 @@ async fn unreachable_upstream_gets_502_with_reason() {
 
 // ---------------------------------------------------------------- routing seam
 
-/// Blocks `/blocked` locally and sends `/other` to a second upstream.
+/// Blocks `/blocked` locally, sends `/other` to a second upstream and
+/// `/dead` to a closed port; records the outcomes it is told about.
 struct TestRouter {
     other: SocketAddr,
+    dead: SocketAddr,
+    outcomes: std::sync::Mutex<Vec<HttpOutcome>>,
 }
 
 impl Router for TestRouter {
@@ -808,6 +806,7 @@ impl Router for TestRouter {
                     .insert("x-lanemesh-tag", "gray".parse().unwrap());
                 RouteDecision::Forward(self.other)
             }
+            "/dead" => RouteDecision::Forward(self.dead),
             _ => RouteDecision::Passthrough,
         }
     }
@@ -815,6 +814,19 @@ impl Router for TestRouter {
     fn route_tcp(&self, _conn: &ConnContext) -> TcpDecision {
         TcpDecision::Reject
     }
+
+    fn on_http_outcome(&self, _conn: &ConnContext, outcome: &HttpOutcome) {
+        self.outcomes.lock().unwrap().push(*outcome);
+    }
+}
+
+async fn closed_port() -> SocketAddr {
+    // Bind then drop: the port is (very likely) closed.
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -822,12 +834,12 @@ async fn router_decisions_are_applied() {
     let first = http_upstream().await;
     let second = http_upstream().await;
     let tcp = tcp_echo_upstream().await;
-    let harness = Harness::start_with(
-        test_config(),
-        Arc::new(TestRouter { other: second.addr }),
-        None,
-    )
-    .await;
+    let router = Arc::new(TestRouter {
+        other: second.addr,
+        dead: closed_port().await,
+        outcomes: std::sync::Mutex::default(),
+    });
+    let harness = Harness::start_with(test_config(), router.clone(), None).await;
     let mut send = harness.h1(first.addr).await;
     let resp = send.send_request(get("/blocked")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -838,6 +850,23 @@ async fn router_decisions_are_applied() {
     assert_eq!(body_text(resp).await, "hello");
     assert_eq!(first.accepted.load(Ordering::SeqCst), 0);
     assert_eq!(second.accepted.load(Ordering::SeqCst), 1);
+    let resp = send.send_request(get("/dead")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let outcomes: Vec<_> = router
+        .outcomes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|o| (o.target, o.result))
+        .collect();
+    // The local answer is not an upstream outcome.
+    assert_eq!(
+        outcomes,
+        vec![
+            (second.addr, Ok(StatusCode::OK)),
+            (router.dead, Err(UpstreamFailure::Connect))
+        ]
+    );
 
     let mut stream = harness.connect(tcp).await;
     stream.write_all(b"\x00not http").await.unwrap();

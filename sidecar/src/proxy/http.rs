@@ -22,7 +22,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::config::ProxyConfig;
 
-use super::router::{ConnContext, LocalResponse, RouteDecision, Router};
+use super::router::{
+    ConnContext, HttpOutcome, LocalResponse, RouteDecision, Router, UpstreamFailure,
+};
 
 /// Body of every response the proxy sends downstream: streamed from the
 /// upstream, or produced locally.
@@ -123,11 +125,24 @@ impl HttpProxy {
         strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
         let is_h2 = parts.version == Version::HTTP_2;
         let upstream_req = Request::from_parts(parts, body);
+        let started = tokio::time::Instant::now();
         let result = if is_h2 {
             self.http2.request(upstream_req).await
         } else {
             self.http1.request(upstream_req).await
         };
+        self.router.on_http_outcome(
+            &conn,
+            &HttpOutcome {
+                target,
+                result: match &result {
+                    Ok(resp) => Ok(resp.status()),
+                    Err(error) if error.is_connect() => Err(UpstreamFailure::Connect),
+                    Err(_) => Err(UpstreamFailure::Reset),
+                },
+                elapsed: started.elapsed(),
+            },
+        );
         let mut resp = match result {
             Ok(resp) => resp,
             Err(error) => {

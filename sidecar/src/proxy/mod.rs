@@ -26,6 +26,7 @@ pub mod tcp;
 pub use listener::{DrainReport, Proxy, ProxyError};
 pub use orig_dst::{Fixed, OriginalDst, PeerMap, SoOriginalDst};
 pub use router::{
-    ConnContext, Direction, LocalResponse, PassthroughRouter, RouteDecision, Router, TcpDecision,
+    ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, RouteDecision, Router,
+    TcpDecision, UpstreamFailure,
 };
 pub use shutdown::{ShutdownHandle, ShutdownSignal};

@@ -4,6 +4,7 @@
 //! synchronously from its current snapshot (no I/O, no awaits).
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -95,6 +96,28 @@ pub enum TcpDecision {
     Reject,
 }
 
+/// Why a forwarded request got no upstream response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// The connection to the endpoint could not be established.
+    Connect,
+    /// The connection failed (reset, closed) before a response head arrived.
+    Reset,
+}
+
+/// How one forwarded HTTP request went, reported when the response head
+/// arrives or the attempt fails (input for breakers and load balancing).
+/// gRPC statuses travel in trailers and are not part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOutcome {
+    /// Endpoint the request was sent to.
+    pub target: SocketAddr,
+    /// Response status, or why there is none.
+    pub result: Result<StatusCode, UpstreamFailure>,
+    /// From sending the request to the response head (or the failure).
+    pub elapsed: Duration,
+}
+
 /// Routing logic plugged into the proxy core. Implementations read their
 /// live snapshot (`arc-swap`) once per call and must not block.
 pub trait Router: Send + Sync + 'static {
@@ -104,6 +127,12 @@ pub trait Router: Send + Sync + 'static {
 
     /// Decides one opaque TCP connection.
     fn route_tcp(&self, conn: &ConnContext) -> TcpDecision;
+
+    /// Observes the outcome of a request this router forwarded. Must be cheap:
+    /// it runs on the request path. The default ignores it.
+    fn on_http_outcome(&self, conn: &ConnContext, outcome: &HttpOutcome) {
+        let _ = (conn, outcome);
+    }
 }
 
 /// Sends everything where it was going: outbound to the original
