@@ -767,6 +767,45 @@ async fn slowloris_is_closed_after_header_timeout_while_others_are_served() {
 }
 
 #[tokio::test]
+async fn http1_client_half_close_still_gets_its_response() {
+    let upstream = http_upstream().await;
+    let harness = Harness::start(test_config()).await;
+    let mut stream = harness.connect(upstream.addr).await;
+    stream
+        .write_all(b"GET /slow?ms=100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // "I am done sending" must not cancel the request in flight.
+    stream.shutdown().await.unwrap();
+    let response = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("slow done"), "{response}");
+}
+
+#[tokio::test]
+async fn h2_preface_followed_by_garbage_only_breaks_that_connection() {
+    let upstream = http_upstream().await;
+    let harness = Harness::start(test_config()).await;
+    let mut bad = harness.connect(upstream.addr).await;
+    bad.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xffthis is no frame")
+        .await
+        .unwrap();
+    // The proxy ends the connection (GOAWAY then close, or a reset) rather than hanging.
+    let mut sink = Vec::new();
+    let _ = timeout(STEP, bad.read_to_end(&mut sink))
+        .await
+        .expect("connection with a broken h2 frame was left open");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 0);
+
+    let mut send = harness.h1(upstream.addr).await;
+    let resp = timeout(STEP, send.send_request(get("/still-fine")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body_text(resp).await, "hello");
+}
+
+#[tokio::test]
 async fn unreachable_upstream_gets_502_with_reason() {
     let closed = closed_port().await;
     let harness = Harness::start(test_config()).await;
