@@ -962,3 +962,37 @@ async fn shutdown_closes_what_outlives_the_grace_period() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(timeout(STEP, in_flight).await.unwrap().unwrap().is_err());
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_then_cuts_an_upgraded_tunnel() {
+    let upstream = upgrade_echo_upstream().await;
+    let config = ProxyConfig {
+        grace_period: Duration::from_millis(500),
+        ..test_config()
+    };
+    let harness = Harness::start(config).await;
+    let mut stream = harness.connect(upstream).await;
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 101"));
+    harness.shutdown.trigger();
+    // Still relaying during the grace period.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b"during grace").await.unwrap();
+    let mut buf = [0u8; 12];
+    timeout(STEP, stream.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"during grace");
+    let report = timeout(STEP, harness.run).await.unwrap().unwrap();
+    assert_eq!(report.abandoned, 1);
+    // Cut afterwards: EOF (or a reset), not a hang.
+    let mut rest = Vec::new();
+    let outcome = timeout(STEP, stream.read_to_end(&mut rest)).await.unwrap();
+    assert!(outcome.is_err() || rest.is_empty());
+}

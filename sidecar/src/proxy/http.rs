@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 
@@ -29,6 +30,9 @@ use super::router::{
 /// Body of every response the proxy sends downstream: streamed from the
 /// upstream, or produced locally.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The byte relay of one upgraded connection.
+type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// Header on locally generated error responses naming the proxy's reason,
 /// so operators can tell a proxy 502 from an app 502.
@@ -87,10 +91,15 @@ impl HttpProxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // An upgraded (WebSocket) relay runs here, in the connection's task,
+        // once hyper hands the sockets over: so the shutdown drain waits for it
+        // within the grace period and cuts it afterwards.
+        let (tunnel_tx, mut tunnel_rx) = mpsc::unbounded_channel::<Tunnel>();
         let this = Arc::clone(self);
         let service = service_fn(move |req| {
             let this = Arc::clone(&this);
-            async move { Ok::<_, Infallible>(this.handle(conn, req).await) }
+            let tunnel_tx = tunnel_tx.clone();
+            async move { Ok::<_, Infallible>(this.handle(conn, req, &tunnel_tx).await) }
         });
         let connection = self
             .server
@@ -100,9 +109,19 @@ impl HttpProxy {
             // already answered (400/431) where HTTP allows it.
             tracing::debug!(%error, "http connection ended with error");
         }
+        // The service (and its sender) went with the connection, so this ends
+        // as soon as any registered tunnel is done.
+        while let Some(tunnel) = tunnel_rx.recv().await {
+            tunnel.await;
+        }
     }
 
-    async fn handle(&self, conn: ConnContext, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn handle(
+        &self,
+        conn: ConnContext,
+        mut req: Request<Incoming>,
+        tunnels: &mpsc::UnboundedSender<Tunnel>,
+    ) -> Response<ProxyBody> {
         let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -165,7 +184,7 @@ impl HttpProxy {
         match downstream_upgrade {
             Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let upstream = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
+                let tunnel = Box::pin(async move {
                     match tokio::try_join!(downstream, upstream) {
                         Ok((down, up)) => {
                             let mut down = TokioIo::new(down);
@@ -179,6 +198,11 @@ impl HttpProxy {
                         Err(error) => tracing::debug!(%error, "upgrade did not complete"),
                     }
                 });
+                // The receiver lives until the connection task ends, which is
+                // after this response is written.
+                if tunnels.send(tunnel).is_err() {
+                    tracing::debug!("connection gone before its upgrade");
+                }
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
