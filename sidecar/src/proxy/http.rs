@@ -55,7 +55,8 @@ impl HttpProxy {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
-            .max_buf_size(config.max_header_bytes)
+            // hyper panics below 8 KiB; ProxyConfig::validate rejects that too.
+            .max_buf_size(config.max_header_bytes.max(8 * 1024))
             // The client may half-close after sending its request and still
             // wait for the response.
             .half_close(true);
