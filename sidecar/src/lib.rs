@@ -1,6 +1,9 @@
 //! lanemesh data plane: the per-pod proxy that captures, routes and governs traffic.
 //!
 //! # Layout
+//! - [`config`]: static proxy flags (`lanemesh-proxy run`), parsed once and validated.
+//! - [`proxy`]: capture listeners, protocol detection, HTTP/1.1, HTTP/2/gRPC
+//!   and TCP forwarding, graceful shutdown; routing behind the `Router` trait.
 //! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
 //! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
 //!   overload protection as pure state machines (no I/O, injectable clock).
@@ -14,9 +17,11 @@
 //! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
 
+pub mod config;
 pub mod discovery;
 pub mod init;
 pub mod lane;
 pub mod policy;
+pub mod proxy;
 pub mod route;
 pub mod snapshot;

@@ -1,0 +1,242 @@
+//! Static proxy configuration: parsed once at start-up from flags (and their
+//! `LANEMESH_*` environment variables), validated, then immutable.
+//!
+//! Live configuration (lanes, routes, policies) does not belong here: it
+//! arrives over the discovery stream as snapshots.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Ports whose protocols speak first (the server greets the client), so the
+/// proxy must not wait for client bytes to detect a protocol: MySQL, PostgreSQL,
+/// Redis, memcached, SMTP, POP3, IMAP, submission, MongoDB, Cassandra, NATS,
+/// FTP, SSH and ZooKeeper's admin ports are the usual suspects.
+pub const DEFAULT_SERVER_FIRST_PORTS: &[u16] = &[
+    21, 22, 25, 110, 143, 587, 3306, 4222, 5432, 6379, 9042, 11211, 27017,
+];
+
+/// Flags of `lanemesh-proxy run`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyConfig {
+    /// Port of the outbound capture listener (traffic the app sends out).
+    #[arg(long, env = "LANEMESH_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+
+    /// Port of the inbound capture listener (traffic sent to the app).
+    #[arg(long, env = "LANEMESH_INBOUND_PORT", default_value_t = 15006)]
+    pub inbound_port: u16,
+
+    /// Address both capture listeners bind to.
+    #[arg(long, env = "LANEMESH_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_address: IpAddr,
+
+    /// Address inbound traffic is delivered to (the app, on the original port).
+    #[arg(long, env = "LANEMESH_APP_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub app_address: IpAddr,
+
+    /// How long in-flight requests may run after SIGTERM before the proxy exits.
+    #[arg(long, env = "LANEMESH_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub grace_period: Duration,
+
+    /// How long protocol detection waits for the client's first bytes; a client
+    /// that stays silent this long is forwarded as opaque TCP.
+    #[arg(long, env = "LANEMESH_DETECT_TIMEOUT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// Most bytes read while detecting the protocol.
+    #[arg(long, env = "LANEMESH_DETECT_MAX_BYTES", default_value_t = 4096)]
+    pub detect_max_bytes: usize,
+
+    /// Destination ports that skip detection (server-first protocols), comma separated.
+    #[arg(long, env = "LANEMESH_SERVER_FIRST_PORTS", value_delimiter = ',', default_values_t = DEFAULT_SERVER_FIRST_PORTS.to_vec())]
+    pub server_first_ports: Vec<u16>,
+
+    /// Time a client has to send a complete HTTP/1 request head (slowloris guard).
+    #[arg(long, env = "LANEMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Largest request head (HTTP/1) or header list (HTTP/2) accepted, in bytes;
+    /// larger ones get 431.
+    #[arg(long, env = "LANEMESH_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// How long an idle pooled upstream connection is kept.
+    #[arg(long, env = "LANEMESH_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub pool_idle_timeout: Duration,
+
+    /// Timeout for connecting to an upstream.
+    #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Control-plane discovery address (`host:port`); consumed by the discovery client.
+    #[arg(long, env = "LANEMESH_DISCOVERY_ADDRESS")]
+    pub discovery_address: Option<String>,
+
+    /// Optional configuration file; passed on to the components that read it.
+    #[arg(long, env = "LANEMESH_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
+/// A flag combination the proxy cannot run with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Both listeners would bind the same port.
+    #[error("--outbound-port and --inbound-port must differ (both are {0})")]
+    SamePort(u16),
+    /// A duration that must be positive is zero.
+    #[error("--{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// The detection buffer cannot hold the HTTP/2 preface.
+    #[error("--detect-max-bytes must be at least {min} (got {got})")]
+    DetectBufferTooSmall {
+        /// Smallest usable value.
+        min: usize,
+        /// Configured value.
+        got: usize,
+    },
+    /// The header limit is below what hyper can enforce or above what HTTP/2 can express.
+    #[error("--max-header-bytes must be between {min} and {max} (got {got})")]
+    HeaderLimitOutOfRange {
+        /// Smallest usable value.
+        min: usize,
+        /// Largest usable value.
+        max: usize,
+        /// Configured value.
+        got: usize,
+    },
+}
+
+/// hyper refuses HTTP/1 read buffers below 8 KiB.
+const MIN_HEADER_BYTES: usize = 8 * 1024;
+const MAX_HEADER_BYTES: usize = u32::MAX as usize;
+const PREFACE_LEN: usize = 24;
+
+impl ProxyConfig {
+    /// Checks what clap's types cannot; call once before starting the proxy.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.outbound_port == self.inbound_port && self.outbound_port != 0 {
+            return Err(ConfigError::SamePort(self.outbound_port));
+        }
+        for (name, value) in [
+            ("grace-period", self.grace_period),
+            ("detect-timeout", self.detect_timeout),
+            ("header-read-timeout", self.header_read_timeout),
+            ("connect-timeout", self.connect_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if self.detect_max_bytes < PREFACE_LEN {
+            return Err(ConfigError::DetectBufferTooSmall {
+                min: PREFACE_LEN,
+                got: self.detect_max_bytes,
+            });
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
+            return Err(ConfigError::HeaderLimitOutOfRange {
+                min: MIN_HEADER_BYTES,
+                max: MAX_HEADER_BYTES,
+                got: self.max_header_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for ProxyConfig {
+    /// The documented flag defaults, for embedding the proxy in-process.
+    fn default() -> Self {
+        Self {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            app_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            grace_period: Duration::from_secs(25),
+            detect_timeout: Duration::from_millis(200),
+            detect_max_bytes: 4096,
+            server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec(),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            pool_idle_timeout: Duration::from_secs(90),
+            connect_timeout: Duration::from_secs(5),
+            discovery_address: None,
+            config_file: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ProxyConfig,
+    }
+
+    #[test]
+    fn flag_defaults_match_default_impl_and_design_ports() {
+        let parsed = Cli::try_parse_from(["lanemesh-proxy"]).unwrap().config;
+        let default = ProxyConfig::default();
+        // DESIGN §5 fixes the capture ports.
+        assert_eq!(parsed.outbound_port, 15001);
+        assert_eq!(parsed.inbound_port, 15006);
+        assert_eq!(parsed.grace_period, default.grace_period);
+        assert_eq!(parsed.detect_timeout, default.detect_timeout);
+        assert_eq!(parsed.server_first_ports, default.server_first_ports);
+        assert_eq!(parsed.max_header_bytes, default.max_header_bytes);
+        assert!(parsed.server_first_ports.contains(&5432));
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn server_first_ports_and_durations_parse() {
+        let parsed = Cli::try_parse_from([
+            "lanemesh-proxy",
+            "--server-first-ports",
+            "3306,6379",
+            "--detect-timeout",
+            "150ms",
+            "--grace-period",
+            "3s",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(parsed.server_first_ports, vec![3306, 6379]);
+        assert_eq!(parsed.detect_timeout, Duration::from_millis(150));
+        assert_eq!(parsed.grace_period, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn bad_values_fail_fast() {
+        assert!(Cli::try_parse_from(["lanemesh-proxy", "--outbound-port", "70000"]).is_err());
+        assert!(Cli::try_parse_from(["lanemesh-proxy", "--grace-period", "soon"]).is_err());
+        let same = Cli::try_parse_from(["lanemesh-proxy", "--inbound-port", "15001"])
+            .unwrap()
+            .config;
+        assert_eq!(same.validate(), Err(ConfigError::SamePort(15001)));
+        let zero = ProxyConfig {
+            detect_timeout: Duration::ZERO,
+            ..ProxyConfig::default()
+        };
+        assert_eq!(
+            zero.validate(),
+            Err(ConfigError::ZeroDuration("detect-timeout"))
+        );
+        let tiny = ProxyConfig {
+            max_header_bytes: 100,
+            ..ProxyConfig::default()
+        };
+        assert!(matches!(
+            tiny.validate(),
+            Err(ConfigError::HeaderLimitOutOfRange { got: 100, .. })
+        ));
+    }
+}

@@ -1,0 +1,350 @@
+//! HTTP/1.1 and HTTP/2 (incl. gRPC) proxying: a hyper server per captured
+//! connection, a pooled hyper client per upstream protocol, bodies and
+//! trailers streamed through frame by frame (never collected), and HTTP/1
+//! upgrades (WebSocket) turned into a byte relay after the `101`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::config::ProxyConfig;
+
+use super::router::{
+    ConnContext, HttpOutcome, LocalResponse, RouteDecision, Router, UpstreamFailure,
+};
+
+/// Body of every response the proxy sends downstream: streamed from the
+/// upstream, or produced locally.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// The byte relay of one upgraded connection.
+type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Header on locally generated error responses naming the proxy's reason,
+/// so operators can tell a proxy 502 from an app 502.
+pub const ERROR_HEADER: &str = "x-lanemesh-error";
+
+/// Shared HTTP machinery: server settings and upstream connection pools.
+#[derive(Debug)]
+pub struct HttpProxy {
+    server: auto::Builder<TokioExecutor>,
+    http1: Client<HttpConnector, Incoming>,
+    http2: Client<HttpConnector, Incoming>,
+    router: Arc<dyn Router>,
+}
+
+impl HttpProxy {
+    /// Builds the server settings and the two (empty) upstream pools.
+    pub fn new(config: &ProxyConfig, router: Arc<dyn Router>) -> Self {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            // hyper panics below 8 KiB; ProxyConfig::validate rejects that too.
+            .max_buf_size(config.max_header_bytes.max(8 * 1024))
+            // The client may half-close after sending its request and still
+            // wait for the response.
+            .half_close(true);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            // Validated in ProxyConfig::validate to fit in u32.
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // Host comes from the client; passthrough must not invent one.
+            .set_host(false);
+        let http1 = builder.build(connector.clone());
+        let http2 = builder.http2_only(true).build(connector);
+        Self {
+            server,
+            http1,
+            http2,
+            router,
+        }
+    }
+
+    /// Serves one detected HTTP connection until it ends or, after the
+    /// shutdown, until its in-flight requests finish.
+    pub async fn serve<S>(self: &Arc<Self>, conn: ConnContext, io: S, watcher: Watcher)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // An upgraded (WebSocket) relay runs here, in the connection's task,
+        // once hyper hands the sockets over: so the shutdown drain waits for it
+        // within the grace period and cuts it afterwards.
+        let (tunnel_tx, mut tunnel_rx) = mpsc::unbounded_channel::<Tunnel>();
+        let this = Arc::clone(self);
+        let service = service_fn(move |req| {
+            let this = Arc::clone(&this);
+            let tunnel_tx = tunnel_tx.clone();
+            async move { Ok::<_, Infallible>(this.handle(conn, req, &tunnel_tx).await) }
+        });
+        let connection = self
+            .server
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(error) = watcher.watch(connection).await {
+            // Malformed requests, header timeouts and resets land here; hyper has
+            // already answered (400/431) where HTTP allows it.
+            tracing::debug!(%error, "http connection ended with error");
+        }
+        // The service (and its sender) went with the connection, so this ends
+        // as soon as any registered tunnel is done.
+        while let Some(tunnel) = tunnel_rx.recv().await {
+            tunnel.await;
+        }
+    }
+
+    async fn handle(
+        &self,
+        conn: ConnContext,
+        mut req: Request<Incoming>,
+        tunnels: &mpsc::UnboundedSender<Tunnel>,
+    ) -> Response<ProxyBody> {
+        let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
+            .then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let target = match self.router.route_http(&conn, &mut parts) {
+            RouteDecision::Passthrough => conn.default_target,
+            RouteDecision::Forward(addr) => addr,
+            RouteDecision::Respond(local) => return local_response(local),
+        };
+        let uri = match upstream_uri(&parts.uri, target) {
+            Ok(uri) => uri,
+            Err(error) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_uri",
+                    &format!("cannot rewrite request target: {error}"),
+                );
+            }
+        };
+        parts.uri = uri;
+        strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
+        let is_h2 = parts.version == Version::HTTP_2;
+        let upstream_req = Request::from_parts(parts, body);
+        let started = tokio::time::Instant::now();
+        let result = if is_h2 {
+            self.http2.request(upstream_req).await
+        } else {
+            self.http1.request(upstream_req).await
+        };
+        self.router.on_http_outcome(
+            &conn,
+            &HttpOutcome {
+                target,
+                result: match &result {
+                    Ok(resp) => Ok(resp.status()),
+                    Err(error) if error.is_connect() => Err(UpstreamFailure::Connect),
+                    Err(_) => Err(UpstreamFailure::Reset),
+                },
+                elapsed: started.elapsed(),
+            },
+        );
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(error) => {
+                tracing::warn!(%target, error = %error_chain(&error), "upstream request failed");
+                let (reason, text) = if error.is_connect() {
+                    ("upstream_connect", "upstream connect error")
+                } else {
+                    (
+                        "upstream_reset",
+                        "upstream connection failed before a response",
+                    )
+                };
+                return error_response(
+                    StatusCode::BAD_GATEWAY,
+                    reason,
+                    &format!("{text} ({target})"),
+                );
+            }
+        };
+        match downstream_upgrade {
+            Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upstream = hyper::upgrade::on(&mut resp);
+                let tunnel = Box::pin(async move {
+                    match tokio::try_join!(downstream, upstream) {
+                        Ok((down, up)) => {
+                            let mut down = TokioIo::new(down);
+                            let mut up = TokioIo::new(up);
+                            if let Err(error) =
+                                tokio::io::copy_bidirectional(&mut down, &mut up).await
+                            {
+                                tracing::debug!(%error, "upgraded connection ended with error");
+                            }
+                        }
+                        Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+                    }
+                });
+                // The receiver lives until the connection task ends, which is
+                // after this response is written.
+                if tunnels.send(tunnel).is_err() {
+                    tracing::debug!("connection gone before its upgrade");
+                }
+            }
+            _ => strip_hop_by_hop(resp.headers_mut(), false),
+        }
+        resp.map(Either::Left)
+    }
+}
+
+/// `Connection: upgrade` plus an `Upgrade` header (WebSocket and friends).
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The request target with its authority replaced by the chosen endpoint;
+/// the client keeps `Host` (HTTP/1), so the app sees what its caller sent.
+fn upstream_uri(original: &Uri, target: SocketAddr) -> Result<Uri, http::Error> {
+    let path = original
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    Uri::builder()
+        .scheme("http")
+        .authority(target.to_string())
+        .path_and_query(path)
+        .build()
+}
+
+const HOP_BY_HOP: [HeaderName; 4] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
+/// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if !upgrade {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn local_response(local: LocalResponse) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(local.body)));
+    *resp.status_mut() = local.status;
+    *resp.headers_mut() = local.headers;
+    resp
+}
+
+fn error_response(status: StatusCode, reason: &'static str, text: &str) -> Response<ProxyBody> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    local_response(LocalResponse {
+        status,
+        headers,
+        body: Bytes::from(format!("lanemesh: {text}\n")),
+    })
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_but_te_trailers_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        headers.insert("x-lanemesh-tag", HeaderValue::from_static("gray"));
+        strip_hop_by_hop(&mut headers, false);
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get("x-private").is_none());
+        assert!(headers.get("keep-alive").is_none());
+        assert_eq!(headers.get(header::TE).unwrap(), "trailers");
+        assert_eq!(headers.get("x-lanemesh-tag").unwrap(), "gray");
+    }
+
+    #[test]
+    fn upgrade_keeps_connection_and_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert!(headers.contains_key(header::UPGRADE));
+        assert!(headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn uri_keeps_path_and_query() {
+        let target: SocketAddr = "10.0.0.7:9090".parse().unwrap();
+        let uri = upstream_uri(&"/a/b?c=d".parse().unwrap(), target).unwrap();
+        assert_eq!(uri, "http://10.0.0.7:9090/a/b?c=d");
+        let absolute = upstream_uri(&"http://svc.ns:80/x".parse().unwrap(), target).unwrap();
+        assert_eq!(absolute, "http://10.0.0.7:9090/x");
+    }
+}

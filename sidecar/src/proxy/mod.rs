@@ -1,0 +1,32 @@
+//! The proxy core: capture listeners, protocol detection, HTTP/1.1, HTTP/2
+//! (gRPC) and opaque TCP forwarding, graceful shutdown. Routing decisions are
+//! delegated to a [`Router`]; the lane/route/policy logic plugs in there.
+//!
+//! # Layout
+//! - [`listener`]: the outbound/inbound capture listeners and the
+//!   per-connection pipeline ([`Proxy`]).
+//! - [`orig_dst`]: where a captured connection was going (`SO_ORIGINAL_DST`,
+//!   or a test seam).
+//! - [`detect`]: protocol detection by reading and replaying the first bytes.
+//! - [`rewind`]: replays the detection bytes in front of the socket.
+//! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
+//! - [`http`]: hyper server per connection, pooled hyper clients upstream.
+//! - [`tcp`]: opaque byte relay.
+//! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
+
+pub mod detect;
+pub mod http;
+pub mod listener;
+pub mod orig_dst;
+pub mod rewind;
+pub mod router;
+pub mod shutdown;
+pub mod tcp;
+
+pub use listener::{DrainReport, Proxy, ProxyError};
+pub use orig_dst::{Fixed, OriginalDst, PeerMap, SoOriginalDst};
+pub use router::{
+    ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, RouteDecision, Router,
+    TcpDecision, UpstreamFailure,
+};
+pub use shutdown::{ShutdownHandle, ShutdownSignal};

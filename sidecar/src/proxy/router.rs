@@ -1,0 +1,175 @@
+//! The seam between the proxy core (sockets, protocols) and the routing
+//! logic (lanes, endpoints, policies). The core asks a [`Router`] once per
+//! HTTP request and once per opaque TCP connection; the router answers
+//! synchronously from its current snapshot (no I/O, no awaits).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+/// Which capture listener accepted the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The local app calls out (listener 15001).
+    Outbound,
+    /// Someone calls the local app (listener 15006).
+    Inbound,
+}
+
+impl Direction {
+    /// Lower-case name for logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
+/// Facts about one captured connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnContext {
+    /// Listener that accepted it.
+    pub direction: Direction,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// Where the client was going (before the iptables redirect).
+    pub original_dst: SocketAddr,
+    /// Where passthrough sends it: the original destination for outbound, the
+    /// app's address with the original port for inbound.
+    pub default_target: SocketAddr,
+}
+
+impl ConnContext {
+    /// Builds the context, computing [`ConnContext::default_target`].
+    pub fn new(
+        direction: Direction,
+        peer: SocketAddr,
+        original_dst: SocketAddr,
+        app_address: IpAddr,
+    ) -> Self {
+        let default_target = match direction {
+            Direction::Outbound => original_dst,
+            Direction::Inbound => SocketAddr::new(app_address, original_dst.port()),
+        };
+        Self {
+            direction,
+            peer,
+            original_dst,
+            default_target,
+        }
+    }
+}
+
+/// A response the proxy produces itself (rejections, fallbacks, 503 "no endpoint").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers, e.g. `x-lanemesh-blocked`.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// What to do with one HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// Send it to the connection's [`ConnContext::default_target`].
+    Passthrough,
+    /// Send it to this endpoint (lane-aware choice).
+    Forward(SocketAddr),
+    /// Answer locally; nothing is sent upstream.
+    Respond(LocalResponse),
+}
+
+/// What to do with one opaque TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpDecision {
+    /// Connect to the connection's [`ConnContext::default_target`].
+    Passthrough,
+    /// Connect to this endpoint instead.
+    Forward(SocketAddr),
+    /// Close the client connection.
+    Reject,
+}
+
+/// Why a forwarded request got no upstream response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// The connection to the endpoint could not be established.
+    Connect,
+    /// The connection failed (reset, closed) before a response head arrived.
+    Reset,
+}
+
+/// How one forwarded HTTP request went, reported when the response head
+/// arrives or the attempt fails (input for breakers and load balancing).
+/// gRPC statuses travel in trailers and are not part of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOutcome {
+    /// Endpoint the request was sent to.
+    pub target: SocketAddr,
+    /// Response status, or why there is none.
+    pub result: Result<StatusCode, UpstreamFailure>,
+    /// From sending the request to the response head (or the failure).
+    pub elapsed: Duration,
+}
+
+/// Routing logic plugged into the proxy core. Implementations read their
+/// live snapshot (`arc-swap`) once per call and must not block.
+pub trait Router: Send + Sync + 'static {
+    /// Decides one HTTP request. `req` may be modified (e.g. the lane tag
+    /// header injected); the URI's authority is rewritten by the core.
+    fn route_http(&self, conn: &ConnContext, req: &mut http::request::Parts) -> RouteDecision;
+
+    /// Decides one opaque TCP connection.
+    fn route_tcp(&self, conn: &ConnContext) -> TcpDecision;
+
+    /// Observes the outcome of a request this router forwarded. Must be cheap:
+    /// it runs on the request path. The default ignores it.
+    fn on_http_outcome(&self, conn: &ConnContext, outcome: &HttpOutcome) {
+        let _ = (conn, outcome);
+    }
+}
+
+/// Sends everything where it was going: outbound to the original
+/// destination, inbound to the app. The behaviour for traffic lanemesh does
+/// not govern, and the router used until a snapshot arrives.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassthroughRouter;
+
+impl Router for PassthroughRouter {
+    fn route_http(&self, _conn: &ConnContext, _req: &mut http::request::Parts) -> RouteDecision {
+        RouteDecision::Passthrough
+    }
+
+    fn route_tcp(&self, _conn: &ConnContext) -> TcpDecision {
+        TcpDecision::Passthrough
+    }
+}
+
+impl std::fmt::Debug for dyn Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dyn Router")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn inbound_default_target_is_the_app_on_the_original_port() {
+        let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let app: IpAddr = "127.0.0.1".parse().unwrap();
+        let inbound = ConnContext::new(Direction::Inbound, peer, dst, app);
+        assert_eq!(inbound.default_target, "127.0.0.1:8080".parse().unwrap());
+        let outbound = ConnContext::new(Direction::Outbound, peer, dst, app);
+        assert_eq!(outbound.default_target, dst);
+    }
+}
