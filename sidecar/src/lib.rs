@@ -1,6 +1,9 @@
 //! lanemesh data plane: the per-pod proxy that captures, routes and governs traffic.
 //!
 //! # Layout
+//! - [`admin`]: the admin (`127.0.0.1:15000`: `/config_dump`, `/logging`,
+//!   `/shutdown`), health (`15021`: `/healthz/ready`) and metrics (`15020`:
+//!   `/metrics`) listeners, and the reloadable log filter.
 //! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
 //! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
 //!   overload protection as pure state machines (no I/O, injectable clock).
@@ -13,10 +16,14 @@
 //!   atomically.
 //! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
+//! - [`metrics`]: the proxy's Prometheus registry (requests, durations,
+//!   connections, lanes, governance, discovery), shared through an `Arc`.
 
+pub mod admin;
 pub mod discovery;
 pub mod init;
 pub mod lane;
+pub mod metrics;
 pub mod policy;
 pub mod route;
 pub mod snapshot;
