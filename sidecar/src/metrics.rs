@@ -681,4 +681,21 @@ mod tests {
         );
         assert!(text.contains("lanemesh_discovery_acks_total 0\n"), "{text}");
     }
+
+    #[test]
+    fn readiness_and_generation_are_read_at_scrape_time() {
+        use crate::snapshot::{LocalApp, Snapshot};
+
+        let metrics = ProxyMetrics::new();
+        let store = Arc::new(SnapshotStore::new(LocalApp::default()));
+        metrics.attach_snapshot(Arc::clone(&store));
+        let text = metrics.encode();
+        assert!(text.contains("lanemesh_config_ready 0\n"), "{text}");
+        assert!(text.contains("lanemesh_config_generation 0\n"), "{text}");
+        let complete = Snapshot::from_resources(LocalApp::default(), [], [], [], []);
+        store.store(complete.unwrap());
+        let text = metrics.encode();
+        assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
+        assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");
+    }
 }

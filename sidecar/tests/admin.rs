@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lanemesh_api::proto;
 use lanemesh_sidecar::admin::{self, AdminState};
-use lanemesh_sidecar::discovery::NodeIdentity;
+use lanemesh_sidecar::discovery::{DiscoveryState, NodeIdentity};
 use lanemesh_sidecar::metrics::{Direction, ProxyMetrics, RequestLabels, StatusClass};
 use lanemesh_sidecar::snapshot::{
     LocalApp, ResourceKind, Snapshot, SnapshotBuilder, SnapshotStore,
@@ -285,7 +285,8 @@ async fn config_dump_lists_names_versions_and_node() {
         token: "secret-token".into(),
     };
     let (state, _shutdown_rx) = admin_state(Arc::clone(&store));
-    let state = state.with_node(node);
+    let discovery = Arc::new(DiscoveryState::default());
+    let state = state.with_node(node).with_discovery(discovery);
     let (addr, shutdown, task) =
         start(move |listener, rx| admin::serve_admin(listener, state, rx)).await;
 
@@ -298,6 +299,8 @@ async fn config_dump_lists_names_versions_and_node() {
     assert_eq!(dump["generation"], 1);
     assert_eq!(dump["node"]["pod_name"], "orders-0");
     assert_eq!(dump["node"]["lane_tag"], "gray");
+    assert_eq!(dump["discovery"]["connected"], false);
+    assert_eq!(dump["discovery"]["acks"], 0);
     let services = &dump["resources"]["Service"];
     assert_eq!(services["received"], true);
     let listed: HashSet<(String, String)> = services["resources"]
@@ -381,6 +384,12 @@ async fn logging_filter_changes_at_runtime() {
     );
     assert_eq!(request(addr, "POST", "/logging").await.status, 400);
     assert_eq!(request(addr, "GET", "/logging").await.body, current);
+
+    assert_eq!(
+        request(addr, "POST", "/logging?level=off").await.status,
+        200
+    );
+    assert!(!tracing::enabled!(tracing::Level::ERROR));
 
     shutdown.send(true).unwrap();
     stops(task).await;
