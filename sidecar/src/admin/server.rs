@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -12,10 +13,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+/// A client that has not sent a whole request head by then is dropped, so
+/// idle or slow peers cannot pin connections on these ports.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves once `shutdown` holds `true`, or its sender is gone (the process
 /// is going away, so nothing could ask to keep serving).
@@ -48,7 +53,7 @@ pub(crate) async fn serve<H, F>(
                 // Per-connection failures (e.g. the peer reset before accept
                 // or fd exhaustion) must not end the listener.
                 tracing::warn!(listener = name, %error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -59,7 +64,10 @@ pub(crate) async fn serve<H, F>(
                 let response = handler(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
