@@ -4,6 +4,9 @@
 //! - [`config`]: static proxy flags (`lanemesh-proxy run`), parsed once and validated.
 //! - [`proxy`]: capture listeners, protocol detection, HTTP/1.1, HTTP/2/gRPC
 //!   and TCP forwarding, graceful shutdown; routing behind the `Router` trait.
+//! - [`admin`]: the admin (`127.0.0.1:15000`: `/config_dump`, `/logging`,
+//!   `/shutdown`), health (`15021`: `/healthz/ready`) and metrics (`15020`:
+//!   `/metrics`) listeners, and the reloadable log filter.
 //! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
 //! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
 //!   overload protection as pure state machines (no I/O, injectable clock).
@@ -16,11 +19,15 @@
 //!   atomically.
 //! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
+//! - [`metrics`]: the proxy's Prometheus registry (requests, durations,
+//!   connections, lanes, governance, discovery), shared through an `Arc`.
 
+pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod init;
 pub mod lane;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod route;

@@ -9,7 +9,7 @@
 //! # Layout
 //! - [`client`]: the delta ADS client with ACK/NACK, reconnects and state for metrics.
 //! - [`backoff`]: the reconnect schedule (exponential, full jitter).
-//! - [`file`]: `--config-file`, the snapshot from multi-document YAML.
+//! - [`file`](self::file): `--config-file`, the snapshot from multi-document YAML.
 
 pub mod backoff;
 pub mod client;

@@ -1,0 +1,701 @@
+//! The proxy's Prometheus metrics (DESIGN §5, port `15020`): one registry,
+//! created once and shared through an `Arc`, recorded from the hot path and
+//! encoded as OpenMetrics text on scrape.
+//!
+//! # Cardinality
+//! Every label is drawn from a small, bounded set:
+//! - `direction`: 2 values; `status`: 6 (`1xx`..`5xx`, `error`).
+//! - `app`: the governed apps this pod talks to (its own app inbound, its
+//!   destinations outbound) — tens, not requests or pods.
+//! - `lane`: lane tags of the pod's lane groups, `""` for base.
+//! - `rule`: propagation rules (6), entry decision reasons (5), rejection
+//!   reasons (5) times the configured rule names of this pod's policies.
+//!
+//! So `lanemesh_requests_total` holds at most `2 x apps x (lanes + 1) x 6`
+//! series. Never put a path, a header value, a pod IP or a hot-parameter value in
+//! a label.
+//!
+//! # Hot path
+//! Label sets hold `Arc<str>`, so a caller that keeps its [`RequestLabels`]
+//! (one per route or connection) records without allocating: a lookup is a
+//! hash and a read lock that is released before the call returns; a new
+//! series takes the write lock once.
+
+use std::fmt::{self, Write as _};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::discovery::DiscoveryState;
+use crate::lane::DecisionReason;
+use crate::lane::propagate::PropagationRule;
+use crate::policy::RejectReason;
+use crate::policy::breaker::BreakerState;
+use crate::snapshot::SnapshotStore;
+
+/// The `Content-Type` of [`ProxyMetrics::encode`]'s output; Prometheus
+/// negotiates and parses it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Request duration buckets: 0.5 ms doubling 16 times, up to ~16 s.
+const DURATION_BUCKET_START: f64 = 0.0005;
+const DURATION_BUCKET_COUNT: u16 = 16;
+
+/// Which side of the pod a request or connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Captured on `15006`, towards the local app.
+    Inbound,
+    /// Captured on `15001`, from the local app.
+    Outbound,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// A response's status class, or `error` when no response came (connect
+/// failure, reset, timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// No HTTP status: the upstream could not be reached or broke off.
+    Error,
+}
+
+impl StatusClass {
+    /// The class of an HTTP status code; codes outside 100..=599 are
+    /// counted as `error` (no valid response).
+    pub const fn from_code(code: u16) -> Self {
+        match code {
+            100..=199 => Self::Informational,
+            200..=299 => Self::Success,
+            300..=399 => Self::Redirection,
+            400..=499 => Self::ClientError,
+            500..=599 => Self::ServerError,
+            _ => Self::Error,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Informational => "1xx",
+            Self::Success => "2xx",
+            Self::Redirection => "3xx",
+            Self::ClientError => "4xx",
+            Self::ServerError => "5xx",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl From<http::StatusCode> for StatusClass {
+    fn from(status: http::StatusCode) -> Self {
+        Self::from_code(status.as_u16())
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Labels of `lanemesh_requests_total`. Keep one per route (or connection)
+/// and change `status` per request: clones are reference-count bumps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// Destination app outbound, the local app inbound.
+    pub app: Arc<str>,
+    /// Lane tag; empty for base.
+    pub lane: Arc<str>,
+    pub status: StatusClass,
+}
+
+impl RequestLabels {
+    pub fn new(
+        direction: Direction,
+        app: impl Into<Arc<str>>,
+        lane: impl Into<Arc<str>>,
+        status: StatusClass,
+    ) -> Self {
+        Self {
+            direction,
+            app: app.into(),
+            lane: lane.into(),
+            status,
+        }
+    }
+}
+
+/// Labels of `lanemesh_request_duration_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: Direction,
+    pub app: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RuleLabels {
+    rule: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Labels of the governance counters: why, and which configured rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub reason: &'static str,
+    /// The policy rule's name as configured (e.g. the QPS rule or breaker name).
+    pub rule: Arc<str>,
+}
+
+impl RejectionLabels {
+    pub fn new(reason: RejectReason, rule: impl Into<Arc<str>>) -> Self {
+        Self {
+            reason: reason.as_str(),
+            rule: rule.into(),
+        }
+    }
+}
+
+/// Labels of the breaker metrics: one breaker per destination app and rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BreakerLabels {
+    pub app: Arc<str>,
+    pub rule: Arc<str>,
+}
+
+impl BreakerLabels {
+    pub fn new(app: impl Into<Arc<str>>, rule: impl Into<Arc<str>>) -> Self {
+        Self {
+            app: app.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransitionLabels {
+    app: Arc<str>,
+    rule: Arc<str>,
+    to: &'static str,
+}
+
+/// The value of `lanemesh_breaker_state`: ordered by how much traffic the
+/// breaker lets through less.
+pub const fn breaker_state_value(state: BreakerState) -> i64 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
+}
+
+/// The label value of an entry lane decision's reason.
+pub const fn decision_reason_label(reason: DecisionReason) -> &'static str {
+    match reason {
+        DecisionReason::TagHeader => "tag_header",
+        DecisionReason::Baggage => "baggage",
+        DecisionReason::Matched => "matched",
+        DecisionReason::Weighted => "weighted",
+        DecisionReason::NoMatch => "no_match",
+    }
+}
+
+const DECISION_REASONS: [DecisionReason; 5] = [
+    DecisionReason::TagHeader,
+    DecisionReason::Baggage,
+    DecisionReason::Matched,
+    DecisionReason::Weighted,
+    DecisionReason::NoMatch,
+];
+
+type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        DURATION_BUCKET_START,
+        2.0,
+        DURATION_BUCKET_COUNT,
+    ))
+}
+
+/// Every metric of the proxy. Create once, share as `Arc<ProxyMetrics>`.
+#[derive(Debug)]
+pub struct ProxyMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: DurationFamily,
+    open_connections: Family<DirectionLabels, Gauge>,
+    lane_propagations: Family<RuleLabels, Counter>,
+    lane_entry_decisions: Family<ReasonLabels, Counter>,
+    rejections: Family<RejectionLabels, Counter>,
+    dry_run_rejections: Family<RejectionLabels, Counter>,
+    breaker_state: Family<BreakerLabels, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    sources: Arc<ScrapeSources>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProxyMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lanemesh");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests proxied, by direction, app, lane (empty = base) and status class",
+            requests.clone(),
+        );
+        let durations: DurationFamily = Family::new_with_constructor(duration_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to response end, by direction and app",
+            Unit::Seconds,
+            durations.clone(),
+        );
+        let open_connections = Family::<DirectionLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Connections currently open, by direction",
+            open_connections.clone(),
+        );
+        let lane_propagations = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "lane_propagations",
+            "Outbound lane choices, by the propagation rule that carried the lane",
+            lane_propagations.clone(),
+        );
+        let lane_entry_decisions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "lane_entry_decisions",
+            "Lane decisions at an entry app or gateway, by reason",
+            lane_entry_decisions.clone(),
+        );
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "rejections",
+            "Requests rejected by governance, by reason and rule",
+            rejections.clone(),
+        );
+        let dry_run_rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "dry_run_rejections",
+            "Requests a dry-run rule would have rejected, by reason and rule",
+            dry_run_rejections.clone(),
+        );
+        let breaker_state = Family::<BreakerLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state by destination app and rule: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes, by destination app, rule and new state",
+            breaker_transitions.clone(),
+        );
+        let sources = Arc::new(ScrapeSources::default());
+        registry.register_collector(Box::new(Arc::clone(&sources)));
+
+        // Pre-register the fixed label values so dashboards see zeros rather
+        // than missing series.
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            drop(open_connections.get_or_create(&DirectionLabels { direction }));
+        }
+        for rule in PropagationRule::ALL {
+            drop(lane_propagations.get_or_create(&RuleLabels {
+                rule: rule.as_str(),
+            }));
+        }
+        for reason in DECISION_REASONS {
+            drop(lane_entry_decisions.get_or_create(&ReasonLabels {
+                reason: decision_reason_label(reason),
+            }));
+        }
+
+        Self {
+            registry,
+            requests,
+            durations,
+            open_connections,
+            lane_propagations,
+            lane_entry_decisions,
+            rejections,
+            dry_run_rejections,
+            breaker_state,
+            breaker_transitions,
+            sources,
+        }
+    }
+
+    /// Reads the discovery client's counters on every scrape. Only the first
+    /// call takes effect (there is one client per process).
+    pub fn attach_discovery(&self, state: Arc<DiscoveryState>) {
+        let _ = self.sources.discovery.set(state);
+    }
+
+    /// Reads readiness and the snapshot generation on every scrape. Only the
+    /// first call takes effect.
+    pub fn attach_snapshot(&self, store: Arc<SnapshotStore>) {
+        let _ = self.sources.snapshot.set(store);
+    }
+
+    /// One finished request (or a failed attempt, with [`StatusClass::Error`]).
+    pub fn record_request(&self, labels: &RequestLabels, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        // Built from the request labels: two refcount bumps, no allocation.
+        let key = DurationLabels {
+            direction: labels.direction,
+            app: Arc::clone(&labels.app),
+        };
+        self.durations
+            .get_or_create(&key)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub fn open_connection(&self, direction: Direction) -> ConnectionGuard {
+        let gauge = self
+            .open_connections
+            .get_or_create_owned(&DirectionLabels { direction });
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+
+    /// An outbound lane choice and the rule that made it.
+    pub fn record_propagation(&self, rule: PropagationRule) {
+        self.lane_propagations
+            .get_or_create(&RuleLabels {
+                rule: rule.as_str(),
+            })
+            .inc();
+    }
+
+    /// A lane decision at an entry app or gateway.
+    pub fn record_entry_decision(&self, reason: DecisionReason) {
+        self.lane_entry_decisions
+            .get_or_create(&ReasonLabels {
+                reason: decision_reason_label(reason),
+            })
+            .inc();
+    }
+
+    /// A request rejected by governance.
+    pub fn record_rejection(&self, labels: &RejectionLabels) {
+        self.rejections.get_or_create(labels).inc();
+    }
+
+    /// A request a dry-run rule would have rejected (and let through).
+    pub fn record_dry_run_rejection(&self, labels: &RejectionLabels) {
+        self.dry_run_rejections.get_or_create(labels).inc();
+    }
+
+    /// A breaker moved to `to`: sets its state gauge and counts the change.
+    pub fn record_breaker_transition(&self, labels: &BreakerLabels, to: BreakerState) {
+        self.breaker_state
+            .get_or_create(labels)
+            .set(breaker_state_value(to));
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels {
+                app: Arc::clone(&labels.app),
+                rule: Arc::clone(&labels.rule),
+                to: to.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets a breaker's state gauge without counting a transition (e.g. a
+    /// newly created breaker, closed).
+    pub fn set_breaker_state(&self, labels: &BreakerLabels, state: BreakerState) {
+        self.breaker_state
+            .get_or_create(labels)
+            .set(breaker_state_value(state));
+    }
+
+    /// Forgets a breaker whose rule is gone, so its series stops being exported.
+    pub fn remove_breaker(&self, labels: &BreakerLabels) {
+        self.breaker_state.remove(labels);
+    }
+
+    /// The OpenMetrics text exposition of every metric, ending in `# EOF`;
+    /// serve it with [`CONTENT_TYPE`].
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if let Err(fmt::Error) = prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        {
+            // Only the writer can fail, and writing to a String does not.
+            tracing::warn!("encoding metrics failed");
+        }
+        out
+    }
+}
+
+/// Keeps `lanemesh_open_connections` up while alive.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// State owned elsewhere, read at scrape time.
+#[derive(Debug, Default)]
+struct ScrapeSources {
+    discovery: OnceLock<Arc<DiscoveryState>>,
+    snapshot: OnceLock<Arc<SnapshotStore>>,
+}
+
+impl Collector for ScrapeSources {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        if let Some(state) = self.discovery.get() {
+            let stats = state.stats();
+            gauge(
+                &mut encoder,
+                "discovery_connected",
+                "1 while a discovery stream to the control plane is open",
+                i64::from(stats.connected),
+            )?;
+            counter(
+                &mut encoder,
+                "discovery_connects",
+                "Discovery streams opened",
+                stats.connects,
+            )?;
+            counter(
+                &mut encoder,
+                "discovery_reconnects",
+                "Waits before a new discovery attempt after a failure or a closed stream",
+                stats.reconnect_attempts,
+            )?;
+            counter(
+                &mut encoder,
+                "discovery_acks",
+                "Discovery responses fully applied",
+                stats.acks,
+            )?;
+            counter(
+                &mut encoder,
+                "discovery_nacks",
+                "Discovery responses with at least one refused resource",
+                stats.nacks,
+            )?;
+            counter(
+                &mut encoder,
+                "discovery_rejected_resources",
+                "Resources refused, summed over all NACKs",
+                stats.rejected_resources,
+            )?;
+        }
+        if let Some(store) = self.snapshot.get() {
+            let snapshot = store.load();
+            gauge(
+                &mut encoder,
+                "config_ready",
+                "1 once a first snapshot of every resource type is applied",
+                i64::from(snapshot.is_ready()),
+            )?;
+            gauge(
+                &mut encoder,
+                "config_generation",
+                "Snapshots applied since start",
+                i64::try_from(snapshot.generation()).unwrap_or(i64::MAX),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> fmt::Result {
+    let metric = ConstGauge::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> fmt::Result {
+    let metric = ConstCounter::new(value);
+    let metric_encoder = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(metric_encoder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_follow_the_first_digit() {
+        assert_eq!(StatusClass::from_code(101).as_str(), "1xx");
+        assert_eq!(StatusClass::from_code(204).as_str(), "2xx");
+        assert_eq!(StatusClass::from_code(302).as_str(), "3xx");
+        assert_eq!(StatusClass::from_code(429).as_str(), "4xx");
+        assert_eq!(StatusClass::from_code(503).as_str(), "5xx");
+        assert_eq!(StatusClass::from_code(0).as_str(), "error");
+        assert_eq!(StatusClass::from_code(600).as_str(), "error");
+    }
+
+    #[test]
+    fn connection_guard_counts_up_and_down() {
+        let metrics = ProxyMetrics::new();
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("lanemesh_open_connections{direction=\"inbound\"}"))
+                .map(str::to_owned)
+        };
+        let first = metrics.open_connection(Direction::Inbound);
+        let second = metrics.open_connection(Direction::Inbound);
+        assert_eq!(
+            line(&metrics.encode()).as_deref(),
+            Some("lanemesh_open_connections{direction=\"inbound\"} 2")
+        );
+        drop(first);
+        drop(second);
+        assert_eq!(
+            line(&metrics.encode()).as_deref(),
+            Some("lanemesh_open_connections{direction=\"inbound\"} 0")
+        );
+    }
+
+    #[test]
+    fn breaker_transition_sets_the_gauge_and_counts() {
+        let metrics = ProxyMetrics::new();
+        let labels = BreakerLabels::new("orders", "slow-calls");
+        metrics.record_breaker_transition(&labels, BreakerState::Open);
+        metrics.record_breaker_transition(&labels, BreakerState::HalfOpen);
+        let text = metrics.encode();
+        assert!(
+            text.contains("lanemesh_breaker_state{app=\"orders\",rule=\"slow-calls\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lanemesh_breaker_transitions_total{app=\"orders\",rule=\"slow-calls\",to=\"open\"} 1\n"
+            ),
+            "{text}"
+        );
+        metrics.remove_breaker(&labels);
+        assert!(!metrics.encode().contains("lanemesh_breaker_state{"));
+    }
+
+    #[test]
+    fn every_propagation_rule_and_rejection_reason_is_labelled() {
+        let metrics = ProxyMetrics::new();
+        metrics.record_propagation(PropagationRule::Baggage);
+        for reason in RejectReason::ALL {
+            metrics.record_rejection(&RejectionLabels::new(reason, "r1"));
+        }
+        metrics.record_dry_run_rejection(&RejectionLabels::new(RejectReason::Flow, "dry"));
+        let text = metrics.encode();
+        for rule in [
+            "tag_header",
+            "baggage",
+            "trace_id",
+            "inflight",
+            "color_by_node",
+            "base",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "lanemesh_lane_propagations_total{{rule=\"{rule}\"}}"
+                )),
+                "{rule}: {text}"
+            );
+        }
+        assert!(text.contains("lanemesh_lane_propagations_total{rule=\"baggage\"} 1\n"));
+        for reason in [
+            "flow",
+            "concurrency",
+            "hot_param",
+            "circuit_breaking",
+            "system",
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "lanemesh_rejections_total{{reason=\"{reason}\",rule=\"r1\"}} 1\n"
+                )),
+                "{reason}: {text}"
+            );
+        }
+        assert!(
+            text.contains("lanemesh_dry_run_rejections_total{reason=\"flow\",rule=\"dry\"} 1\n")
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn discovery_counters_are_read_at_scrape_time() {
+        let metrics = ProxyMetrics::new();
+        assert!(!metrics.encode().contains("lanemesh_discovery_connected"));
+        metrics.attach_discovery(Arc::new(DiscoveryState::default()));
+        let text = metrics.encode();
+        assert!(
+            text.contains("# TYPE lanemesh_discovery_connected gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("lanemesh_discovery_connected 0\n"), "{text}");
+        assert!(
+            text.contains("# TYPE lanemesh_discovery_acks counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("lanemesh_discovery_acks_total 0\n"), "{text}");
+    }
+
+    #[test]
+    fn readiness_and_generation_are_read_at_scrape_time() {
+        use crate::snapshot::{LocalApp, Snapshot};
+
+        let metrics = ProxyMetrics::new();
+        let store = Arc::new(SnapshotStore::new(LocalApp::default()));
+        metrics.attach_snapshot(Arc::clone(&store));
+        let text = metrics.encode();
+        assert!(text.contains("lanemesh_config_ready 0\n"), "{text}");
+        assert!(text.contains("lanemesh_config_generation 0\n"), "{text}");
+        let complete = Snapshot::from_resources(LocalApp::default(), [], [], [], []);
+        store.store(complete.unwrap());
+        let text = metrics.encode();
+        assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
+        assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");
+    }
+}
