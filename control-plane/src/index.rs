@@ -93,6 +93,15 @@ impl Index {
                 let keys: HashSet<&ObjectKey> = self.objects.keys().collect();
                 self.last_good.retain(|k, _| keys.contains(k));
             }
+            SourceEvent::ReplaceKind(kind, objects) => {
+                self.objects.retain(|k, _| k.kind != kind);
+                let keys: HashSet<ObjectKey> = objects.iter().map(Object::key).collect();
+                self.last_good
+                    .retain(|k, _| k.kind != kind || keys.contains(k));
+                self.objects
+                    .extend(objects.into_iter().map(|o| (o.key(), o)));
+            }
+            SourceEvent::Synced => self.loaded = true,
             SourceEvent::Apply(object) => {
                 self.objects.insert(object.key(), object);
             }

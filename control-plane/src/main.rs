@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use futures::future::BoxFuture;
 use lanemesh_control_plane::run::ControlPlane;
+use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_control_plane::source::local::LocalSource;
 use lanemesh_control_plane::{admin, discovery, index};
 use tokio::net::TcpListener;
@@ -14,6 +16,8 @@ use tokio::net::TcpListener;
 enum SourceKind {
     /// A directory of YAML (lanemesh CRDs, Services, Pods, EndpointSlices).
     Local,
+    /// Watch the cluster (in-cluster config or KUBECONFIG).
+    Kubernetes,
 }
 
 /// lanemesh control plane: streams lanes and policies to sidecars.
@@ -24,6 +28,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "local", env = "LANEMESH_SOURCE")]
     source: SourceKind,
     /// The directory the `local` source reads (re-read on change).
+    /// The `kubernetes` source uses in-cluster config or KUBECONFIG.
     #[arg(long, env = "LANEMESH_DIR", required_if_eq("source", "local"))]
     dir: Option<PathBuf>,
     /// gRPC discovery address.
@@ -67,19 +72,29 @@ async fn main() -> anyhow::Result<()> {
     let admin = TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("binding admin on {}", args.admin_addr))?;
-    let source = match args.source {
+    let source: Box<dyn FnOnce(_) -> _> = match args.source {
         SourceKind::Local => {
             let dir = args.dir.context("--dir is required with --source local")?;
             anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
-            LocalSource::new(dir)
+            let source = LocalSource::new(dir);
+            Box::new(move |tx| -> BoxFuture<'static, ()> {
+                Box::pin(async move {
+                    if let Err(e) = source.run(tx).await {
+                        tracing::error!(error = %e, "local source stopped");
+                    }
+                })
+            })
+        }
+        SourceKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+            let source = KubernetesSource::new(client);
+            Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
     };
     let plane = ControlPlane::start(
-        move |tx| async move {
-            if let Err(e) = source.run(tx).await {
-                tracing::error!(error = %e, "local source stopped");
-            }
-        },
+        source,
         grpc,
         admin,
         if args.debounce.is_zero() {

@@ -2,13 +2,16 @@
 //! source feeds the index through.
 //!
 //! A source sends [`SourceEvent`]s on an mpsc channel: `Replace` with the
-//! whole state (the local directory after each change; a Kubernetes source
-//! after its initial lists), then `Apply`/`Delete` per object (watch
-//! events). The index treats its first `Replace` as "fully loaded" (readiness).
+//! whole state (the local directory after each change), or `ReplaceKind`
+//! per kind after each (re)list followed by `Apply`/`Delete` per object
+//! (Kubernetes watches). The index counts as fully loaded (readiness) after
+//! the first `Replace`, or after `Synced` once every kind has been listed.
 //!
 //! # Layout
 //! - `local`: a directory of YAML, re-read on change.
+//! - `kubernetes`: kube-rs watchers with backoff.
 
+pub mod kubernetes;
 pub mod local;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -22,8 +25,13 @@ use lanemesh_api::crd::{
 /// What a source tells the index.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
-    /// The complete state: everything not in it is gone.
+    /// The complete state: everything not in it is gone. Implies `Synced`.
     Replace(Vec<Object>),
+    /// Every object of one kind (after a list or re-list): objects of that
+    /// kind not in it are gone.
+    ReplaceKind(Kind, Vec<Object>),
+    /// Every kind has been listed once: the state is complete.
+    Synced,
     /// One object was added or changed.
     Apply(Object),
     /// One object was deleted.
@@ -45,6 +53,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Self; 8] = [
+        Self::LaneGroup,
+        Self::Lane,
+        Self::RateLimitPolicy,
+        Self::CircuitBreakerPolicy,
+        Self::OverloadProtectionPolicy,
+        Self::Service,
+        Self::EndpointSlice,
+        Self::Pod,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::LaneGroup => "LaneGroup",
@@ -59,18 +78,7 @@ impl Kind {
     }
 
     pub fn parse(kind: &str) -> Option<Self> {
-        [
-            Self::LaneGroup,
-            Self::Lane,
-            Self::RateLimitPolicy,
-            Self::CircuitBreakerPolicy,
-            Self::OverloadProtectionPolicy,
-            Self::Service,
-            Self::EndpointSlice,
-            Self::Pod,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == kind)
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
     }
 }
 
