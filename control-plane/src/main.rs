@@ -38,23 +38,11 @@ struct Args {
     #[arg(long, default_value = admin::DEFAULT_ADDR, env = "LANEMESH_ADMIN_ADDR")]
     admin_addr: String,
     /// Quiet time after a change before snapshots are rebuilt.
-    #[arg(long, default_value = "50ms", value_parser = humantime_like)]
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
     /// How long SIGTERM waits for streams and servers to end.
-    #[arg(long, default_value = "5s", value_parser = humantime_like)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
-}
-
-fn humantime_like(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        _ => Err(format!("invalid duration {s:?} (use e.g. 50ms or 5s)")),
-    }
 }
 
 #[tokio::main]

@@ -104,7 +104,8 @@ impl Default for World {
 pub struct NodeKey {
     pub namespace: String,
     pub pod_name: String,
-    /// May be empty: then the index's pod labels decide.
+    /// The app the sidecar reports; the index's pod labels win when the
+    /// index knows the pod.
     pub app: String,
 }
 
@@ -146,15 +147,15 @@ impl NodeSnapshot {
 
 /// The part of `world` that concerns `node`.
 pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
-    let app = if node.app.is_empty() {
-        world
-            .pods
-            .get(&(node.namespace.clone(), node.pod_name.clone()))
-            .map(|p| p.app.clone())
-            .unwrap_or_default()
-    } else {
-        node.app.clone()
-    };
+    // The pod's labels are the truth when the index knows the pod; the
+    // app the sidecar reports covers pods outside the index (e.g. a gateway
+    // or a process outside Kubernetes).
+    let app = world
+        .pods
+        .get(&(node.namespace.clone(), node.pod_name.clone()))
+        .map(|p| p.app.clone())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| node.app.clone());
     let pick = |all: &Resources, names: &mut dyn Iterator<Item = &String>| -> Resources {
         names
             .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
@@ -285,6 +286,15 @@ mod tests {
         };
         let s = for_node(&world(), &node);
         assert_eq!(s.app, "front", "app comes from the pod index");
+        let claimed = NodeKey {
+            app: "back".into(),
+            ..node
+        };
+        assert_eq!(
+            for_node(&world(), &claimed).app,
+            "front",
+            "labels win over the claim"
+        );
         assert_eq!(names(&s.services), ["a/front", "a/plain"]);
         assert_eq!(names(&s.lane_groups), ["a/g"]);
         assert_eq!(names(&s.inbound), ["a/front"]);

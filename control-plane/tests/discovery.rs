@@ -415,7 +415,16 @@ async fn a_node_receives_only_what_concerns_it() {
     assert_eq!(names(&theirs[LANE_GROUP]), ["elsewhere/theirs"]);
     assert_eq!(names(&theirs[INBOUND]), ["elsewhere/unrelated"]);
     assert_eq!(names(&theirs[OUTBOUND]), ["elsewhere/unrelated"]);
-    plane.plane.stop(Duration::from_secs(2)).await;
+
+    // A graceful stop ends open streams cleanly, so sidecars reconnect
+    // elsewhere instead of waiting on a dead server.
+    tokio::time::timeout(WAIT, plane.plane.stop(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(WAIT, front.rx.message())
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(None)), "{end:?}");
 }
 
 #[tokio::test]
