@@ -694,3 +694,74 @@ async fn a_first_request_without_node_is_refused() {
     assert!(status.message().contains("node"), "{status}");
     plane.plane.stop(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn a_refused_policy_keeps_its_last_good_version_and_is_reported() {
+    let plane = Plane::start().await;
+    let mut front = plane.connect("front-1", "shop").await;
+    let initial = front.initial().await;
+
+    plane.write(
+        "limits.yaml",
+        &limits(100).replace("threshold: 100", "threshold: -5"),
+    );
+    let mut worlds = plane.plane.worlds.clone();
+    tokio::time::timeout(WAIT, worlds.wait_for(|w| !w.rejected.is_empty()))
+        .await
+        .unwrap()
+        .unwrap();
+    // The last good policy stays in force: nothing to push.
+    front.expect_silence(Duration::from_millis(400)).await;
+    let (status, body) = http_get(plane.admin, "/debug/rejected").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("RateLimitPolicy shop/front-limit")
+            && body.contains("spec.rules[0].qps.threshold"),
+        "{body}"
+    );
+
+    // Fixed again: the new version is served.
+    plane.write("limits.yaml", &limits(50));
+    let update = front.recv_type(INBOUND).await;
+    assert_eq!(qps(&update), 50.0);
+    assert_ne!(
+        update.resources[0].version,
+        initial[INBOUND].resources[0].version
+    );
+    plane.plane.stop(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn nothing_is_served_before_the_first_full_load() {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (grpc_addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    // A source that loads nothing until released.
+    let plane = ControlPlane::start(
+        move |tx| async move {
+            let _ = release_rx.await;
+            let objects = lanemesh_control_plane::source::local::parse(APPS).unwrap();
+            let _ = tx
+                .send(lanemesh_control_plane::source::SourceEvent::Replace(
+                    objects,
+                ))
+                .await;
+            tx.closed().await;
+        },
+        grpc,
+        admin,
+        Duration::from_millis(10),
+    );
+    let (status, body) = http_get(admin_addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let mut sidecar = Sidecar::connect(grpc_addr, "front-1", "shop", &HashMap::new()).await;
+    // An empty answer now would make the sidecar drop what it holds.
+    sidecar.expect_silence(Duration::from_millis(300)).await;
+
+    release_tx.send(()).unwrap();
+    let services = sidecar.recv_type(SERVICE).await;
+    assert_eq!(names(&services), ["shop/back", "shop/front"]);
+    assert_eq!(http_get(admin_addr, "/readyz").await.0, 200);
+    plane.stop(Duration::from_secs(2)).await;
+}
