@@ -539,20 +539,21 @@ async fn reconnecting_with_versions_gets_only_differences_and_removals() {
     plane.plane.stop(Duration::from_secs(2)).await;
 }
 
-/// Many endpoints make each Service push big, so a sidecar that never reads
+/// Many endpoints with long pod names make each Service push big (~100 KB), so a sidecar that never reads
 /// fills its HTTP/2 window and its stream's buffer quickly.
 fn big_service(tag_of_first: &str) -> String {
     let mut yaml = String::from(
         "apiVersion: v1\nkind: Service\nmetadata: {name: big, namespace: shop}\nspec: {selector: {app: big}, ports: [{name: http, port: 80}]}\n",
     );
-    for i in 0..1200 {
+    for i in 0..300 {
         let tag = if i == 0 {
             tag_of_first
         } else {
             "base-lane-tag-x"
         };
         yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: big-pod-with-a-long-name-{i}, namespace: shop, labels: {{app: big, alicloud.service.tag: {tag}}}}}\nstatus: {{podIP: 10.1.{}.{}, conditions: [{{type: Ready, status: \"True\"}}]}}\n",
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {}-{i}, namespace: shop, labels: {{app: big, alicloud.service.tag: {tag}}}}}\nstatus: {{podIP: 10.1.{}.{}, conditions: [{{type: Ready, status: \"True\"}}]}}\n",
+            "p".repeat(200),
             i / 250,
             i % 250
         ));
