@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use lanemesh_control_plane::run::ControlPlane;
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_control_plane::source::local::LocalSource;
-use lanemesh_control_plane::{admin, discovery, index};
+use lanemesh_control_plane::{admin, discovery};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -28,7 +28,6 @@ struct Args {
     #[arg(long, value_enum, default_value = "local", env = "LANEMESH_SOURCE")]
     source: SourceKind,
     /// The directory the `local` source reads (re-read on change).
-    /// The `kubernetes` source uses in-cluster config or KUBECONFIG.
     #[arg(long, env = "LANEMESH_DIR", required_if_eq("source", "local"))]
     dir: Option<PathBuf>,
     /// gRPC discovery address.
@@ -81,16 +80,7 @@ async fn main() -> anyhow::Result<()> {
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
     };
-    let plane = ControlPlane::start(
-        source,
-        grpc,
-        admin,
-        if args.debounce.is_zero() {
-            index::DEFAULT_DEBOUNCE
-        } else {
-            args.debounce
-        },
-    );
+    let plane = ControlPlane::start(source, grpc, admin, args.debounce);
     shutdown_signal().await?;
     tracing::info!("stopping");
     plane.stop(args.grace).await;
