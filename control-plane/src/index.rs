@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lanemesh_api::convert::{self, Built, Invalid};
+use lanemesh_api::convert::{self, Built, Invalid, ObjectRef};
 use lanemesh_api::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
 };
@@ -32,6 +32,8 @@ const MAX_DELAY: Duration = Duration::from_millis(500);
 pub struct Index {
     objects: BTreeMap<ObjectKey, Object>,
     last_good: HashMap<ObjectKey, Object>,
+    /// Refusals already logged, with their message.
+    reported: HashMap<ObjectRef, String>,
     loaded: bool,
     generation: u64,
 }
@@ -135,17 +137,25 @@ impl Index {
             }
         }
         let rejected: Vec<Invalid> = first.rejected().cloned().collect();
+        self.reported
+            .retain(|object, _| rejected.iter().any(|r| &r.object == object));
         let converted = if refused.is_empty() {
             first
         } else {
             for invalid in &rejected {
+                let message = invalid.message();
+                // Rebuilds are frequent (pod churn); say it once per refusal.
+                if self.reported.get(&invalid.object) == Some(&message) {
+                    continue;
+                }
                 let kept = key_of(invalid).is_some_and(|k| self.last_good.contains_key(&k));
                 tracing::warn!(
                     object = %invalid.object,
-                    errors = %invalid.message(),
+                    errors = %message,
                     kept_last_good = kept,
                     "object refused"
                 );
+                self.reported.insert(invalid.object.clone(), message);
             }
             let substituted = self.objects.iter().filter_map(|(key, object)| {
                 if refused.contains(key) {
