@@ -1,1 +1,24 @@
-//! lanemesh control plane: watches Kubernetes and streams lanes and policies to sidecars.
+//! lanemesh control plane: sources -> index -> per-node snapshots -> discovery streams to sidecars.
+//!
+//! # Layout
+//! - [`source`]: where objects come from (`local` directory); the [`source::SourceEvent`] interface.
+//! - [`index`]: every object, converted (debounced) into one immutable [`snapshot::World`].
+//! - [`snapshot`]: the encoded world and the part of it each node receives.
+//! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot` (port 15014).
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`run`]: wiring of all the above, used by `lanemesh-pilot` and tests.
+
+pub mod admin;
+pub mod discovery;
+pub mod index;
+pub mod metrics;
+pub mod run;
+pub mod snapshot;
+pub mod source;
+
+/// Resolves once `shutdown` is `true` (or its sender is gone). The borrow
+/// `wait_for` returns is dropped here, so callers' futures stay `Send`.
+pub(crate) async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

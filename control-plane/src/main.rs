@@ -1,5 +1,98 @@
 //! `lanemesh-pilot`: the control plane binary.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("lanemesh-pilot: the control plane is not built yet (issue: control plane)")
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use futures::future::BoxFuture;
+use lanemesh_control_plane::run::ControlPlane;
+use lanemesh_control_plane::source::kubernetes::KubernetesSource;
+use lanemesh_control_plane::source::local::LocalSource;
+use lanemesh_control_plane::{admin, discovery};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SourceKind {
+    /// A directory of YAML (lanemesh CRDs, Services, Pods, EndpointSlices).
+    Local,
+    /// Watch the cluster (in-cluster config or KUBECONFIG).
+    Kubernetes,
+}
+
+/// lanemesh control plane: streams lanes and policies to sidecars.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Where objects come from.
+    #[arg(long, value_enum, default_value = "local", env = "LANEMESH_SOURCE")]
+    source: SourceKind,
+    /// The directory the `local` source reads (re-read on change).
+    #[arg(long, env = "LANEMESH_DIR", required_if_eq("source", "local"))]
+    dir: Option<PathBuf>,
+    /// gRPC discovery address.
+    #[arg(long, default_value = discovery::DEFAULT_ADDR, env = "LANEMESH_GRPC_ADDR")]
+    grpc_addr: String,
+    /// Admin address: /healthz, /readyz, /metrics, /debug/snapshot.
+    #[arg(long, default_value = admin::DEFAULT_ADDR, env = "LANEMESH_ADMIN_ADDR")]
+    admin_addr: String,
+    /// Quiet time after a change before snapshots are rebuilt.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    debounce: Duration,
+    /// How long SIGTERM waits for streams and servers to end.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let grpc = TcpListener::bind(&args.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC discovery on {}", args.grpc_addr))?;
+    let admin = TcpListener::bind(&args.admin_addr)
+        .await
+        .with_context(|| format!("binding admin on {}", args.admin_addr))?;
+    let source: Box<dyn FnOnce(_) -> _> = match args.source {
+        SourceKind::Local => {
+            let dir = args.dir.context("--dir is required with --source local")?;
+            anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
+            let source = LocalSource::new(dir);
+            Box::new(move |tx| -> BoxFuture<'static, ()> {
+                Box::pin(async move {
+                    if let Err(e) = source.run(tx).await {
+                        tracing::error!(error = %e, "local source stopped");
+                    }
+                })
+            })
+        }
+        SourceKind::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+            let source = KubernetesSource::new(client);
+            Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
+        }
+    };
+    let plane = ControlPlane::start(source, grpc, admin, args.debounce);
+    shutdown_signal().await?;
+    tracing::info!("stopping");
+    plane.stop(args.grace).await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+    }
+    Ok(())
 }

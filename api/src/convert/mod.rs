@@ -11,16 +11,19 @@
 //! - `lane`: LaneGroups and their Lanes -> `proto::LaneGroup`.
 //! - `rate_limit`: RateLimitPolicies and OverloadProtectionPolicies -> `proto::InboundPolicy`.
 //! - `breaker`: CircuitBreakerPolicies -> `proto::OutboundPolicy`.
+//! - `service`: Services, EndpointSlices and Pods -> `proto::Service`.
 
 mod breaker;
 mod error;
 mod lane;
 mod rate_limit;
+mod service;
 
 pub use breaker::outbound_policies;
 pub use error::{FieldError, Invalid, ObjectRef, Violation};
 pub use lane::lane_groups;
 pub use rate_limit::inbound_policies;
+pub use service::{SERVICE_NAME_LABEL, service, services};
 
 use std::str::FromStr;
 

@@ -1,0 +1,218 @@
+//! The admin server (port 15014): `/healthz`, `/readyz`, `/metrics`,
+//! `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`), `/debug/rejected`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use lanemesh_api::proto;
+use lanemesh_api::resource::DiscoveryResource;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::snapshot::{self, NodeKey, Resources, World};
+
+/// Default admin address.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:15014";
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub worlds: watch::Receiver<Arc<World>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admin {
+    /// Serves until `shutdown` turns `true`.
+    pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        tracing::info!(addr = ?listener.local_addr().ok(), "admin server listening");
+        loop {
+            let (stream, _) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = crate::stopped(shutdown.clone()) => return,
+            };
+            let admin = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                });
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+            });
+        }
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        let world = Arc::clone(&self.worlds.borrow());
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" if world.ready => text(StatusCode::OK, "ready\n".into()),
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the source's first full load is not indexed yet\n".into(),
+            ),
+            "/metrics" => {
+                self.metrics
+                    .rejected_objects
+                    .set(world.rejected.len() as i64);
+                let mut resp = text(StatusCode::OK, self.metrics.render());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                resp
+            }
+            "/debug/snapshot" => {
+                let node = query_param(req.uri().query().unwrap_or_default(), "node");
+                match node.and_then(|n| find_node(&world, &n)) {
+                    Some(key) => json_response(&node_json(&world, &key)),
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        "no such governed pod; use ?node=<namespace>/<pod> or ?node=<pod>\n".into(),
+                    ),
+                }
+            }
+            "/debug/rejected" => {
+                let rejected: Vec<Value> = world
+                    .rejected
+                    .iter()
+                    .map(|r| json!({"object": r.object.to_string(), "message": r.message()}))
+                    .collect();
+                json_response(&Value::Array(rejected))
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json_response(value: &Value) -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::OK,
+        serde_json::to_string_pretty(value).unwrap_or_default(),
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/"))
+    })
+}
+
+/// `ns/pod`, or a bare pod name looked up across namespaces (first by
+/// namespace order).
+fn find_node(world: &World, node: &str) -> Option<NodeKey> {
+    let (ns, pod) = match node.split_once('/') {
+        Some((ns, pod)) => (ns.to_owned(), pod.to_owned()),
+        None => world
+            .pods
+            .keys()
+            .filter(|(_, p)| p == node)
+            .min()
+            .cloned()?,
+    };
+    world.pods.get(&(ns.clone(), pod.clone()))?;
+    Some(NodeKey {
+        namespace: ns,
+        pod_name: pod,
+        app: String::new(),
+    })
+}
+
+fn node_json(world: &World, key: &NodeKey) -> Value {
+    let snap = snapshot::for_node(world, key);
+    json!({
+        "node": format!("{}/{}", key.namespace, key.pod_name),
+        "app": snap.app,
+        "generation": snap.generation,
+        "services": list::<proto::Service>(&snap.services, service_json),
+        "laneGroups": list::<proto::LaneGroup>(&snap.lane_groups, |g| json!({
+            "apps": g.apps,
+            "entryApps": g.entry_apps,
+            "tagHeader": g.tag_header,
+            "lanes": g.lanes.iter().map(|l| json!({
+                "name": l.name, "tag": l.tag, "enabled": l.enabled, "weight": l.weight,
+            })).collect::<Vec<_>>(),
+        })),
+        "inboundPolicies": list::<proto::InboundPolicy>(&snap.inbound, |p| json!({
+            "app": p.app,
+            "rules": p.rules.iter().map(|r| json!({
+                "name": r.name,
+                "qps": r.qps.as_ref().map(|q| q.threshold),
+                "concurrency": r.concurrency.as_ref().map(|c| c.max),
+                "dryRun": r.dry_run,
+            })).collect::<Vec<_>>(),
+            "overload": p.overload.as_ref().map(|o| o.name.clone()),
+        })),
+        "outboundPolicies": list::<proto::OutboundPolicy>(&snap.outbound, |p| json!({
+            "app": p.app,
+            "breakers": p.breakers.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+            "timeout": p.timeout.as_ref().map(|t| format!("{}s{}ns", t.seconds, t.nanos)),
+        })),
+    })
+}
+
+fn list<T: DiscoveryResource>(resources: &Resources, fields: impl Fn(&T) -> Value) -> Value {
+    let items = resources.values().map(|e| {
+        let mut item = json!({"name": e.name, "version": e.version});
+        if let (Ok(r), Value::Object(obj)) = (T::from_any(&e.any), &mut item)
+            && let Value::Object(more) = fields(&r)
+        {
+            obj.extend(more);
+        }
+        item
+    });
+    Value::Array(items.collect())
+}
+
+fn service_json(s: &proto::Service) -> Value {
+    json!({
+        "app": s.app,
+        "clusterIPs": s.cluster_ips,
+        "ports": s.ports.iter().map(|p| json!({
+            "name": p.name, "port": p.port, "targetPort": p.target_port,
+            "protocol": proto::AppProtocol::try_from(p.protocol)
+                .map(|p| p.as_str_name().to_owned())
+                .unwrap_or_else(|_| p.protocol.to_string()),
+        })).collect::<Vec<_>>(),
+        "endpoints": s.endpoints.iter().map(|e| json!({
+            "ip": e.ip, "pod": e.pod_name, "laneTag": e.lane_tag, "ready": e.ready,
+            "ports": e.ports.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        })).collect::<Vec<_>>(),
+    })
+}

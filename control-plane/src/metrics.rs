@@ -1,0 +1,83 @@
+//! Prometheus metrics of the control plane, served on the admin port.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels `type` (the resource type's short name, e.g. `Service`).
+pub type TypeFamily = Family<Vec<(&'static str, String)>, Counter>;
+
+/// Every metric handle, plus the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open discovery streams.
+    pub connected: Gauge,
+    /// Responses sent, by type.
+    pub pushes: TypeFamily,
+    /// From the index build that caused a push to the push being queued.
+    pub push_latency: Histogram,
+    /// NACKed responses, by type.
+    pub nacks: TypeFamily,
+    /// Objects refused by the latest build.
+    pub rejected_objects: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("lanemesh_pilot");
+        let connected = Gauge::default();
+        let pushes = TypeFamily::default();
+        // 1 ms .. ~8 s.
+        let push_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        let nacks = TypeFamily::default();
+        let rejected_objects = Gauge::default();
+        registry.register(
+            "connected_proxies",
+            "Open discovery streams",
+            connected.clone(),
+        );
+        registry.register("pushes", "Discovery responses sent", pushes.clone());
+        registry.register(
+            "push_latency_seconds",
+            "From a configuration change being indexed to its push being queued",
+            push_latency.clone(),
+        );
+        registry.register(
+            "nacks",
+            "Discovery responses NACKed by sidecars",
+            nacks.clone(),
+        );
+        registry.register(
+            "rejected_objects",
+            "Objects refused by the latest build (their last good version is served)",
+            rejected_objects.clone(),
+        );
+        Self {
+            registry,
+            connected,
+            pushes,
+            push_latency,
+            nacks,
+            rejected_objects,
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The label set for one resource type.
+pub fn type_label(type_url: &str) -> Vec<(&'static str, String)> {
+    let short = type_url.rsplit('.').next().unwrap_or(type_url);
+    vec![("type", short.to_owned())]
+}

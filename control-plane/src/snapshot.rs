@@ -1,0 +1,330 @@
+//! The converted, encoded state of everything ([`World`]) and the part of it
+//! one sidecar receives ([`NodeSnapshot`], DESIGN §6).
+//!
+//! A node receives: the Services of its namespace plus those of the apps in
+//! its lane groups; the LaneGroups listing its app; its own InboundPolicy;
+//! the OutboundPolicies of the apps behind the Services it receives.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lanemesh_api::convert::Invalid;
+use lanemesh_api::proto;
+use lanemesh_api::resource::DiscoveryResource;
+
+/// One resource ready to send: encoded once per build, shared by every
+/// stream that sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub name: String,
+    /// A stable hash of the encoded bytes: equal content, equal version,
+    /// across restarts and replicas (so a reconnecting sidecar's
+    /// `initial_resource_versions` match).
+    pub version: String,
+    pub any: prost_types::Any,
+}
+
+impl Encoded {
+    pub fn new<T: DiscoveryResource>(resource: &T) -> Self {
+        let any = resource.to_any();
+        Self {
+            name: resource.resource_name().to_owned(),
+            version: version_of(&any.value),
+            any,
+        }
+    }
+}
+
+/// FNV-1a 64 of the bytes, hex. Stable across builds and platforms, unlike
+/// `std`'s `DefaultHasher`.
+pub fn version_of(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Resources of one type by name.
+pub type Resources = BTreeMap<String, Arc<Encoded>>;
+
+/// What the index knows about a pod, for identifying nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub app: String,
+    pub lane_tag: String,
+    pub ip: String,
+}
+
+/// Everything converted, as of one index build. Immutable; replaced whole.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// Increases with every build.
+    pub generation: u64,
+    /// The source's first full load is in.
+    pub ready: bool,
+    pub built_at: Instant,
+    pub services: Resources,
+    pub lane_groups: Resources,
+    pub inbound: Resources,
+    pub outbound: Resources,
+    /// Service name -> (namespace, app).
+    pub service_apps: BTreeMap<String, (String, String)>,
+    /// LaneGroup name -> (namespace, apps).
+    pub group_apps: BTreeMap<String, (String, Vec<String>)>,
+    /// (namespace, pod) -> governed pod facts.
+    pub pods: HashMap<(String, String), PodInfo>,
+    /// Objects refused by the latest build (their last good version, if
+    /// any, is what is served).
+    pub rejected: Vec<Invalid>,
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self {
+            generation: 0,
+            ready: false,
+            built_at: Instant::now(),
+            services: Resources::new(),
+            lane_groups: Resources::new(),
+            inbound: Resources::new(),
+            outbound: Resources::new(),
+            service_apps: BTreeMap::new(),
+            group_apps: BTreeMap::new(),
+            pods: HashMap::new(),
+            rejected: Vec::new(),
+        }
+    }
+}
+
+/// Who a snapshot is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeKey {
+    pub namespace: String,
+    pub pod_name: String,
+    /// The app the sidecar reports; the index's pod labels win when the
+    /// index knows the pod.
+    pub app: String,
+}
+
+impl From<&proto::Node> for NodeKey {
+    fn from(node: &proto::Node) -> Self {
+        Self {
+            namespace: node.namespace.clone(),
+            pod_name: node.pod_name.clone(),
+            app: node.app.clone(),
+        }
+    }
+}
+
+/// What one node receives, per type URL.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeSnapshot {
+    pub generation: u64,
+    pub app: String,
+    pub services: Resources,
+    pub lane_groups: Resources,
+    pub inbound: Resources,
+    pub outbound: Resources,
+}
+
+impl NodeSnapshot {
+    /// The resources of `type_url`; `None` for a type this server does not know.
+    pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
+        match type_url {
+            t if t == <proto::Service as DiscoveryResource>::TYPE_URL => Some(&self.services),
+            t if t == <proto::LaneGroup as DiscoveryResource>::TYPE_URL => Some(&self.lane_groups),
+            t if t == <proto::InboundPolicy as DiscoveryResource>::TYPE_URL => Some(&self.inbound),
+            t if t == <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL => {
+                Some(&self.outbound)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The part of `world` that concerns `node`.
+pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
+    // The pod's labels are the truth when the index knows the pod; the
+    // app the sidecar reports covers pods outside the index (e.g. a gateway
+    // or a process outside Kubernetes).
+    let app = world
+        .pods
+        .get(&(node.namespace.clone(), node.pod_name.clone()))
+        .map(|p| p.app.clone())
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| node.app.clone());
+    let pick = |all: &Resources, names: &mut dyn Iterator<Item = &String>| -> Resources {
+        names
+            .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
+            .collect()
+    };
+
+    let groups: Vec<&String> = world
+        .group_apps
+        .iter()
+        .filter(|(_, (ns, apps))| *ns == node.namespace && !app.is_empty() && apps.contains(&app))
+        .map(|(name, _)| name)
+        .collect();
+    // (namespace, app) pairs reachable through the node's lane groups.
+    let group_members: BTreeSet<(&str, &str)> = groups
+        .iter()
+        .filter_map(|g| world.group_apps.get(*g))
+        .flat_map(|(ns, apps)| apps.iter().map(move |a| (ns.as_str(), a.as_str())))
+        .collect();
+    let services: Vec<&String> = world
+        .service_apps
+        .iter()
+        .filter(|(_, (ns, svc_app))| {
+            *ns == node.namespace
+                || (!svc_app.is_empty() && group_members.contains(&(ns.as_str(), svc_app.as_str())))
+        })
+        .map(|(name, _)| name)
+        .collect();
+    let outbound: BTreeSet<String> = services
+        .iter()
+        .filter_map(|s| world.service_apps.get(*s))
+        .filter(|(_, a)| !a.is_empty())
+        .map(|(ns, a)| format!("{ns}/{a}"))
+        .collect();
+    let inbound = format!("{}/{app}", node.namespace);
+
+    NodeSnapshot {
+        generation: world.generation,
+        services: pick(&world.services, &mut services.into_iter()),
+        lane_groups: pick(&world.lane_groups, &mut groups.into_iter()),
+        inbound: if app.is_empty() {
+            Resources::new()
+        } else {
+            pick(&world.inbound, &mut std::iter::once(&inbound))
+        },
+        outbound: pick(&world.outbound, &mut outbound.iter()),
+        app,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_fnv1a64_of_the_bytes() {
+        // Reference values of FNV-1a 64 (offset basis for empty input).
+        assert_eq!(version_of(b""), "cbf29ce484222325");
+        assert_eq!(version_of(b"a"), "af63dc4c8601ec8c");
+    }
+
+    fn world() -> World {
+        let mut w = World::default();
+        let svc = |ns: &str, name: &str, app: &str| proto::Service {
+            name: format!("{ns}/{name}"),
+            namespace: ns.into(),
+            app: app.into(),
+            ..Default::default()
+        };
+        for s in [
+            svc("a", "front", "front"),
+            svc("a", "plain", ""),
+            svc("b", "back", "back"),
+            svc("c", "other", "other"),
+        ] {
+            w.service_apps
+                .insert(s.name.clone(), (s.namespace.clone(), s.app.clone()));
+            w.services
+                .insert(s.name.clone(), Arc::new(Encoded::new(&s)));
+        }
+        // A group in namespace b listing front and back: not front's group,
+        // since groups are per namespace.
+        for (ns, name, apps) in [("a", "g", vec!["front"]), ("b", "h", vec!["front", "back"])] {
+            let g = proto::LaneGroup {
+                name: format!("{ns}/{name}"),
+                namespace: ns.into(),
+                apps: apps.iter().map(|a| (*a).to_owned()).collect(),
+                ..Default::default()
+            };
+            w.group_apps
+                .insert(g.name.clone(), (ns.to_owned(), g.apps.clone()));
+            w.lane_groups
+                .insert(g.name.clone(), Arc::new(Encoded::new(&g)));
+        }
+        for (ns, app) in [("a", "front"), ("b", "back"), ("c", "other")] {
+            let p = proto::InboundPolicy {
+                name: format!("{ns}/{app}"),
+                ..Default::default()
+            };
+            w.inbound.insert(p.name.clone(), Arc::new(Encoded::new(&p)));
+            let o = proto::OutboundPolicy {
+                name: format!("{ns}/{app}"),
+                ..Default::default()
+            };
+            w.outbound
+                .insert(o.name.clone(), Arc::new(Encoded::new(&o)));
+        }
+        w.pods.insert(
+            ("a".into(), "front-1".into()),
+            PodInfo {
+                app: "front".into(),
+                lane_tag: String::new(),
+                ip: "10.0.0.1".into(),
+            },
+        );
+        w
+    }
+
+    fn names(r: &Resources) -> Vec<&str> {
+        r.keys().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn a_node_gets_its_namespace_its_groups_and_what_it_reaches() {
+        let node = NodeKey {
+            namespace: "a".into(),
+            pod_name: "front-1".into(),
+            app: String::new(),
+        };
+        let s = for_node(&world(), &node);
+        assert_eq!(s.app, "front", "app comes from the pod index");
+        let claimed = NodeKey {
+            app: "back".into(),
+            ..node
+        };
+        assert_eq!(
+            for_node(&world(), &claimed).app,
+            "front",
+            "labels win over the claim"
+        );
+        assert_eq!(names(&s.services), ["a/front", "a/plain"]);
+        assert_eq!(names(&s.lane_groups), ["a/g"]);
+        assert_eq!(names(&s.inbound), ["a/front"]);
+        assert_eq!(names(&s.outbound), ["a/front"]);
+    }
+
+    #[test]
+    fn lane_group_members_bring_their_services_and_outbound_policies() {
+        let node = NodeKey {
+            namespace: "b".into(),
+            pod_name: "x".into(),
+            app: "front".into(),
+        };
+        let s = for_node(&world(), &node);
+        assert_eq!(names(&s.lane_groups), ["b/h"]);
+        assert_eq!(names(&s.services), ["b/back"]);
+        assert_eq!(names(&s.outbound), ["b/back"]);
+        assert!(s.inbound.is_empty(), "no policy for b/front");
+    }
+
+    #[test]
+    fn unknown_pod_without_app_gets_only_its_namespace_services() {
+        let node = NodeKey {
+            namespace: "c".into(),
+            pod_name: "nobody".into(),
+            app: String::new(),
+        };
+        let s = for_node(&world(), &node);
+        assert_eq!(names(&s.services), ["c/other"]);
+        assert!(s.lane_groups.is_empty() && s.inbound.is_empty());
+        assert_eq!(names(&s.outbound), ["c/other"]);
+    }
+}

@@ -1,0 +1,187 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The `kubernetes` source against a real kube-apiserver (`lanemesh_e2e::cluster`): objects
+//! applied with kubectl reach the index, and so the discovery snapshots; deletions too.
+//!
+//! Needs the binaries from `e2e/cluster/build.sh`; set `LANEMESH_SKIP_CLUSTER=1` to skip.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanemesh_api::proto;
+use lanemesh_api::resource::DiscoveryResource;
+use lanemesh_control_plane::index;
+use lanemesh_control_plane::snapshot::World;
+use lanemesh_control_plane::source::kubernetes::KubernetesSource;
+use lanemesh_e2e::cluster::{self, TestCluster};
+use tokio::sync::{mpsc, watch};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(20);
+
+// No endpoint controller runs beside the test API server, so the
+// EndpointSlice is written by hand, as that controller would.
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: shop}
+spec:
+  selector: {app: b}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: b-gray-1
+  namespace: shop
+  labels: {app: b, msePilotAutoEnable: "on", alicloud.service.tag: gray}
+spec:
+  containers: [{name: app, image: example.invalid/b:1}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: not-governed, namespace: shop, labels: {app: b}}
+spec:
+  containers: [{name: app, image: example.invalid/b:1}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: b-1
+  namespace: shop
+  labels: {kubernetes.io/service-name: b}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- addresses: [10.0.0.5]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: b-gray-1, namespace: shop}
+- addresses: [10.0.0.6]
+  conditions: {ready: false}
+  targetRef: {kind: Pod, name: not-governed, namespace: shop}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: LaneGroup
+metadata: {name: flow, namespace: shop}
+spec:
+  apps: [b]
+  entryApps: [b]
+"#;
+
+async fn wait_for(
+    worlds: &mut watch::Receiver<Arc<World>>,
+    what: &str,
+    f: impl Fn(&World) -> bool,
+) {
+    tokio::time::timeout(WAIT, worlds.wait_for(|w| f(w)))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_objects_reach_the_index_and_deletions_leave_it() {
+    if cluster::skip_requested("cluster_objects_reach_the_index_and_deletions_leave_it") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = TestCluster::start().await.unwrap();
+        cluster
+            .install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/lanemesh/crds"))
+            .await
+            .unwrap();
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], OBJECTS)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let (tx, rx) = mpsc::channel(64);
+        let (worlds_tx, mut worlds) = watch::channel(Arc::new(World::default()));
+        let source = tokio::spawn(KubernetesSource::new(cluster.client()).run(tx));
+        let index = tokio::spawn(index::run(rx, worlds_tx, index::DEFAULT_DEBOUNCE));
+
+        wait_for(&mut worlds, "the first full load", |w| {
+            w.ready && w.services.contains_key("shop/b") && w.lane_groups.contains_key("shop/flow")
+        })
+        .await;
+        let world = Arc::clone(&worlds.borrow());
+        let svc = proto::Service::from_any(&world.services["shop/b"].any).unwrap();
+        assert_eq!(svc.app, "b");
+        assert_eq!(
+            svc.cluster_ips.len(),
+            1,
+            "the API server allocated a ClusterIP"
+        );
+        let eps: Vec<(&str, &str, &str, bool, Option<&u32>)> = svc
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.ip.as_str(),
+                    e.pod_name.as_str(),
+                    e.lane_tag.as_str(),
+                    e.ready,
+                    e.ports.get("http"),
+                )
+            })
+            .collect();
+        // The ungoverned pod is not watched (label selector), so its endpoint has no tag.
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.5", "b-gray-1", "gray", true, Some(&8080)),
+                ("10.0.0.6", "not-governed", "", false, Some(&8080)),
+            ]
+        );
+        assert!(
+            world
+                .pods
+                .contains_key(&("shop".to_owned(), "b-gray-1".to_owned()))
+        );
+        assert!(
+            !world
+                .pods
+                .contains_key(&("shop".to_owned(), "not-governed".to_owned()))
+        );
+
+        let out = cluster
+            .kubectl([
+                "delete",
+                "-n",
+                "shop",
+                "lanegroup/flow",
+                "endpointslice/b-1",
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(&mut worlds, "the deletions", |w| {
+            !w.lane_groups.contains_key("shop/flow")
+                && w.services.get("shop/b").is_some_and(|s| {
+                    // Without slices the governed pod has no IP yet: no endpoints.
+                    proto::Service::from_any(&s.any)
+                        .unwrap()
+                        .endpoints
+                        .is_empty()
+                })
+        })
+        .await;
+        source.abort();
+        index.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}
