@@ -1,9 +1,12 @@
 //! Multi-document YAML of lanemesh objects, as `kubectl apply -f` takes it.
 //!
 //! Used by the local directory source, `lanemesh-proxy --config-file` and
-//! the examples test. Objects of other API groups (Deployments, Services,
-//! Pods, ...) are kept as they are for the caller to use or ignore.
+//! the examples test. Besides the lanemesh kinds it types the Kubernetes
+//! objects lanemesh reads (Services, EndpointSlices, Pods); everything else
+//! (Deployments, Namespaces, ...) is kept as it is for the caller.
 
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
 use crate::crd::{
@@ -18,7 +21,10 @@ pub struct Manifest {
     pub rate_limits: Vec<RateLimitPolicy>,
     pub circuit_breakers: Vec<CircuitBreakerPolicy>,
     pub overloads: Vec<OverloadProtectionPolicy>,
-    /// Documents of other API groups, untouched.
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    pub pods: Vec<Pod>,
+    /// Every other document, untouched.
     pub others: Vec<serde_json::Value>,
 }
 
@@ -83,10 +89,7 @@ impl Manifest {
         if api_version.is_empty() || kind.is_empty() {
             return Err(ManifestError::Untyped { document });
         }
-        if api_version.split('/').next() != Some(crate::crd::GROUP) {
-            self.others.push(value);
-            return Ok(());
-        }
+        let api_version = api_version.to_owned();
         let name = value
             .pointer("/metadata/name")
             .and_then(|v| v.as_str())
@@ -98,6 +101,22 @@ impl Manifest {
             name: name.clone(),
             source,
         };
+        if api_version.split('/').next() != Some(crate::crd::GROUP) {
+            match (api_version.as_str(), kind.as_str()) {
+                ("v1", "Service") => self
+                    .services
+                    .push(serde_json::from_value(value).map_err(shape)?),
+                ("v1", "Pod") => self
+                    .pods
+                    .push(serde_json::from_value(value).map_err(shape)?),
+                ("discovery.k8s.io/v1", "EndpointSlice") => {
+                    self.endpoint_slices
+                        .push(serde_json::from_value(value).map_err(shape)?);
+                }
+                _ => self.others.push(value),
+            }
+            return Ok(());
+        }
         match kind.as_str() {
             "LaneGroup" => self
                 .lane_groups

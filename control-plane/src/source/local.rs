@@ -214,30 +214,19 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
             .into_iter()
             .map(|o| Object::OverloadProtectionPolicy(Box::new(o))),
     );
-    for value in manifest.others {
-        let api_version = value
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let kind = value
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let shape = |e: serde_json::Error| format!("{kind} does not match its schema: {e}");
-        let object = match (api_version.as_str(), kind.as_str()) {
-            ("v1", "Service") => {
-                Object::Service(Box::new(serde_json::from_value(value).map_err(shape)?))
-            }
-            ("v1", "Pod") => Object::Pod(Box::new(serde_json::from_value(value).map_err(shape)?)),
-            ("discovery.k8s.io/v1", "EndpointSlice") => {
-                Object::EndpointSlice(Box::new(serde_json::from_value(value).map_err(shape)?))
-            }
-            _ => continue,
-        };
-        out.push(object);
-    }
+    out.extend(
+        manifest
+            .services
+            .into_iter()
+            .map(|o| Object::Service(Box::new(o))),
+    );
+    out.extend(manifest.pods.into_iter().map(|o| Object::Pod(Box::new(o))));
+    out.extend(
+        manifest
+            .endpoint_slices
+            .into_iter()
+            .map(|o| Object::EndpointSlice(Box::new(o))),
+    );
     Ok(out)
 }
 
@@ -279,6 +268,9 @@ spec: {apps: [a], entryApps: [a]}
     #[test]
     fn a_pod_of_the_wrong_shape_is_refused_with_its_kind() {
         let err = parse("apiVersion: v1\nkind: Pod\nmetadata: {name: 3}\nspec: 7\n").unwrap_err();
-        assert!(err.starts_with("Pod does not match its schema"), "{err}");
+        assert!(
+            err.contains("Pod") && err.contains("does not match its schema"),
+            "{err}"
+        );
     }
 }

@@ -9,20 +9,17 @@
 //! field: a file is edited by hand and silently ignoring half of it would
 //! hide the mistake.
 //!
-//! Services: not supported yet. Turning Kubernetes Services and Pods into
-//! `proto::Service` belongs in `lanemesh_api::convert` (being added in a
-//! parallel change); until then documents of other API groups are skipped
-//! with a warning and the file snapshot holds no Services (outbound traffic
-//! then passes through untouched). In-process tests build snapshots with
-//! Services through [`Snapshot::from_resources`] or
-//! [`SnapshotBuilder`](crate::snapshot::SnapshotBuilder).
+//! Services come from the file's Kubernetes Services with their
+//! EndpointSlices, or, without slices, from the Pods their selectors match
+//! (`status.podIP`, the `Ready` condition, the lane tag label), exactly as
+//! the control plane's local source reads them. Other kinds (Deployments,
+//! Namespaces, ...) are skipped with a warning.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use lanemesh_api::convert::{self, Invalid};
 use lanemesh_api::manifest::{Manifest, ManifestError};
-use lanemesh_api::proto;
 
 use crate::snapshot::{LocalApp, RefusedResource, Snapshot, SnapshotStore};
 
@@ -90,7 +87,7 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
             path = %path.display(),
             kind,
             name,
-            "config file: skipping a non-lanemesh object (Services are not read from files yet)"
+            "config file: skipping an object lanemesh does not read"
         );
     }
     let lane_groups = convert::lane_groups(&manifest.lane_groups, &manifest.lanes);
@@ -98,7 +95,13 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
     // Cluster-scoped threshold, as the control plane does with zero replicas.
     let inbound = convert::inbound_policies(&manifest.rate_limits, &manifest.overloads, &|_, _| 0);
     let outbound = convert::outbound_policies(&manifest.circuit_breakers);
-    let mut refused = lane_groups.rejected;
+    let services = convert::services(
+        &manifest.services,
+        &manifest.endpoint_slices,
+        &manifest.pods,
+    );
+    let mut refused = services.rejected;
+    refused.extend(lane_groups.rejected);
     refused.extend(inbound.rejected);
     refused.extend(outbound.rejected);
     if !refused.is_empty() {
@@ -109,7 +112,7 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
     }
     Snapshot::from_resources(
         local,
-        Vec::<proto::Service>::new(),
+        services.resources,
         lane_groups.resources,
         inbound.resources,
         outbound.resources,
@@ -123,6 +126,7 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanemesh_api::proto;
 
     const GOOD: &str = r#"
 apiVersion: lanemesh.io/v1alpha1
@@ -163,7 +167,21 @@ spec:
 apiVersion: v1
 kind: Service
 metadata: {name: b, namespace: demo}
-spec: {ports: [{port: 80}]}
+spec: {clusterIP: 10.96.0.20, selector: {app: b}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: b-gray-1
+  namespace: demo
+  labels: {app: b, msePilotAutoEnable: "on", alicloud.service.tag: gray}
+spec: {containers: [{name: app, image: b}]}
+status: {podIP: 10.0.0.9, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: b, namespace: demo}
+spec: {selector: {matchLabels: {app: b}}, template: {metadata: {labels: {app: b}}, spec: {containers: [{name: app, image: b}]}}}
 "#;
 
     fn local() -> LocalApp {
@@ -184,8 +202,26 @@ spec: {ports: [{port: 80}]}
         assert_eq!(inbound.resource.rules.len(), 1);
         assert_eq!(inbound.resource.rules[0].name, "a-limits/greet");
         assert!(snap.outbound_policy("b").is_some());
-        // The Kubernetes Service document is skipped, not an error.
-        assert!(snap.services().is_empty());
+        // The Service gets its endpoint from the Pod its selector matches; the
+        // Deployment is skipped, not an error.
+        let service = snap.get::<proto::Service>("demo/b").unwrap();
+        assert_eq!(
+            (
+                service.resource.app.as_str(),
+                service.resource.cluster_ips.as_slice()
+            ),
+            ("b", &["10.96.0.20".to_owned()][..])
+        );
+        let endpoint = &service.resource.endpoints[0];
+        assert_eq!(
+            (
+                endpoint.ip.as_str(),
+                endpoint.lane_tag.as_str(),
+                endpoint.ready
+            ),
+            ("10.0.0.9", "gray", true)
+        );
+        assert_eq!(snap.services().len(), 1);
     }
 
     #[test]
