@@ -16,11 +16,14 @@
 //!   atomically.
 //! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
+//! - [`mesh`]: lane-aware routing, the proxy's `Router` fed from the live snapshot
+//!   (lane decision, propagation, endpoint choice with base fallback).
 
 pub mod config;
 pub mod discovery;
 pub mod init;
 pub mod lane;
+pub mod mesh;
 pub mod policy;
 pub mod proxy;
 pub mod route;
