@@ -611,3 +611,238 @@ async fn unknown_destinations_pass_through_untouched_known_ones_get_the_pod_lane
     );
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
+    let (a, _) = Sidecar::start(17, "a", None).await;
+    let c_base = bare_app(18, "c-base", Duration::ZERO).await;
+    let c_base2 = bare_app(19, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(20, "c-gray", Duration::ZERO).await;
+    let variant = |i: usize| {
+        let mut endpoints = vec![(c_base, "", true), (c_gray, "gray", true)];
+        if i % 2 == 1 {
+            endpoints.push((c_base2, "", true));
+        }
+        snapshot(
+            "a",
+            vec![service("c", C_CLUSTER, &endpoints)],
+            lane_group(false, false),
+        )
+    };
+    a.install(variant(0)).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|k| {
+            let client = a.client();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut sent = 0usize;
+                let mut failures = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let gray = (sent + k).is_multiple_of(2);
+                    let headers: &[(&str, &str)] =
+                        if gray { &[("x-mse-tag", "gray")] } else { &[] };
+                    let (status, _, body) = client.get(C_CLUSTER, headers).await;
+                    let want = if gray { "name=c-gray " } else { "name=c-base " };
+                    if status != StatusCode::OK || !body.starts_with(want) {
+                        failures.push(format!("{status} {body}"));
+                    }
+                    sent += 1;
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for i in 1..=100 {
+        last = a.store.store(variant(i));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    timeout(STEP, async {
+        while a.router.generation() != Some(last) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the last snapshot was never installed");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (sent, failures) = timeout(STEP, client).await.unwrap().unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:#?}");
+        total += sent;
+    }
+    assert!(total >= 20, "too little load during the swaps: {total}");
+    // With no request in flight, the next swap forgets the statistics of the endpoint that
+    // only the odd snapshots had (a request in flight during the last swap may have kept it).
+    a.install(variant(102)).await;
+    assert_eq!(a.router.balancer().tracked(), 2);
+    a.stop().await;
+}
+
+// ------------------------------------------------- control plane
+
+mod fake_control_plane {
+    use super::*;
+    use lanemesh_api::proto::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    };
+    use lanemesh_api::resource::DiscoveryResource;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tonic::{Status, Streaming};
+
+    type Responses = mpsc::Sender<Result<proto::DeltaDiscoveryResponse, Status>>;
+
+    /// Answers every stream with one response per type, then keeps it open.
+    #[derive(Clone)]
+    pub(super) struct Fake {
+        pub(super) services: Vec<proto::Service>,
+        pub(super) group: proto::LaneGroup,
+        /// The open streams' senders; dropping them ends the streams.
+        pub(super) open: Arc<std::sync::Mutex<Vec<Responses>>>,
+    }
+
+    fn resource<T: DiscoveryResource>(r: &T) -> proto::Resource {
+        proto::Resource {
+            name: r.resource_name().to_owned(),
+            version: "v1".into(),
+            resource: Some(r.to_any()),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl AggregatedDiscoveryService for Fake {
+        type DeltaAggregatedResourcesStream =
+            ReceiverStream<Result<proto::DeltaDiscoveryResponse, Status>>;
+
+        async fn delta_aggregated_resources(
+            &self,
+            request: tonic::Request<Streaming<proto::DeltaDiscoveryRequest>>,
+        ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+            let mut requests = request.into_inner();
+            // Drain ACKs so the client never blocks on a full stream.
+            tokio::spawn(async move { while let Ok(Some(_)) = requests.message().await {} });
+            let (tx, rx) = mpsc::channel(16);
+            let by_type: [(&str, Vec<proto::Resource>); 4] = [
+                (
+                    proto::Service::TYPE_URL,
+                    self.services.iter().map(resource).collect(),
+                ),
+                (proto::LaneGroup::TYPE_URL, vec![resource(&self.group)]),
+                (proto::InboundPolicy::TYPE_URL, vec![]),
+                (proto::OutboundPolicy::TYPE_URL, vec![]),
+            ];
+            for (i, (type_url, resources)) in by_type.into_iter().enumerate() {
+                tx.send(Ok(proto::DeltaDiscoveryResponse {
+                    system_version_info: "test".into(),
+                    type_url: type_url.into(),
+                    resources,
+                    removed_resources: vec![],
+                    nonce: format!("n{i}"),
+                }))
+                .await
+                .map_err(|_| Status::internal("client gone"))?;
+            }
+            self.open.lock().unwrap().push(tx);
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    pub(super) fn serve(listener: TcpListener, fake: Fake) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_continues_on_the_last_snapshot_when_the_control_plane_is_gone() {
+    use lanemesh_sidecar::discovery::{BackoffConfig, ClientConfig, DiscoveryClient, NodeIdentity};
+
+    let c_base = bare_app(21, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(22, "c-gray", Duration::ZERO).await;
+    let fake = fake_control_plane::Fake {
+        services: vec![service(
+            "c",
+            C_CLUSTER,
+            &[(c_base, "", true), (c_gray, "gray", true)],
+        )],
+        group: lane_group(false, false),
+        open: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let server = fake_control_plane::serve(listener, fake.clone());
+
+    let node = NodeIdentity {
+        pod_name: "a-0".into(),
+        namespace: "demo".into(),
+        app: "a".into(),
+        lane_tag: String::new(),
+        ip: "127.0.0.23".into(),
+        proxy_version: "test".into(),
+        token: String::new(),
+    };
+    let store = Arc::new(SnapshotStore::new(node.local_app()));
+    let (a, _) = Sidecar::start_with_store(23, "a", None, Arc::clone(&store)).await;
+    assert!(
+        a.router.generation().is_none(),
+        "no runtime before the first snapshot"
+    );
+
+    let mut config = ClientConfig::new(format!("http://{cp_addr}"), node);
+    config.backoff = BackoffConfig {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        stable_after: Duration::from_secs(10),
+    };
+    config.connect_timeout = Duration::from_millis(500);
+    let client = DiscoveryClient::new(config, Arc::clone(&store));
+    let state = client.state();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(client.run(async move {
+        let _ = stop_rx.await;
+    }));
+    timeout(STEP, async {
+        while a.router.generation().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("no runtime from the control plane's snapshot");
+    let (status, _, body) = a.client().get(C_CLUSTER, &[("x-mse-tag", "gray")]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "name=c-gray tag=gray next=[]")
+    );
+
+    // The control plane goes away: server stopped, open streams ended.
+    server.abort();
+    let _ = server.await;
+    fake.open.lock().unwrap().clear();
+    timeout(STEP, async {
+        while state.is_connected() || state.stats().reconnect_attempts < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the client never noticed the control plane was gone");
+    for tag in ["gray", "base"] {
+        let headers: &[(&str, &str)] = if tag == "gray" {
+            &[("x-mse-tag", "gray")]
+        } else {
+            &[]
+        };
+        let (status, _, body) = a.client().get(C_CLUSTER, headers).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with(&format!("name=c-{tag} ")), "{body}");
+    }
+    stop_tx.send(()).unwrap();
+    timeout(STEP, client).await.unwrap().unwrap();
+    a.stop().await;
+}
