@@ -846,3 +846,87 @@ async fn routing_continues_on_the_last_snapshot_when_the_control_plane_is_gone()
     timeout(STEP, client).await.unwrap().unwrap();
     a.stop().await;
 }
+
+#[tokio::test]
+async fn entry_app_inbound_gets_the_lane_decision_and_keeps_an_existing_tag() {
+    // DESIGN §4: a is the entry app; its sidecar decides the lane on inbound and sets the tag
+    // header, but never rewrites a tag the request already carries.
+    let (a, a_app) = Sidecar::start(24, "a", None).await;
+    app(a_app, "a-base", None, Duration::ZERO);
+    a.install(snapshot("a", vec![], lane_group(false, false)))
+        .await;
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("canary", "gray")], "gray"),
+        (&[("canary", "gray"), ("x-mse-tag", "blue")], "blue"),
+        (&[("canary", "green")], "-"),
+    ];
+    for (headers, want) in cases {
+        let stream = TcpStream::connect(a.pod).await.unwrap();
+        let (status, _, body) = send(stream, "a", headers).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            format!("name=a-base tag={want} next=[]"),
+            "{headers:?}"
+        );
+    }
+    a.stop().await;
+}
+
+/// A TCP server that writes `name` and closes.
+async fn tcp_named(n: u8, name: &'static str) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind(format!("127.0.1.{n}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(name.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_to_a_known_destination_goes_to_the_pods_lane_else_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, _) = Sidecar::start(25, "a", Some("gray")).await;
+    let e_base = tcp_named(26, "e-base").await;
+    let e_gray = tcp_named(27, "e-gray").await;
+    let outside = tcp_named(28, "outside").await;
+    // d is in the lane group, so its gray lane is enabled for it.
+    let mut e = service(
+        "d",
+        "10.96.0.5:5000",
+        &[(e_base, "", true), (e_gray, "gray", true)],
+    );
+    e.ports[0].protocol = proto::AppProtocol::Tcp as i32;
+    a.install(snapshot("a", vec![e], lane_group(false, false)))
+        .await;
+    for (dst, want) in [
+        ("10.96.0.5:5000".to_owned(), "e-gray"),
+        (outside.to_string(), "outside"),
+    ] {
+        let client = a.client();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(client.app_ip, 0)).unwrap();
+        client
+            .map
+            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
+        let mut stream = timeout(STEP, socket.connect(client.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        // Not HTTP: detection classifies the connection as opaque TCP.
+        stream.write_all(b"\x00\x01binary").await.unwrap();
+        let mut got = String::new();
+        timeout(STEP, stream.read_to_string(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, want, "{dst}");
+    }
+    a.stop().await;
+}
