@@ -5,10 +5,11 @@
 //! arrives over the discovery stream as snapshots.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::discovery::DiscoveryArgs;
 
 /// Ports whose protocols speak first (the server greets the client), so the
 /// proxy must not wait for client bytes to detect a protocol: MySQL, PostgreSQL,
@@ -71,13 +72,10 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
-    /// Control-plane discovery address (`host:port`); consumed by the discovery client.
-    #[arg(long, env = "LANEMESH_DISCOVERY_ADDRESS")]
-    pub discovery_address: Option<String>,
-
-    /// Optional configuration file; passed on to the components that read it.
-    #[arg(long, env = "LANEMESH_CONFIG_FILE")]
-    pub config_file: Option<PathBuf>,
+    /// Where the live configuration comes from and who this pod is
+    /// (`--discovery-addr`, `--config-file`, `--app-name`, `--lane-tag`, ...).
+    #[command(flatten)]
+    pub discovery: DiscoveryArgs,
 }
 
 /// A flag combination the proxy cannot run with.
@@ -163,8 +161,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
-            discovery_address: None,
-            config_file: None,
+            discovery: DiscoveryArgs::default(),
         }
     }
 }
@@ -212,6 +209,29 @@ mod tests {
         assert_eq!(parsed.server_first_ports, vec![3306, 6379]);
         assert_eq!(parsed.detect_timeout, Duration::from_millis(150));
         assert_eq!(parsed.grace_period, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn discovery_flags_are_part_of_run() {
+        let parsed = Cli::try_parse_from([
+            "lanemesh-proxy",
+            "--discovery-addr",
+            "pilot:15010",
+            "--app-name",
+            "b",
+            "--lane-tag",
+            "gray",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(
+            parsed.discovery.discovery_addr.as_deref(),
+            Some("pilot:15010")
+        );
+        assert_eq!(parsed.discovery.app_name, "b");
+        assert_eq!(parsed.discovery.lane_tag, "gray");
+        // The placeholder flag of the proxy core is gone: one set of flags.
+        assert!(Cli::try_parse_from(["lanemesh-proxy", "--discovery-address", "x:1"]).is_err());
     }
 
     #[test]

@@ -21,12 +21,15 @@
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
 //! - [`metrics`]: the proxy's Prometheus registry (requests, durations,
 //!   connections, lanes, governance, discovery), shared through an `Arc`.
+//! - [`mesh`]: lane-aware routing, the proxy's `Router` fed from the live snapshot
+//!   (lane decision, propagation, endpoint choice with base fallback).
 
 pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod init;
 pub mod lane;
+pub mod mesh;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -5,8 +5,11 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::discovery::{self, ConfigSource, DiscoveryClient};
 use lanemesh_sidecar::init::InitArgs;
-use lanemesh_sidecar::proxy::{PassthroughRouter, Proxy, SoOriginalDst, shutdown};
+use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
+use lanemesh_sidecar::proxy::{Proxy, SoOriginalDst, shutdown};
+use lanemesh_sidecar::snapshot::SnapshotStore;
 use tracing_subscriber::EnvFilter;
 
 /// lanemesh sidecar proxy.
@@ -57,19 +60,61 @@ fn run_init(init: &InitArgs) -> anyhow::Result<()> {
 }
 
 async fn run(config: ProxyConfig) -> anyhow::Result<()> {
-    if let Some(path) = &config.config_file {
-        tracing::info!(path = %path.display(), "config file given; not interpreted by the proxy core");
-    }
-    // Until the discovery client and lane router land, everything passes through.
-    let proxy = Proxy::bind(config, Arc::new(PassthroughRouter), Arc::new(SoOriginalDst)).await?;
+    let args = &config.discovery;
+    let source = match args.source() {
+        Ok(source) => Some(source),
+        Err(discovery::ConfigError::NoSource) => {
+            tracing::warn!(
+                "neither --discovery-addr nor --config-file given; passing all traffic through"
+            );
+            None
+        }
+        Err(error) => return Err(error).context("discovery settings"),
+    };
+    let local = args.node().context("discovery settings")?.local_app();
+    let store = Arc::new(SnapshotStore::new(local));
+    let router = Arc::new(MeshRouter::new(LocalPod {
+        app: args.app_name.clone(),
+        lane_tag: Some(args.lane_tag.clone()).filter(|t| !t.is_empty()),
+    }));
+    // Until the first complete snapshot the router passes everything through.
+    let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
+
+    let proxy = Proxy::bind(config.clone(), router, Arc::new(SoOriginalDst)).await?;
     let handle = proxy.shutdown_handle();
-    tokio::spawn(async move {
-        if let Err(error) = shutdown::trigger_on_signals(handle.clone()).await {
-            tracing::error!(%error, "cannot install signal handlers; shutting down");
-            handle.trigger();
+    let discovery = match source {
+        Some(ConfigSource::File { path, .. }) => {
+            let generation = discovery::file::load_into(&path, &store)
+                .with_context(|| format!("loading {}", path.display()))?;
+            tracing::info!(path = %path.display(), generation, "configuration loaded");
+            None
+        }
+        Some(ConfigSource::ControlPlane(client)) => {
+            tracing::info!(addr = %client.addr, "connecting to the control plane");
+            let mut signal = handle.signal();
+            let client = DiscoveryClient::new(client, Arc::clone(&store));
+            Some(tokio::spawn(async move {
+                client.run(async move { signal.triggered().await }).await;
+            }))
+        }
+        None => None,
+    };
+    tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            if let Err(error) = shutdown::trigger_on_signals(handle.clone()).await {
+                tracing::error!(%error, "cannot install signal handlers; shutting down");
+                handle.trigger();
+            }
         }
     });
     let report = proxy.run().await;
+    if let Some(discovery) = discovery
+        && let Err(error) = discovery.await
+    {
+        tracing::warn!(%error, "discovery client task failed");
+    }
+    builder.abort();
     tracing::info!(abandoned = report.abandoned, "lanemesh-proxy stopped");
     Ok(())
 }

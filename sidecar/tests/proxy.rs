@@ -23,7 +23,7 @@ use lanemesh_api::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use lanemesh_sidecar::config::ProxyConfig;
 use lanemesh_sidecar::proxy::{
     ConnContext, DrainReport, Fixed, HttpOutcome, LocalResponse, OriginalDst, PassthroughRouter,
-    PeerMap, Proxy, RouteDecision, Router, ShutdownHandle, TcpDecision, UpstreamFailure,
+    PeerMap, Proxy, RouteDecision, Routed, Router, ShutdownHandle, TcpDecision, UpstreamFailure,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -829,8 +829,8 @@ struct TestRouter {
 }
 
 impl Router for TestRouter {
-    fn route_http(&self, _conn: &ConnContext, req: &mut http::request::Parts) -> RouteDecision {
-        match req.uri.path() {
+    fn route_http(&self, _conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
+        let decision = match req.uri.path() {
             "/blocked" => {
                 let mut headers = http::HeaderMap::new();
                 headers.insert("x-lanemesh-blocked", "flow".parse().unwrap());
@@ -847,7 +847,8 @@ impl Router for TestRouter {
             }
             "/dead" => RouteDecision::Forward(self.dead),
             _ => RouteDecision::Passthrough,
-        }
+        };
+        decision.into()
     }
 
     fn route_tcp(&self, _conn: &ConnContext) -> TcpDecision {

@@ -5,13 +5,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -24,12 +26,63 @@ use tokio::sync::mpsc;
 use crate::config::ProxyConfig;
 
 use super::router::{
-    ConnContext, HttpOutcome, LocalResponse, RouteDecision, Router, UpstreamFailure,
+    ConnContext, HttpOutcome, LocalResponse, RequestState, RouteDecision, Routed, Router,
+    UpstreamFailure,
 };
 
 /// Body of every response the proxy sends downstream: streamed from the
-/// upstream, or produced locally.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// upstream, or produced locally. It carries the router's per-request state
+/// and drops it when the last frame has been read (or an error ended the
+/// stream, or hyper dropped the body because the client went away).
+pub struct ProxyBody {
+    inner: Either<Incoming, Full<Bytes>>,
+    state: Option<Box<dyn RequestState>>,
+}
+
+impl ProxyBody {
+    fn new(inner: Either<Incoming, Full<Bytes>>, state: Option<Box<dyn RequestState>>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("inner", &self.inner)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Either::Left(incoming) => Pin::new(incoming).poll_frame(cx),
+            Either::Right(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
+        };
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.state = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The byte relay of one upgraded connection.
 type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -126,10 +179,14 @@ impl HttpProxy {
         let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let target = match self.router.route_http(&conn, &mut parts) {
+        let Routed {
+            decision,
+            mut state,
+        } = self.router.route_http(&conn, &mut parts);
+        let target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
-            RouteDecision::Respond(local) => return local_response(local),
+            RouteDecision::Respond(local) => return local_response(local, state),
         };
         let uri = match upstream_uri(&parts.uri, target) {
             Ok(uri) => uri,
@@ -151,18 +208,19 @@ impl HttpProxy {
         } else {
             self.http1.request(upstream_req).await
         };
-        self.router.on_http_outcome(
-            &conn,
-            &HttpOutcome {
-                target,
-                result: match &result {
-                    Ok(resp) => Ok(resp.status()),
-                    Err(error) if error.is_connect() => Err(UpstreamFailure::Connect),
-                    Err(_) => Err(UpstreamFailure::Reset),
-                },
-                elapsed: started.elapsed(),
+        let outcome = HttpOutcome {
+            target,
+            result: match &result {
+                Ok(resp) => Ok(resp.status()),
+                Err(error) if error.is_connect() => Err(UpstreamFailure::Connect),
+                Err(_) => Err(UpstreamFailure::Reset),
             },
-        );
+            elapsed: started.elapsed(),
+        };
+        if let Some(state) = state.as_mut() {
+            state.on_outcome(&outcome);
+        }
+        self.router.on_http_outcome(&conn, &outcome);
         let mut resp = match result {
             Ok(resp) => resp,
             Err(error) => {
@@ -207,7 +265,7 @@ impl HttpProxy {
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
-        resp.map(Either::Left)
+        resp.map(|body| ProxyBody::new(Either::Left(body), state))
     }
 }
 
@@ -275,8 +333,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-fn local_response(local: LocalResponse) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(local.body)));
+fn local_response(
+    local: LocalResponse,
+    state: Option<Box<dyn RequestState>>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::new(Either::Right(Full::new(local.body)), state));
     *resp.status_mut() = local.status;
     *resp.headers_mut() = local.headers;
     resp
@@ -286,11 +347,14 @@ fn error_response(status: StatusCode, reason: &'static str, text: &str) -> Respo
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    local_response(LocalResponse {
-        status,
-        headers,
-        body: Bytes::from(format!("lanemesh: {text}\n")),
-    })
+    local_response(
+        LocalResponse {
+            status,
+            headers,
+            body: Bytes::from(format!("lanemesh: {text}\n")),
+        },
+        None,
+    )
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -118,12 +118,63 @@ pub struct HttpOutcome {
     pub elapsed: Duration,
 }
 
+/// State a router attaches to one HTTP request (in-flight guards, balancer
+/// picks). The core holds it until the response body has been sent downstream
+/// in full, or until the exchange fails or the client goes away, then drops
+/// it: dropping it is how the request ends for the router.
+pub trait RequestState: Send + 'static {
+    /// Observes the outcome of the forwarded request, when the response head
+    /// arrives or the attempt fails. Not called for local responses. Must be
+    /// cheap: it runs on the request path.
+    fn on_outcome(&mut self, outcome: &HttpOutcome) {
+        let _ = outcome;
+    }
+}
+
+/// A routing decision with the request's state, if the router keeps any.
+pub struct Routed {
+    /// Where the request goes.
+    pub decision: RouteDecision,
+    /// Held by the core until the exchange ends.
+    pub state: Option<Box<dyn RequestState>>,
+}
+
+impl Routed {
+    /// A decision with per-request state.
+    pub fn with_state(decision: RouteDecision, state: impl RequestState) -> Self {
+        Self {
+            decision,
+            state: Some(Box::new(state)),
+        }
+    }
+}
+
+impl From<RouteDecision> for Routed {
+    /// A decision without per-request state.
+    fn from(decision: RouteDecision) -> Self {
+        Self {
+            decision,
+            state: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("decision", &self.decision)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
+}
+
 /// Routing logic plugged into the proxy core. Implementations read their
 /// live snapshot (`arc-swap`) once per call and must not block.
 pub trait Router: Send + Sync + 'static {
     /// Decides one HTTP request. `req` may be modified (e.g. the lane tag
-    /// header injected); the URI's authority is rewritten by the core.
-    fn route_http(&self, conn: &ConnContext, req: &mut http::request::Parts) -> RouteDecision;
+    /// header injected); the URI's authority is rewritten by the core. State
+    /// returned with the decision lives until the exchange ends.
+    fn route_http(&self, conn: &ConnContext, req: &mut http::request::Parts) -> Routed;
 
     /// Decides one opaque TCP connection.
     fn route_tcp(&self, conn: &ConnContext) -> TcpDecision;
@@ -142,8 +193,8 @@ pub trait Router: Send + Sync + 'static {
 pub struct PassthroughRouter;
 
 impl Router for PassthroughRouter {
-    fn route_http(&self, _conn: &ConnContext, _req: &mut http::request::Parts) -> RouteDecision {
-        RouteDecision::Passthrough
+    fn route_http(&self, _conn: &ConnContext, _req: &mut http::request::Parts) -> Routed {
+        RouteDecision::Passthrough.into()
     }
 
     fn route_tcp(&self, _conn: &ConnContext) -> TcpDecision {

@@ -1,0 +1,932 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Lane-aware routing end to end on loopback (DESIGN §4-5): each "pod" is a sidecar bound to its
+//! own loopback IP (127.0.0.N, its pod IP) with its app on 127.0.1.N; an endpoint's address is the
+//! pod IP and the sidecar's inbound port, as iptables would capture it. Apps reach their sidecar's
+//! outbound listener with the original destination (a cluster IP) registered in a `PeerMap`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use lanemesh_api::proto;
+use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::lane::{PropagationRule, PropagationSettings};
+use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
+use lanemesh_sidecar::proxy::orig_dst::OrigDstError;
+use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, Proxy, ShutdownHandle};
+use lanemesh_sidecar::snapshot::{LocalApp, Snapshot, SnapshotStore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+const B_CLUSTER: &str = "10.96.0.2:80";
+const C_CLUSTER: &str = "10.96.0.3:80";
+const D_CLUSTER: &str = "10.96.0.4:80";
+
+// ---------------------------------------------------------------- harness
+
+/// Outbound connections: the destination the app registered. Inbound ones (from other sidecars,
+/// which register nothing): the pod IP and the app's port, as if the caller had connected to the
+/// app and iptables had redirected it.
+#[derive(Clone)]
+struct TestDst {
+    map: PeerMap,
+    app_port: u16,
+}
+
+impl OriginalDst for TestDst {
+    fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
+        match self.map.original_dst(stream) {
+            Err(OrigDstError::Unknown(_)) => {
+                Ok(SocketAddr::new(stream.local_addr()?.ip(), self.app_port))
+            }
+            other => other,
+        }
+    }
+}
+
+struct Sidecar {
+    /// The pod IP and inbound port: the endpoint address of this pod.
+    pod: SocketAddr,
+    outbound: SocketAddr,
+    app_ip: IpAddr,
+    map: PeerMap,
+    router: Arc<MeshRouter>,
+    store: Arc<SnapshotStore>,
+    shutdown: ShutdownHandle,
+    run: JoinHandle<lanemesh_sidecar::proxy::DrainReport>,
+    builder: JoinHandle<()>,
+}
+
+impl Sidecar {
+    /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, and the
+    /// listener its app must serve on.
+    async fn start(n: u8, app: &str, tag: Option<&str>) -> (Self, TcpListener) {
+        let store = Arc::new(SnapshotStore::new(LocalApp {
+            namespace: "demo".into(),
+            app: app.into(),
+        }));
+        Self::start_with_store(n, app, tag, store).await
+    }
+
+    async fn start_with_store(
+        n: u8,
+        app: &str,
+        tag: Option<&str>,
+        store: Arc<SnapshotStore>,
+    ) -> (Self, TcpListener) {
+        let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
+        let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
+        let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
+        let app_port = app_listener.local_addr().unwrap().port();
+        let config = ProxyConfig {
+            outbound_port: 0,
+            inbound_port: 0,
+            bind_address: pod_ip,
+            app_address: app_ip,
+            grace_period: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            ..ProxyConfig::default()
+        };
+        let router = Arc::new(MeshRouter::new(LocalPod {
+            app: app.into(),
+            lane_tag: tag.map(str::to_owned),
+        }));
+        let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
+        let map = PeerMap::new();
+        let proxy = Proxy::bind(
+            config,
+            router.clone(),
+            Arc::new(TestDst {
+                map: map.clone(),
+                app_port,
+            }),
+        )
+        .await
+        .unwrap();
+        let pod = proxy.inbound_addr();
+        let outbound = proxy.outbound_addr();
+        let shutdown = proxy.shutdown_handle();
+        let run = tokio::spawn(proxy.run());
+        let sidecar = Self {
+            pod,
+            outbound,
+            app_ip,
+            map,
+            router,
+            store,
+            shutdown,
+            run,
+            builder,
+        };
+        (sidecar, app_listener)
+    }
+
+    /// Stores `snapshot` and waits until the router runs on it.
+    async fn install(&self, snapshot: Snapshot) {
+        let generation = self.store.store(snapshot);
+        timeout(STEP, async {
+            while self.router.generation() != Some(generation) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the runtime builder did not pick up the snapshot");
+    }
+
+    /// An outbound client of this pod's app to `dst`.
+    fn client(&self) -> AppClient {
+        AppClient {
+            outbound: self.outbound,
+            app_ip: self.app_ip,
+            map: self.map.clone(),
+        }
+    }
+
+    fn count(&self, rule: PropagationRule) -> u64 {
+        self.router
+            .rule_counts()
+            .iter()
+            .find(|(r, _)| *r == rule)
+            .unwrap()
+            .1
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        timeout(STEP, self.run).await.unwrap().unwrap();
+        self.builder.abort();
+    }
+}
+
+#[derive(Clone)]
+struct AppClient {
+    outbound: SocketAddr,
+    app_ip: IpAddr,
+    map: PeerMap,
+}
+
+impl AppClient {
+    /// One request over a fresh connection that "was going to" `dst`.
+    async fn get(&self, dst: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
+        self.map
+            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
+        let stream = timeout(STEP, socket.connect(self.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        send(stream, dst, headers).await
+    }
+}
+
+async fn send(
+    stream: TcpStream,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get("/").header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = timeout(
+        STEP,
+        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .expect("no response in time")
+    .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = timeout(STEP, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------- apps
+
+/// An app: answers `name=<name> tag=<x-mse-tag it saw> next=[<next hop's body>]`. With `next`,
+/// it first calls that destination through its sidecar, forwarding only `traceparent`.
+fn app(
+    listener: TcpListener,
+    name: &'static str,
+    next: Option<(AppClient, &'static str)>,
+    delay: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let next = next.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let next = next.clone();
+                    async move {
+                        let tag = header(req.headers(), "x-mse-tag");
+                        let next_body = match next {
+                            Some((client, dst)) => {
+                                let trace = header(req.headers(), "traceparent");
+                                let headers: Vec<(&str, &str)> = if trace == "-" {
+                                    vec![]
+                                } else {
+                                    vec![("traceparent", trace.as_str())]
+                                };
+                                let (status, _, body) = client.get(dst, &headers).await;
+                                format!("{status}:{body}")
+                            }
+                            None => String::new(),
+                        };
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
+                            "name={name} tag={tag} next=[{next_body}]"
+                        )))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+fn header(headers: &HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned())
+}
+
+// ---------------------------------------------------------------- resources
+
+fn service(name: &str, cluster: &str, endpoints: &[(SocketAddr, &str, bool)]) -> proto::Service {
+    let cluster: SocketAddr = cluster.parse().unwrap();
+    proto::Service {
+        name: format!("demo/{name}"),
+        namespace: "demo".into(),
+        app: name.into(),
+        cluster_ips: vec![cluster.ip().to_string()],
+        ports: vec![proto::ServicePort {
+            name: "http".into(),
+            port: u32::from(cluster.port()),
+            target_port: 8080,
+            protocol: proto::AppProtocol::Http1 as i32,
+        }],
+        endpoints: endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, tag, ready))| proto::Endpoint {
+                ip: addr.ip().to_string(),
+                pod_name: format!("{name}-{i}"),
+                lane_tag: (*tag).into(),
+                ready: *ready,
+                ports: HashMap::from([("http".into(), u32::from(addr.port()))]),
+            })
+            .collect(),
+    }
+}
+
+fn lane(tag: &str) -> proto::Lane {
+    proto::Lane {
+        name: tag.into(),
+        tag: tag.into(),
+        enabled: true,
+        r#match: Some(proto::Match {
+            logic: proto::Logic::All as i32,
+            conditions: vec![proto::Condition {
+                source: proto::Source::Header as i32,
+                name: "canary".into(),
+                operator: proto::Operator::Equal as i32,
+                value: tag.into(),
+                ..Default::default()
+            }],
+        }),
+        weight: 0,
+    }
+}
+
+/// Apps a, b, c, d; entry app a; lanes gray and blue; trace ids from `traceparent`.
+fn lane_group(inflight: bool, color_by_node: bool) -> proto::LaneGroup {
+    proto::LaneGroup {
+        name: "demo/flow".into(),
+        namespace: "demo".into(),
+        apps: ["a", "b", "c", "d"].map(String::from).to_vec(),
+        entry_apps: vec!["a".into()],
+        tag_header: "x-mse-tag".into(),
+        propagation: Some(proto::Propagation {
+            trace_headers: vec!["traceparent".into()],
+            inflight,
+            color_by_node,
+            ..Default::default()
+        }),
+        lanes: vec![lane("blue"), lane("gray")],
+        ..Default::default()
+    }
+}
+
+fn snapshot(app: &str, services: Vec<proto::Service>, group: proto::LaneGroup) -> Snapshot {
+    Snapshot::from_resources(
+        LocalApp {
+            namespace: "demo".into(),
+            app: app.into(),
+        },
+        services,
+        [group],
+        [],
+        [],
+    )
+    .unwrap()
+}
+
+fn traceparent(i: usize) -> String {
+    format!("00-{i:032x}-{:016x}-01", i + 1)
+}
+
+/// An app without sidecar on 127.0.1.n; returns its address.
+async fn bare_app(n: u8, name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind(format!("127.0.1.{n}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    app(listener, name, None, delay);
+    addr
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gray_request_falls_back_to_base_b_keeps_its_tag_and_b_reaches_c_gray() {
+    // DESIGN §4: A(gray) -> B (no gray pod: base, tag kept) -> C(gray), B's app forwarding
+    // only the trace id.
+    let (a, _) = Sidecar::start(2, "a", Some("gray")).await;
+    let (b, b_app) = Sidecar::start(3, "b", None).await;
+    let c_base = bare_app(4, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(5, "c-gray", Duration::ZERO).await;
+    app(
+        b_app,
+        "b-base",
+        Some((b.client(), C_CLUSTER)),
+        Duration::ZERO,
+    );
+    let services = vec![
+        service("b", B_CLUSTER, &[(b.pod, "", true)]),
+        service(
+            "c",
+            C_CLUSTER,
+            &[(c_base, "", true), (c_gray, "gray", true)],
+        ),
+    ];
+    a.install(snapshot("a", services.clone(), lane_group(false, false)))
+        .await;
+    b.install(snapshot("b", services, lane_group(false, false)))
+        .await;
+
+    let (status, _, body) = a
+        .client()
+        .get(
+            B_CLUSTER,
+            &[("x-mse-tag", "gray"), ("traceparent", &traceparent(1))],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        "name=b-base tag=gray next=[200 OK:name=c-gray tag=gray next=[]]"
+    );
+    assert_eq!(a.count(PropagationRule::TagHeader), 1);
+    assert_eq!(
+        b.count(PropagationRule::TraceId),
+        1,
+        "B's outbound lane came from the trace id"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
+    // DESIGN §4 rule 3: B's app forwards only `traceparent`; B's sidecar must find each
+    // outbound call's lane from the inbound request that carried the same trace id, while
+    // requests of three lanes are in flight at once (so no in-flight shortcut applies).
+    let (b, b_app) = Sidecar::start(6, "b", None).await;
+    let c_base = bare_app(7, "c-base", Duration::from_millis(20)).await;
+    let c_gray = bare_app(8, "c-gray", Duration::from_millis(20)).await;
+    let c_blue = bare_app(9, "c-blue", Duration::from_millis(20)).await;
+    app(
+        b_app,
+        "b-base",
+        Some((b.client(), C_CLUSTER)),
+        Duration::ZERO,
+    );
+    let services = vec![
+        service("b", B_CLUSTER, &[(b.pod, "", true)]),
+        service(
+            "c",
+            C_CLUSTER,
+            &[
+                (c_base, "", true),
+                (c_gray, "gray", true),
+                (c_blue, "blue", true),
+            ],
+        ),
+    ];
+    b.install(snapshot("b", services, lane_group(true, false)))
+        .await;
+
+    let lanes = ["gray", "blue", "base"];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let pod = b.pod;
+        tasks.push(tokio::spawn(async move {
+            let lane = lanes[i % 3];
+            let trace = traceparent(1000 + i);
+            let mut headers = vec![("traceparent", trace.as_str())];
+            if lane != "base" {
+                headers.push(("x-mse-tag", lane));
+            }
+            // Straight to B's pod, as another sidecar would.
+            let stream = timeout(STEP, TcpStream::connect(pod))
+                .await
+                .unwrap()
+                .unwrap();
+            let (status, _, body) = send(stream, B_CLUSTER, &headers).await;
+            (lane, status, body)
+        }));
+    }
+    let mut misroutes = Vec::new();
+    for task in tasks {
+        let (lane, status, body) = timeout(STEP, task).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if !body.contains(&format!("next=[200 OK:name=c-{lane} ")) {
+            misroutes.push(format!("{lane}: {body}"));
+        }
+    }
+    assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
+    assert_eq!(b.count(PropagationRule::TraceId), 50);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_request_stays_in_flight_until_its_slow_body_ends() {
+    // The in-flight rule (DESIGN §4 rule 4) needs the inbound guard to live until the response
+    // is complete, not just until its head.
+    let (b, b_app) = Sidecar::start(10, "b", None).await;
+    tokio::spawn(async move {
+        let (stream, _) = b_app.accept().await.unwrap();
+        let service = service_fn(|_req: Request<Incoming>| async {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("late")))).await;
+            });
+            Ok::<_, Infallible>(Response::new(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
+    b.install(snapshot(
+        "b",
+        vec![service("b", B_CLUSTER, &[(b.pod, "", true)])],
+        lane_group(true, false),
+    ))
+    .await;
+    let inflight = PropagationSettings {
+        trace_headers: vec![],
+        inflight: true,
+        color_by_node: false,
+        ..PropagationSettings::default()
+    };
+    let lane_now = || {
+        let none = HeaderMap::new();
+        let lane = b.router.propagator().outbound_lane(&inflight, &none);
+        (lane.rule, lane.tag().map(str::to_owned))
+    };
+    assert_eq!(lane_now(), (PropagationRule::Base, None));
+
+    let stream = TcpStream::connect(b.pod).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("x-mse-tag", "gray")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = timeout(STEP, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The head is here, the body is not: still in flight.
+    assert_eq!(
+        lane_now(),
+        (PropagationRule::Inflight, Some("gray".to_owned()))
+    );
+    let body = timeout(STEP, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body, "late");
+    timeout(STEP, async {
+        while lane_now().0 != PropagationRule::Base {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the inbound request never ended");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn no_ready_endpoint_answers_503_naming_app_and_lane() {
+    let (a, _) = Sidecar::start(11, "a", None).await;
+    let d_gray = bare_app(12, "d-gray", Duration::ZERO).await;
+    a.install(snapshot(
+        "a",
+        vec![service("d", D_CLUSTER, &[(d_gray, "gray", false)])],
+        lane_group(false, false),
+    ))
+    .await;
+    let (status, headers, body) = a.client().get(D_CLUSTER, &[("x-mse-tag", "gray")]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers.get("x-lanemesh-error").unwrap(), "no_endpoint");
+    assert!(
+        body.contains("\"d\"") && body.contains("\"gray\""),
+        "{body}"
+    );
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_destinations_pass_through_untouched_known_ones_get_the_pod_lane() {
+    // A gray pod with colorByNode: governed calls get the pod's tag injected; calls to
+    // addresses no Service claims are not touched at all.
+    let (a, _) = Sidecar::start(13, "a", Some("gray")).await;
+    let outside = bare_app(14, "outside", Duration::ZERO).await;
+    let c_base = bare_app(15, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(16, "c-gray", Duration::ZERO).await;
+    a.install(snapshot(
+        "a",
+        vec![service(
+            "c",
+            C_CLUSTER,
+            &[(c_base, "", true), (c_gray, "gray", true)],
+        )],
+        lane_group(false, true),
+    ))
+    .await;
+    let (status, _, body) = a.client().get(&outside.to_string(), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "name=outside tag=- next=[]");
+    let (status, _, body) = a.client().get(C_CLUSTER, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "name=c-gray tag=gray next=[]");
+    assert_eq!(a.count(PropagationRule::ColorByNode), 1);
+    assert_eq!(
+        a.router.rule_counts().iter().map(|(_, n)| n).sum::<u64>(),
+        1,
+        "only governed destinations are counted"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
+    let (a, _) = Sidecar::start(17, "a", None).await;
+    let c_base = bare_app(18, "c-base", Duration::ZERO).await;
+    let c_base2 = bare_app(19, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(20, "c-gray", Duration::ZERO).await;
+    let variant = |i: usize| {
+        let mut endpoints = vec![(c_base, "", true), (c_gray, "gray", true)];
+        if i % 2 == 1 {
+            endpoints.push((c_base2, "", true));
+        }
+        snapshot(
+            "a",
+            vec![service("c", C_CLUSTER, &endpoints)],
+            lane_group(false, false),
+        )
+    };
+    a.install(variant(0)).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|k| {
+            let client = a.client();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut sent = 0usize;
+                let mut failures = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let gray = (sent + k).is_multiple_of(2);
+                    let headers: &[(&str, &str)] =
+                        if gray { &[("x-mse-tag", "gray")] } else { &[] };
+                    let (status, _, body) = client.get(C_CLUSTER, headers).await;
+                    let want = if gray { "name=c-gray " } else { "name=c-base " };
+                    if status != StatusCode::OK || !body.starts_with(want) {
+                        failures.push(format!("{status} {body}"));
+                    }
+                    sent += 1;
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for i in 1..=100 {
+        last = a.store.store(variant(i));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    timeout(STEP, async {
+        while a.router.generation() != Some(last) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("the last snapshot was never installed");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (sent, failures) = timeout(STEP, client).await.unwrap().unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:#?}");
+        total += sent;
+    }
+    assert!(total >= 20, "too little load during the swaps: {total}");
+    // With no request in flight, the next swap forgets the statistics of the endpoint that
+    // only the odd snapshots had (a request in flight during the last swap may have kept it).
+    a.install(variant(102)).await;
+    assert_eq!(a.router.balancer().tracked(), 2);
+    a.stop().await;
+}
+
+// ------------------------------------------------- control plane
+
+mod fake_control_plane {
+    use super::*;
+    use lanemesh_api::proto::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    };
+    use lanemesh_api::resource::DiscoveryResource;
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tonic::{Status, Streaming};
+
+    type Responses = mpsc::Sender<Result<proto::DeltaDiscoveryResponse, Status>>;
+
+    /// Answers every stream with one response per type, then keeps it open.
+    #[derive(Clone)]
+    pub(super) struct Fake {
+        pub(super) services: Vec<proto::Service>,
+        pub(super) group: proto::LaneGroup,
+        /// The open streams' senders; dropping them ends the streams.
+        pub(super) open: Arc<std::sync::Mutex<Vec<Responses>>>,
+    }
+
+    fn resource<T: DiscoveryResource>(r: &T) -> proto::Resource {
+        proto::Resource {
+            name: r.resource_name().to_owned(),
+            version: "v1".into(),
+            resource: Some(r.to_any()),
+        }
+    }
+
+    #[tonic::async_trait]
+    impl AggregatedDiscoveryService for Fake {
+        type DeltaAggregatedResourcesStream =
+            ReceiverStream<Result<proto::DeltaDiscoveryResponse, Status>>;
+
+        async fn delta_aggregated_resources(
+            &self,
+            request: tonic::Request<Streaming<proto::DeltaDiscoveryRequest>>,
+        ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+            let mut requests = request.into_inner();
+            // Drain ACKs so the client never blocks on a full stream.
+            tokio::spawn(async move { while let Ok(Some(_)) = requests.message().await {} });
+            let (tx, rx) = mpsc::channel(16);
+            let by_type: [(&str, Vec<proto::Resource>); 4] = [
+                (
+                    proto::Service::TYPE_URL,
+                    self.services.iter().map(resource).collect(),
+                ),
+                (proto::LaneGroup::TYPE_URL, vec![resource(&self.group)]),
+                (proto::InboundPolicy::TYPE_URL, vec![]),
+                (proto::OutboundPolicy::TYPE_URL, vec![]),
+            ];
+            for (i, (type_url, resources)) in by_type.into_iter().enumerate() {
+                tx.send(Ok(proto::DeltaDiscoveryResponse {
+                    system_version_info: "test".into(),
+                    type_url: type_url.into(),
+                    resources,
+                    removed_resources: vec![],
+                    nonce: format!("n{i}"),
+                }))
+                .await
+                .map_err(|_| Status::internal("client gone"))?;
+            }
+            self.open.lock().unwrap().push(tx);
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    pub(super) fn serve(listener: TcpListener, fake: Fake) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(AggregatedDiscoveryServiceServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_continues_on_the_last_snapshot_when_the_control_plane_is_gone() {
+    use lanemesh_sidecar::discovery::{BackoffConfig, ClientConfig, DiscoveryClient, NodeIdentity};
+
+    let c_base = bare_app(21, "c-base", Duration::ZERO).await;
+    let c_gray = bare_app(22, "c-gray", Duration::ZERO).await;
+    let fake = fake_control_plane::Fake {
+        services: vec![service(
+            "c",
+            C_CLUSTER,
+            &[(c_base, "", true), (c_gray, "gray", true)],
+        )],
+        group: lane_group(false, false),
+        open: Arc::default(),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cp_addr = listener.local_addr().unwrap();
+    let server = fake_control_plane::serve(listener, fake.clone());
+
+    let node = NodeIdentity {
+        pod_name: "a-0".into(),
+        namespace: "demo".into(),
+        app: "a".into(),
+        lane_tag: String::new(),
+        ip: "127.0.0.23".into(),
+        proxy_version: "test".into(),
+        token: String::new(),
+    };
+    let store = Arc::new(SnapshotStore::new(node.local_app()));
+    let (a, _) = Sidecar::start_with_store(23, "a", None, Arc::clone(&store)).await;
+    assert!(
+        a.router.generation().is_none(),
+        "no runtime before the first snapshot"
+    );
+
+    let mut config = ClientConfig::new(format!("http://{cp_addr}"), node);
+    config.backoff = BackoffConfig {
+        base: Duration::from_millis(20),
+        max: Duration::from_millis(100),
+        stable_after: Duration::from_secs(10),
+    };
+    config.connect_timeout = Duration::from_millis(500);
+    let client = DiscoveryClient::new(config, Arc::clone(&store));
+    let state = client.state();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let client = tokio::spawn(client.run(async move {
+        let _ = stop_rx.await;
+    }));
+    timeout(STEP, async {
+        while a.router.generation().is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("no runtime from the control plane's snapshot");
+    let (status, _, body) = a.client().get(C_CLUSTER, &[("x-mse-tag", "gray")]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "name=c-gray tag=gray next=[]")
+    );
+
+    // The control plane goes away: server stopped, open streams ended.
+    server.abort();
+    let _ = server.await;
+    fake.open.lock().unwrap().clear();
+    timeout(STEP, async {
+        while state.is_connected() || state.stats().reconnect_attempts < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the client never noticed the control plane was gone");
+    for tag in ["gray", "base"] {
+        let headers: &[(&str, &str)] = if tag == "gray" {
+            &[("x-mse-tag", "gray")]
+        } else {
+            &[]
+        };
+        let (status, _, body) = a.client().get(C_CLUSTER, headers).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.starts_with(&format!("name=c-{tag} ")), "{body}");
+    }
+    stop_tx.send(()).unwrap();
+    timeout(STEP, client).await.unwrap().unwrap();
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn entry_app_inbound_gets_the_lane_decision_and_keeps_an_existing_tag() {
+    // DESIGN §4: a is the entry app; its sidecar decides the lane on inbound and sets the tag
+    // header, but never rewrites a tag the request already carries.
+    let (a, a_app) = Sidecar::start(24, "a", None).await;
+    app(a_app, "a-base", None, Duration::ZERO);
+    a.install(snapshot("a", vec![], lane_group(false, false)))
+        .await;
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("canary", "gray")], "gray"),
+        (&[("canary", "gray"), ("x-mse-tag", "blue")], "blue"),
+        (&[("canary", "green")], "-"),
+    ];
+    for (headers, want) in cases {
+        let stream = TcpStream::connect(a.pod).await.unwrap();
+        let (status, _, body) = send(stream, "a", headers).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            format!("name=a-base tag={want} next=[]"),
+            "{headers:?}"
+        );
+    }
+    a.stop().await;
+}
+
+/// A TCP server that writes `name` and closes.
+async fn tcp_named(n: u8, name: &'static str) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind(format!("127.0.1.{n}:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(name.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_to_a_known_destination_goes_to_the_pods_lane_else_passes_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, _) = Sidecar::start(25, "a", Some("gray")).await;
+    let e_base = tcp_named(26, "e-base").await;
+    let e_gray = tcp_named(27, "e-gray").await;
+    let outside = tcp_named(28, "outside").await;
+    // d is in the lane group, so its gray lane is enabled for it.
+    let mut e = service(
+        "d",
+        "10.96.0.5:5000",
+        &[(e_base, "", true), (e_gray, "gray", true)],
+    );
+    e.ports[0].protocol = proto::AppProtocol::Tcp as i32;
+    a.install(snapshot("a", vec![e], lane_group(false, false)))
+        .await;
+    for (dst, want) in [
+        ("10.96.0.5:5000".to_owned(), "e-gray"),
+        (outside.to_string(), "outside"),
+    ] {
+        let client = a.client();
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(client.app_ip, 0)).unwrap();
+        client
+            .map
+            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
+        let mut stream = timeout(STEP, socket.connect(client.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        // Not HTTP: detection classifies the connection as opaque TCP.
+        stream.write_all(b"\x00\x01binary").await.unwrap();
+        let mut got = String::new();
+        timeout(STEP, stream.read_to_string(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, want, "{dst}");
+    }
+    a.stop().await;
+}
