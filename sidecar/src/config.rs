@@ -4,7 +4,7 @@
 //! Live configuration (lanes, routes, policies) does not belong here: it
 //! arrives over the discovery stream as snapshots.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use clap::Args;
@@ -29,6 +29,18 @@ pub struct ProxyConfig {
     /// Port of the inbound capture listener (traffic sent to the app).
     #[arg(long, env = "LANEMESH_INBOUND_PORT", default_value_t = 15006)]
     pub inbound_port: u16,
+
+    /// Admin listener (`/config_dump`, `/logging`, `POST /shutdown`); loopback only.
+    #[arg(long, env = "LANEMESH_ADMIN_ADDR", default_value = crate::admin::ADMIN_ADDR)]
+    pub admin_addr: SocketAddr,
+
+    /// Health listener (`/healthz/ready`).
+    #[arg(long, env = "LANEMESH_HEALTH_ADDR", default_value = crate::admin::HEALTH_ADDR)]
+    pub health_addr: SocketAddr,
+
+    /// Metrics listener (`/metrics`).
+    #[arg(long, env = "LANEMESH_METRICS_ADDR", default_value = crate::admin::METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 
     /// Address both capture listeners bind to.
     #[arg(long, env = "LANEMESH_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
@@ -151,6 +163,9 @@ impl Default for ProxyConfig {
         Self {
             outbound_port: 15001,
             inbound_port: 15006,
+            admin_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
+            health_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15021)),
+            metrics_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15020)),
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             app_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             grace_period: Duration::from_secs(25),

@@ -4,13 +4,16 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use lanemesh_sidecar::admin::{self, AdminState, logging::LogControl};
 use lanemesh_sidecar::config::ProxyConfig;
 use lanemesh_sidecar::discovery::{self, ConfigSource, DiscoveryClient};
 use lanemesh_sidecar::init::InitArgs;
 use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
+use lanemesh_sidecar::metrics::ProxyMetrics;
 use lanemesh_sidecar::proxy::{Proxy, SoOriginalDst, shutdown};
 use lanemesh_sidecar::snapshot::SnapshotStore;
-use tracing_subscriber::EnvFilter;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// lanemesh sidecar proxy.
 #[derive(Debug, Parser)]
@@ -38,17 +41,14 @@ fn main() -> anyhow::Result<()> {
         None => cli.run,
         Some(Command::Init(init)) => return run_init(&init),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LANEMESH_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = std::env::var("LANEMESH_LOG").unwrap_or_else(|_| "info".to_owned());
+    let logging = admin::logging::init(&filter).context("LANEMESH_LOG")?;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, logging))
 }
 
 fn run_init(init: &InitArgs) -> anyhow::Result<()> {
@@ -59,7 +59,7 @@ fn run_init(init: &InitArgs) -> anyhow::Result<()> {
     init.apply().context("lanemesh-proxy init")
 }
 
-async fn run(config: ProxyConfig) -> anyhow::Result<()> {
+async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
     let args = &config.discovery;
     let source = match args.source() {
         Ok(source) => Some(source),
@@ -73,15 +73,28 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
     };
     let local = args.node().context("discovery settings")?.local_app();
     let store = Arc::new(SnapshotStore::new(local));
-    let router = Arc::new(MeshRouter::new(LocalPod {
-        app: args.app_name.clone(),
-        lane_tag: Some(args.lane_tag.clone()).filter(|t| !t.is_empty()),
-    }));
+    let metrics = Arc::new(ProxyMetrics::new());
+    metrics.attach_snapshot(Arc::clone(&store));
+    let router = Arc::new(
+        MeshRouter::new(LocalPod {
+            app: args.app_name.clone(),
+            lane_tag: Some(args.lane_tag.clone()).filter(|t| !t.is_empty()),
+        })
+        .with_metrics(Arc::clone(&metrics)),
+    );
+    let node = args.node().context("discovery settings")?;
     // Until the first complete snapshot the router passes everything through.
     let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
 
     let proxy = Proxy::bind(config.clone(), router, Arc::new(SoOriginalDst)).await?;
     let handle = proxy.shutdown_handle();
+
+    // Admin, health and metrics: `POST /shutdown` and the proxy's own
+    // shutdown share one signal.
+    let (admin_tx, admin_rx) = watch::channel(false);
+    let mut admin_state = AdminState::new(Arc::clone(&store), admin_tx.clone())
+        .with_node(node)
+        .with_logging(logging);
     let discovery = match source {
         Some(ConfigSource::File { path, .. }) => {
             let generation = discovery::file::load_into(&path, &store)
@@ -93,12 +106,46 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
             tracing::info!(addr = %client.addr, "connecting to the control plane");
             let mut signal = handle.signal();
             let client = DiscoveryClient::new(client, Arc::clone(&store));
+            metrics.attach_discovery(client.state());
+            admin_state = admin_state.with_discovery(client.state());
             Some(tokio::spawn(async move {
                 client.run(async move { signal.triggered().await }).await;
             }))
         }
         None => None,
     };
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let admin_listener = bind(config.admin_addr).await?;
+    let health_listener = bind(config.health_addr).await?;
+    let metrics_listener = bind(config.metrics_addr).await?;
+    tokio::spawn(admin::serve_admin(
+        admin_listener,
+        admin_state,
+        admin_rx.clone(),
+    ));
+    tokio::spawn(admin::serve_health(
+        health_listener,
+        Arc::clone(&store),
+        admin_rx.clone(),
+    ));
+    tokio::spawn(admin::serve_metrics(
+        metrics_listener,
+        Arc::clone(&metrics),
+        admin_rx.clone(),
+    ));
+    tokio::spawn({
+        let handle = handle.clone();
+        let mut requested = admin_rx;
+        async move {
+            // Fires on `POST /shutdown`, and harmlessly once the proxy has stopped.
+            admin::shutdown_requested(&mut requested).await;
+            handle.trigger();
+        }
+    });
     tokio::spawn({
         let handle = handle.clone();
         async move {
@@ -109,6 +156,7 @@ async fn run(config: ProxyConfig) -> anyhow::Result<()> {
         }
     });
     let report = proxy.run().await;
+    let _ = admin_tx.send(true);
     if let Some(discovery) = discovery
         && let Err(error) = discovery.await
     {

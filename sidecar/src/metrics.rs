@@ -411,6 +411,15 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// Outbound lane choices made by `rule` so far.
+    pub fn propagation_count(&self, rule: PropagationRule) -> u64 {
+        self.lane_propagations
+            .get_or_create(&RuleLabels {
+                rule: rule.as_str(),
+            })
+            .get()
+    }
+
     /// A lane decision at an entry app or gateway.
     pub fn record_entry_decision(&self, reason: DecisionReason) {
         self.lane_entry_decisions

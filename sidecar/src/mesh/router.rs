@@ -2,7 +2,6 @@
 //! outbound ones.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
+use crate::metrics::ProxyMetrics;
 use crate::policy::clock::{Clock, MonotonicClock};
 use crate::proxy::http::ERROR_HEADER;
 use crate::proxy::{
@@ -39,8 +39,8 @@ pub struct MeshRouter {
     runtime: ArcSwapOption<Runtime>,
     propagator: Propagator,
     balancer: Balancer,
-    /// Outbound requests by deciding rule, indexed like [`PropagationRule::ALL`].
-    rule_counts: [AtomicU64; PropagationRule::ALL.len()],
+    /// Outbound requests by deciding rule (`lanemesh_lane_propagations_total`).
+    metrics: Arc<ProxyMetrics>,
 }
 
 impl MeshRouter {
@@ -60,8 +60,14 @@ impl MeshRouter {
             runtime: ArcSwapOption::empty(),
             propagator,
             balancer: Balancer::new(clock, BalancerConfig::default()),
-            rule_counts: Default::default(),
+            metrics: Arc::new(ProxyMetrics::new()),
         }
+    }
+
+    /// Records into the proxy's shared registry instead of a private one.
+    pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Compiles `snapshot` into the next [`Runtime`], swaps it in and forgets the endpoint
@@ -98,12 +104,7 @@ impl MeshRouter {
 
     /// Outbound requests to governed destinations so far, by the rule that decided their lane.
     pub fn rule_counts(&self) -> [(PropagationRule, u64); PropagationRule::ALL.len()] {
-        PropagationRule::ALL.map(|rule| {
-            (
-                rule,
-                self.rule_counts[rule_index(rule)].load(Ordering::Relaxed),
-            )
-        })
+        PropagationRule::ALL.map(|rule| (rule, self.metrics.propagation_count(rule)))
     }
 
     fn inbound(&self, rt: &Runtime, req: &mut http::request::Parts) -> Routed {
@@ -139,7 +140,7 @@ impl MeshRouter {
         };
         let (chosen, injection) = {
             let lane = self.propagator.outbound_lane(&rt.propagation, &req.headers);
-            self.rule_counts[rule_index(lane.rule)].fetch_add(1, Ordering::Relaxed);
+            self.metrics.record_propagation(lane.rule);
             let injection = lane.injection().and_then(|t| HeaderValue::from_str(t).ok());
             (dest.choose(lane.tag(), &rt.lanes), injection)
         };
@@ -170,17 +171,6 @@ impl MeshRouter {
                 .into()
             }
         }
-    }
-}
-
-fn rule_index(rule: PropagationRule) -> usize {
-    match rule {
-        PropagationRule::TagHeader => 0,
-        PropagationRule::Baggage => 1,
-        PropagationRule::TraceId => 2,
-        PropagationRule::Inflight => 3,
-        PropagationRule::ColorByNode => 4,
-        PropagationRule::Base => 5,
     }
 }
 
