@@ -1,9 +1,9 @@
 //! `lanemesh-demo`: the README's main job.
 //!
 //! Today it loads a directory of lanemesh YAML (default `examples/`), checks
-//! it exactly as the control plane will, and prints what each sidecar would
-//! be sent. Later issues turn it into the local demo (cluster, sidecars and
-//! demo apps). Exit status 1 when any object is refused.
+//! it exactly as the control plane does, and prints what sidecars would be
+//! sent. The full local demo (cluster, sidecars and demo apps in Go, Java and
+//! Python) is still to come. Exit status 1 when any object is refused.
 
 use std::path::{Path, PathBuf};
 
@@ -74,7 +74,10 @@ fn main() -> anyhow::Result<()> {
     for invalid in &refused {
         out.push_str(&format!("REFUSED {invalid}\n"));
     }
-    out.push_str("sidecar and control plane: not built yet (see the open issues)\n");
+    out.push_str(
+        "serve it: lanemesh-pilot --source local --dir <dir>  |  one sidecar without a control plane: \
+         lanemesh-proxy run --config-file <file> --app-name <app>\n",
+    );
     std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
     if !refused.is_empty() {
         anyhow::bail!("{} object(s) refused", refused.len());
