@@ -10,7 +10,8 @@
 # (client proxy on 127.0.0.1:<port> -> server proxy on 10.200.0.2:<port> -> 127.0.0.1:8080) with keep-alive pools.
 #
 # Needs root (namespaces, iptables). Installs what is missing (Debian packages via apt-get, oha via cargo) and builds
-# lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50).
+# lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
+# BENCH_PROXY (a prebuilt lanemesh-proxy instead of the release build).
 set -euo pipefail
 
 RATE=${BENCH_RATE:-1000}
@@ -52,9 +53,13 @@ if [ ! -x "$OHA" ]; then
     fi
 fi
 
-log "building lanemesh-proxy (release)"
-(cd "$ROOT" && cargo build --quiet --release --locked -p lanemesh-sidecar)
-PROXY=$CARGO_TARGET_DIR/release/lanemesh-proxy
+if [ -n "${BENCH_PROXY:-}" ]; then
+    PROXY=$BENCH_PROXY # a prebuilt binary (e.g. a debug build while iterating on this script)
+else
+    log "building lanemesh-proxy (release)"
+    (cd "$ROOT" && cargo build --quiet --release --locked -p lanemesh-sidecar)
+    PROXY=$CARGO_TARGET_DIR/release/lanemesh-proxy
+fi
 [ -x "$PROXY" ] || die "no $PROXY after the build"
 
 # ---------------------------------------------------------------- topology + cleanup
@@ -243,7 +248,7 @@ haproxy_conf() { # FILE BIND SERVER
     cat >"$1" <<EOF
 global
     nbthread 2
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     option http-keep-alive
