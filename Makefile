@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins
+.PHONY: demo test crds fmt lint cluster-bins bench
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -26,3 +26,7 @@ lint:
 ## cluster-bins: build kube-apiserver, etcd and kubectl into the cache
 cluster-bins:
 	bash e2e/cluster/build.sh
+
+## bench: sidecar data-plane benchmark (root; netns + iptables): direct vs lanemesh vs HAProxy vs nginx, one hop
+bench:
+	bash e2e/bench/sidecar.sh

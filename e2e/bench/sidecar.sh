@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Sidecar data-plane benchmark: one HTTP mesh hop through two lanemesh proxies, compared side by side with the
+# same hop through two HAProxy and two nginx reverse proxies, and with no proxy at all (direct).
+#
+# Topology (built here, removed on exit): two network namespaces joined by a veth pair in 10.200.0.0/24.
+#   client netns (10.200.0.1): load generator (oha) + client-side proxy
+#   server netns (10.200.0.2): server-side proxy + upstream (nginx `return 200`, 0.0.0.0:8080)
+# lanemesh captures with its own `lanemesh-proxy init` iptables rules (outbound -> 15001 in the client netns,
+# inbound -> 15006 in the server netns) and runs as UID/GID 1337; HAProxy and nginx are explicit reverse proxies
+# (client proxy on 127.0.0.1:<port> -> server proxy on 10.200.0.2:<port> -> 127.0.0.1:8080) with keep-alive pools.
+#
+# Needs root (namespaces, iptables). Installs what is missing (Debian packages via apt-get, oha via cargo) and builds
+# lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
+# BENCH_PROXY (a prebuilt lanemesh-proxy instead of the release build).
+set -euo pipefail
+
+RATE=${BENCH_RATE:-1000}
+DURATION=${BENCH_DURATION:-10s}
+CONNECTIONS=${BENCH_CONNECTIONS:-50}
+CACHE=${LANEMESH_CACHE:-$HOME/.cache/lanemesh}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+
+log() { echo "bench: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (network namespaces and iptables)"
+
+# ---------------------------------------------------------------- install (idempotent)
+need_apt=()
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v iptables >/dev/null || need_apt+=(iptables)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# Debian's nginx package may start a system nginx on :80; it is not used here and does not collide with our ports.
+
+OHA=$CACHE/cargo-bin/oha
+if [ ! -x "$OHA" ]; then
+    if command -v oha >/dev/null; then
+        OHA=$(command -v oha)
+    else
+        log "installing oha (cargo install, once; a few minutes on 2 cores)"
+        CARGO_TARGET_DIR=$CACHE/oha-target cargo install oha --locked --root "$CACHE/cargo-install" >&2
+        mkdir -p "$CACHE/cargo-bin"
+        cp "$CACHE/cargo-install/bin/oha" "$OHA"
+    fi
+fi
+
+if [ -n "${BENCH_PROXY:-}" ]; then
+    PROXY=$BENCH_PROXY # a prebuilt binary (e.g. a debug build while iterating on this script)
+else
+    log "building lanemesh-proxy (release)"
+    (cd "$ROOT" && cargo build --quiet --release --locked -p lanemesh-sidecar)
+    PROXY=$CARGO_TARGET_DIR/release/lanemesh-proxy
+fi
+[ -x "$PROXY" ] || die "no $PROXY after the build"
+
+# ---------------------------------------------------------------- topology + cleanup
+TAG=$$
+NS_C=lmb-c-$TAG
+NS_S=lmb-s-$TAG
+VETH_C=lmbc$TAG
+VETH_S=lmbs$TAG
+C_IP=10.200.0.1
+S_IP=10.200.0.2
+UP_PORT=8080
+WORK=$(mktemp -d /tmp/lanemesh-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    ip netns del "$NS_C" 2>/dev/null || true
+    ip netns del "$NS_S" 2>/dev/null || true
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+ip netns add "$NS_C"
+ip netns add "$NS_S"
+ip link add "$VETH_C" type veth peer name "$VETH_S"
+ip link set "$VETH_C" netns "$NS_C"
+ip link set "$VETH_S" netns "$NS_S"
+ip -n "$NS_C" addr add "$C_IP/24" dev "$VETH_C"
+ip -n "$NS_S" addr add "$S_IP/24" dev "$VETH_S"
+for ns in "$NS_C" "$NS_S"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_C" link set "$VETH_C" up
+ip -n "$NS_S" link set "$VETH_S" up
+
+# start NS LOGNAME CMD... : runs CMD in netns NS in the background, records its pid (ip netns exec and setpriv exec,
+# so $! is the command's own pid).
+LAST_PID=
+start() {
+    local ns=$1 name=$2
+    shift 2
+    ip netns exec "$ns" "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+stop() {
+    local pid=$1
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+# Looks at the listening sockets rather than connecting: a probe connection to a capture port would itself be proxied.
+wait_port() { # NS IP PORT
+    for _ in $(seq 100); do
+        if ip netns exec "$1" ss -Hltn "sport = :$3" | grep -q .; then return 0; fi
+        sleep 0.1
+    done
+    die "nothing listens on $2:$3 in $1 (logs in $WORK)"
+}
+
+nginx_conf() { # FILE LISTEN WORKERS LOCATION-BODY [UPSTREAM-BLOCK]
+    local dir
+    dir=$(dirname "$1")
+    mkdir -p "$dir/tmp"
+    cat >"$1" <<EOF
+worker_processes $3;
+daemon off;
+master_process on;
+user root;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    ${5:-}
+    server {
+        listen $2 reuseport;
+        location / { $4 }
+    }
+}
+EOF
+}
+
+# Upstream: one nginx worker answering a fixed 3-byte body, the same for every setup.
+mkdir -p "$WORK/upstream"
+nginx_conf "$WORK/upstream/nginx.conf" "0.0.0.0:$UP_PORT" 1 'return 200 "ok\n";'
+start "$NS_S" upstream nginx -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf"
+wait_port "$NS_S" "$S_IP" "$UP_PORT"
+
+# ---------------------------------------------------------------- measurement helpers
+# Proxy processes of the setup under test: nginx = master + workers; others = one process.
+proc_tree() { # PID -> pid and its direct children
+    echo "$1"
+    pgrep -P "$1" || true
+}
+cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
+    local total=0 pid f=()
+    for pid in "$@"; do
+        # Fields after the ")" of comm: utime and stime are overall fields 14 and 15.
+        read -ra f < <(sed 's/.*) //' "/proc/$pid/stat")
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+hwm_kb() { # PIDS... -> VmHWM summed, in kB
+    local total=0 pid v
+    for pid in "$@"; do
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+        total=$((total + v))
+    done
+    echo "$total"
+}
+TICKS=$(getconf CLK_TCK)
+
+oha_run() { # OUT-JSON URL ARGS...
+    local out=$1 url=$2
+    shift 2
+    ip netns exec "$NS_C" "$OHA" --no-tui --output-format json "$@" "$url" >"$out" 2>"$out.err" ||
+        ip netns exec "$NS_C" "$OHA" --no-tui -j "$@" "$url" >"$out" 2>"$out.err" ||
+        die "oha failed: $(cat "$out.err")"
+}
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# measure NAME URL CLIENT_PID SERVER_PID : warm-up, fixed-rate run (latency, CPU, RSS), saturation run (max RPS, CPU).
+measure() {
+    local name=$1 url=$2 cpid=$3 spid=$4 procs=() t0 t1 t2 n fixed sat
+    if [ -n "$cpid" ]; then mapfile -t procs < <(proc_tree "$cpid"; proc_tree "$spid"); fi
+    log "$name: warm-up"
+    oha_run "$WORK/$name.warm.json" "$url" -z 2s -q 500 -c "$CONNECTIONS"
+    fixed=$WORK/$name.fixed.json
+    sat=$WORK/$name.sat.json
+    log "$name: $RATE RPS for $DURATION"
+    t0=$([ ${#procs[@]} -gt 0 ] && cpu_ticks "${procs[@]}" || echo 0)
+    oha_run "$fixed" "$url" -z "$DURATION" -q "$RATE" -c "$CONNECTIONS" --latency-correction
+    t1=$([ ${#procs[@]} -gt 0 ] && cpu_ticks "${procs[@]}" || echo 0)
+    local rss_c=- rss_s=-
+    if [ -n "$cpid" ]; then
+        rss_c=$(hwm_kb $(proc_tree "$cpid"))
+        rss_s=$(hwm_kb $(proc_tree "$spid"))
+    fi
+    log "$name: saturation, $CONNECTIONS connections for $DURATION"
+    oha_run "$sat" "$url" -z "$DURATION" -c "$CONNECTIONS"
+    t2=$([ ${#procs[@]} -gt 0 ] && cpu_ticks "${procs[@]}" || echo 0)
+    local nfixed nsat ok_fixed ok_sat
+    nfixed=$(jq '[.statusCodeDistribution[]] | add // 0' "$fixed")
+    nsat=$(jq '[.statusCodeDistribution[]] | add // 0' "$sat")
+    ok_fixed=$(jq '.statusCodeDistribution["200"] // 0' "$fixed")
+    ok_sat=$(jq '.statusCodeDistribution["200"] // 0' "$sat")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$name" \
+        "$(jq '.latencyPercentiles.p50 * 1000' "$fixed")" \
+        "$(jq '.latencyPercentiles.p99 * 1000' "$fixed")" \
+        "$(jq '.latencyPercentiles["p99.9"] * 1000' "$fixed")" \
+        "$(jq '.summary.requestsPerSec' "$fixed")" \
+        "$(jq '.summary.requestsPerSec' "$sat")" \
+        "$((t1 - t0))" "$nfixed" "$((t2 - t1))" "$nsat" "$rss_c" "$rss_s" \
+        "$((nfixed - ok_fixed))" "$((nsat - ok_sat))" >>"$RESULTS"
+}
+
+# ---------------------------------------------------------------- 1. direct
+measure direct "http://$S_IP:$UP_PORT/" "" ""
+
+# ---------------------------------------------------------------- 3. HAProxy x2
+HA_C_PORT=9101
+HA_S_PORT=9102
+haproxy_conf() { # FILE BIND SERVER
+    cat >"$1" <<EOF
+global
+    nbthread 2
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend in
+    bind $2
+    default_backend out
+backend out
+    server s1 $3
+EOF
+}
+haproxy_conf "$WORK/haproxy-s.cfg" "$S_IP:$HA_S_PORT" "127.0.0.1:$UP_PORT"
+haproxy_conf "$WORK/haproxy-c.cfg" "127.0.0.1:$HA_C_PORT" "$S_IP:$HA_S_PORT"
+start "$NS_S" haproxy-s haproxy -db -f "$WORK/haproxy-s.cfg"
+HA_S=$LAST_PID
+start "$NS_C" haproxy-c haproxy -db -f "$WORK/haproxy-c.cfg"
+HA_C=$LAST_PID
+wait_port "$NS_S" "$S_IP" "$HA_S_PORT"
+wait_port "$NS_C" 127.0.0.1 "$HA_C_PORT"
+measure haproxy "http://127.0.0.1:$HA_C_PORT/" "$HA_C" "$HA_S"
+stop "$HA_C"
+stop "$HA_S"
+
+# ---------------------------------------------------------------- 4. nginx x2
+NG_C_PORT=9201
+NG_S_PORT=9202
+PROXY_LOC='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
+mkdir -p "$WORK/nginx-s" "$WORK/nginx-c"
+nginx_conf "$WORK/nginx-s/nginx.conf" "$S_IP:$NG_S_PORT" 2 "$PROXY_LOC" \
+    "upstream up { server 127.0.0.1:$UP_PORT; keepalive 128; keepalive_requests 10000000; }"
+nginx_conf "$WORK/nginx-c/nginx.conf" "127.0.0.1:$NG_C_PORT" 2 "$PROXY_LOC" \
+    "upstream up { server $S_IP:$NG_S_PORT; keepalive 128; keepalive_requests 10000000; }"
+start "$NS_S" nginx-s nginx -p "$WORK/nginx-s" -c "$WORK/nginx-s/nginx.conf"
+NG_S=$LAST_PID
+start "$NS_C" nginx-c nginx -p "$WORK/nginx-c" -c "$WORK/nginx-c/nginx.conf"
+NG_C=$LAST_PID
+wait_port "$NS_S" "$S_IP" "$NG_S_PORT"
+wait_port "$NS_C" 127.0.0.1 "$NG_C_PORT"
+measure nginx "http://127.0.0.1:$NG_C_PORT/" "$NG_C" "$NG_S"
+stop "$NG_C"
+stop "$NG_S"
+
+# ---------------------------------------------------------------- 2. lanemesh x2 (last: its capture rules stay)
+ip netns exec "$NS_C" "$PROXY" init >"$WORK/init-c.log" 2>&1 || die "init in the client netns: $(cat "$WORK/init-c.log")"
+ip netns exec "$NS_S" "$PROXY" init >"$WORK/init-s.log" 2>&1 || die "init in the server netns: $(cat "$WORK/init-s.log")"
+AS_PROXY=(env LANEMESH_LOG=warn setpriv --reuid 1337 --regid 1337 --clear-groups "$PROXY" run)
+start "$NS_S" lanemesh-s "${AS_PROXY[@]}"
+LM_S=$LAST_PID
+start "$NS_C" lanemesh-c "${AS_PROXY[@]}"
+LM_C=$LAST_PID
+# env execs setpriv, which execs the proxy: the recorded pid is the proxy's.
+wait_port "$NS_S" 127.0.0.1 15006
+wait_port "$NS_C" 127.0.0.1 15001
+measure lanemesh "http://$S_IP:$UP_PORT/" "$LM_C" "$LM_S"
+# The requests must really have crossed both proxies: a proxy that was bypassed would have used no CPU.
+[ "$(cpu_ticks "$LM_C")" -gt 0 ] && [ "$(cpu_ticks "$LM_S")" -gt 0 ] || die "lanemesh proxies used no CPU: capture bypassed"
+
+# ---------------------------------------------------------------- report
+report() {
+    local direct50 direct99 direct999
+    read -r direct50 direct99 direct999 < <(awk -F'\t' '$1=="direct" {print $2, $3, $4}' "$RESULTS")
+    echo
+    echo "## Sidecar benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ))"
+    echo
+    echo "Latency at a fixed $RATE RPS for $DURATION ($CONNECTIONS connections, oha --latency-correction); max RPS with"
+    echo "$CONNECTIONS connections for $DURATION. CPU = utime+stime of both proxies' processes per 1000 requests."
+    echo "RSS = VmHWM after the fixed-rate run, summed over a proxy's processes (nginx: master + workers)."
+    echo
+    echo "| setup | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | RPS @fixed | max RPS | CPU ms/1k req @fixed | CPU ms/1k req @max | RSS client proxy MB | RSS server proxy MB | errors |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    awk -F'\t' -v d50="$direct50" -v d99="$direct99" -v d999="$direct999" -v tck="$TICKS" '
+        function cpu(t, n) { return (n > 0) ? sprintf("%.1f", t * 1000 / tck / n * 1000) : "-" }
+        function mb(kb) { return (kb == "-") ? "-" : sprintf("%.1f", kb / 1024) }
+        {
+            direct = ($1 == "direct")
+            printf "| %s | %.3f | %.3f | %.3f | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %d |\n",
+                ($1 == "lanemesh" ? "lanemesh (2 x lanemesh-proxy, passthrough)" : ($1 == "direct" ? "direct (no proxy)" : "2 x " $1)),
+                $2, $3, $4,
+                direct ? "-" : sprintf("%.3f", $2 - d50), direct ? "-" : sprintf("%.3f", $3 - d99),
+                direct ? "-" : sprintf("%.3f", $4 - d999),
+                $5, $6, direct ? "-" : cpu($7, $8), direct ? "-" : cpu($9, $10), mb($11), mb($12), $13 + $14
+        }' "$RESULTS"
+    echo
+    echo "Targets (reported, not asserted): lanemesh added p99 and CPU per request no worse than HAProxy's;"
+    echo "lanemesh max RPS at least HAProxy's; RSS under 20 MB per proxy at $RATE RPS."
+    echo "All processes share $(nproc) cores with the load generator and the upstream: max RPS is a relative number."
+}
+report
