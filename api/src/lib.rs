@@ -5,6 +5,7 @@
 //! - [`resource`]: type URLs and `Any` packing of the discovery resources.
 //! - [`crd`]: the `lanemesh.io/v1alpha1` custom resources with their schema and CEL rules.
 //! - [`convert`]: CRD spec -> discovery resource, with the checks CEL cannot express.
+//! - [`defaults`]: the documented values of fields users may leave out.
 //! - [`labels`]: the MSE onboarding labels and what they say about a pod.
 //! - [`manifest`]: reading multi-document YAML of lanemesh objects (examples, local source).
 
@@ -13,6 +14,7 @@ pub mod convert;
 // schema; that copy's `pub` items trip `unreachable_pub`.
 #[allow(unreachable_pub)]
 pub mod crd;
+pub mod defaults;
 pub mod labels;
 pub mod manifest;
 pub mod resource;

@@ -36,12 +36,16 @@ fn every_example_converts() {
         m.add_yaml(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
-    let lanes = convert::lane_groups(&m.lane_groups, &m.lanes);
-    let inbound = convert::inbound_policies(&m.rate_limits, &m.overloads, &|_, _| 1);
-    let outbound = convert::outbound_policies(&m.circuit_breakers);
-    assert!(lanes.rejected.is_empty(), "{:?}", lanes.rejected);
-    assert!(inbound.rejected.is_empty(), "{:?}", inbound.rejected);
-    assert!(outbound.rejected.is_empty(), "{:?}", outbound.rejected);
+    let converted = convert::manifest(&m, &|_, _| 1);
+    let refused: Vec<_> = converted.rejected().collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let (lanes, inbound, outbound) = (
+        &converted.lane_groups,
+        &converted.inbound,
+        &converted.outbound,
+    );
+    // The three Services of the canary apps convert too.
+    assert_eq!(converted.services.resources.len(), 3);
 
     // The canary scenario: header canary: gray enters the gray lane of a
     // group spanning a -> b -> c.

@@ -10,13 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use lanemesh_api::convert::{self, Built, Invalid, ObjectRef};
-use lanemesh_api::crd::{
-    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
-};
+use k8s_openapi::api::core::v1::Pod;
+use lanemesh_api::convert::{self, Converted, Invalid, ObjectRef};
 use lanemesh_api::labels;
+use lanemesh_api::manifest::Manifest;
 use tokio::sync::{mpsc, watch};
 
 use crate::snapshot::{Encoded, PodInfo, Resources, World};
@@ -38,51 +35,17 @@ pub struct Index {
     generation: u64,
 }
 
-/// The objects split by kind, as the converters take them.
-#[derive(Debug, Default, Clone)]
-struct Inputs {
-    lane_groups: Vec<LaneGroup>,
-    lanes: Vec<Lane>,
-    rate_limits: Vec<RateLimitPolicy>,
-    circuit_breakers: Vec<CircuitBreakerPolicy>,
-    overloads: Vec<OverloadProtectionPolicy>,
-    services: Vec<Service>,
-    slices: Vec<EndpointSlice>,
-    pods: Vec<Pod>,
-}
-
-impl Inputs {
-    fn push(&mut self, object: Object) {
-        match object {
-            Object::LaneGroup(o) => self.lane_groups.push(*o),
-            Object::Lane(o) => self.lanes.push(*o),
-            Object::RateLimitPolicy(o) => self.rate_limits.push(*o),
-            Object::CircuitBreakerPolicy(o) => self.circuit_breakers.push(*o),
-            Object::OverloadProtectionPolicy(o) => self.overloads.push(*o),
-            Object::Service(o) => self.services.push(*o),
-            Object::EndpointSlice(o) => self.slices.push(*o),
-            Object::Pod(o) => self.pods.push(*o),
-        }
-    }
-}
-
-/// Converted resources of one pass.
-#[derive(Debug, Default)]
-struct Converted {
-    services: Built<lanemesh_api::proto::Service>,
-    lane_groups: Built<lanemesh_api::proto::LaneGroup>,
-    inbound: Built<lanemesh_api::proto::InboundPolicy>,
-    outbound: Built<lanemesh_api::proto::OutboundPolicy>,
-}
-
-impl Converted {
-    fn rejected(&self) -> impl Iterator<Item = &Invalid> {
-        self.services
-            .rejected
-            .iter()
-            .chain(&self.lane_groups.rejected)
-            .chain(&self.inbound.rejected)
-            .chain(&self.outbound.rejected)
+/// Files an object into the manifest field of its kind, for conversion.
+fn push(inputs: &mut Manifest, object: Object) {
+    match object {
+        Object::LaneGroup(o) => inputs.lane_groups.push(*o),
+        Object::Lane(o) => inputs.lanes.push(*o),
+        Object::RateLimitPolicy(o) => inputs.rate_limits.push(*o),
+        Object::CircuitBreakerPolicy(o) => inputs.circuit_breakers.push(*o),
+        Object::OverloadProtectionPolicy(o) => inputs.overloads.push(*o),
+        Object::Service(o) => inputs.services.push(*o),
+        Object::EndpointSlice(o) => inputs.endpoint_slices.push(*o),
+        Object::Pod(o) => inputs.pods.push(*o),
     }
 }
 
@@ -193,27 +156,22 @@ impl Index {
     }
 }
 
-fn inputs(objects: impl Iterator<Item = Object>) -> Inputs {
-    let mut inputs = Inputs::default();
+fn inputs(objects: impl Iterator<Item = Object>) -> Manifest {
+    let mut inputs = Manifest::default();
     for o in objects {
-        inputs.push(o);
+        push(&mut inputs, o);
     }
     inputs
 }
 
-fn convert_all(i: &Inputs, replicas: &HashMap<(String, String), u32>) -> Converted {
+fn convert_all(i: &Manifest, replicas: &HashMap<(String, String), u32>) -> Converted {
     let ready = |ns: &str, app: &str| {
         replicas
             .get(&(ns.to_owned(), app.to_owned()))
             .copied()
             .unwrap_or(0)
     };
-    Converted {
-        services: convert::services(&i.services, &i.slices, &i.pods),
-        lane_groups: convert::lane_groups(&i.lane_groups, &i.lanes),
-        inbound: convert::inbound_policies(&i.rate_limits, &i.overloads, &ready),
-        outbound: convert::outbound_policies(&i.circuit_breakers),
-    }
+    convert::manifest(i, &ready)
 }
 
 fn key_of(invalid: &Invalid) -> Option<ObjectKey> {

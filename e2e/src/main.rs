@@ -35,9 +35,7 @@ fn main() -> anyhow::Result<()> {
             .add_yaml(&text)
             .with_context(|| format!("parsing {}", file.display()))?;
     }
-    let lanes = convert::lane_groups(&manifest.lane_groups, &manifest.lanes);
-    let inbound = convert::inbound_policies(&manifest.rate_limits, &manifest.overloads, &|_, _| 1);
-    let outbound = convert::outbound_policies(&manifest.circuit_breakers);
+    let converted = convert::manifest(&manifest, &|_, _| 1);
 
     let mut out = String::new();
     out.push_str(&format!(
@@ -51,13 +49,13 @@ fn main() -> anyhow::Result<()> {
             + manifest.overloads.len(),
         manifest.others.len(),
     ));
-    for group in &lanes.resources {
+    for group in &converted.lane_groups.resources {
         out.push_str(&describe_group(group));
     }
-    for policy in &inbound.resources {
+    for policy in &converted.inbound.resources {
         out.push_str(&describe_inbound(policy));
     }
-    for policy in &outbound.resources {
+    for policy in &converted.outbound.resources {
         let rules: Vec<&str> = policy.breakers.iter().map(|b| b.name.as_str()).collect();
         out.push_str(&format!(
             "OutboundPolicy {}: breakers [{}]\n",
@@ -65,12 +63,7 @@ fn main() -> anyhow::Result<()> {
             rules.join(", ")
         ));
     }
-    let refused: Vec<&Invalid> = lanes
-        .rejected
-        .iter()
-        .chain(&inbound.rejected)
-        .chain(&outbound.rejected)
-        .collect();
+    let refused: Vec<&Invalid> = converted.rejected().collect();
     for invalid in &refused {
         out.push_str(&format!("REFUSED {invalid}\n"));
     }

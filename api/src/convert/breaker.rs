@@ -8,9 +8,6 @@ use crate::crd::CircuitBreakerPolicy;
 use crate::crd::circuit_breaker::{BreakerStrategy, CircuitBreakerRule, ErrorCodes, GrpcCode};
 use crate::proto;
 
-/// Breakers answer `503 Service Unavailable` unless the policy says otherwise.
-pub(crate) const DEFAULT_BREAKER_STATUS: u32 = 503;
-
 /// The errors DESIGN §4 counts when a rule does not list its own.
 const DEFAULT_GRPC_ERRORS: [GrpcCode; 4] = [
     GrpcCode::Unavailable,
@@ -167,7 +164,7 @@ fn rule(
         fallback: Some(super::fallback(
             &field.key("fallback"),
             r.fallback.as_ref(),
-            DEFAULT_BREAKER_STATUS,
+            crate::defaults::SHED_STATUS,
             errors,
         )),
         errors: Some(error_classifier(

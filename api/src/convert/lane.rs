@@ -8,9 +8,6 @@ use crate::crd::lane_group::RoutingMode;
 use crate::crd::{Lane, LaneGroup};
 use crate::proto;
 
-const DEFAULT_TRACE_TABLE_SIZE: u32 = 10_000;
-const DEFAULT_TRACE_TTL_SECS: i64 = 60;
-
 /// Converts every LaneGroup with the Lanes that name it.
 ///
 /// A group is served with its valid lanes. A lane is refused on its own
@@ -147,10 +144,7 @@ fn lane_group(group: &LaneGroup) -> Result<(ObjectRef, proto::LaneGroup), Invali
         Zero::Refused,
         &mut errors,
     )
-    .unwrap_or(prost_types::Duration {
-        seconds: DEFAULT_TRACE_TTL_SECS,
-        nanos: 0,
-    });
+    .unwrap_or_else(|| super::proto_duration(crate::defaults::TRACE_TTL));
     let resource = proto::LaneGroup {
         name: format!("{}/{}", object.namespace, object.name),
         namespace: object.namespace.clone(),
@@ -165,7 +159,9 @@ fn lane_group(group: &LaneGroup) -> Result<(ObjectRef, proto::LaneGroup), Invali
             trace_headers,
             inflight: p.inflight,
             color_by_node: p.color_by_node,
-            trace_table_size: p.trace_table_size.unwrap_or(DEFAULT_TRACE_TABLE_SIZE),
+            trace_table_size: p
+                .trace_table_size
+                .unwrap_or(crate::defaults::TRACE_TABLE_SIZE),
             trace_ttl: Some(trace_ttl),
         }),
         lanes: Vec::new(),

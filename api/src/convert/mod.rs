@@ -32,6 +32,7 @@ use kube::core::ObjectMeta;
 use crate::crd::common::{
     ConditionSource, Fallback, LaneMatch, Logic, MatchCondition, Operator, PathMatch, RouteMatch,
 };
+use crate::manifest::Manifest;
 use crate::proto;
 use error::{Errors, Field};
 
@@ -49,6 +50,36 @@ impl<T> Default for Built<T> {
             resources: Vec::new(),
             rejected: Vec::new(),
         }
+    }
+}
+
+/// Everything a set of objects converts to, one [`Built`] per resource type.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Converted {
+    pub services: Built<proto::Service>,
+    pub lane_groups: Built<proto::LaneGroup>,
+    pub inbound: Built<proto::InboundPolicy>,
+    pub outbound: Built<proto::OutboundPolicy>,
+}
+
+impl Converted {
+    /// Every refused object, of every type.
+    pub fn rejected(&self) -> impl Iterator<Item = &Invalid> {
+        (self.services.rejected.iter())
+            .chain(&self.lane_groups.rejected)
+            .chain(&self.inbound.rejected)
+            .chain(&self.outbound.rejected)
+    }
+}
+
+/// Converts every object of `m`. `ready_replicas(namespace, app)` divides
+/// Cluster-scoped QPS thresholds (see [`inbound_policies`]).
+pub fn manifest(m: &Manifest, ready_replicas: &dyn Fn(&str, &str) -> u32) -> Converted {
+    Converted {
+        services: services(&m.services, &m.endpoint_slices, &m.pods),
+        lane_groups: lane_groups(&m.lane_groups, &m.lanes),
+        inbound: inbound_policies(&m.rate_limits, &m.overloads, ready_replicas),
+        outbound: outbound_policies(&m.circuit_breakers),
     }
 }
 
@@ -139,6 +170,15 @@ fn duration(field: &Field, value: &str, zero: Zero, errors: &mut Errors) -> pros
             prost_types::Duration::default()
         }
     }
+}
+
+/// A std duration on the wire. Saturates instead of failing: only the
+/// documented defaults come through here, all far below the limit.
+fn proto_duration(d: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
 }
 
 fn optional_duration(

@@ -10,13 +10,6 @@ use crate::crd::rate_limit::{HotParam, QpsBehavior, QpsLimit, RateLimitRule, Sco
 use crate::crd::{OverloadProtectionPolicy, RateLimitPolicy};
 use crate::proto;
 
-/// Limits answer `429 Too Many Requests` unless the policy says otherwise.
-pub(crate) const DEFAULT_LIMIT_STATUS: u32 = 429;
-/// Overload protection sheds with `503 Service Unavailable`.
-pub(crate) const DEFAULT_OVERLOAD_STATUS: u32 = 503;
-const DEFAULT_MAX_QUEUE_TIME_MS: i32 = 500;
-const DEFAULT_MAX_TRACKED_VALUES: u32 = 10_000;
-
 /// Builds one InboundPolicy per (namespace, app) named by any policy.
 ///
 /// `ready_replicas(namespace, app)` gives the divisor for `Cluster`-scoped
@@ -142,7 +135,7 @@ fn rule(
     let fallback = super::fallback(
         &field.key("fallback"),
         r.fallback.as_ref(),
-        DEFAULT_LIMIT_STATUS,
+        crate::defaults::LIMIT_STATUS,
         errors,
     );
     proto::RateLimitRule {
@@ -217,10 +210,7 @@ fn qps(
         errors.push(&field.key("maxQueueTime"), Violation::Conflict(msg));
     }
     let max_queue = match (q.behavior, max_queue) {
-        (QpsBehavior::Queue, None) => Some(prost_types::Duration {
-            seconds: 0,
-            nanos: DEFAULT_MAX_QUEUE_TIME_MS * 1_000_000,
-        }),
+        (QpsBehavior::Queue, None) => Some(super::proto_duration(crate::defaults::MAX_QUEUE_TIME)),
         (_, d) => d,
     };
     let (per_pod, cluster_threshold, replicas) = match scope {
@@ -301,7 +291,9 @@ fn hot_param(field: &Field, h: &HotParam, errors: &mut Errors) -> proto::HotPara
         burst: h.burst,
         window: Some(window),
         overrides,
-        max_tracked_values: h.max_tracked_values.unwrap_or(DEFAULT_MAX_TRACKED_VALUES),
+        max_tracked_values: h
+            .max_tracked_values
+            .unwrap_or(crate::defaults::HOT_PARAM_TRACKED_VALUES),
     }
 }
 
@@ -317,7 +309,7 @@ fn overload(
     let fallback = super::fallback(
         &spec.key("fallback"),
         s.fallback.as_ref(),
-        DEFAULT_OVERLOAD_STATUS,
+        crate::defaults::SHED_STATUS,
         &mut errors,
     );
     let resource = proto::OverloadProtection {

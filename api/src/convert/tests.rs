@@ -87,27 +87,20 @@ impl Fixture {
     }
 
     fn convert(&self) -> Converted {
-        let m = self.manifest();
-        let lanes = lane_groups(&m.lane_groups, &m.lanes);
-        let inbound = inbound_policies(&m.rate_limits, &m.overloads, &|_, _| 3);
-        let outbound = outbound_policies(&m.circuit_breakers);
-        let mut rejected = lanes.rejected.clone();
-        rejected.extend(inbound.rejected.iter().cloned());
-        rejected.extend(outbound.rejected.iter().cloned());
-        Converted {
-            lanes,
-            inbound,
-            outbound,
-            rejected,
-        }
+        manifest(&self.manifest(), &|_, _| 3)
     }
 
     /// Exactly one object of `kind` is refused (objects depending on it may
     /// be too), and one of its errors is about `field` and says `fragment`.
     #[track_caller]
     fn refused(&self, kind: &str, field: &str, fragment: &str) {
-        let rejected = self.convert().rejected;
-        let of_kind: Vec<&Invalid> = rejected.iter().filter(|i| i.object.kind == kind).collect();
+        let converted = self.convert();
+        let rejected: Vec<&Invalid> = converted.rejected().collect();
+        let of_kind: Vec<&Invalid> = rejected
+            .iter()
+            .copied()
+            .filter(|i| i.object.kind == kind)
+            .collect();
         assert_eq!(
             of_kind.len(),
             1,
@@ -125,19 +118,13 @@ impl Fixture {
     }
 }
 
-struct Converted {
-    lanes: Built<proto::LaneGroup>,
-    inbound: Built<proto::InboundPolicy>,
-    outbound: Built<proto::OutboundPolicy>,
-    rejected: Vec<Invalid>,
-}
-
 #[test]
 fn valid_objects_convert_with_defaults_filled_in() {
     let c = base().convert();
-    assert!(c.rejected.is_empty(), "{:#?}", c.rejected);
+    let rejected: Vec<&Invalid> = c.rejected().collect();
+    assert!(rejected.is_empty(), "{rejected:#?}");
 
-    let group = &c.lanes.resources[0];
+    let group = &c.lane_groups.resources[0];
     assert_eq!(group.name, "shop/order-flow");
     assert_eq!(group.tag_header, "x-mse-tag");
     let propagation = group.propagation.as_ref().unwrap();
@@ -255,9 +242,10 @@ fn a_refused_lane_leaves_the_group_and_its_other_lanes_served() {
         .with(json!({"apiVersion": "lanemesh.io/v1alpha1", "kind": "Lane", "metadata": {"name": "blue", "namespace": "shop"},
             "spec": {"group": "order-flow", "tag": "blue", "match": {"conditions": [{"source": "Query", "name": "v", "operator": "Regex", "value": "("}]}}}));
     let c = f.convert();
-    assert_eq!(c.rejected.len(), 1);
-    assert_eq!(c.rejected[0].object.name, "blue");
-    let lanes: Vec<&str> = c.lanes.resources[0]
+    let rejected: Vec<&Invalid> = c.rejected().collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].object.name, "blue");
+    let lanes: Vec<&str> = c.lane_groups.resources[0]
         .lanes
         .iter()
         .map(|l| l.name.as_str())
@@ -271,7 +259,8 @@ fn every_error_of_an_object_is_reported_at_once() {
         .set(RATE, "/spec/rules/0/qps/threshold", json!(-1))
         .set(RATE, "/spec/rules/0/hotParams/0/window", json!("soon"))
         .convert();
-    let message = c.rejected[0].message();
+    let rejected: Vec<&Invalid> = c.rejected().collect();
+    let message = rejected[0].message();
     assert!(
         message.contains("spec.rules[0].qps.threshold: must be >= 0, got -1"),
         "{message}"
@@ -281,7 +270,7 @@ fn every_error_of_an_object_is_reported_at_once() {
         "{message}"
     );
     assert_eq!(
-        c.rejected[0].to_string().split(" is invalid: ").next(),
+        rejected[0].to_string().split(" is invalid: ").next(),
         Some("RateLimitPolicy shop/limits")
     );
 }
@@ -300,8 +289,9 @@ fn percentage_weights_up_to_100_are_served() {
     let c = percentage_group()
         .set(5, "/spec/weight", json!(40))
         .convert();
-    assert!(c.rejected.is_empty(), "{:#?}", c.rejected);
-    let weights: Vec<u32> = c.lanes.resources[0]
+    let rejected: Vec<&Invalid> = c.rejected().collect();
+    assert!(rejected.is_empty(), "{rejected:#?}");
+    let weights: Vec<u32> = c.lane_groups.resources[0]
         .lanes
         .iter()
         .map(|l| l.weight)
@@ -408,7 +398,7 @@ fn lanes_of_an_invalid_group_say_so_rather_than_that_it_is_missing() {
         .set(GROUP, "/spec/apps", json!([]))
         .set(GROUP, "/spec/entryApps", json!([]))
         .convert();
-    let lane = c.rejected.iter().find(|i| i.object.kind == "Lane").unwrap();
+    let lane = c.rejected().find(|i| i.object.kind == "Lane").unwrap();
     assert!(
         lane.message()
             .contains("LaneGroup \"order-flow\" is invalid"),

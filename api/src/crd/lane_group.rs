@@ -98,24 +98,12 @@ impl Default for Propagation {
     }
 }
 
-pub const DEFAULT_TAG_HEADER: &str = "x-mse-tag";
-
 fn default_tag_header() -> String {
-    DEFAULT_TAG_HEADER.to_owned()
+    crate::defaults::TAG_HEADER.to_owned()
 }
 
-/// The trace contexts that common agents forward with no code change:
-/// W3C, a request id, Zipkin B3, Jaeger and SkyWalking.
-pub const DEFAULT_TRACE_HEADERS: [&str; 5] = [
-    "traceparent",
-    "x-request-id",
-    "x-b3-traceid",
-    "uber-trace-id",
-    "sw8",
-];
-
 fn default_trace_headers() -> Vec<String> {
-    DEFAULT_TRACE_HEADERS
+    crate::defaults::TRACE_HEADERS
         .iter()
         .map(|h| (*h).to_owned())
         .collect()

@@ -90,20 +90,10 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
             "config file: skipping an object lanemesh does not read"
         );
     }
-    let lane_groups = convert::lane_groups(&manifest.lane_groups, &manifest.lanes);
     // Without a cluster there is no replica count: each pod gets the whole
     // Cluster-scoped threshold, as the control plane does with zero replicas.
-    let inbound = convert::inbound_policies(&manifest.rate_limits, &manifest.overloads, &|_, _| 0);
-    let outbound = convert::outbound_policies(&manifest.circuit_breakers);
-    let services = convert::services(
-        &manifest.services,
-        &manifest.endpoint_slices,
-        &manifest.pods,
-    );
-    let mut refused = services.rejected;
-    refused.extend(lane_groups.rejected);
-    refused.extend(inbound.rejected);
-    refused.extend(outbound.rejected);
+    let converted = convert::manifest(&manifest, &|_, _| 0);
+    let refused: Vec<Invalid> = converted.rejected().cloned().collect();
     if !refused.is_empty() {
         return Err(FileError::Refused {
             path: path.to_owned(),
@@ -112,10 +102,10 @@ pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, F
     }
     Snapshot::from_resources(
         local,
-        services.resources,
-        lane_groups.resources,
-        inbound.resources,
-        outbound.resources,
+        converted.services.resources,
+        converted.lane_groups.resources,
+        converted.inbound.resources,
+        converted.outbound.resources,
     )
     .map_err(|source| FileError::Resource {
         path: path.to_owned(),

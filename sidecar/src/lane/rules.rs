@@ -12,20 +12,15 @@ use http::HeaderName;
 use lanemesh_api::proto;
 use regex::Regex;
 
-/// Header carrying the lane tag when a group names none (the MSE default, DESIGN §2).
-pub const DEFAULT_TAG_HEADER: &str = "x-mse-tag";
-/// Trace headers used when a pod's app belongs to no lane group (the CRD default).
-pub const DEFAULT_TRACE_HEADERS: [&str; 5] = [
-    "traceparent",
-    "x-request-id",
-    "x-b3-traceid",
-    "uber-trace-id",
-    "sw8",
-];
-/// Trace table bound used when the resource leaves it at 0 (the CRD default).
-pub const DEFAULT_TRACE_TABLE_SIZE: usize = 10_000;
-/// Trace table TTL used when the resource has none (the CRD default).
-pub const DEFAULT_TRACE_TTL: Duration = Duration::from_secs(60);
+// Fallbacks for fields a resource leaves unset: the same documented values
+// the control plane fills in.
+pub use lanemesh_api::defaults::{
+    TAG_HEADER as DEFAULT_TAG_HEADER, TRACE_HEADERS as DEFAULT_TRACE_HEADERS,
+};
+/// Trace table bound used when the resource leaves it at 0.
+pub const DEFAULT_TRACE_TABLE_SIZE: usize = lanemesh_api::defaults::TRACE_TABLE_SIZE as usize;
+/// Trace table TTL used when the resource has none.
+pub const DEFAULT_TRACE_TTL: Duration = lanemesh_api::defaults::TRACE_TTL;
 
 /// A `proto::LaneGroup` the sidecar refuses. Messages name the group (and lane) so the NACK points
 /// at the object.

@@ -32,7 +32,8 @@ use super::error::{PolicyError, check_positive};
 use super::{Decision, Enforcement, Gate, RejectReason, lock, nanos};
 
 /// Values tracked per rule unless configured otherwise (DESIGN §4).
-pub const DEFAULT_HOT_PARAM_CAPACITY: usize = 10_000;
+pub const DEFAULT_HOT_PARAM_CAPACITY: usize =
+    lanemesh_api::defaults::HOT_PARAM_TRACKED_VALUES as usize;
 
 /// Parameters of one hot-parameter rule.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,7 +58,7 @@ pub const QPS_BUCKETS: usize = 10;
 /// Sentinel's default cold factor: warm-up starts at `threshold / 3`.
 pub const COLD_FACTOR: u32 = 3;
 /// Default `maxQueueTime` for [`QpsBehavior::Queue`] (DESIGN §4).
-pub const DEFAULT_MAX_QUEUE_TIME: Duration = Duration::from_millis(500);
+pub const DEFAULT_MAX_QUEUE_TIME: Duration = lanemesh_api::defaults::MAX_QUEUE_TIME;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
