@@ -2,6 +2,8 @@
 //! (DESIGN §5).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,25 +90,8 @@ fn local() -> LocalApp {
 }
 
 fn service(name: &str, cluster_ip: &str, pod_ip: &str) -> proto::Service {
-    proto::Service {
-        name: format!("demo/{name}"),
-        namespace: "demo".into(),
-        app: name.into(),
-        cluster_ips: vec![cluster_ip.into()],
-        ports: vec![proto::ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-            protocol: proto::AppProtocol::Http1 as i32,
-        }],
-        endpoints: vec![proto::Endpoint {
-            ip: pod_ip.into(),
-            pod_name: format!("{name}-0"),
-            lane_tag: String::new(),
-            ready: true,
-            ports: HashMap::from([("http".into(), 8080)]),
-        }],
-    }
+    let pod = SocketAddr::new(pod_ip.parse().unwrap(), 8080);
+    support::service(name, &format!("{cluster_ip}:80"), &[(pod, "", true)])
 }
 
 fn lane_group(name: &str) -> proto::LaneGroup {
@@ -116,22 +101,7 @@ fn lane_group(name: &str) -> proto::LaneGroup {
         apps: vec!["orders".into(), "stock".into()],
         entry_apps: vec!["orders".into()],
         tag_header: "x-mse-tag".into(),
-        lanes: vec![proto::Lane {
-            name: "gray".into(),
-            tag: "gray".into(),
-            enabled: true,
-            r#match: Some(proto::Match {
-                logic: proto::Logic::All as i32,
-                conditions: vec![proto::Condition {
-                    source: proto::Source::Header as i32,
-                    name: "canary".into(),
-                    operator: proto::Operator::Equal as i32,
-                    value: "yes".into(),
-                    ..Default::default()
-                }],
-            }),
-            weight: 0,
-        }],
+        lanes: vec![support::lane("gray", proto::Operator::Equal, "yes")],
         ..Default::default()
     }
 }

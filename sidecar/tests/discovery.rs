@@ -3,6 +3,8 @@
 //! sends back and what it applies (DESIGN §6).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -207,25 +209,8 @@ impl Harness {
 }
 
 fn service(name: &str, cluster_ip: &str, pod_ip: &str) -> proto::Service {
-    proto::Service {
-        name: format!("demo/{name}"),
-        namespace: "demo".into(),
-        app: name.into(),
-        cluster_ips: vec![cluster_ip.into()],
-        ports: vec![proto::ServicePort {
-            name: "http".into(),
-            port: 80,
-            target_port: 8080,
-            protocol: proto::AppProtocol::Http1 as i32,
-        }],
-        endpoints: vec![proto::Endpoint {
-            ip: pod_ip.into(),
-            pod_name: format!("{name}-0"),
-            lane_tag: String::new(),
-            ready: true,
-            ports: HashMap::from([("http".into(), 8080)]),
-        }],
-    }
+    let pod = SocketAddr::new(pod_ip.parse().unwrap(), 8080);
+    support::service(name, &format!("{cluster_ip}:80"), &[(pod, "", true)])
 }
 
 fn lane_group(name: &str, pattern: &str) -> proto::LaneGroup {
@@ -235,22 +220,7 @@ fn lane_group(name: &str, pattern: &str) -> proto::LaneGroup {
         apps: vec!["a".into(), "b".into()],
         entry_apps: vec!["a".into()],
         tag_header: "x-mse-tag".into(),
-        lanes: vec![proto::Lane {
-            name: "gray".into(),
-            tag: "gray".into(),
-            enabled: true,
-            r#match: Some(proto::Match {
-                logic: proto::Logic::All as i32,
-                conditions: vec![proto::Condition {
-                    source: proto::Source::Header as i32,
-                    name: "canary".into(),
-                    operator: proto::Operator::Regex as i32,
-                    value: pattern.into(),
-                    ..Default::default()
-                }],
-            }),
-            weight: 0,
-        }],
+        lanes: vec![support::lane("gray", proto::Operator::Regex, pattern)],
         ..Default::default()
     }
 }

@@ -4,11 +4,13 @@
 //! pod IP and the sidecar's inbound port, as iptables would capture it. Apps reach their sidecar's
 //! outbound listener with the original destination (a cluster IP) registered in a `PeerMap`.
 
-use std::collections::HashMap;
+mod support;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use support::service;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -279,50 +281,8 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 
 // ---------------------------------------------------------------- resources
 
-fn service(name: &str, cluster: &str, endpoints: &[(SocketAddr, &str, bool)]) -> proto::Service {
-    let cluster: SocketAddr = cluster.parse().unwrap();
-    proto::Service {
-        name: format!("demo/{name}"),
-        namespace: "demo".into(),
-        app: name.into(),
-        cluster_ips: vec![cluster.ip().to_string()],
-        ports: vec![proto::ServicePort {
-            name: "http".into(),
-            port: u32::from(cluster.port()),
-            target_port: 8080,
-            protocol: proto::AppProtocol::Http1 as i32,
-        }],
-        endpoints: endpoints
-            .iter()
-            .enumerate()
-            .map(|(i, (addr, tag, ready))| proto::Endpoint {
-                ip: addr.ip().to_string(),
-                pod_name: format!("{name}-{i}"),
-                lane_tag: (*tag).into(),
-                ready: *ready,
-                ports: HashMap::from([("http".into(), u32::from(addr.port()))]),
-            })
-            .collect(),
-    }
-}
-
 fn lane(tag: &str) -> proto::Lane {
-    proto::Lane {
-        name: tag.into(),
-        tag: tag.into(),
-        enabled: true,
-        r#match: Some(proto::Match {
-            logic: proto::Logic::All as i32,
-            conditions: vec![proto::Condition {
-                source: proto::Source::Header as i32,
-                name: "canary".into(),
-                operator: proto::Operator::Equal as i32,
-                value: tag.into(),
-                ..Default::default()
-            }],
-        }),
-        weight: 0,
-    }
+    support::lane(tag, proto::Operator::Equal, tag)
 }
 
 /// Apps a, b, c, d; entry app a; lanes gray and blue; trace ids from `traceparent`.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use rand::Rng;
 
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
@@ -109,17 +109,16 @@ impl MeshRouter {
 
     fn inbound(&self, rt: &Runtime, req: &mut http::request::Parts) -> Routed {
         if rt.is_entry {
-            let mut set: Option<(HeaderName, HeaderValue)> = None;
             let view = RequestView::new(&req.uri, &req.headers);
-            if let Some(d) = rt
+            let decided = rt
                 .lanes
                 .decide_entry(&self.local.app, &view, &mut rand::rng())
-                && d.sets_tag_header()
-                && let Some(value) = d.tag.as_deref().and_then(|t| HeaderValue::from_str(t).ok())
-            {
-                set = Some((d.tag_header.clone(), value));
-            }
-            if let Some((name, value)) = set {
+                .filter(|d| d.sets_tag_header())
+                .and_then(|d| {
+                    let value = HeaderValue::from_str(d.tag.as_deref()?).ok()?;
+                    Some((d.tag_header.clone(), value))
+                });
+            if let Some((name, value)) = decided {
                 req.headers.insert(name, value);
             }
         }

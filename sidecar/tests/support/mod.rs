@@ -1,0 +1,63 @@
+//! Discovery resources the sidecar's integration tests build, shaped as the
+//! control plane sends them (namespace `demo`, one HTTP port named `http`).
+
+// Each test file uses a different subset.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use lanemesh_api::proto;
+
+/// Service `demo/<name>` of app `<name>` on `cluster` (`ip:port`), target
+/// port 8080, with one endpoint per `(address, lane tag, ready)`.
+pub(crate) fn service(
+    name: &str,
+    cluster: &str,
+    endpoints: &[(SocketAddr, &str, bool)],
+) -> proto::Service {
+    let cluster: SocketAddr = cluster.parse().expect("cluster is ip:port");
+    proto::Service {
+        name: format!("demo/{name}"),
+        namespace: "demo".into(),
+        app: name.into(),
+        cluster_ips: vec![cluster.ip().to_string()],
+        ports: vec![proto::ServicePort {
+            name: "http".into(),
+            port: u32::from(cluster.port()),
+            target_port: 8080,
+            protocol: proto::AppProtocol::Http1 as i32,
+        }],
+        endpoints: endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, tag, ready))| proto::Endpoint {
+                ip: addr.ip().to_string(),
+                pod_name: format!("{name}-{i}"),
+                lane_tag: (*tag).into(),
+                ready: *ready,
+                ports: HashMap::from([("http".into(), u32::from(addr.port()))]),
+            })
+            .collect(),
+    }
+}
+
+/// An enabled lane `<tag>` entered when header `canary` satisfies `operator value`.
+pub(crate) fn lane(tag: &str, operator: proto::Operator, value: &str) -> proto::Lane {
+    proto::Lane {
+        name: tag.into(),
+        tag: tag.into(),
+        enabled: true,
+        r#match: Some(proto::Match {
+            logic: proto::Logic::All as i32,
+            conditions: vec![proto::Condition {
+                source: proto::Source::Header as i32,
+                name: "canary".into(),
+                operator: operator as i32,
+                value: value.into(),
+                ..Default::default()
+            }],
+        }),
+        weight: 0,
+    }
+}
