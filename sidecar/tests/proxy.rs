@@ -107,6 +107,17 @@ impl Harness {
         tokio::spawn(conn);
         send
     }
+
+    /// A fresh connection through the proxy is still served: whatever a test
+    /// did to another connection did not affect this one.
+    async fn assert_serves(&self, upstream: SocketAddr, path: &str) {
+        let mut send = self.h1(upstream).await;
+        let resp = timeout(STEP, send.send_request(get(path)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body_text(resp).await, "hello");
+    }
 }
 
 // ---------------------------------------------------------------- upstreams
@@ -711,12 +722,7 @@ async fn oversized_headers_get_431_and_other_connections_still_work() {
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 0);
 
-    let mut send = harness.h1(upstream.addr).await;
-    let resp = timeout(STEP, send.send_request(get("/after")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(body_text(resp).await, "hello");
+    harness.assert_serves(upstream.addr, "/after").await;
 }
 
 #[tokio::test]
@@ -797,12 +803,7 @@ async fn h2_preface_followed_by_garbage_only_breaks_that_connection() {
         .expect("connection with a broken h2 frame was left open");
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 0);
 
-    let mut send = harness.h1(upstream.addr).await;
-    let resp = timeout(STEP, send.send_request(get("/still-fine")))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(body_text(resp).await, "hello");
+    harness.assert_serves(upstream.addr, "/still-fine").await;
 }
 
 #[tokio::test]
