@@ -34,13 +34,13 @@
 //! atomics so metrics never take the lock.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_min, check_positive, check_ratio};
 use super::window::BucketWindow;
-use super::{Enforcement, Gate, RejectReason, Rejected, lock, nanos};
+use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected, lock, nanos};
 
 /// Buckets in the statistics window.
 pub const BREAKER_BUCKETS: usize = 10;
@@ -266,7 +266,14 @@ impl CircuitBreaker {
     /// Switches dry run on or off (see the module docs of [`crate::policy`]).
     #[must_use]
     pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate = Gate::new(enforcement);
+        self.gate.set_enforcement(enforcement);
+        self
+    }
+
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate.observe(observer);
         self
     }
 
@@ -318,7 +325,7 @@ impl CircuitBreaker {
         };
         match kind {
             Some(kind) => Ok(BreakerTicket { kind }),
-            None if self.gate.should_reject() => Err(Rejected(RejectReason::CircuitBreaking)),
+            None if self.gate.should_reject(RejectReason::CircuitBreaking) => Err(Rejected(RejectReason::CircuitBreaking)),
             None => Ok(BreakerTicket {
                 kind: TicketKind::Unaccounted,
             }),

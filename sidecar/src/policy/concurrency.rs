@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Enforcement, Gate, RejectReason, Rejected};
+use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected};
 
 /// A concurrency limit on one rule; shared by all connections.
 #[derive(Debug)]
@@ -31,7 +31,14 @@ impl ConcurrencyLimiter {
     /// Switches dry run on or off (see the module docs of [`crate::policy`]).
     #[must_use]
     pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate = Gate::new(enforcement);
+        self.gate.set_enforcement(enforcement);
+        self
+    }
+
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate.observe(observer);
         self
     }
 
@@ -48,7 +55,7 @@ impl ConcurrencyLimiter {
             Ok(_) => Ok(ConcurrencyPermit {
                 slot: Some(Arc::clone(&self.inflight)),
             }),
-            Err(_) if self.gate.should_reject() => Err(Rejected(RejectReason::Concurrency)),
+            Err(_) if self.gate.should_reject(RejectReason::Concurrency) => Err(Rejected(RejectReason::Concurrency)),
             Err(_) => Ok(ConcurrencyPermit { slot: None }),
         }
     }

@@ -23,13 +23,13 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lru::LruCache;
 
 use super::error::{PolicyError, check_positive};
-use super::{Decision, Enforcement, Gate, RejectReason, lock, nanos};
+use super::{Decision, DryRunObserver, Enforcement, Gate, RejectReason, lock, nanos};
 
 /// Values tracked per rule unless configured otherwise (DESIGN §4).
 pub const DEFAULT_HOT_PARAM_CAPACITY: usize =
@@ -96,7 +96,14 @@ impl HotParamLimiter {
     /// Switches dry run on or off (see the module docs of [`crate::policy`]).
     #[must_use]
     pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate = Gate::new(enforcement);
+        self.gate.set_enforcement(enforcement);
+        self
+    }
+
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate.observe(observer);
         self
     }
 
@@ -113,7 +120,7 @@ impl HotParamLimiter {
             });
             bucket.take(self.burst, self.window_ns, now)
         };
-        if admitted || !self.gate.should_reject() {
+        if admitted || !self.gate.should_reject(RejectReason::HotParam) {
             Decision::Admit
         } else {
             Decision::Reject(RejectReason::HotParam)

@@ -44,7 +44,7 @@ mod window;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 pub use breaker::{
@@ -58,7 +58,7 @@ pub use hot_param::{DEFAULT_HOT_PARAM_CAPACITY, HotParamConfig, HotParamLimiter}
 pub use overload::{
     CpuSource, OverloadConfig, OverloadMode, OverloadPermit, OverloadProtector, SampledCpu,
 };
-pub use qps::{QpsBehavior, QpsLimiter};
+pub use qps::{QpsBehavior, QpsLimiter, QpsPass};
 
 /// Why a request was refused; the label of the rejection metric and the value of the
 /// `x-lanemesh-blocked` response header (DESIGN §4).
@@ -154,11 +154,20 @@ pub enum Enforcement {
     DryRun,
 }
 
+/// Told about every would-be rejection of a dry-run limiter, as it happens; the data plane
+/// counts them per rule in its metrics. Must be cheap and must not block: it runs on the
+/// request path.
+pub trait DryRunObserver: Send + Sync + fmt::Debug {
+    /// A request the limiter admitted although enforcement would have rejected it for `reason`.
+    fn would_reject(&self, reason: RejectReason);
+}
+
 /// The dry-run switch and would-be-rejection counter embedded in every limiter.
 #[derive(Debug, Default)]
 pub(crate) struct Gate {
     enforcement: Enforcement,
     would_reject: AtomicU64,
+    observer: Option<Arc<dyn DryRunObserver>>,
 }
 
 impl Gate {
@@ -166,15 +175,27 @@ impl Gate {
         Self {
             enforcement,
             would_reject: AtomicU64::new(0),
+            observer: None,
         }
     }
 
+    pub(crate) fn set_enforcement(&mut self, enforcement: Enforcement) {
+        self.enforcement = enforcement;
+    }
+
+    pub(crate) fn observe(&mut self, observer: Arc<dyn DryRunObserver>) {
+        self.observer = Some(observer);
+    }
+
     /// Called on a rejection path: `true` means really reject; in dry run it counts and says no.
-    pub(crate) fn should_reject(&self) -> bool {
+    pub(crate) fn should_reject(&self, reason: RejectReason) -> bool {
         match self.enforcement {
             Enforcement::Enforce => true,
             Enforcement::DryRun => {
                 self.would_reject.fetch_add(1, Ordering::Relaxed);
+                if let Some(observer) = &self.observer {
+                    observer.would_reject(reason);
+                }
                 false
             }
         }
@@ -239,13 +260,24 @@ mod tests {
 
     #[test]
     fn gate_counts_only_in_dry_run() {
-        let enforce = Gate::new(Enforcement::Enforce);
-        assert!(enforce.should_reject());
+        #[derive(Debug, Default)]
+        struct Seen(Mutex<Vec<RejectReason>>);
+        impl DryRunObserver for Seen {
+            fn would_reject(&self, reason: RejectReason) {
+                lock(&self.0).push(reason);
+            }
+        }
+        let seen = Arc::new(Seen::default());
+        let mut enforce = Gate::new(Enforcement::Enforce);
+        enforce.observe(seen.clone());
+        assert!(enforce.should_reject(RejectReason::Flow));
         assert_eq!(enforce.would_have_rejected(), 0);
-        let dry = Gate::new(Enforcement::DryRun);
-        assert!(!dry.should_reject());
-        assert!(!dry.should_reject());
+        let mut dry = Gate::new(Enforcement::DryRun);
+        dry.observe(seen.clone());
+        assert!(!dry.should_reject(RejectReason::Flow));
+        assert!(!dry.should_reject(RejectReason::HotParam));
         assert_eq!(dry.would_have_rejected(), 2);
+        assert_eq!(*lock(&seen.0), [RejectReason::Flow, RejectReason::HotParam]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use super::error::{PolicyError, check_min, check_positive, check_ratio};
 use super::window::BucketWindow;
-use super::{Enforcement, Gate, RejectReason, Rejected, lock, nanos};
+use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected, lock, nanos};
 
 /// Default statistics window (Kratos' default).
 pub const DEFAULT_BBR_WINDOW: Duration = Duration::from_secs(10);
@@ -175,6 +175,13 @@ impl OverloadProtector {
         })
     }
 
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate.observe(observer);
+        self
+    }
+
     /// Admits an inbound request (the permit tracks it until finished or dropped) or rejects it
     /// with [`RejectReason::System`].
     pub fn try_acquire(&self, now: Duration) -> Result<OverloadPermit, Rejected> {
@@ -185,7 +192,7 @@ impl OverloadProtector {
             });
         }
         let now = nanos(now);
-        if self.overloaded(now) && self.gate.should_reject() {
+        if self.overloaded(now) && self.gate.should_reject(RejectReason::System) {
             return Err(Rejected(RejectReason::System));
         }
         self.shared.inflight.fetch_add(1, Ordering::AcqRel);

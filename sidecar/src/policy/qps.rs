@@ -43,13 +43,13 @@
 //! `max_queue_time` is rejected; `max_queue_time == 0` therefore never delays anything. Idle time
 //! earns no burst credit.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_positive, check_threshold};
 use super::window::BucketWindow;
-use super::{Decision, Enforcement, Gate, RejectReason, lock, nanos};
+use super::{Decision, DryRunObserver, Enforcement, Gate, RejectReason, lock, nanos};
 
 /// Length of the sliding window the threshold applies to.
 pub const QPS_WINDOW: Duration = Duration::from_secs(1);
@@ -126,12 +126,27 @@ impl QpsLimiter {
     /// Switches dry run on or off (see the module docs of [`crate::policy`]).
     #[must_use]
     pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate = Gate::new(enforcement);
+        self.gate.set_enforcement(enforcement);
+        self
+    }
+
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate.observe(observer);
         self
     }
 
     /// Decides on one request arriving at `now`, and counts it if admitted.
     pub fn try_acquire(&self, now: Duration) -> Decision {
+        self.try_acquire_refundable(now).0
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), and returns what [`refund`](Self::refund) needs
+    /// to take the admission back when a later check refuses the request: Sentinel counts a pass
+    /// only once every check of the chain has passed, so a request stopped by a hot-parameter
+    /// limit must not use up the rule's QPS.
+    pub fn try_acquire_refundable(&self, now: Duration) -> (Decision, QpsPass) {
         let now = nanos(now);
         let verdict = if self.threshold <= 0.0 {
             Verdict::Reject
@@ -141,14 +156,36 @@ impl QpsLimiter {
                 Engine::Throttle(throttle) => throttle.acquire(now),
             }
         };
-        match verdict {
+        let pass = QpsPass {
+            at: now,
+            slot: match verdict {
+                Verdict::Admit => Some(now),
+                Verdict::Delay(wait) => Some(now.saturating_add(wait)),
+                Verdict::Reject => None,
+            },
+        };
+        let decision = match verdict {
             Verdict::Admit => Decision::Admit,
             Verdict::Delay(wait) => match self.gate.enforcement() {
                 Enforcement::Enforce => Decision::Delay(Duration::from_nanos(wait)),
                 Enforcement::DryRun => Decision::Admit,
             },
-            Verdict::Reject if self.gate.should_reject() => Decision::Reject(RejectReason::Flow),
+            Verdict::Reject if self.gate.should_reject(RejectReason::Flow) => Decision::Reject(RejectReason::Flow),
             Verdict::Reject => Decision::Admit,
+        };
+        (decision, pass)
+    }
+
+    /// Takes back an admission counted by [`try_acquire_refundable`](Self::try_acquire_refundable).
+    /// Best effort: once the admission's bucket has left the window, or a later request has
+    /// queued behind it, there is nothing left to take back.
+    pub fn refund(&self, pass: QpsPass) {
+        let Some(slot) = pass.slot else {
+            return;
+        };
+        match &self.engine {
+            Engine::Window(state) => lock(state).refund(pass.at),
+            Engine::Throttle(throttle) => throttle.refund(slot),
         }
     }
 
@@ -166,6 +203,15 @@ impl QpsLimiter {
     pub fn dry_run_rejections(&self) -> u64 {
         self.gate.would_have_rejected()
     }
+}
+
+/// An admission as [`QpsLimiter::refund`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "pass it to QpsLimiter::refund if a later check refuses the request"]
+pub struct QpsPass {
+    at: u64,
+    /// The admitted slot; `None` when nothing was counted (a rejection, dry run or not).
+    slot: Option<u64>,
 }
 
 /// Internal outcome before dry run is applied; delays in nanoseconds.
@@ -205,6 +251,15 @@ impl WindowState {
             Verdict::Admit
         } else {
             Verdict::Reject
+        }
+    }
+
+    fn refund(&mut self, at: u64) {
+        if let Some(count) = self.window.bucket_at(at) {
+            *count = count.saturating_sub(1);
+            if let Some(warm_up) = &mut self.warm_up {
+                warm_up.unrecord_pass(at);
+            }
         }
     }
 }
@@ -268,6 +323,12 @@ impl WarmUp {
         let sec = now / NANOS_PER_SEC;
         let _ = self.previous_pass(sec);
         self.pass_in_sec += 1;
+    }
+
+    fn unrecord_pass(&mut self, at: u64) {
+        if self.pass_sec == at / NANOS_PER_SEC {
+            self.pass_in_sec = self.pass_in_sec.saturating_sub(1);
+        }
     }
 
     /// Sentinel's `syncToken`: at most once per aligned second.
@@ -362,6 +423,14 @@ impl Throttle {
                 Err(actual) => latest = actual,
             }
         }
+    }
+
+    /// Gives `slot` back if it is still the latest one handed out.
+    fn refund(&self, slot: u64) {
+        let previous = slot.checked_sub(self.cost_ns).unwrap_or(NEVER);
+        let _ = self
+            .latest
+            .compare_exchange(slot, previous, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

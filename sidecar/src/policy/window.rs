@@ -60,6 +60,13 @@ impl<B: Default + Copy> BucketWindow<B> {
         &mut self.buckets[index]
     }
 
+    /// The bucket of the slot `at` falls into, if the ring still holds that slot (it may since
+    /// have been reused by a later lap, or never been written).
+    pub(crate) fn bucket_at(&mut self, at_ns: u64) -> Option<&mut B> {
+        let (index, start) = self.slot(at_ns);
+        (self.starts[index] == start).then(|| &mut self.buckets[index])
+    }
+
     /// Start of the slot `now` falls into; changes exactly when a new bucket begins.
     pub(crate) fn current_start(&self, now_ns: u64) -> u64 {
         self.slot(now_ns).1

@@ -293,3 +293,46 @@ fn invalid_parameters_are_refused() {
         }
     );
 }
+
+#[test]
+fn a_refunded_admission_frees_its_place_in_the_window() {
+    // Sentinel counts a pass only after the whole chain passed: a request a later check refuses
+    // gives its QPS admission back.
+    let l = limiter(1.0, QpsBehavior::Reject);
+    let (first, pass) = l.try_acquire_refundable(ms(0));
+    assert_eq!(first, Decision::Admit);
+    assert_eq!(l.try_acquire(ms(10)), REJECT);
+    l.refund(pass);
+    assert_eq!(l.try_acquire(ms(20)), Decision::Admit);
+    assert_eq!(l.try_acquire(ms(30)), REJECT);
+}
+
+#[test]
+fn refunding_a_rejection_or_an_expired_bucket_changes_nothing() {
+    let l = limiter(1.0, QpsBehavior::Reject);
+    let (_, old) = l.try_acquire_refundable(ms(0));
+    let (rejected, nothing) = l.try_acquire_refundable(ms(10));
+    assert_eq!(rejected, REJECT);
+    l.refund(nothing);
+    assert_eq!(l.try_acquire(ms(20)), REJECT);
+    // At 1 s the old bucket has slid out and a new admission is counted; refunding the old pass
+    // must not take that one back.
+    assert_eq!(l.try_acquire(ms(1_000)), Decision::Admit);
+    l.refund(old);
+    assert_eq!(l.try_acquire(ms(1_010)), REJECT);
+}
+
+#[test]
+fn a_refunded_queue_slot_is_handed_out_again() {
+    let l = limiter(
+        1.0,
+        QpsBehavior::Queue {
+            max_queue_time: ms(1_500),
+        },
+    );
+    assert_eq!(l.try_acquire(ms(0)), Decision::Admit);
+    let (queued, pass) = l.try_acquire_refundable(ms(0));
+    assert_eq!(queued, Decision::Delay(ms(1_000)));
+    l.refund(pass);
+    assert_eq!(l.try_acquire(ms(0)), Decision::Delay(ms(1_000)));
+}
