@@ -5,6 +5,7 @@
 //! arrives over the discovery stream as snapshots.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -83,6 +84,11 @@ pub struct ProxyConfig {
     /// Timeout for connecting to an upstream.
     #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+
+    /// The pod's cgroup v2 directory, whose `cpu.stat` and `cpu.max` overload protection
+    /// samples; when it has no `cpu.stat` the host's `/proc/stat` is used instead.
+    #[arg(long, env = "LANEMESH_CGROUP_DIR", default_value = "/sys/fs/cgroup")]
+    pub cgroup_dir: PathBuf,
 
     /// Where the live configuration comes from and who this pod is
     /// (`--discovery-addr`, `--config-file`, `--app-name`, `--lane-tag`, ...).
@@ -176,6 +182,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
+            cgroup_dir: PathBuf::from("/sys/fs/cgroup"),
             discovery: DiscoveryArgs::default(),
         }
     }

@@ -21,12 +21,15 @@
 //!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
 //! - [`metrics`]: the proxy's Prometheus registry (requests, durations,
 //!   connections, lanes, governance, discovery), shared through an `Arc`.
+//! - [`govern`]: the policy engine on the request path: rules compiled from `InboundPolicy` /
+//!   `OutboundPolicy`, inbound limit chain, outbound breakers, fallbacks, CPU sampling.
 //! - [`mesh`]: lane-aware routing, the proxy's `Router` fed from the live snapshot
 //!   (lane decision, propagation, endpoint choice with base fallback).
 
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod govern;
 pub mod init;
 pub mod lane;
 pub mod mesh;

@@ -83,6 +83,10 @@ async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
         .with_metrics(Arc::clone(&metrics)),
     );
     let node = args.node().context("discovery settings")?;
+    tokio::spawn(lanemesh_sidecar::govern::cpu::run_sampler(
+        Arc::clone(router.cpu()),
+        config.cgroup_dir.clone(),
+    ));
     // Until the first complete snapshot the router passes everything through.
     let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
 

@@ -453,6 +453,18 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// `n` changes of a breaker into `to` (counted from its transition
+    /// counters, which also see the changes made while admitting requests).
+    pub fn record_breaker_transitions(&self, labels: &BreakerLabels, to: BreakerState, n: u64) {
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels {
+                app: Arc::clone(&labels.app),
+                rule: Arc::clone(&labels.rule),
+                to: to.as_str(),
+            })
+            .inc_by(n);
+    }
+
     /// Sets a breaker's state gauge without counting a transition (e.g. a
     /// newly created breaker, closed).
     pub fn set_breaker_state(&self, labels: &BreakerLabels, state: BreakerState) {

@@ -839,6 +839,7 @@ impl Router for TestRouter {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     headers,
                     body: Bytes::from("blocked"),
+                    grpc_status: None,
                 })
             }
             "/other" => {

@@ -9,10 +9,13 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderValue};
 use rand::Rng;
 
+use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
+use crate::policy::SampledCpu;
 use crate::policy::clock::{Clock, MonotonicClock};
 use crate::proxy::http::ERROR_HEADER;
+use crate::proxy::router::{ResponseEnd, grpc_status};
 use crate::proxy::{
     ConnContext, Direction, HttpOutcome, LocalResponse, RequestState, RouteDecision, Routed,
     Router, TcpDecision,
@@ -39,8 +42,12 @@ pub struct MeshRouter {
     runtime: ArcSwapOption<Runtime>,
     propagator: Propagator,
     balancer: Balancer,
-    /// Outbound requests by deciding rule (`lanemesh_lane_propagations_total`).
+    /// Outbound requests by deciding rule (`lanemesh_lane_propagations_total`), rejections.
     metrics: Arc<ProxyMetrics>,
+    /// Time for limiters, breakers and the overload estimate.
+    clock: Arc<dyn Clock>,
+    /// Container CPU usage for overload protection, written by the sampler task.
+    cpu: Arc<SampledCpu>,
 }
 
 impl MeshRouter {
@@ -59,9 +66,24 @@ impl MeshRouter {
             local,
             runtime: ArcSwapOption::empty(),
             propagator,
-            balancer: Balancer::new(clock, BalancerConfig::default()),
+            balancer: Balancer::new(Arc::clone(&clock), BalancerConfig::default()),
             metrics: Arc::new(ProxyMetrics::new()),
+            clock,
+            // No reading yet: overload protection sees no evidence of overload.
+            cpu: Arc::new(SampledCpu::new(f64::NAN)),
         }
+    }
+
+    /// Reads CPU usage for overload protection from `cpu` (fed by
+    /// [`run_sampler`](crate::govern::cpu::run_sampler), or set by tests).
+    pub fn with_cpu(mut self, cpu: Arc<SampledCpu>) -> Self {
+        self.cpu = cpu;
+        self
+    }
+
+    /// The CPU usage source overload protection reads.
+    pub fn cpu(&self) -> &Arc<SampledCpu> {
+        &self.cpu
     }
 
     /// Records into the proxy's shared registry instead of a private one.
@@ -74,7 +96,18 @@ impl MeshRouter {
     /// statistics no runtime uses any more. Off the hot path; called by
     /// [`run_builder`](super::run_builder).
     pub fn install(&self, snapshot: &Snapshot) {
-        let next = Runtime::build(snapshot, &self.local.app, &self.balancer);
+        let govern = GovernContext {
+            metrics: Arc::clone(&self.metrics),
+            cpu: Arc::clone(&self.cpu) as Arc<dyn crate::policy::CpuSource>,
+        };
+        let previous = self.runtime.load_full();
+        let next = Runtime::build(
+            snapshot,
+            &self.local.app,
+            &self.balancer,
+            previous.as_deref(),
+            &govern,
+        );
         self.propagator.apply(&next.propagation);
         let generation = next.generation;
         self.runtime.store(Some(Arc::new(next)));
@@ -107,7 +140,19 @@ impl MeshRouter {
         PropagationRule::ALL.map(|rule| (rule, self.metrics.propagation_count(rule)))
     }
 
-    fn inbound(&self, rt: &Runtime, req: &mut http::request::Parts) -> Routed {
+    fn inbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
+        let admission = if rt.inbound.is_empty() {
+            None
+        } else {
+            match rt.inbound.check(req, conn.peer.ip(), self.clock.now()) {
+                Ok(admission) => Some(admission),
+                Err(blocked) => {
+                    self.metrics.record_rejection(&blocked.labels());
+                    return RouteDecision::Respond(*blocked.response).into();
+                }
+            }
+        };
+        let delay = admission.as_ref().and_then(|a| a.delay);
         if rt.is_entry {
             let view = RequestView::new(&req.uri, &req.headers);
             let decided = rt
@@ -130,12 +175,37 @@ impl MeshRouter {
             lane.as_ref().map(|(tag, _)| &**tag),
             &req.headers,
         );
-        Routed::with_state(RouteDecision::Passthrough, InboundState { _guard: guard })
+        let clock = admission.as_ref().map(|_| Arc::clone(&self.clock));
+        Routed::with_state(
+            RouteDecision::Passthrough,
+            InboundState {
+                _guard: guard,
+                admission,
+                clock,
+            },
+        )
+        .delayed(delay)
     }
 
     fn outbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
         let Some(dest) = rt.routes.lookup(conn.original_dst) else {
             return RouteDecision::Passthrough.into();
+        };
+        let app = dest.service.app();
+        let (breakers, timeout) = if rt.outbound.is_empty() || app.is_empty() {
+            (None, None)
+        } else {
+            let now = self.clock.now();
+            match rt.outbound.check(app, &req.method, req.uri.path(), now) {
+                Ok(admission) => (
+                    (!admission.is_empty()).then_some(admission),
+                    rt.outbound.timeout(app),
+                ),
+                Err(blocked) => {
+                    self.metrics.record_rejection(&blocked.labels());
+                    return RouteDecision::Respond(*blocked.response).into();
+                }
+            }
         };
         let (chosen, injection) = {
             let lane = self.propagator.outbound_lane(&rt.propagation, &req.headers);
@@ -150,10 +220,18 @@ impl MeshRouter {
         }
         match chosen {
             Ok(chosen) => match self.balancer.pick(chosen.endpoints, &mut rand::rng()) {
-                Some(pick) => Routed::with_state(
-                    RouteDecision::Forward(pick.addr()),
-                    OutboundState { pick: Some(pick) },
-                ),
+                Some(pick) => {
+                    let clock = breakers.as_ref().map(|_| Arc::clone(&self.clock));
+                    Routed::with_state(
+                        RouteDecision::Forward(pick.addr()),
+                        OutboundState {
+                            pick: Some(pick),
+                            breakers,
+                            clock,
+                        },
+                    )
+                    .with_timeout(timeout)
+                }
                 // `Chosen::endpoints` is never empty.
                 None => RouteDecision::Passthrough.into(),
             },
@@ -166,6 +244,7 @@ impl MeshRouter {
                     status: StatusCode::SERVICE_UNAVAILABLE,
                     headers,
                     body: Bytes::from(format!("lanemesh: {no_endpoint}\n")),
+                    grpc_status: None,
                 })
                 .into()
             }
@@ -180,7 +259,7 @@ impl Router for MeshRouter {
             return RouteDecision::Passthrough.into();
         };
         match conn.direction {
-            Direction::Inbound => self.inbound(rt, req),
+            Direction::Inbound => self.inbound(rt, conn, req),
             Direction::Outbound => self.outbound(rt, conn, req),
         }
     }
@@ -215,16 +294,46 @@ impl Router for MeshRouter {
     }
 }
 
-/// Keeps an inbound request counted as in flight until its response has been sent.
+/// Keeps an inbound request counted as in flight (for lane inference, concurrency limits and
+/// overload protection) until its response has been sent.
 struct InboundState {
     _guard: InboundGuard,
+    admission: Option<InboundAdmission>,
+    /// Set with `admission`.
+    clock: Option<Arc<dyn Clock>>,
 }
 
-impl RequestState for InboundState {}
+impl RequestState for InboundState {
+    fn on_end(&mut self, end: ResponseEnd<'_>) {
+        // Only complete responses feed the overload estimate; a failed one just releases.
+        if !matches!(end, ResponseEnd::Error)
+            && let (Some(admission), Some(clock)) = (self.admission.as_mut(), &self.clock)
+        {
+            admission.finish(clock.now());
+        }
+    }
+}
 
-/// The balancer pick of an outbound request, recorded when the response head arrives.
+/// What an outbound request reports back: its balancer pick when the response head arrives,
+/// and its breaker tickets when the outcome is known (for gRPC, often only at the trailers).
 struct OutboundState {
     pick: Option<Pick>,
+    breakers: Option<OutboundAdmission>,
+    /// Set with `breakers`.
+    clock: Option<Arc<dyn Clock>>,
+}
+
+/// `grpc-status` UNKNOWN, for a gRPC response whose trailers carry no status.
+const GRPC_UNKNOWN: u32 = 2;
+/// `grpc-status` INTERNAL, for a gRPC response that ended without trailers.
+const GRPC_INTERNAL: u32 = 13;
+
+impl OutboundState {
+    fn record(&mut self, result: CallResult) {
+        if let (Some(mut admission), Some(clock)) = (self.breakers.take(), &self.clock) {
+            admission.record(result, clock.now());
+        }
+    }
 }
 
 impl RequestState for OutboundState {
@@ -234,6 +343,30 @@ impl RequestState for OutboundState {
                 Ok(status) if !status.is_server_error() => drop(pick),
                 _ => pick.fail(),
             }
+        }
+        if self.breakers.is_some() {
+            match outcome.result {
+                Err(_) => self.record(CallResult::Failed),
+                Ok(status) if outcome.grpc => match outcome.grpc_status {
+                    Some(code) => self.record(CallResult::Grpc(code)),
+                    // The status comes with the trailers.
+                    None if status.is_success() => {}
+                    None => self.record(CallResult::Http(status.as_u16())),
+                },
+                Ok(status) => self.record(CallResult::Http(status.as_u16())),
+            }
+        }
+    }
+
+    fn on_end(&mut self, end: ResponseEnd<'_>) {
+        if self.breakers.is_some() {
+            self.record(match end {
+                ResponseEnd::Trailers(trailers) => {
+                    CallResult::Grpc(grpc_status(trailers).unwrap_or(GRPC_UNKNOWN))
+                }
+                ResponseEnd::Complete => CallResult::Grpc(GRPC_INTERNAL),
+                ResponseEnd::Error => CallResult::Failed,
+            });
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::govern::{GovernContext, InboundGovernor, OutboundGovernor};
 use crate::lane::{LaneTable, PropagationSettings};
 use crate::route::{Balancer, RouteTable};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -22,12 +23,22 @@ pub struct Runtime {
     /// This pod's app is an entry app of some lane group: its inbound requests get the lane
     /// decision.
     pub is_entry: bool,
+    /// Rate limits and overload protection of this pod's app.
+    pub inbound: InboundGovernor,
+    /// Circuit breakers and timeouts towards destination apps.
+    pub outbound: OutboundGovernor,
 }
 
 impl Runtime {
-    /// Compiles `snapshot` for a pod of `app`. Endpoint statistics come from `balancer`, so they
-    /// survive the swap.
-    pub fn build(snapshot: &Snapshot, app: &str, balancer: &Balancer) -> Self {
+    /// Compiles `snapshot` for a pod of `app`. Endpoint statistics come from `balancer`, and the
+    /// limiters and breakers of unchanged rules from `previous`, so they survive the swap.
+    pub fn build(
+        snapshot: &Snapshot,
+        app: &str,
+        balancer: &Balancer,
+        previous: Option<&Self>,
+        govern: &GovernContext,
+    ) -> Self {
         let lanes = LaneTable::new(
             snapshot
                 .lane_groups()
@@ -43,14 +54,43 @@ impl Runtime {
         );
         let propagation = lanes.propagation_for(app);
         let is_entry = lanes.groups_of(app).any(|g| g.is_entry_app(app));
+        let inbound = InboundGovernor::build(
+            snapshot
+                .local_inbound_policy()
+                .map(|entry| &*entry.compiled),
+            previous.map(|p| &p.inbound),
+            govern,
+        );
+        let outbound = OutboundGovernor::build(
+            outbound_rules(snapshot),
+            previous.map(|p| &p.outbound),
+            govern,
+        );
         Self {
             generation: snapshot.generation(),
             lanes,
             routes,
             propagation,
             is_entry,
+            inbound,
+            outbound,
         }
     }
+}
+
+/// The outbound policy of every destination app, one per app: the one of the pod's own
+/// namespace where several namespaces use the same app name (as the snapshot index decides).
+fn outbound_rules(snapshot: &Snapshot) -> Vec<&Arc<crate::govern::OutboundRules>> {
+    let mut apps: Vec<&str> = snapshot
+        .outbound_policies()
+        .values()
+        .map(|e| e.resource.app.as_str())
+        .collect();
+    apps.sort_unstable();
+    apps.dedup();
+    apps.into_iter()
+        .filter_map(|app| snapshot.outbound_policy(app).map(|e| &e.compiled))
+        .collect()
 }
 
 /// Keeps `router`'s runtime in step with `store`, for ever (abort the task to stop it): for every

@@ -34,8 +34,8 @@
 //! atomics so metrics never take the lock.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_min, check_positive, check_ratio};
@@ -325,7 +325,9 @@ impl CircuitBreaker {
         };
         match kind {
             Some(kind) => Ok(BreakerTicket { kind }),
-            None if self.gate.should_reject(RejectReason::CircuitBreaking) => Err(Rejected(RejectReason::CircuitBreaking)),
+            None if self.gate.should_reject(RejectReason::CircuitBreaking) => {
+                Err(Rejected(RejectReason::CircuitBreaking))
+            }
             None => Ok(BreakerTicket {
                 kind: TicketKind::Unaccounted,
             }),
@@ -394,6 +396,34 @@ impl CircuitBreaker {
             }
             // Dry-run over-admissions, and outcomes from an earlier generation.
             _ => None,
+        }
+    }
+
+    /// Takes back an admission whose request never reached the upstream (another breaker
+    /// refused it, or the caller went away first): a probe's slot is handed to the next request
+    /// instead of being counted as failed once `openDuration` passes; a Closed admission was not
+    /// counted yet, so there is nothing to undo.
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "taking the ticket by value makes using it afterwards a compile error"
+    )]
+    pub fn release(&self, ticket: BreakerTicket) {
+        let TicketKind::Probe { generation } = ticket.kind else {
+            return;
+        };
+        let mut m = lock(&self.machine);
+        if let Phase::HalfOpen {
+            since,
+            issued,
+            succeeded,
+        } = m.phase
+            && generation == m.generation
+        {
+            m.phase = Phase::HalfOpen {
+                since,
+                issued: issued.saturating_sub(1),
+                succeeded,
+            };
         }
     }
 

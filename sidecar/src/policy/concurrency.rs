@@ -55,7 +55,9 @@ impl ConcurrencyLimiter {
             Ok(_) => Ok(ConcurrencyPermit {
                 slot: Some(Arc::clone(&self.inflight)),
             }),
-            Err(_) if self.gate.should_reject(RejectReason::Concurrency) => Err(Rejected(RejectReason::Concurrency)),
+            Err(_) if self.gate.should_reject(RejectReason::Concurrency) => {
+                Err(Rejected(RejectReason::Concurrency))
+            }
             Err(_) => Ok(ConcurrencyPermit { slot: None }),
         }
     }

@@ -43,8 +43,8 @@
 //! `max_queue_time` is rejected; `max_queue_time == 0` therefore never delays anything. Idle time
 //! earns no burst credit.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_positive, check_threshold};
@@ -170,7 +170,9 @@ impl QpsLimiter {
                 Enforcement::Enforce => Decision::Delay(Duration::from_nanos(wait)),
                 Enforcement::DryRun => Decision::Admit,
             },
-            Verdict::Reject if self.gate.should_reject(RejectReason::Flow) => Decision::Reject(RejectReason::Flow),
+            Verdict::Reject if self.gate.should_reject(RejectReason::Flow) => {
+                Decision::Reject(RejectReason::Flow)
+            }
             Verdict::Reject => Decision::Admit,
         };
         (decision, pass)

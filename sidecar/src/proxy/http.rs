@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 use crate::config::ProxyConfig;
 
 use super::router::{
-    ConnContext, HttpOutcome, LocalResponse, RequestState, RouteDecision, Routed, Router,
-    UpstreamFailure,
+    ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
+    Router, UpstreamFailure, grpc_status,
 };
 
 /// Body of every response the proxy sends downstream: streamed from the
@@ -37,11 +37,26 @@ use super::router::{
 pub struct ProxyBody {
     inner: Either<Incoming, Full<Bytes>>,
     state: Option<Box<dyn RequestState>>,
+    /// `RequestState::on_end` has been called.
+    ended: bool,
 }
 
 impl ProxyBody {
     fn new(inner: Either<Incoming, Full<Bytes>>, state: Option<Box<dyn RequestState>>) -> Self {
-        Self { inner, state }
+        Self {
+            inner,
+            state,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, end: ResponseEnd<'_>) {
+        if !self.ended {
+            self.ended = true;
+            if let Some(state) = self.state.as_mut() {
+                state.on_end(end);
+            }
+        }
     }
 }
 
@@ -65,12 +80,34 @@ impl Body for ProxyBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Either::Left(incoming) => Pin::new(incoming).poll_frame(cx),
-            Either::Right(full) => Pin::new(full)
-                .poll_frame(cx)
-                .map(|frame| frame.map(|r| r.map_err(|never| match never {}))),
+            // Local responses have no upstream: `on_end` is for forwarded ones.
+            Either::Right(full) => {
+                let polled = Pin::new(full)
+                    .poll_frame(cx)
+                    .map(|frame| frame.map(|r| r.map_err(|never| match never {})));
+                if matches!(polled, Poll::Ready(None)) {
+                    this.state = None;
+                }
+                return polled;
+            }
         };
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.state = None;
+        if this.state.is_some() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        this.end(ResponseEnd::Trailers(trailers));
+                    }
+                }
+                Poll::Ready(None) => {
+                    this.end(ResponseEnd::Complete);
+                    this.state = None;
+                }
+                Poll::Ready(Some(Err(_))) => {
+                    this.end(ResponseEnd::Error);
+                    this.state = None;
+                }
+                Poll::Pending => {}
+            }
         }
         polled
     }
@@ -179,14 +216,17 @@ impl HttpProxy {
         let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let grpc = is_grpc(&parts.headers);
         let Routed {
             decision,
             mut state,
+            delay,
+            timeout,
         } = self.router.route_http(&conn, &mut parts);
         let target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
-            RouteDecision::Respond(local) => return local_response(local, state),
+            RouteDecision::Respond(local) => return respond(local, state, grpc),
         };
         let uri = match upstream_uri(&parts.uri, target) {
             Ok(uri) => uri,
@@ -195,6 +235,7 @@ impl HttpProxy {
                     StatusCode::BAD_REQUEST,
                     "invalid_uri",
                     &format!("cannot rewrite request target: {error}"),
+                    grpc,
                 );
             }
         };
@@ -202,20 +243,37 @@ impl HttpProxy {
         strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
         let is_h2 = parts.version == Version::HTTP_2;
         let upstream_req = Request::from_parts(parts, body);
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let started = tokio::time::Instant::now();
-        let result = if is_h2 {
-            self.http2.request(upstream_req).await
+        let sent = if is_h2 {
+            self.http2.request(upstream_req)
         } else {
-            self.http1.request(upstream_req).await
+            self.http1.request(upstream_req)
         };
+        let result = match timeout {
+            None => sent.await.map_err(Failure::Client),
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result.map_err(Failure::Client),
+                Err(_) => Err(Failure::Timeout(limit)),
+            },
+        };
+        let response_grpc = result.as_ref().is_ok_and(|r| is_grpc(r.headers()));
         let outcome = HttpOutcome {
             target,
             result: match &result {
                 Ok(resp) => Ok(resp.status()),
-                Err(error) if error.is_connect() => Err(UpstreamFailure::Connect),
-                Err(_) => Err(UpstreamFailure::Reset),
+                Err(Failure::Client(error)) if error.is_connect() => Err(UpstreamFailure::Connect),
+                Err(Failure::Client(_)) => Err(UpstreamFailure::Reset),
+                Err(Failure::Timeout(_)) => Err(UpstreamFailure::Timeout),
             },
             elapsed: started.elapsed(),
+            grpc: response_grpc,
+            grpc_status: match &result {
+                Ok(resp) if response_grpc => grpc_status(resp.headers()),
+                _ => None,
+            },
         };
         if let Some(state) = state.as_mut() {
             state.on_outcome(&outcome);
@@ -223,7 +281,17 @@ impl HttpProxy {
         self.router.on_http_outcome(&conn, &outcome);
         let mut resp = match result {
             Ok(resp) => resp,
-            Err(error) => {
+            Err(Failure::Timeout(limit)) => {
+                tracing::debug!(%target, ?limit, "upstream request timed out");
+                let mut local = error_local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    &format!("no response from {target} within {limit:?}"),
+                );
+                local.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
+                return respond(local, None, grpc);
+            }
+            Err(Failure::Client(error)) => {
                 tracing::warn!(%target, error = %error_chain(&error), "upstream request failed");
                 let (reason, text) = if error.is_connect() {
                     ("upstream_connect", "upstream connect error")
@@ -237,6 +305,7 @@ impl HttpProxy {
                     StatusCode::BAD_GATEWAY,
                     reason,
                     &format!("{text} ({target})"),
+                    grpc,
                 );
             }
         };
@@ -267,6 +336,85 @@ impl HttpProxy {
         }
         resp.map(|body| ProxyBody::new(Either::Left(body), state))
     }
+}
+
+/// Why the upstream exchange produced no response.
+enum Failure {
+    Client(hyper_util::client::legacy::Error),
+    Timeout(std::time::Duration),
+}
+
+/// `grpc-status` for a timeout the proxy enforced.
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+
+/// `content-type: application/grpc` (or `application/grpc+proto`, ...).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status, per gRPC's HTTP-to-gRPC status mapping.
+fn grpc_code_for(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%`.
+fn grpc_message(text: &str) -> HeaderValue {
+    let mut out = String::with_capacity(text.len());
+    for b in text.trim().bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Only printable ASCII is left, which is always a valid header value.
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Answers locally; a gRPC caller gets a trailers-only gRPC response (HTTP 200 with
+/// `grpc-status` and `grpc-message`) instead of an HTTP error page, which gRPC clients would
+/// report as a protocol error.
+fn respond(
+    local: LocalResponse,
+    state: Option<Box<dyn RequestState>>,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    if !grpc {
+        return local_response(local, state);
+    }
+    let code = local
+        .grpc_status
+        .unwrap_or_else(|| grpc_code_for(local.status));
+    let mut headers = local.headers;
+    headers.remove(header::LOCATION);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    headers.insert(
+        "grpc-message",
+        grpc_message(&String::from_utf8_lossy(&local.body)),
+    );
+    local_response(
+        LocalResponse {
+            status: StatusCode::OK,
+            headers,
+            body: Bytes::new(),
+            grpc_status: Some(code),
+        },
+        state,
+    )
 }
 
 /// `Connection: upgrade` plus an `Upgrade` header (WebSocket and friends).
@@ -343,18 +491,21 @@ fn local_response(
     resp
 }
 
-fn error_response(status: StatusCode, reason: &'static str, text: &str) -> Response<ProxyBody> {
-    let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    local_response(
-        LocalResponse {
-            status,
-            headers,
-            body: Bytes::from(format!("lanemesh: {text}\n")),
-        },
-        None,
-    )
+fn error_local(status: StatusCode, reason: &'static str, text: &str) -> LocalResponse {
+    let mut local = LocalResponse::text(status, format!("lanemesh: {text}\n"));
+    local
+        .headers
+        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
+    local
+}
+
+fn error_response(
+    status: StatusCode,
+    reason: &'static str,
+    text: &str,
+    grpc: bool,
+) -> Response<ProxyBody> {
+    respond(error_local(status, reason, text), None, grpc)
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -72,6 +72,26 @@ pub struct LocalResponse {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// The gRPC status a gRPC caller gets instead (as a trailers-only response); `None` = derived
+    /// from `status` by the gRPC HTTP mapping.
+    pub grpc_status: Option<u32>,
+}
+
+impl LocalResponse {
+    /// A plain-text response.
+    pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        Self {
+            status,
+            headers,
+            body: body.into(),
+            grpc_status: None,
+        }
+    }
 }
 
 /// What to do with one HTTP request.
@@ -103,11 +123,14 @@ pub enum UpstreamFailure {
     Connect,
     /// The connection failed (reset, closed) before a response head arrived.
     Reset,
+    /// No response head within the route's timeout.
+    Timeout,
 }
 
 /// How one forwarded HTTP request went, reported when the response head
 /// arrives or the attempt fails (input for breakers and load balancing).
-/// gRPC statuses travel in trailers and are not part of it.
+/// A gRPC status usually travels in the trailers, reported later through
+/// [`RequestState::on_end`]; only a trailers-only response has it here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpOutcome {
     /// Endpoint the request was sent to.
@@ -116,6 +139,29 @@ pub struct HttpOutcome {
     pub result: Result<StatusCode, UpstreamFailure>,
     /// From sending the request to the response head (or the failure).
     pub elapsed: Duration,
+    /// The response is gRPC (`content-type: application/grpc...`).
+    pub grpc: bool,
+    /// `grpc-status` of a trailers-only gRPC response.
+    pub grpc_status: Option<u32>,
+}
+
+/// How a forwarded response body ended.
+#[derive(Debug, Clone, Copy)]
+pub enum ResponseEnd<'a> {
+    /// With trailers (gRPC puts its status here).
+    Trailers(&'a HeaderMap),
+    /// At the end of the stream, without trailers.
+    Complete,
+    /// The upstream failed mid-body.
+    Error,
+}
+
+/// `grpc-status` of a header block, if present and numeric.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// State a router attaches to one HTTP request (in-flight guards, balancer
@@ -129,6 +175,12 @@ pub trait RequestState: Send + 'static {
     fn on_outcome(&mut self, outcome: &HttpOutcome) {
         let _ = outcome;
     }
+
+    /// Observes the end of a forwarded response body (not called when the
+    /// client goes away first). At most once, after `on_outcome`.
+    fn on_end(&mut self, end: ResponseEnd<'_>) {
+        let _ = end;
+    }
 }
 
 /// A routing decision with the request's state, if the router keeps any.
@@ -137,6 +189,10 @@ pub struct Routed {
     pub decision: RouteDecision,
     /// Held by the core until the exchange ends.
     pub state: Option<Box<dyn RequestState>>,
+    /// Forward only after this delay (a queueing rate limit spaced the request).
+    pub delay: Option<Duration>,
+    /// Give up on the upstream if no response head arrived within this time.
+    pub timeout: Option<Duration>,
 }
 
 impl Routed {
@@ -145,7 +201,23 @@ impl Routed {
         Self {
             decision,
             state: Some(Box::new(state)),
+            delay: None,
+            timeout: None,
         }
+    }
+
+    /// Sets the forwarding delay.
+    #[must_use]
+    pub fn delayed(mut self, delay: Option<Duration>) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Sets the upstream timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
@@ -155,6 +227,8 @@ impl From<RouteDecision> for Routed {
         Self {
             decision,
             state: None,
+            delay: None,
+            timeout: None,
         }
     }
 }

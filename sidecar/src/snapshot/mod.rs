@@ -25,7 +25,7 @@ use lanemesh_api::resource::DiscoveryResource;
 use prost::Message;
 use tokio::sync::watch;
 
-pub use validate::{Checked, Compile, ValidationError};
+pub use validate::{Compile, ValidationError};
 
 /// The four resource types of the discovery protocol (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,11 +11,13 @@
 //! route modules can replace an `Output` with their runtime rules without
 //! touching the discovery client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
+use crate::govern::{InboundRules, OutboundRules};
 use crate::lane::rules::LaneGroupConfig;
 use crate::policy::PolicyError;
 use crate::policy::error::{check_min, check_positive, check_ratio, check_threshold};
@@ -70,10 +72,6 @@ pub trait Compile: DiscoveryResource + Send + Sync + 'static {
     fn compile(&self) -> Result<Self::Output, ValidationError>;
 }
 
-/// Marker for resources that are checked but have no runtime form yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Checked;
-
 impl Compile for proto::Service {
     type Output = ServiceSpec;
 
@@ -102,9 +100,9 @@ impl Compile for proto::LaneGroup {
 }
 
 impl Compile for proto::InboundPolicy {
-    type Output = Checked;
+    type Output = Arc<InboundRules>;
 
-    fn compile(&self) -> Result<Checked, ValidationError> {
+    fn compile(&self) -> Result<Arc<InboundRules>, ValidationError> {
         non_empty("name", &self.name)?;
         non_empty("app", &self.app)?;
         for (i, rule) in self.rules.iter().enumerate() {
@@ -146,14 +144,14 @@ impl Compile for proto::InboundPolicy {
                 self::fallback("overload.fallback", fallback)?;
             }
         }
-        Ok(Checked)
+        InboundRules::try_from(self).map(Arc::new)
     }
 }
 
 impl Compile for proto::OutboundPolicy {
-    type Output = Checked;
+    type Output = Arc<OutboundRules>;
 
-    fn compile(&self) -> Result<Checked, ValidationError> {
+    fn compile(&self) -> Result<Arc<OutboundRules>, ValidationError> {
         non_empty("name", &self.name)?;
         non_empty("app", &self.app)?;
         if let Some(timeout) = duration("timeout", self.timeout.as_ref())? {
@@ -197,7 +195,7 @@ impl Compile for proto::OutboundPolicy {
                 self::fallback(&format!("{field}.fallback"), fallback)?;
             }
         }
-        Ok(Checked)
+        OutboundRules::try_from(self).map(Arc::new)
     }
 }
 

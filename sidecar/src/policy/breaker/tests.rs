@@ -455,3 +455,22 @@ fn invalid_parameters_are_refused() {
         "halfOpenProbes must be at least 1, got 0"
     );
 }
+
+#[test]
+fn a_released_probe_goes_to_the_next_request() {
+    // A probe whose request never reached the upstream must not hold the half-open slot.
+    let b = open_breaker(1);
+    let probe = b.try_acquire(secs(1)).unwrap();
+    assert!(probe.is_probe());
+    assert!(rejected(&b, secs(1)));
+    b.release(probe);
+    let next = b.try_acquire(secs(1)).unwrap();
+    assert!(next.is_probe());
+    assert_eq!(
+        b.record(next, OK, ms(1_100)),
+        Some(Transition {
+            from: BreakerState::HalfOpen,
+            to: BreakerState::Closed
+        })
+    );
+}

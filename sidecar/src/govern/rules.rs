@@ -1,0 +1,758 @@
+//! The runtime form of `InboundPolicy` and `OutboundPolicy`: immutable rule specifications,
+//! compiled once per resource off the hot path (see [`Compile`](crate::snapshot::Compile)).
+//!
+//! A specification holds no state; the governors pair each one with its limiters. Specifications
+//! compare by value, which is how a governor rebuilt for a new snapshot decides whether a rule
+//! changed (fresh state) or not (its state carries over).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use lanemesh_api::proto;
+
+use crate::policy::{
+    BreakerConfig, BreakerStrategy, HotParamConfig, OverloadConfig, OverloadMode, QpsBehavior,
+    RejectReason,
+};
+use crate::proxy::LocalResponse;
+use crate::snapshot::ValidationError;
+
+/// Response header naming why governance refused a request (DESIGN §4).
+pub const BLOCKED_HEADER: &str = "x-lanemesh-blocked";
+
+/// gRPC status for limit rejections (`RESOURCE_EXHAUSTED`).
+pub const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
+/// gRPC status for an open breaker (`UNAVAILABLE`).
+pub const GRPC_UNAVAILABLE: u32 = 14;
+
+/// Sentinel's default warm-up period, for a WarmUp rule that names none.
+const DEFAULT_WARM_UP: Duration = Duration::from_secs(10);
+/// Hot-parameter window when a rule names none (per second, like Sentinel's `durationInSec`).
+const DEFAULT_HOT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Which requests a rule governs: any of `paths` (empty = all) and any of `methods` (empty =
+/// all).
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    paths: Vec<PathRule>,
+    methods: Vec<Method>,
+}
+
+#[derive(Debug, Clone)]
+enum PathRule {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl PartialEq for PathRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Exact(a), Self::Exact(b)) | (Self::Prefix(a), Self::Prefix(b)) => a == b,
+            (Self::Regex(a), Self::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl PartialEq for RouteMatcher {
+    fn eq(&self, other: &Self) -> bool {
+        self.paths == other.paths && self.methods == other.methods
+    }
+}
+
+impl RouteMatcher {
+    /// Whether a request with `method` and `path` (no query) is governed by the rule.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && (self.paths.is_empty()
+                || self.paths.iter().any(|rule| match rule {
+                    PathRule::Exact(p) => p == path,
+                    PathRule::Prefix(p) => path.starts_with(p.as_str()),
+                    PathRule::Regex(r) => r.is_match(path),
+                }))
+    }
+
+    fn from_proto(field: &str, m: Option<&proto::RouteMatch>) -> Result<Self, ValidationError> {
+        use proto::path_match::Kind;
+        let Some(m) = m else {
+            return Ok(Self::default());
+        };
+        let mut paths = Vec::with_capacity(m.paths.len());
+        for (i, p) in m.paths.iter().enumerate() {
+            let field = format!("{field}.paths[{i}]");
+            paths.push(match &p.kind {
+                Some(Kind::Exact(path)) => PathRule::Exact(path.clone()),
+                Some(Kind::Prefix(path)) => PathRule::Prefix(path.clone()),
+                // Anchored as the control plane anchors it (`lanemesh_api::convert`).
+                Some(Kind::Regex(pattern)) => regex::Regex::new(&format!("^(?:{pattern})$"))
+                    .map(PathRule::Regex)
+                    .map_err(|e| ValidationError::InvalidRegex {
+                        field,
+                        pattern: pattern.clone(),
+                        reason: e.to_string(),
+                    })?,
+                None => return Err(ValidationError::Empty { field }),
+            });
+        }
+        let mut methods = Vec::with_capacity(m.methods.len());
+        for (i, method) in m.methods.iter().enumerate() {
+            methods.push(
+                Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    ValidationError::OutOfRange {
+                        field: format!("{field}.methods[{i}]"),
+                        reason: "must be an HTTP method",
+                        value: format!("{method:?}"),
+                    }
+                })?,
+            );
+        }
+        Ok(Self { paths, methods })
+    }
+}
+
+/// What a refused request gets: the configured status, content type, body, headers or redirect,
+/// or a plain-text default naming the rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fallback {
+    rule: Arc<str>,
+    status: StatusCode,
+    headers: HeaderMap,
+    /// `None` = the default text, which names the reason.
+    body: Option<Bytes>,
+}
+
+impl Fallback {
+    fn from_proto(
+        field: &str,
+        rule: &Arc<str>,
+        f: Option<&proto::Fallback>,
+        default_status: StatusCode,
+    ) -> Result<Self, ValidationError> {
+        let out_of_range =
+            |what: &str, reason: &'static str, value: String| ValidationError::OutOfRange {
+                field: format!("{field}.{what}"),
+                reason,
+                value,
+            };
+        let mut headers = HeaderMap::new();
+        let Some(f) = f else {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return Ok(Self {
+                rule: Arc::clone(rule),
+                status: default_status,
+                headers,
+                body: None,
+            });
+        };
+        let mut status = match f.status {
+            0 => default_status,
+            s => u16::try_from(s)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or_else(|| out_of_range("status", "must be an HTTP status", s.to_string()))?,
+        };
+        for (name, value) in &f.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                out_of_range("headers", "must be a header name", format!("{name:?}"))
+            })?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                out_of_range("headers", "must be a header value", format!("{value:?}"))
+            })?;
+            headers.insert(name, value);
+        }
+        if !f.content_type.is_empty() {
+            let value = HeaderValue::from_str(&f.content_type).map_err(|_| {
+                out_of_range(
+                    "contentType",
+                    "must be a header value",
+                    f.content_type.clone(),
+                )
+            })?;
+            headers.insert(header::CONTENT_TYPE, value);
+        } else if !headers.contains_key(header::CONTENT_TYPE) {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        }
+        if !f.redirect.is_empty() {
+            let location = HeaderValue::from_str(&f.redirect).map_err(|_| {
+                out_of_range("redirect", "must be a URL", format!("{:?}", f.redirect))
+            })?;
+            headers.insert(header::LOCATION, location);
+            status = StatusCode::FOUND;
+        }
+        let body = (!f.body.is_empty()).then(|| Bytes::from(f.body.clone()));
+        Ok(Self {
+            rule: Arc::clone(rule),
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// The response for a request refused for `reason`, with the `x-lanemesh-blocked` header,
+    /// and the gRPC status a gRPC caller gets instead (DESIGN §4; issue: `RESOURCE_EXHAUSTED` for
+    /// limits, `UNAVAILABLE` for an open breaker).
+    pub fn response(&self, reason: RejectReason) -> LocalResponse {
+        let mut headers = self.headers.clone();
+        headers.insert(BLOCKED_HEADER, HeaderValue::from_static(reason.as_str()));
+        let body = self.body.clone().unwrap_or_else(|| {
+            Bytes::from(format!(
+                "lanemesh: request blocked by rule {} ({reason})\n",
+                self.rule
+            ))
+        });
+        let grpc_status = match reason {
+            RejectReason::CircuitBreaking => GRPC_UNAVAILABLE,
+            RejectReason::Flow
+            | RejectReason::Concurrency
+            | RejectReason::HotParam
+            | RejectReason::System => GRPC_RESOURCE_EXHAUSTED,
+        };
+        LocalResponse {
+            status: self.status,
+            headers,
+            body,
+            grpc_status: Some(grpc_status),
+        }
+    }
+}
+
+/// Where a hot parameter's value comes from (DESIGN §3 condition sources).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamSource {
+    Header(HeaderName),
+    Query(String),
+    Cookie(String),
+    /// First `X-Forwarded-For` entry, else the peer address.
+    ClientIp,
+    /// The `Host` header, else the URI authority.
+    Host,
+}
+
+/// One hot-parameter limit of a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotParamSpec {
+    pub source: ParamSource,
+    pub config: HotParamConfig,
+}
+
+/// A QPS limit of a rule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QpsSpec {
+    pub threshold: f64,
+    pub behavior: QpsBehavior,
+}
+
+/// One inbound rate-limit rule (a `RateLimitPolicy` rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateRule {
+    /// `policy/rule`, the metric label.
+    pub name: Arc<str>,
+    pub matcher: RouteMatcher,
+    pub qps: Option<QpsSpec>,
+    pub concurrency: Option<u32>,
+    pub hot_params: Vec<HotParamSpec>,
+    pub fallback: Fallback,
+    pub dry_run: bool,
+}
+
+/// Overload protection of the pod's app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverloadRule {
+    pub name: Arc<str>,
+    pub config: OverloadConfig,
+    pub fallback: Fallback,
+}
+
+/// Everything enforced on the pod's inbound side.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InboundRules {
+    /// In policy order; the first whose match holds governs a request.
+    pub rules: Vec<Arc<RateRule>>,
+    /// `None` when absent or `Off`.
+    pub overload: Option<Arc<OverloadRule>>,
+}
+
+/// Which outcomes a breaker counts as errors; connect failures, resets and timeouts always do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorClassifier {
+    http: Vec<(u16, u16)>,
+    grpc: Vec<u32>,
+}
+
+impl Default for ErrorClassifier {
+    /// 5xx, and gRPC UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE (DESIGN §4).
+    fn default() -> Self {
+        Self {
+            http: vec![(500, 599)],
+            grpc: vec![2, 4, 13, 14],
+        }
+    }
+}
+
+impl ErrorClassifier {
+    pub fn is_http_error(&self, status: u16) -> bool {
+        self.http
+            .iter()
+            .any(|&(from, to)| (from..=to).contains(&status))
+    }
+
+    pub fn is_grpc_error(&self, code: u32) -> bool {
+        self.grpc.contains(&code)
+    }
+
+    fn from_proto(c: Option<&proto::ErrorClassifier>) -> Self {
+        let Some(c) = c.filter(|c| !c.http_statuses.is_empty() || !c.grpc_codes.is_empty()) else {
+            return Self::default();
+        };
+        let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+        Self {
+            http: c
+                .http_statuses
+                .iter()
+                .map(|r| (clamp(r.from), clamp(r.to)))
+                .collect(),
+            grpc: c.grpc_codes.clone(),
+        }
+    }
+}
+
+/// One outbound circuit-breaker rule (a `CircuitBreakerPolicy` rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerRule {
+    /// `policy/rule`, the metric label.
+    pub name: Arc<str>,
+    pub matcher: RouteMatcher,
+    pub config: BreakerConfig,
+    pub fallback: Fallback,
+    pub errors: ErrorClassifier,
+}
+
+/// Everything a caller enforces towards one destination app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRules {
+    /// The destination app.
+    pub app: Arc<str>,
+    /// Every rule whose match holds is consulted.
+    pub breakers: Vec<Arc<BreakerRule>>,
+    /// Per-request timeout (to the response head).
+    pub timeout: Option<Duration>,
+}
+
+fn duration(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, ValidationError> {
+    d.map(|d| {
+        Duration::try_from(*d).map_err(|_| ValidationError::OutOfRange {
+            field: field.to_owned(),
+            reason: "must be a non-negative duration",
+            value: format!("{}s {}ns", d.seconds, d.nanos),
+        })
+    })
+    .transpose()
+}
+
+fn status(code: u32) -> StatusCode {
+    u16::try_from(code)
+        .ok()
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A non-negative, finite threshold as a whole count (fractions round down, as a token bucket
+/// holds whole tokens).
+fn count(threshold: f64) -> u64 {
+    if threshold.is_finite() && threshold > 0.0 {
+        threshold as u64
+    } else {
+        0
+    }
+}
+
+fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, ValidationError> {
+    let source = proto::Source::try_from(h.source).map_err(|_| ValidationError::UnknownEnum {
+        field: format!("{field}.source"),
+        what: "source",
+        value: h.source,
+    })?;
+    let name_needed = || -> Result<&str, ValidationError> {
+        if h.name.is_empty() {
+            Err(ValidationError::Empty {
+                field: format!("{field}.name"),
+            })
+        } else {
+            Ok(&h.name)
+        }
+    };
+    let source = match source {
+        proto::Source::Header => ParamSource::Header(
+            HeaderName::from_bytes(name_needed()?.to_ascii_lowercase().as_bytes()).map_err(
+                |_| ValidationError::OutOfRange {
+                    field: format!("{field}.name"),
+                    reason: "must be a header name",
+                    value: format!("{:?}", h.name),
+                },
+            )?,
+        ),
+        proto::Source::Query => ParamSource::Query(name_needed()?.to_owned()),
+        proto::Source::Cookie => ParamSource::Cookie(name_needed()?.to_owned()),
+        proto::Source::ClientIp => ParamSource::ClientIp,
+        proto::Source::Host => ParamSource::Host,
+    };
+    let mut config = HotParamConfig::new(
+        count(h.threshold),
+        duration(&format!("{field}.window"), h.window.as_ref())?.unwrap_or(DEFAULT_HOT_WINDOW),
+    );
+    config.burst = u64::from(h.burst);
+    config.overrides = h
+        .overrides
+        .iter()
+        .map(|o| (o.value.clone(), count(o.threshold)))
+        .collect();
+    if h.max_tracked_values > 0 {
+        config.capacity = h.max_tracked_values as usize;
+    }
+    Ok(HotParamSpec { source, config })
+}
+
+fn qps(field: &str, q: &proto::QpsLimit) -> Result<QpsSpec, ValidationError> {
+    let behavior = match proto::QpsBehavior::try_from(q.behavior) {
+        Ok(proto::QpsBehavior::Reject) => QpsBehavior::Reject,
+        Ok(proto::QpsBehavior::WarmUp) => QpsBehavior::WarmUp {
+            period: duration(&format!("{field}.warmUpPeriod"), q.warm_up_period.as_ref())?
+                .unwrap_or(DEFAULT_WARM_UP),
+        },
+        Ok(proto::QpsBehavior::Queue) => QpsBehavior::Queue {
+            max_queue_time: duration(&format!("{field}.maxQueueTime"), q.max_queue_time.as_ref())?
+                .unwrap_or(lanemesh_api::defaults::MAX_QUEUE_TIME),
+        },
+        Err(_) => {
+            return Err(ValidationError::UnknownEnum {
+                field: format!("{field}.behavior"),
+                what: "behavior",
+                value: q.behavior,
+            });
+        }
+    };
+    Ok(QpsSpec {
+        threshold: q.threshold,
+        behavior,
+    })
+}
+
+impl TryFrom<&proto::InboundPolicy> for InboundRules {
+    type Error = ValidationError;
+
+    fn try_from(p: &proto::InboundPolicy) -> Result<Self, ValidationError> {
+        let limit_status = status(lanemesh_api::defaults::LIMIT_STATUS);
+        let mut rules = Vec::with_capacity(p.rules.len());
+        for (i, r) in p.rules.iter().enumerate() {
+            let field = format!("rules[{i}]");
+            let name: Arc<str> = Arc::from(r.name.as_str());
+            let hot_params = r
+                .hot_params
+                .iter()
+                .enumerate()
+                .map(|(j, h)| hot_param(&format!("{field}.hotParams[{j}]"), h))
+                .collect::<Result<_, _>>()?;
+            rules.push(Arc::new(RateRule {
+                matcher: RouteMatcher::from_proto(&format!("{field}.match"), r.r#match.as_ref())?,
+                qps: r
+                    .qps
+                    .as_ref()
+                    .map(|q| qps(&format!("{field}.qps"), q))
+                    .transpose()?,
+                concurrency: r.concurrency.as_ref().map(|c| c.max),
+                hot_params,
+                fallback: Fallback::from_proto(
+                    &format!("{field}.fallback"),
+                    &name,
+                    r.fallback.as_ref(),
+                    limit_status,
+                )?,
+                dry_run: r.dry_run,
+                name,
+            }));
+        }
+        let overload = match &p.overload {
+            Some(o) => {
+                let mode = match proto::OverloadMode::try_from(o.mode) {
+                    Ok(proto::OverloadMode::Off) => None,
+                    Ok(proto::OverloadMode::DryRun) => Some(OverloadMode::DryRun),
+                    Ok(proto::OverloadMode::On) => Some(OverloadMode::On),
+                    Err(_) => {
+                        return Err(ValidationError::UnknownEnum {
+                            field: "overload.mode".into(),
+                            what: "overload mode",
+                            value: o.mode,
+                        });
+                    }
+                };
+                let name: Arc<str> = if o.name.is_empty() {
+                    Arc::from(format!("{}/overload", p.app))
+                } else {
+                    Arc::from(o.name.as_str())
+                };
+                mode.map(|mode| -> Result<_, ValidationError> {
+                    Ok(Arc::new(OverloadRule {
+                        config: OverloadConfig::new(mode, o.cpu_threshold),
+                        fallback: Fallback::from_proto(
+                            "overload.fallback",
+                            &name,
+                            o.fallback.as_ref(),
+                            status(lanemesh_api::defaults::SHED_STATUS),
+                        )?,
+                        name,
+                    }))
+                })
+                .transpose()?
+            }
+            None => None,
+        };
+        Ok(Self { rules, overload })
+    }
+}
+
+impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
+    type Error = ValidationError;
+
+    fn try_from(p: &proto::OutboundPolicy) -> Result<Self, ValidationError> {
+        let mut breakers = Vec::with_capacity(p.breakers.len());
+        for (i, b) in p.breakers.iter().enumerate() {
+            let field = format!("breakers[{i}]");
+            let name: Arc<str> = Arc::from(b.name.as_str());
+            let strategy = match proto::BreakerStrategy::try_from(b.strategy) {
+                Ok(proto::BreakerStrategy::SlowRequestRatio) => BreakerStrategy::SlowRequestRatio {
+                    threshold: b.threshold,
+                    slow_request_duration: duration(
+                        &format!("{field}.slowRequestDuration"),
+                        b.slow_request_duration.as_ref(),
+                    )?
+                    .unwrap_or_default(),
+                },
+                Ok(proto::BreakerStrategy::ErrorRatio) => BreakerStrategy::ErrorRatio {
+                    threshold: b.threshold,
+                },
+                Ok(proto::BreakerStrategy::ErrorCount) => BreakerStrategy::ErrorCount {
+                    threshold: count(b.threshold),
+                },
+                Err(_) => {
+                    return Err(ValidationError::UnknownEnum {
+                        field: format!("{field}.strategy"),
+                        what: "strategy",
+                        value: b.strategy,
+                    });
+                }
+            };
+            let config = BreakerConfig {
+                strategy,
+                window: duration(&format!("{field}.window"), b.window.as_ref())?
+                    .unwrap_or_default(),
+                min_requests: u64::from(b.min_requests),
+                open_duration: duration(
+                    &format!("{field}.openDuration"),
+                    b.open_duration.as_ref(),
+                )?
+                .unwrap_or_default(),
+                half_open_probes: b.half_open_probes,
+            };
+            // Surfaces what the breaker itself refuses (zero window, ratio out of range, ...).
+            crate::policy::CircuitBreaker::new(config).map_err(|source| {
+                ValidationError::Policy {
+                    field: field.clone(),
+                    source,
+                }
+            })?;
+            breakers.push(Arc::new(BreakerRule {
+                matcher: RouteMatcher::from_proto(&format!("{field}.match"), b.r#match.as_ref())?,
+                config,
+                fallback: Fallback::from_proto(
+                    &format!("{field}.fallback"),
+                    &name,
+                    b.fallback.as_ref(),
+                    status(lanemesh_api::defaults::SHED_STATUS),
+                )?,
+                errors: ErrorClassifier::from_proto(b.errors.as_ref()),
+                name,
+            }));
+        }
+        Ok(Self {
+            app: Arc::from(p.app.as_str()),
+            breakers,
+            timeout: duration("timeout", p.timeout.as_ref())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn route(paths: Vec<proto::path_match::Kind>, methods: &[&str]) -> proto::RouteMatch {
+        proto::RouteMatch {
+            paths: paths
+                .into_iter()
+                .map(|kind| proto::PathMatch { kind: Some(kind) })
+                .collect(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn route_matcher_exact_prefix_regex_and_methods() {
+        use proto::path_match::Kind;
+        let m = RouteMatcher::from_proto(
+            "m",
+            Some(&route(
+                vec![
+                    Kind::Exact("/greet1a".into()),
+                    Kind::Prefix("/api/".into()),
+                    Kind::Regex("/users/[0-9]+".into()),
+                ],
+                &["GET", "post"],
+            )),
+        )
+        .unwrap();
+        assert!(m.matches(&Method::GET, "/greet1a"));
+        assert!(!m.matches(&Method::GET, "/greet1ab"), "exact is exact");
+        assert!(m.matches(&Method::POST, "/api/x"));
+        assert!(m.matches(&Method::GET, "/users/42"));
+        assert!(!m.matches(&Method::GET, "/users/42/x"), "regex is anchored");
+        assert!(!m.matches(&Method::DELETE, "/greet1a"), "method not listed");
+        let all = RouteMatcher::from_proto("m", None).unwrap();
+        assert!(all.matches(&Method::PUT, "/anything"));
+    }
+
+    #[test]
+    fn fallback_defaults_to_a_text_naming_rule_and_reason() {
+        let rule: Arc<str> = Arc::from("limits/greet");
+        let f = Fallback::from_proto("f", &rule, None, StatusCode::TOO_MANY_REQUESTS).unwrap();
+        let r = f.response(RejectReason::Flow);
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers[BLOCKED_HEADER], "flow");
+        assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain");
+        assert!(
+            std::str::from_utf8(&r.body)
+                .unwrap()
+                .contains("limits/greet")
+        );
+        assert_eq!(r.grpc_status, Some(GRPC_RESOURCE_EXHAUSTED));
+        assert_eq!(
+            f.response(RejectReason::CircuitBreaking).grpc_status,
+            Some(GRPC_UNAVAILABLE)
+        );
+    }
+
+    #[test]
+    fn fallback_custom_body_headers_and_redirect() {
+        let rule: Arc<str> = Arc::from("r");
+        let custom = proto::Fallback {
+            status: 429,
+            content_type: "application/json".into(),
+            body: "{\"busy\":true}".into(),
+            headers: [("retry-after".to_owned(), "1".to_owned())].into(),
+            redirect: String::new(),
+        };
+        let r = Fallback::from_proto("f", &rule, Some(&custom), StatusCode::SERVICE_UNAVAILABLE)
+            .unwrap()
+            .response(RejectReason::HotParam);
+        assert_eq!(r.status, 429);
+        assert_eq!(r.body, "{\"busy\":true}");
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(r.headers["retry-after"], "1");
+        assert_eq!(r.headers[BLOCKED_HEADER], "hot_param");
+
+        let redirect = proto::Fallback {
+            redirect: "https://example.com/busy".into(),
+            ..Default::default()
+        };
+        let r = Fallback::from_proto("f", &rule, Some(&redirect), StatusCode::SERVICE_UNAVAILABLE)
+            .unwrap()
+            .response(RejectReason::Flow);
+        assert_eq!(r.status, StatusCode::FOUND);
+        assert_eq!(r.headers[header::LOCATION], "https://example.com/busy");
+    }
+
+    #[test]
+    fn error_classifier_defaults_follow_the_design() {
+        let c = ErrorClassifier::from_proto(None);
+        assert!(c.is_http_error(500) && c.is_http_error(503) && !c.is_http_error(404));
+        for code in [2, 4, 13, 14] {
+            assert!(c.is_grpc_error(code));
+        }
+        assert!(!c.is_grpc_error(0) && !c.is_grpc_error(5));
+        let custom = ErrorClassifier::from_proto(Some(&proto::ErrorClassifier {
+            http_statuses: vec![proto::StatusRange { from: 404, to: 404 }],
+            grpc_codes: vec![5],
+        }));
+        assert!(custom.is_http_error(404) && !custom.is_http_error(500));
+        assert!(custom.is_grpc_error(5));
+    }
+
+    #[test]
+    fn inbound_rules_convert_qps_hot_params_and_overload() {
+        let p = proto::InboundPolicy {
+            name: "shop/a".into(),
+            namespace: "shop".into(),
+            app: "a".into(),
+            rules: vec![proto::RateLimitRule {
+                name: "limits/greet".into(),
+                qps: Some(proto::QpsLimit {
+                    threshold: 5.0,
+                    behavior: proto::QpsBehavior::Queue as i32,
+                    ..Default::default()
+                }),
+                concurrency: Some(proto::ConcurrencyLimit { max: 3 }),
+                hot_params: vec![proto::HotParam {
+                    source: proto::Source::Header as i32,
+                    name: "X-User-Id".into(),
+                    threshold: 2.0,
+                    overrides: vec![proto::HotParamOverride {
+                        value: "vip".into(),
+                        threshold: 50.0,
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            overload: Some(proto::OverloadProtection {
+                mode: proto::OverloadMode::DryRun as i32,
+                cpu_threshold: 0.8,
+                ..Default::default()
+            }),
+        };
+        let rules = InboundRules::try_from(&p).unwrap();
+        let rule = &rules.rules[0];
+        assert_eq!(
+            rule.qps.unwrap().behavior,
+            QpsBehavior::Queue {
+                max_queue_time: Duration::from_millis(500)
+            }
+        );
+        assert_eq!(rule.concurrency, Some(3));
+        let hot = &rule.hot_params[0];
+        assert_eq!(
+            hot.source,
+            ParamSource::Header(HeaderName::from_static("x-user-id"))
+        );
+        assert_eq!(hot.config.window, Duration::from_secs(1));
+        assert_eq!(hot.config.overrides["vip"], 50);
+        let overload = rules.overload.as_ref().unwrap();
+        assert_eq!(overload.config.mode, OverloadMode::DryRun);
+        assert_eq!(&*overload.name, "a/overload");
+
+        let mut off = p.clone();
+        off.overload.as_mut().unwrap().mode = proto::OverloadMode::Off as i32;
+        assert!(InboundRules::try_from(&off).unwrap().overload.is_none());
+        assert_eq!(
+            InboundRules::try_from(&p).unwrap(),
+            rules,
+            "compares by value"
+        );
+    }
+}
