@@ -7,9 +7,10 @@
 mod support;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use support::pod::{AppClient, STEP, Sidecar, send};
 use support::service;
 
 use bytes::Bytes;
@@ -19,211 +20,15 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lanemesh_api::proto;
-use lanemesh_sidecar::config::ProxyConfig;
 use lanemesh_sidecar::lane::{PropagationRule, PropagationSettings};
-use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
-use lanemesh_sidecar::proxy::orig_dst::OrigDstError;
-use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, Proxy, ShutdownHandle};
 use lanemesh_sidecar::snapshot::{LocalApp, Snapshot, SnapshotStore};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-const STEP: Duration = Duration::from_secs(10);
 const B_CLUSTER: &str = "10.96.0.2:80";
 const C_CLUSTER: &str = "10.96.0.3:80";
 const D_CLUSTER: &str = "10.96.0.4:80";
-
-// ---------------------------------------------------------------- harness
-
-/// Outbound connections: the destination the app registered. Inbound ones (from other sidecars,
-/// which register nothing): the pod IP and the app's port, as if the caller had connected to the
-/// app and iptables had redirected it.
-#[derive(Clone)]
-struct TestDst {
-    map: PeerMap,
-    app_port: u16,
-}
-
-impl OriginalDst for TestDst {
-    fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
-        match self.map.original_dst(stream) {
-            Err(OrigDstError::Unknown(_)) => {
-                Ok(SocketAddr::new(stream.local_addr()?.ip(), self.app_port))
-            }
-            other => other,
-        }
-    }
-}
-
-struct Sidecar {
-    /// The pod IP and inbound port: the endpoint address of this pod.
-    pod: SocketAddr,
-    outbound: SocketAddr,
-    app_ip: IpAddr,
-    map: PeerMap,
-    router: Arc<MeshRouter>,
-    store: Arc<SnapshotStore>,
-    shutdown: ShutdownHandle,
-    run: JoinHandle<lanemesh_sidecar::proxy::DrainReport>,
-    builder: JoinHandle<()>,
-}
-
-impl Sidecar {
-    /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, and the
-    /// listener its app must serve on.
-    async fn start(n: u8, app: &str, tag: Option<&str>) -> (Self, TcpListener) {
-        let store = Arc::new(SnapshotStore::new(LocalApp {
-            namespace: "demo".into(),
-            app: app.into(),
-        }));
-        Self::start_with_store(n, app, tag, store).await
-    }
-
-    async fn start_with_store(
-        n: u8,
-        app: &str,
-        tag: Option<&str>,
-        store: Arc<SnapshotStore>,
-    ) -> (Self, TcpListener) {
-        let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
-        let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
-        let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
-        let app_port = app_listener.local_addr().unwrap().port();
-        let config = ProxyConfig {
-            outbound_port: 0,
-            inbound_port: 0,
-            bind_address: pod_ip,
-            app_address: app_ip,
-            grace_period: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(2),
-            ..ProxyConfig::default()
-        };
-        let router = Arc::new(MeshRouter::new(LocalPod {
-            app: app.into(),
-            lane_tag: tag.map(str::to_owned),
-        }));
-        let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
-        let map = PeerMap::new();
-        let proxy = Proxy::bind(
-            config,
-            router.clone(),
-            Arc::new(TestDst {
-                map: map.clone(),
-                app_port,
-            }),
-        )
-        .await
-        .unwrap();
-        let pod = proxy.inbound_addr();
-        let outbound = proxy.outbound_addr();
-        let shutdown = proxy.shutdown_handle();
-        let run = tokio::spawn(proxy.run());
-        let sidecar = Self {
-            pod,
-            outbound,
-            app_ip,
-            map,
-            router,
-            store,
-            shutdown,
-            run,
-            builder,
-        };
-        (sidecar, app_listener)
-    }
-
-    /// Stores `snapshot` and waits until the router runs on it.
-    async fn install(&self, snapshot: Snapshot) {
-        let generation = self.store.store(snapshot);
-        timeout(STEP, async {
-            while self.router.generation() != Some(generation) {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await
-        .expect("the runtime builder did not pick up the snapshot");
-    }
-
-    /// An outbound client of this pod's app to `dst`.
-    fn client(&self) -> AppClient {
-        AppClient {
-            outbound: self.outbound,
-            app_ip: self.app_ip,
-            map: self.map.clone(),
-        }
-    }
-
-    fn count(&self, rule: PropagationRule) -> u64 {
-        self.router
-            .rule_counts()
-            .iter()
-            .find(|(r, _)| *r == rule)
-            .unwrap()
-            .1
-    }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        timeout(STEP, self.run).await.unwrap().unwrap();
-        self.builder.abort();
-    }
-}
-
-#[derive(Clone)]
-struct AppClient {
-    outbound: SocketAddr,
-    app_ip: IpAddr,
-    map: PeerMap,
-}
-
-impl AppClient {
-    /// One request over a fresh connection that "was going to" `dst`.
-    async fn get(&self, dst: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
-        self.map
-            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
-        let stream = timeout(STEP, socket.connect(self.outbound))
-            .await
-            .unwrap()
-            .unwrap();
-        send(stream, dst, headers).await
-    }
-}
-
-async fn send(
-    stream: TcpStream,
-    host: &str,
-    headers: &[(&str, &str)],
-) -> (StatusCode, HeaderMap, String) {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let mut req = Request::get("/").header("host", host);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = timeout(
-        STEP,
-        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
-    )
-    .await
-    .expect("no response in time")
-    .unwrap();
-    let (parts, body) = resp.into_parts();
-    let body = timeout(STEP, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8(body.to_vec()).unwrap(),
-    )
-}
 
 // ---------------------------------------------------------------- apps
 

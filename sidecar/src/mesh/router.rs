@@ -130,6 +130,11 @@ impl MeshRouter {
         &self.propagator
     }
 
+    /// The registry this router records into.
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
+    }
+
     /// The endpoint balancer.
     pub fn balancer(&self) -> &Balancer {
         &self.balancer

@@ -96,6 +96,10 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Some(trailers) = frame.trailers_ref() {
                         this.end(ResponseEnd::Trailers(trailers));
+                    } else if this.inner.is_end_stream() {
+                        // hyper stops polling a body that says it is done (e.g. the last
+                        // bytes of a Content-Length body), so this may be the last call.
+                        this.end(ResponseEnd::Complete);
                     }
                 }
                 Poll::Ready(None) => {
@@ -334,7 +338,12 @@ impl HttpProxy {
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
-        resp.map(|body| ProxyBody::new(Either::Left(body), state))
+        let mut resp = resp.map(|body| ProxyBody::new(Either::Left(body), state));
+        // hyper never polls a body that is empty from the start (204, `Content-Length: 0`).
+        if resp.body().inner.is_end_stream() {
+            resp.body_mut().end(ResponseEnd::Complete);
+        }
+        resp
     }
 }
 

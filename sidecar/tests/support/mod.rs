@@ -4,6 +4,8 @@
 // Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub(crate) mod pod;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

@@ -1,0 +1,260 @@
+//! Pods on loopback for the mesh and governance tests: each "pod" is a sidecar bound to its own
+//! loopback IP (127.0.0.N, its pod IP) with its app on 127.0.1.N; an endpoint's address is the pod
+//! IP and the sidecar's inbound port, as iptables would capture it. Apps reach their sidecar's
+//! outbound listener with the original destination (a cluster IP) registered in a `PeerMap`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::lane::PropagationRule;
+use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
+use lanemesh_sidecar::proxy::orig_dst::OrigDstError;
+use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, Proxy, ShutdownHandle};
+use lanemesh_sidecar::snapshot::{LocalApp, Snapshot, SnapshotStore};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+/// Bound of every single step of a test.
+pub(crate) const STEP: Duration = Duration::from_secs(10);
+
+/// Outbound connections: the destination the app registered. Inbound ones (from other sidecars,
+/// which register nothing): the pod IP and the app's port, as if the caller had connected to the
+/// app and iptables had redirected it.
+#[derive(Clone)]
+pub(crate) struct TestDst {
+    pub(crate) map: PeerMap,
+    pub(crate) app_port: u16,
+}
+
+impl OriginalDst for TestDst {
+    fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
+        match self.map.original_dst(stream) {
+            Err(OrigDstError::Unknown(_)) => {
+                Ok(SocketAddr::new(stream.local_addr()?.ip(), self.app_port))
+            }
+            other => other,
+        }
+    }
+}
+
+pub(crate) struct Sidecar {
+    /// The pod IP and inbound port: the endpoint address of this pod.
+    pub(crate) pod: SocketAddr,
+    pub(crate) outbound: SocketAddr,
+    pub(crate) app_ip: IpAddr,
+    pub(crate) map: PeerMap,
+    pub(crate) router: Arc<MeshRouter>,
+    pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) shutdown: ShutdownHandle,
+    pub(crate) run: JoinHandle<lanemesh_sidecar::proxy::DrainReport>,
+    pub(crate) builder: JoinHandle<()>,
+}
+
+impl Sidecar {
+    /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, and the
+    /// listener its app must serve on.
+    pub(crate) async fn start(n: u8, app: &str, tag: Option<&str>) -> (Self, TcpListener) {
+        let store = Arc::new(SnapshotStore::new(LocalApp {
+            namespace: "demo".into(),
+            app: app.into(),
+        }));
+        Self::start_with_store(n, app, tag, store).await
+    }
+
+    pub(crate) async fn start_with_store(
+        n: u8,
+        app: &str,
+        tag: Option<&str>,
+        store: Arc<SnapshotStore>,
+    ) -> (Self, TcpListener) {
+        let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
+        let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
+        let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
+        let app_port = app_listener.local_addr().unwrap().port();
+        let config = ProxyConfig {
+            outbound_port: 0,
+            inbound_port: 0,
+            bind_address: pod_ip,
+            app_address: app_ip,
+            grace_period: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
+            ..ProxyConfig::default()
+        };
+        let router = Arc::new(MeshRouter::new(LocalPod {
+            app: app.into(),
+            lane_tag: tag.map(str::to_owned),
+        }));
+        let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
+        let map = PeerMap::new();
+        let proxy = Proxy::bind(
+            config,
+            router.clone(),
+            Arc::new(TestDst {
+                map: map.clone(),
+                app_port,
+            }),
+        )
+        .await
+        .unwrap();
+        let pod = proxy.inbound_addr();
+        let outbound = proxy.outbound_addr();
+        let shutdown = proxy.shutdown_handle();
+        let run = tokio::spawn(proxy.run());
+        let sidecar = Self {
+            pod,
+            outbound,
+            app_ip,
+            map,
+            router,
+            store,
+            shutdown,
+            run,
+            builder,
+        };
+        (sidecar, app_listener)
+    }
+
+    /// `GET path` sent to this pod's app by a caller outside the mesh (captured inbound).
+    pub(crate) async fn inbound_get(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let stream = timeout(STEP, TcpStream::connect(self.pod))
+            .await
+            .unwrap()
+            .unwrap();
+        send_to(stream, "app.demo", path, headers).await
+    }
+
+    /// Stores `snapshot` and waits until the router runs on it.
+    pub(crate) async fn install(&self, snapshot: Snapshot) {
+        let generation = self.store.store(snapshot);
+        timeout(STEP, async {
+            while self.router.generation() != Some(generation) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .expect("the runtime builder did not pick up the snapshot");
+    }
+
+    /// An outbound client of this pod's app to `dst`.
+    pub(crate) fn client(&self) -> AppClient {
+        AppClient {
+            outbound: self.outbound,
+            app_ip: self.app_ip,
+            map: self.map.clone(),
+        }
+    }
+
+    pub(crate) fn count(&self, rule: PropagationRule) -> u64 {
+        self.router
+            .rule_counts()
+            .iter()
+            .find(|(r, _)| *r == rule)
+            .unwrap()
+            .1
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.trigger();
+        timeout(STEP, self.run).await.unwrap().unwrap();
+        self.builder.abort();
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppClient {
+    pub(crate) outbound: SocketAddr,
+    pub(crate) app_ip: IpAddr,
+    pub(crate) map: PeerMap,
+}
+
+impl AppClient {
+    /// One request over a fresh connection that "was going to" `dst`.
+    pub(crate) async fn get(
+        &self,
+        dst: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
+        self.map
+            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
+        let stream = timeout(STEP, socket.connect(self.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        send(stream, dst, headers).await
+    }
+
+    /// `GET path` over a fresh connection that "was going to" `dst`.
+    pub(crate) async fn get_path(
+        &self,
+        dst: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, String) {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
+        self.map
+            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
+        let stream = timeout(STEP, socket.connect(self.outbound))
+            .await
+            .unwrap()
+            .unwrap();
+        send_to(stream, dst, path, headers).await
+    }
+}
+
+/// `GET /` on `stream` with `Host: host`.
+pub(crate) async fn send(
+    stream: TcpStream,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    send_to(stream, host, "/", headers).await
+}
+
+/// `GET path` on `stream` with `Host: host`; the whole response.
+pub(crate) async fn send_to(
+    stream: TcpStream,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, String) {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = timeout(
+        STEP,
+        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+    )
+    .await
+    .expect("no response in time")
+    .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = timeout(STEP, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
