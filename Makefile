@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins bench
+.PHONY: demo test crds fmt lint cluster-bins bench bench-policy
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -30,3 +30,7 @@ cluster-bins:
 ## bench: sidecar data-plane benchmark (root; netns + iptables): direct vs lanemesh vs HAProxy vs nginx, one hop
 bench:
 	bash e2e/bench/sidecar.sh
+
+## bench-policy: criterion benchmark of the per-request governance decision (route match, QPS, concurrency, breaker)
+bench-policy:
+	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$HOME/.cache/lanemesh/target} cargo bench -p lanemesh-sidecar --bench decision

@@ -65,6 +65,10 @@ impl BreakerSlot {
         .into_iter()
         .enumerate()
         {
+            // A plain load first: the common case (no change) writes nothing.
+            if self.reported[i].load(Ordering::Acquire) == total {
+                continue;
+            }
             let before = self.reported[i].swap(total, Ordering::AcqRel);
             if total > before {
                 self.metrics
@@ -108,20 +112,35 @@ pub enum CallResult {
 #[derive(Debug, Default)]
 #[must_use = "record the outcome, or the breakers never learn how the request went"]
 pub struct OutboundAdmission {
-    tickets: Vec<(Arc<BreakerSlot>, BreakerTicket)>,
+    /// Usually one rule matches: its ticket is kept inline, so the request path allocates
+    /// nothing; further ones go to `more`.
+    first: Option<(Arc<BreakerSlot>, BreakerTicket)>,
+    more: Vec<(Arc<BreakerSlot>, BreakerTicket)>,
     admitted_at: Duration,
 }
 
 impl OutboundAdmission {
     /// No breaker governs the request.
     pub fn is_empty(&self) -> bool {
-        self.tickets.is_empty()
+        self.first.is_none()
+    }
+
+    fn push(&mut self, entry: (Arc<BreakerSlot>, BreakerTicket)) {
+        if self.first.is_none() {
+            self.first = Some(entry);
+        } else {
+            self.more.push(entry);
+        }
+    }
+
+    fn take_all(&mut self) -> impl Iterator<Item = (Arc<BreakerSlot>, BreakerTicket)> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
     }
 
     /// Feeds the outcome, observed at `now`, to every breaker that admitted the request.
     pub fn record(&mut self, result: CallResult, now: Duration) {
         let duration = now.saturating_sub(self.admitted_at);
-        for (slot, ticket) in self.tickets.drain(..) {
+        for (slot, ticket) in self.take_all() {
             let errors = &slot.spec.errors;
             let is_error = match result {
                 CallResult::Http(status) => errors.is_http_error(status),
@@ -138,7 +157,7 @@ impl OutboundAdmission {
 
 impl Drop for OutboundAdmission {
     fn drop(&mut self) {
-        for (slot, ticket) in self.tickets.drain(..) {
+        for (slot, ticket) in self.take_all() {
             slot.breaker.release(ticket);
         }
     }
@@ -219,7 +238,8 @@ impl OutboundGovernor {
         now: Duration,
     ) -> Result<OutboundAdmission, Blocked> {
         let mut admission = OutboundAdmission {
-            tickets: Vec::new(),
+            first: None,
+            more: Vec::new(),
             admitted_at: now,
         };
         let Some(app) = self.by_app.get(app) else {
@@ -232,7 +252,7 @@ impl OutboundGovernor {
             let acquired = slot.breaker.try_acquire(now);
             slot.sync_metrics();
             match acquired {
-                Ok(ticket) => admission.tickets.push((Arc::clone(slot), ticket)),
+                Ok(ticket) => admission.push((Arc::clone(slot), ticket)),
                 Err(rejected) => {
                     return Err(Blocked::new(
                         &slot.spec.name,
