@@ -68,6 +68,15 @@ impl Direction {
     }
 }
 
+impl From<crate::proxy::Direction> for Direction {
+    fn from(direction: crate::proxy::Direction) -> Self {
+        match direction {
+            crate::proxy::Direction::Inbound => Self::Inbound,
+            crate::proxy::Direction::Outbound => Self::Outbound,
+        }
+    }
+}
+
 impl EncodeLabelValue for Direction {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())

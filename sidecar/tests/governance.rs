@@ -276,6 +276,28 @@ async fn greet1a_is_limited_to_one_qps_with_its_custom_fallback_and_greet1b_is_n
         3,
         "{text}"
     );
+    // A request is counted when the proxy drops its state, which can be just after the client
+    // has read the last byte.
+    let requests = |status: &str| {
+        format!(
+            r#"lanemesh_requests_total{{direction="inbound",app="a",lane="",status="{status}"}}"#
+        )
+    };
+    let counted = timeout(STEP, async {
+        loop {
+            let text = metrics(&pod);
+            let counts = (
+                metric(&text, &requests("2xx")),
+                metric(&text, &requests("4xx")),
+            );
+            if counts == (6, 3) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "{}", metrics(&pod));
     pod.stop().await;
 }
 

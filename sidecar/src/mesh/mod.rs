@@ -9,8 +9,10 @@
 //!
 //! # Layout
 //! - [`runtime`]: the per-snapshot [`Runtime`] and the task that builds and swaps it.
+//! - [`observe`]: per-request metrics recorded by the router's request state.
 //! - [`router`]: [`MeshRouter`], the inbound lane decision and the outbound endpoint choice.
 
+pub mod observe;
 pub mod router;
 pub mod runtime;
 

@@ -23,6 +23,7 @@ use crate::proxy::{
 use crate::route::{Balancer, BalancerConfig, Pick};
 use crate::snapshot::Snapshot;
 
+use super::observe::Recorder;
 use super::runtime::Runtime;
 
 /// Who this sidecar serves.
@@ -145,6 +146,30 @@ impl MeshRouter {
         PropagationRule::ALL.map(|rule| (rule, self.metrics.propagation_count(rule)))
     }
 
+    /// A recorder for a request of `app` whose lane is the tag it carries.
+    fn recorder(
+        &self,
+        rt: &Runtime,
+        direction: Direction,
+        app: &str,
+        headers: &HeaderMap,
+    ) -> Recorder {
+        let lane = rt.propagation.carried_tag(headers);
+        Recorder::new(
+            &self.metrics,
+            direction,
+            rt.labels.get(Some(app)),
+            rt.labels.get(lane.as_ref().map(|(tag, _)| &**tag)),
+        )
+    }
+
+    /// Answers locally with a governance rejection, counting it.
+    fn reject(&self, recorder: Recorder, blocked: crate::govern::Blocked) -> Routed {
+        self.metrics.record_rejection(&blocked.labels());
+        recorder.local(blocked.response.status);
+        RouteDecision::Respond(*blocked.response).into()
+    }
+
     fn inbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
         let admission = if rt.inbound.is_empty() {
             None
@@ -152,8 +177,9 @@ impl MeshRouter {
             match rt.inbound.check(req, conn.peer.ip(), self.clock.now()) {
                 Ok(admission) => Some(admission),
                 Err(blocked) => {
-                    self.metrics.record_rejection(&blocked.labels());
-                    return RouteDecision::Respond(*blocked.response).into();
+                    let recorder =
+                        self.recorder(rt, Direction::Inbound, &self.local.app, &req.headers);
+                    return self.reject(recorder, blocked);
                 }
             }
         };
@@ -180,6 +206,12 @@ impl MeshRouter {
             lane.as_ref().map(|(tag, _)| &**tag),
             &req.headers,
         );
+        let recorder = Recorder::new(
+            &self.metrics,
+            Direction::Inbound,
+            rt.labels.get(Some(&self.local.app)),
+            rt.labels.get(lane.as_ref().map(|(tag, _)| &**tag)),
+        );
         let clock = admission.as_ref().map(|_| Arc::clone(&self.clock));
         Routed::with_state(
             RouteDecision::Passthrough,
@@ -187,6 +219,7 @@ impl MeshRouter {
                 _guard: guard,
                 admission,
                 clock,
+                recorder,
             },
         )
         .delayed(delay)
@@ -194,7 +227,14 @@ impl MeshRouter {
 
     fn outbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
         let Some(dest) = rt.routes.lookup(conn.original_dst) else {
-            return RouteDecision::Passthrough.into();
+            // Not governed: counted under app "" so operators see what bypasses lanemesh.
+            let recorder = Recorder::new(
+                &self.metrics,
+                Direction::Outbound,
+                rt.labels.get(None),
+                rt.labels.get(None),
+            );
+            return Routed::with_state(RouteDecision::Passthrough, PassthroughState { recorder });
         };
         let app = dest.service.app();
         let (breakers, timeout) = if rt.outbound.is_empty() || app.is_empty() {
@@ -207,16 +247,22 @@ impl MeshRouter {
                     rt.outbound.timeout(app),
                 ),
                 Err(blocked) => {
-                    self.metrics.record_rejection(&blocked.labels());
-                    return RouteDecision::Respond(*blocked.response).into();
+                    let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers);
+                    return self.reject(recorder, blocked);
                 }
             }
         };
-        let (chosen, injection) = {
+        let (chosen, injection, recorder) = {
             let lane = self.propagator.outbound_lane(&rt.propagation, &req.headers);
             self.metrics.record_propagation(lane.rule);
             let injection = lane.injection().and_then(|t| HeaderValue::from_str(t).ok());
-            (dest.choose(lane.tag(), &rt.lanes), injection)
+            let recorder = Recorder::new(
+                &self.metrics,
+                Direction::Outbound,
+                rt.labels.get(Some(app)),
+                rt.labels.get(lane.tag()),
+            );
+            (dest.choose(lane.tag(), &rt.lanes), injection, recorder)
         };
         if let Some(value) = injection {
             for name in &rt.propagation.tag_headers {
@@ -233,6 +279,7 @@ impl MeshRouter {
                             pick: Some(pick),
                             breakers,
                             clock,
+                            recorder,
                         },
                     )
                     .with_timeout(timeout)
@@ -242,6 +289,7 @@ impl MeshRouter {
             },
             Err(no_endpoint) => {
                 tracing::debug!(%no_endpoint, "no endpoint");
+                recorder.local(StatusCode::SERVICE_UNAVAILABLE);
                 let mut headers = HeaderMap::new();
                 headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
                 headers.insert(ERROR_HEADER, HeaderValue::from_static("no_endpoint"));
@@ -267,6 +315,12 @@ impl Router for MeshRouter {
             Direction::Inbound => self.inbound(rt, conn, req),
             Direction::Outbound => self.outbound(rt, conn, req),
         }
+    }
+
+    fn open_connection(&self, conn: &ConnContext) -> Option<Box<dyn std::any::Any + Send>> {
+        Some(Box::new(
+            self.metrics.open_connection(conn.direction.into()),
+        ))
     }
 
     /// Opaque TCP carries no headers: a known destination gets an endpoint of the pod's own lane
@@ -306,9 +360,14 @@ struct InboundState {
     admission: Option<InboundAdmission>,
     /// Set with `admission`.
     clock: Option<Arc<dyn Clock>>,
+    recorder: Recorder,
 }
 
 impl RequestState for InboundState {
+    fn on_outcome(&mut self, outcome: &HttpOutcome) {
+        self.recorder.outcome(outcome);
+    }
+
     fn on_end(&mut self, end: ResponseEnd<'_>) {
         // Only complete responses feed the overload estimate; a failed one just releases.
         if !matches!(end, ResponseEnd::Error)
@@ -326,6 +385,18 @@ struct OutboundState {
     breakers: Option<OutboundAdmission>,
     /// Set with `breakers`.
     clock: Option<Arc<dyn Clock>>,
+    recorder: Recorder,
+}
+
+/// An outbound request lanemesh does not govern: only counted.
+struct PassthroughState {
+    recorder: Recorder,
+}
+
+impl RequestState for PassthroughState {
+    fn on_outcome(&mut self, outcome: &HttpOutcome) {
+        self.recorder.outcome(outcome);
+    }
 }
 
 /// `grpc-status` UNKNOWN, for a gRPC response whose trailers carry no status.
@@ -343,6 +414,7 @@ impl OutboundState {
 
 impl RequestState for OutboundState {
     fn on_outcome(&mut self, outcome: &HttpOutcome) {
+        self.recorder.outcome(outcome);
         if let Some(pick) = self.pick.take() {
             match outcome.result {
                 Ok(status) if !status.is_server_error() => drop(pick),

@@ -7,6 +7,7 @@ use crate::lane::{LaneTable, PropagationSettings};
 use crate::route::{Balancer, RouteTable};
 use crate::snapshot::{Snapshot, SnapshotStore};
 
+use super::observe::LabelNames;
 use super::router::MeshRouter;
 
 /// What the router needs from one snapshot, compiled once off the hot path.
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub inbound: InboundGovernor,
     /// Circuit breakers and timeouts towards destination apps.
     pub outbound: OutboundGovernor,
+    /// Label values for request metrics: the apps and lane tags this snapshot names.
+    pub labels: LabelNames,
 }
 
 impl Runtime {
@@ -66,6 +69,16 @@ impl Runtime {
             previous.map(|p| &p.outbound),
             govern,
         );
+        let labels = LabelNames::new(
+            std::iter::once(app)
+                .chain(routes.services().iter().map(|s| s.app()))
+                .chain(
+                    lanes
+                        .groups()
+                        .iter()
+                        .flat_map(|g| g.lanes.iter().map(|l| &*l.tag)),
+                ),
+        );
         Self {
             generation: snapshot.generation(),
             lanes,
@@ -74,6 +87,7 @@ impl Runtime {
             is_entry,
             inbound,
             outbound,
+            labels,
         }
     }
 }

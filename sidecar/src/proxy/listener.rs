@@ -243,6 +243,7 @@ async fn handle_conn(
     }
     let _ = stream.set_nodelay(true);
     let conn = ConnContext::new(direction, peer, original_dst, shared.config.app_address);
+    let _connection = shared.router.open_connection(&conn);
     let (protocol, prefix) = if shared
         .server_first_ports
         .binary_search(&original_dst.port())

@@ -253,6 +253,13 @@ pub trait Router: Send + Sync + 'static {
     /// Decides one opaque TCP connection.
     fn route_tcp(&self, conn: &ConnContext) -> TcpDecision;
 
+    /// Called once per accepted connection (after its original destination is known); what it
+    /// returns is dropped when the connection ends, e.g. an open-connections gauge guard.
+    fn open_connection(&self, conn: &ConnContext) -> Option<Box<dyn std::any::Any + Send>> {
+        let _ = conn;
+        None
+    }
+
     /// Observes the outcome of a request this router forwarded. Must be cheap:
     /// it runs on the request path. The default ignores it.
     fn on_http_outcome(&self, conn: &ConnContext, outcome: &HttpOutcome) {

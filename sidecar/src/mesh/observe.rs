@@ -1,0 +1,153 @@
+//! Request metrics (`lanemesh_requests_total`, `lanemesh_request_duration_seconds`) recorded by
+//! the router's per-request state, which knows the request's app and lane.
+//!
+//! Label values come from [`LabelNames`], built with each runtime from the apps and lane tags the
+//! snapshot names: a lane tag read from a header that no lane group defines is recorded as base,
+//! so a caller cannot grow the series without bound.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::metrics::{self, ProxyMetrics, RequestLabels, StatusClass};
+use crate::proxy::{Direction, HttpOutcome};
+
+/// Interned label values of one runtime.
+#[derive(Debug)]
+pub struct LabelNames {
+    names: HashSet<Arc<str>>,
+    empty: Arc<str>,
+}
+
+impl LabelNames {
+    /// The apps and tags that may appear as labels.
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            names: values
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .map(Arc::from)
+                .collect(),
+            empty: Arc::from(""),
+        }
+    }
+
+    /// The interned value, or `""` for one the snapshot does not name.
+    pub fn get(&self, value: Option<&str>) -> Arc<str> {
+        value
+            .and_then(|v| self.names.get(v))
+            .map_or_else(|| Arc::clone(&self.empty), Arc::clone)
+    }
+}
+
+/// Records one request when dropped: the proxy core drops the router's state when the response
+/// body has been sent, or the exchange failed, or the client went away.
+#[derive(Debug)]
+pub struct Recorder {
+    metrics: Arc<ProxyMetrics>,
+    direction: metrics::Direction,
+    app: Arc<str>,
+    lane: Arc<str>,
+    status: StatusClass,
+    started: Instant,
+}
+
+impl Recorder {
+    pub fn new(
+        metrics: &Arc<ProxyMetrics>,
+        direction: Direction,
+        app: Arc<str>,
+        lane: Arc<str>,
+    ) -> Self {
+        Self {
+            metrics: Arc::clone(metrics),
+            direction: direction.into(),
+            app,
+            lane,
+            // Until the response head arrives: a client that leaves first ends as an error.
+            status: StatusClass::Error,
+            started: Instant::now(),
+        }
+    }
+
+    /// Takes the status class from the upstream's answer.
+    pub fn outcome(&mut self, outcome: &HttpOutcome) {
+        self.status = outcome.result.map_or(StatusClass::Error, StatusClass::from);
+    }
+
+    /// Records a response the proxy produced itself, at once.
+    pub fn local(mut self, status: http::StatusCode) {
+        self.status = status.into();
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let labels = RequestLabels {
+            direction: self.direction,
+            app: Arc::clone(&self.app),
+            lane: Arc::clone(&self.lane),
+            status: self.status,
+        };
+        self.metrics.record_request(&labels, self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_label_values_collapse_to_empty() {
+        let names = LabelNames::new(["b", "gray", ""]);
+        assert_eq!(&*names.get(Some("b")), "b");
+        assert_eq!(&*names.get(Some("gray")), "gray");
+        assert_eq!(&*names.get(Some("attacker-chosen")), "");
+        assert_eq!(&*names.get(None), "");
+    }
+
+    #[test]
+    fn a_recorder_counts_its_request_once_with_the_final_status() {
+        let metrics = Arc::new(ProxyMetrics::new());
+        let names = LabelNames::new(["b", "gray"]);
+        let mut r = Recorder::new(
+            &metrics,
+            Direction::Outbound,
+            names.get(Some("b")),
+            names.get(Some("gray")),
+        );
+        r.outcome(&HttpOutcome {
+            target: "10.0.0.1:80".parse().unwrap(),
+            result: Ok(http::StatusCode::SERVICE_UNAVAILABLE),
+            elapsed: std::time::Duration::from_millis(3),
+            grpc: false,
+            grpc_status: None,
+        });
+        drop(r);
+        Recorder::new(
+            &metrics,
+            Direction::Inbound,
+            names.get(Some("b")),
+            names.get(None),
+        )
+        .local(http::StatusCode::TOO_MANY_REQUESTS);
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"lanemesh_requests_total{direction="outbound",app="b",lane="gray",status="5xx"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"lanemesh_requests_total{direction="inbound",app="b",lane="",status="4xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"lanemesh_request_duration_seconds_count{direction="outbound",app="b"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
