@@ -179,21 +179,13 @@ pub(crate) struct AppClient {
 }
 
 impl AppClient {
-    /// One request over a fresh connection that "was going to" `dst`.
+    /// `GET /` over a fresh connection that "was going to" `dst`.
     pub(crate) async fn get(
         &self,
         dst: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, String) {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
-        self.map
-            .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
-        let stream = timeout(STEP, socket.connect(self.outbound))
-            .await
-            .unwrap()
-            .unwrap();
-        send(stream, dst, headers).await
+        self.get_path(dst, "/", headers).await
     }
 
     /// `GET path` over a fresh connection that "was going to" `dst`.
