@@ -141,7 +141,7 @@ async fn objects_are_accepted_and_matched_pods_follow_pods_and_nacks() {
             .unwrap()
             .last_transition_time
             .clone();
-        assert!(pilot.metric("lanemesh_pilot_status_writes_total") >= 5.0);
+        assert!(pilot.metric("lanemesh_pilot_status_writes_total{") >= 5.0);
         assert_eq!(pilot.metric("lanemesh_pilot_leader "), 1.0);
 
         ready_pod(&client, "shop", "a-gray-1", "a", Some("gray"), "10.0.0.1").await;
