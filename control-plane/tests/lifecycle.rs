@@ -275,3 +275,67 @@ async fn two_replicas_serve_and_only_the_lease_holder_writes_status() {
     .await
     .expect("test exceeded its time bound");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm() {
+    if cluster::skip_requested("the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = cluster_with(&objects(10)).await;
+        let client = cluster.client();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanemesh-pilot"))
+            .args(["--source", "kubernetes"])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--lease-name", "pilot-bin", "--lease-namespace", "default"])
+            .args([
+                "--identity",
+                "bin-1",
+                "--lease-duration",
+                "2s",
+                "--lease-grace",
+                "1s",
+            ])
+            .env("KUBECONFIG", cluster.kubeconfig_path())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+
+        let limits: Api<RateLimitPolicy> = Api::namespaced(client.clone(), "shop");
+        wait_object(&limits, "a-limit", "status written by the binary", |p| {
+            observed(p) == Some(1)
+        })
+        .await;
+        assert_eq!(
+            lease_holder(&client, "pilot-bin").await.as_deref(),
+            Some("bin-1")
+        );
+
+        let pid = child.id().unwrap().to_string();
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("pilot did not stop on SIGTERM")
+            .unwrap();
+        assert!(exit.success(), "{exit:?}");
+        // Released on the way out, so a standby need not wait for expiry.
+        assert_eq!(lease_holder(&client, "pilot-bin").await, None);
+    })
+    .await
+    .expect("test exceeded its time bound");
+}
