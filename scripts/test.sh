@@ -13,6 +13,8 @@ cd "$root"
 export LANEMESH_CACHE="${LANEMESH_CACHE:-$HOME/.cache/lanemesh}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LANEMESH_CACHE/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Incremental artifacts only help edit-compile loops; in CI they grow the shared target dir by gigabytes a run.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -130,12 +130,25 @@ impl Index {
             convert_all(&inputs(substituted), &replicas)
         };
 
+        let kept_last_good = refused
+            .iter()
+            .filter(|k| self.last_good.contains_key(k))
+            .cloned()
+            .collect();
+        let objects = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.kind.is_lanemesh())
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect();
         let mut world = World {
             generation: self.generation,
             ready: self.loaded,
             built_at: Instant::now(),
             pods: pod_infos,
             rejected,
+            objects: Arc::new(objects),
+            kept_last_good,
             ..World::default()
         };
         for s in &converted.services.resources {
@@ -243,6 +256,7 @@ fn pod_infos(pods: &[&Pod]) -> HashMap<(String, String), PodInfo> {
                     .as_ref()
                     .and_then(|s| s.pod_ip.clone())
                     .unwrap_or_default(),
+                ready: pod_ready(pod),
             };
             Some(((ns, pod.metadata.name.clone()?), info))
         })

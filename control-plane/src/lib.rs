@@ -5,6 +5,7 @@
 //! - [`index`]: every object, converted (debounced) into one immutable [`snapshot::World`].
 //! - [`snapshot`]: the encoded world and the part of it each node receives.
 //! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
+//! - [`status`]: CRD status (`Accepted`, `Lane.status.matchedPods`), written by the Lease holder.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot` (port 15014).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`run`]: wiring of all the above, used by `lanemesh-pilot` and tests.
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod run;
 pub mod snapshot;
 pub mod source;
+pub mod status;
 
 /// Resolves once `shutdown` is `true` (or its sender is gone). The borrow
 /// `wait_for` returns is dropped here, so callers' futures stay `Send`.

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use lanemesh_control_plane::run::ControlPlane;
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_control_plane::source::local::LocalSource;
-use lanemesh_control_plane::{admin, discovery};
+use lanemesh_control_plane::{admin, discovery, status};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -42,6 +42,34 @@ struct Args {
     /// How long SIGTERM waits for streams and servers to end.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Write CRD status (`--source kubernetes` only; the Lease holder writes).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "LANEMESH_WRITE_STATUS")]
+    write_status: bool,
+    /// The coordination.k8s.io Lease that elects the status writer.
+    #[arg(long, default_value = status::DEFAULT_LEASE_NAME, env = "LANEMESH_LEASE_NAME")]
+    lease_name: String,
+    /// The Lease's namespace (the pilot's own namespace in a cluster).
+    #[arg(long, default_value = "default", env = "POD_NAMESPACE")]
+    lease_namespace: String,
+    /// This replica's holder identity; defaults to the pod name, else
+    /// `<hostname>-<pid>`.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease stays valid without renewal (whole seconds).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// The holder renews this long before expiry (whole seconds, < duration).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_grace: Duration,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "lanemesh-pilot".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[tokio::main]
@@ -59,6 +87,14 @@ async fn main() -> anyhow::Result<()> {
     let admin = TcpListener::bind(&args.admin_addr)
         .await
         .with_context(|| format!("binding admin on {}", args.admin_addr))?;
+    let lease = status::LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        duration: args.lease_duration,
+        grace: args.lease_grace,
+    };
+    let mut status_client = None;
     let source: Box<dyn FnOnce(_) -> _> = match args.source {
         SourceKind::Local => {
             let dir = args.dir.context("--dir is required with --source local")?;
@@ -76,11 +112,21 @@ async fn main() -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+            if args.write_status {
+                lease
+                    .validate()
+                    .context("invalid --lease-duration / --lease-grace")?;
+                status_client = Some(client.clone());
+            }
             let source = KubernetesSource::new(client);
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
     };
-    let plane = ControlPlane::start(source, grpc, admin, args.debounce);
+    let mut plane = ControlPlane::start(source, grpc, admin, args.debounce);
+    if let Some(client) = status_client {
+        tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "writing CRD status while holding the lease");
+        plane.start_status_writer(client, lease);
+    }
     shutdown_signal().await?;
     tracing::info!("stopping");
     plane.stop(args.grace).await;

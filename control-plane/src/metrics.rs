@@ -23,6 +23,10 @@ pub struct Metrics {
     pub nacks: TypeFamily,
     /// Objects refused by the latest build.
     pub rejected_objects: Gauge,
+    /// Status writes, by `kind` and `result` (`ok` | `error`).
+    pub status_writes: Family<Vec<(&'static str, String)>, Counter>,
+    /// 1 while this replica holds the status Lease.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -34,6 +38,8 @@ impl Default for Metrics {
         let push_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let nacks = TypeFamily::default();
         let rejected_objects = Gauge::default();
+        let status_writes = Family::<Vec<(&'static str, String)>, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "connected_proxies",
             "Open discovery streams",
@@ -55,6 +61,16 @@ impl Default for Metrics {
             "Objects refused by the latest build (their last good version is served)",
             rejected_objects.clone(),
         );
+        registry.register(
+            "status_writes",
+            "CRD status writes by this replica, by kind and result",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and writes CRD status",
+            leader.clone(),
+        );
         Self {
             registry,
             connected,
@@ -62,6 +78,8 @@ impl Default for Metrics {
             push_latency,
             nacks,
             rejected_objects,
+            status_writes,
+            leader,
         }
     }
 }

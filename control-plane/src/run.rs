@@ -68,6 +68,20 @@ impl ControlPlane {
         }
     }
 
+    /// Starts writing CRD status (Kubernetes source only) whenever this
+    /// replica holds the Lease; stops with the rest.
+    pub fn start_status_writer(&mut self, client: kube::Client, lease: crate::status::LeaseConfig) {
+        let writer = crate::status::StatusWriter {
+            client,
+            lease,
+            worlds: self.worlds.clone(),
+            discovery: self.discovery.clone(),
+            metrics: Arc::clone(&self.metrics),
+        };
+        self.tasks
+            .push(tokio::spawn(writer.run(self.shutdown.subscribe())));
+    }
+
     /// Ends every stream and stops serving; waits at most `grace`.
     pub async fn stop(self, grace: Duration) {
         self.shutdown.send_replace(true);

@@ -13,6 +13,8 @@ use lanemesh_api::convert::Invalid;
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
+use crate::source::{Object, ObjectKey};
+
 /// One resource ready to send: encoded once per build, shared by every
 /// stream that sends it.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,8 @@ pub struct PodInfo {
     pub app: String,
     pub lane_tag: String,
     pub ip: String,
+    /// Ready condition true and not being deleted.
+    pub ready: bool,
 }
 
 /// Everything converted, as of one index build. Immutable; replaced whole.
@@ -79,6 +83,11 @@ pub struct World {
     /// Objects refused by the latest build (their last good version, if
     /// any, is what is served).
     pub rejected: Vec<Invalid>,
+    /// The lanemesh objects as the sources report them (not their last good
+    /// versions), with their current status: the input of status writing.
+    pub objects: Arc<BTreeMap<ObjectKey, Object>>,
+    /// Refused objects whose last good version is what is served.
+    pub kept_last_good: BTreeSet<ObjectKey>,
 }
 
 impl Default for World {
@@ -95,6 +104,8 @@ impl Default for World {
             group_apps: BTreeMap::new(),
             pods: HashMap::new(),
             rejected: Vec::new(),
+            objects: Arc::default(),
+            kept_last_good: BTreeSet::new(),
         }
     }
 }
@@ -268,6 +279,7 @@ mod tests {
                 app: "front".into(),
                 lane_tag: String::new(),
                 ip: "10.0.0.1".into(),
+                ready: true,
             },
         );
         w

@@ -3,21 +3,21 @@
 //! index, the gRPC discovery server and the admin server on 127.0.0.1, driven
 //! by the generated discovery client acting as sidecars.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use lanemesh_api::proto::{
-    self, DeltaDiscoveryRequest, DeltaDiscoveryResponse, ErrorDetail, Node, ResourceError,
-};
-use lanemesh_api::resource::{ALL_TYPE_URLS, DiscoveryResource};
+use lanemesh_api::proto::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use lanemesh_api::resource::DiscoveryResource;
 use lanemesh_control_plane::run::ControlPlane;
 use lanemesh_control_plane::source::local::LocalSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+
+use support::{Sidecar, WAIT, names, summary, versions};
 
 const SERVICE: &str = <proto::Service as DiscoveryResource>::TYPE_URL;
 const LANE_GROUP: &str = <proto::LaneGroup as DiscoveryResource>::TYPE_URL;
@@ -142,8 +142,6 @@ spec:
   - {name: errors, strategy: ErrorRatio, threshold: 0.5}
 "#;
 
-const WAIT: Duration = Duration::from_secs(5);
-
 struct Plane {
     _dir: tempfile::TempDir,
     dir: std::path::PathBuf,
@@ -196,167 +194,6 @@ fn write(dir: &Path, file: &str, text: &str) {
     let tmp = dir.join(format!(".{file}.tmp"));
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, dir.join(file)).unwrap();
-}
-
-struct Sidecar {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: tonic::Streaming<DeltaDiscoveryResponse>,
-}
-
-type Versions = HashMap<String, HashMap<String, String>>;
-
-impl Sidecar {
-    async fn connect(
-        addr: std::net::SocketAddr,
-        pod: &str,
-        namespace: &str,
-        initial: &Versions,
-    ) -> Self {
-        // A small HTTP/2 window, so that a sidecar that stops reading
-        // pushes back on the server soon (hyper's default is 2 MiB).
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535)
-            .connect()
-            .await
-            .unwrap();
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let (tx, rx) = mpsc::channel(16);
-        for (i, type_url) in ALL_TYPE_URLS.iter().enumerate() {
-            let node = (i == 0).then(|| Node {
-                pod_name: pod.into(),
-                namespace: namespace.into(),
-                ..Default::default()
-            });
-            tx.send(DeltaDiscoveryRequest {
-                node,
-                type_url: (*type_url).into(),
-                initial_resource_versions: initial.get(*type_url).cloned().unwrap_or_default(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
-        let rx = tokio::time::timeout(
-            WAIT,
-            client.delta_aggregated_resources(ReceiverStream::new(rx)),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .into_inner();
-        Self { tx, rx }
-    }
-
-    async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(WAIT, self.rx.message())
-            .await
-            .expect("no response in time")
-            .unwrap()
-            .expect("stream ended")
-    }
-
-    /// The next response of `type_url`, ACKing any other on the way.
-    async fn recv_type(&mut self, type_url: &str) -> DeltaDiscoveryResponse {
-        loop {
-            let r = self.recv().await;
-            if r.type_url == type_url {
-                return r;
-            }
-            self.ack(&r).await;
-        }
-    }
-
-    /// The first response of each type, ACKed.
-    async fn initial(&mut self) -> HashMap<String, DeltaDiscoveryResponse> {
-        let mut out = HashMap::new();
-        while out.len() < ALL_TYPE_URLS.len() {
-            let r = self.recv().await;
-            self.ack(&r).await;
-            assert!(
-                out.insert(r.type_url.clone(), r).is_none(),
-                "two initial responses of one type"
-            );
-        }
-        out
-    }
-
-    async fn ack(&self, r: &DeltaDiscoveryResponse) {
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn nack(&self, r: &DeltaDiscoveryResponse, name: &str) {
-        let version = r
-            .resources
-            .iter()
-            .find(|x| x.name == name)
-            .unwrap()
-            .version
-            .clone();
-        self.tx
-            .send(DeltaDiscoveryRequest {
-                type_url: r.type_url.clone(),
-                response_nonce: r.nonce.clone(),
-                error_detail: Some(ErrorDetail {
-                    message: "refused".into(),
-                    resource_errors: vec![ResourceError {
-                        name: name.into(),
-                        version,
-                        message: "unsupported".into(),
-                    }],
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-
-    /// Asserts nothing arrives for `quiet`.
-    async fn expect_silence(&mut self, quiet: Duration) {
-        if let Ok(r) = tokio::time::timeout(quiet, self.rx.message()).await {
-            panic!(
-                "unexpected response: {:?}",
-                r.map(|r| r.map(|r| summary(&r)))
-            );
-        }
-    }
-}
-
-fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
-    let mut n: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
-    n.sort_unstable();
-    n
-}
-
-fn summary(r: &DeltaDiscoveryResponse) -> String {
-    format!(
-        "{} resources={:?} removed={:?}",
-        r.type_url,
-        names(r),
-        r.removed_resources
-    )
-}
-
-fn versions(initial: &HashMap<String, DeltaDiscoveryResponse>) -> Versions {
-    initial
-        .iter()
-        .map(|(t, r)| {
-            let v = r
-                .resources
-                .iter()
-                .map(|x| (x.name.clone(), x.version.clone()))
-                .collect();
-            (t.clone(), v)
-        })
-        .collect()
 }
 
 fn qps(r: &DeltaDiscoveryResponse) -> f64 {

@@ -53,6 +53,8 @@ pub struct Discovery {
     worlds: watch::Receiver<Arc<World>>,
     metrics: Arc<Metrics>,
     nacks: Arc<Mutex<Nacks>>,
+    /// Bumped after every NACK, so status writing can react to it.
+    nacks_changed: Arc<watch::Sender<u64>>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -67,6 +69,7 @@ impl Discovery {
             worlds,
             metrics,
             nacks: Arc::default(),
+            nacks_changed: Arc::new(watch::channel(0).0),
             shutdown,
         }
     }
@@ -79,6 +82,11 @@ impl Discovery {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Changes after every NACK (the value counts them).
+    pub fn nack_updates(&self) -> watch::Receiver<u64> {
+        self.nacks_changed.subscribe()
     }
 
     /// Serves on `listener` until `shutdown` turns `true`.

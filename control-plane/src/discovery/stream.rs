@@ -185,6 +185,8 @@ impl StreamTask {
                 },
             );
         }
+        drop(nacks);
+        self.shared.nacks_changed.send_modify(|n| *n += 1);
         Ok(())
     }
 

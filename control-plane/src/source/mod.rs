@@ -77,6 +77,11 @@ impl Kind {
         }
     }
 
+    /// One of the lanemesh CRDs (which carry an `Accepted` condition).
+    pub fn is_lanemesh(self) -> bool {
+        !matches!(self, Self::Service | Self::EndpointSlice | Self::Pod)
+    }
+
     pub fn parse(kind: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.as_str() == kind)
     }
