@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins bench
+.PHONY: demo test crds fmt lint cluster-bins bench bench-control-plane
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -30,3 +30,10 @@ cluster-bins:
 ## bench: sidecar data-plane benchmark (root; netns + iptables): direct vs lanemesh vs HAProxy vs nginx, one hop
 bench:
 	bash e2e/bench/sidecar.sh
+
+## bench-control-plane: control-plane scale benchmark: real lanemesh-pilot, 5,000 pods, 2,000 simulated
+## sidecar streams, 5 Lane changes; markdown table on stdout, exit 1 on a missed target (BENCH_ARGS=--help)
+bench-control-plane:
+	cargo build --release --locked -p lanemesh-control-plane --bin lanemesh-pilot
+	ulimit -n 8192 2>/dev/null || true; \
+	cargo run --release --locked -p lanemesh-e2e --bin lanemesh-scale-bench -- $(BENCH_ARGS)
