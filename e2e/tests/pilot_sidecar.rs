@@ -385,14 +385,32 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
 
     // The control plane crashes: the sidecar keeps serving its last snapshot.
     let (grpc, admin) = (pilot.grpc, pilot.admin);
+    assert_eq!(proxy.dump()["discovery"]["connected"], true);
     pilot.guard.kill();
+    // First the sidecar must notice (the killed process's sockets are reset),
+    // else "still ready" would prove nothing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.dump()["discovery"]["connected"] != false {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not notice the pilot was gone\n{}",
+            proxy.guard.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
         assert!(proxy.ready(), "the sidecar stays ready without its pilot");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(proxy.held(), changed, "the last snapshot stays in force");
-    let connects_before = proxy.dump()["discovery"]["connects"].as_u64().unwrap();
+    let dump = proxy.dump();
+    assert_eq!(dump["ready"], true, "{dump}");
+    assert!(
+        dump["discovery"]["reconnect_attempts"].as_u64().unwrap() > 0,
+        "it keeps trying: {dump}"
+    );
+    let connects_before = dump["discovery"]["connects"].as_u64().unwrap();
 
     // A change made while the pilot is down arrives after it restarts.
     write_atomically(&dir, "lanes.yaml", &lanes("blue")).unwrap();
@@ -407,6 +425,7 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
     assert_eq!(after["InboundPolicy"], changed["InboundPolicy"]);
     assert!(proxy.ready());
     let dump = proxy.dump();
+    assert_eq!(dump["discovery"]["connected"], true, "{dump}");
     assert!(
         dump["discovery"]["connects"].as_u64().unwrap() > connects_before,
         "the sidecar reconnected: {dump}"
