@@ -40,6 +40,8 @@ pub enum ProcessError {
     },
     #[error("unexpected content in {path}: {what}")]
     ProcFormat { path: PathBuf, what: &'static str },
+    #[error("cargo build of {bins}: {reason}")]
+    Build { bins: String, reason: String },
 }
 
 /// An address on 127.0.0.1 nothing listens on right now. The port is free
@@ -68,6 +70,110 @@ pub fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)>
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// Builds binaries of workspace packages with the cargo that built this
+/// crate (`$CARGO`, else `cargo` on the PATH), in the same target directory
+/// and profile as the caller (`--release` when built without debug
+/// assertions), and returns their paths by binary name, as cargo's JSON
+/// messages report them. `bins` are `(package, binary)` pairs.
+///
+/// This is how tests reach binaries of other packages: `CARGO_BIN_EXE_*`
+/// only names the test's own package. Running cargo from inside `cargo test`
+/// works because cargo releases the build directory lock before it runs
+/// the test binaries; when the binaries are fresh the build is a no-op.
+pub fn cargo_build(
+    bins: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<std::collections::BTreeMap<String, PathBuf>, ProcessError> {
+    let label = bins.iter().map(|(_, b)| *b).collect::<Vec<_>>().join(", ");
+    let fail = |reason: String| ProcessError::Build {
+        bins: label.clone(),
+        reason,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--message-format=json-render-diagnostics"]);
+    for (package, bin) in bins {
+        command.args(["-p", package, "--bin", bin]);
+    }
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {}: {e}", cargo.to_string_lossy())))?;
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    let output = match done_rx.recv_timeout(timeout) {
+        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            return Err(fail(format!("still running after {timeout:?}")));
+        }
+    };
+    if !output.status.success() {
+        return Err(fail(format!("{} (its errors are above)", output.status)));
+    }
+    let mut found = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && let (Some(name), Some(exe)) = (
+                message["target"]["name"].as_str(),
+                message["executable"].as_str(),
+            )
+        {
+            found.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    for (_, bin) in bins {
+        if !found.contains_key(*bin) {
+            return Err(fail(format!("cargo reported no executable {bin}")));
+        }
+    }
+    Ok(found)
+}
+
+/// The two lanemesh binaries the end-to-end tests run.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub pilot: PathBuf,
+    pub proxy: PathBuf,
+}
+
+/// Builds `lanemesh-pilot` and `lanemesh-proxy` with [`cargo_build`]. Every
+/// test asks for the same pair: cargo unifies features over the packages of
+/// one build, so asking for different sets would rebuild shared
+/// dependencies and relink the binaries back and forth.
+pub fn lanemesh_binaries(timeout: Duration) -> Result<Binaries, ProcessError> {
+    let mut built = cargo_build(
+        &[
+            ("lanemesh-control-plane", "lanemesh-pilot"),
+            ("lanemesh-sidecar", "lanemesh-proxy"),
+        ],
+        timeout,
+    )?;
+    let mut take = |bin: &str| {
+        built.remove(bin).ok_or_else(|| ProcessError::Build {
+            bins: bin.to_owned(),
+            reason: "not reported".into(),
+        })
+    };
+    Ok(Binaries {
+        pilot: take("lanemesh-pilot")?,
+        proxy: take("lanemesh-proxy")?,
+    })
 }
 
 /// A running child process, killed (SIGKILL) and reaped when dropped.

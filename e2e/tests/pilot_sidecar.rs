@@ -4,19 +4,19 @@
 //! processes on loopback.
 //!
 //! The binaries belong to other packages, so `CARGO_BIN_EXE_*` cannot name
-//! them; the test builds them with the cargo that runs it (`env!("CARGO")`,
-//! same target directory and profile, so it is a no-op when they are fresh)
-//! and takes their paths from cargo's JSON messages rather than guessing the
+//! them; `process::lanemesh_binaries` builds them with the cargo that runs the test
+//! (same target directory and profile, a no-op when they are fresh) and
+//! takes their paths from cargo's JSON messages rather than guessing the
 //! target layout.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lanemesh_e2e::process::{ChildGuard, free_addr, http};
+use lanemesh_e2e::process::{Binaries, ChildGuard, free_addr, http, lanemesh_binaries};
 use lanemesh_e2e::scale::fixture::write_atomically;
 use serde_json::Value;
 
@@ -26,62 +26,9 @@ const READY: Duration = Duration::from_secs(30);
 /// full jitter) plus the pilot's poll and debounce.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-struct Binaries {
-    pilot: PathBuf,
-    proxy: PathBuf,
-}
-
 fn binaries() -> &'static Binaries {
     static BUILT: OnceLock<Binaries> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let mut command = Command::new(env!("CARGO"));
-        command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--message-format=json-render-diagnostics"])
-            .args(["-p", "lanemesh-control-plane", "--bin", "lanemesh-pilot"])
-            .args(["-p", "lanemesh-sidecar", "--bin", "lanemesh-proxy"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        let child = command.spawn().expect("running cargo build");
-        let pid = child.id();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done_tx.send(child.wait_with_output());
-        });
-        let output = match done_rx.recv_timeout(BUILD_TIMEOUT) {
-            Ok(output) => output.expect("waiting for cargo build"),
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                panic!("cargo build of the binaries took longer than {BUILD_TIMEOUT:?}");
-            }
-        };
-        assert!(output.status.success(), "cargo build failed");
-        let mut found = BTreeMap::new();
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Ok(message) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if message["reason"] == "compiler-artifact"
-                && let (Some(name), Some(exe)) = (
-                    message["target"]["name"].as_str(),
-                    message["executable"].as_str(),
-                )
-            {
-                found.insert(name.to_owned(), PathBuf::from(exe));
-            }
-        }
-        Binaries {
-            pilot: found
-                .remove("lanemesh-pilot")
-                .expect("cargo built no lanemesh-pilot"),
-            proxy: found
-                .remove("lanemesh-proxy")
-                .expect("cargo built no lanemesh-proxy"),
-        }
-    })
+    BUILT.get_or_init(|| lanemesh_binaries(BUILD_TIMEOUT).unwrap())
 }
 
 const APPS: &str = r#"

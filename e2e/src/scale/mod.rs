@@ -130,23 +130,28 @@ impl Measured {
             mark(verdict.rss_ok),
         );
         let _ = writeln!(out);
+        // The first ACK is roughly the source's detection (poll + debounce +
+        // index build); last minus first is the fan-out to every stream.
         let _ = writeln!(
             out,
-            "| change | streams ACKed | missed | p50 | p99 | last ACK |"
+            "| change | streams ACKed | missed | first ACK | p50 | p99 | last ACK | fan-out |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
         for (i, latencies) in self.changes.iter().enumerate() {
             let mut sorted = latencies.clone();
             sorted.sort_unstable();
+            let (first, last) = (sorted.first().copied(), sorted.last().copied());
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 i + 1,
                 sorted.len(),
                 self.missed.get(i).copied().unwrap_or_default(),
+                ms(first),
                 ms(quantile(&sorted, 0.5)),
                 ms(quantile(&sorted, 0.99)),
-                ms(sorted.last().copied()),
+                ms(last),
+                ms(first.zip(last).map(|(f, l)| l - f)),
             );
         }
         let _ = writeln!(out);
