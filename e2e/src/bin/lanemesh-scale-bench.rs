@@ -146,6 +146,23 @@ async fn run(args: Args) -> anyhow::Result<Measured> {
         .keep_dir
         .clone()
         .unwrap_or_else(|| temp.path().to_path_buf());
+    let outcome = run_in(&args, fixture, connections, &pilot_bin, &root).await;
+    if outcome.is_err() && args.keep_dir.is_none() {
+        // The pilot log explains most failures: keep it.
+        let kept = temp.keep();
+        tracing::info!(dir = %kept.display(), "kept the directory and the pilot log");
+    }
+    outcome
+}
+
+/// Generates the directory under `root`, runs the pilot on it and measures.
+async fn run_in(
+    args: &Args,
+    fixture: Fixture,
+    connections: usize,
+    pilot_bin: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<Measured> {
     let source = root.join("source");
     std::fs::create_dir_all(&source)?;
     let started = Instant::now();
@@ -163,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<Measured> {
 
     let grpc = process::free_addr()?;
     let admin = process::free_addr()?;
-    let mut command = Command::new(&pilot_bin);
+    let mut command = Command::new(pilot_bin);
     command
         .args(["--source", "local", "--dir"])
         .arg(&source)
@@ -183,7 +200,7 @@ async fn run(args: Args) -> anyhow::Result<Measured> {
 
     let ticks = process::clock_ticks();
     let loaded = process::usage(&pid, ticks)?;
-    let result = measure(&args, fixture, connections, grpc, &source, &pid, ticks).await;
+    let result = measure(args, fixture, connections, grpc, &source, &pid, ticks).await;
     // Read the peak before stopping: the numbers die with the process.
     let end = process::usage(&pid, ticks);
     let stopped = tokio::task::spawn_blocking(move || {
