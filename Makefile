@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins bench bench-policy
+.PHONY: demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -34,3 +34,10 @@ bench:
 ## bench-policy: criterion benchmark of the per-request governance decision (route match, QPS, concurrency, breaker)
 bench-policy:
 	CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$$HOME/.cache/lanemesh/target} cargo bench -p lanemesh-sidecar --bench decision
+
+## bench-control-plane: control-plane scale benchmark: real lanemesh-pilot, 5,000 pods, 2,000 simulated
+## sidecar streams, 5 Lane changes; markdown table on stdout, exit 1 on a missed target (BENCH_ARGS=--help)
+bench-control-plane:
+	cargo build --release --locked -p lanemesh-control-plane --bin lanemesh-pilot
+	ulimit -n 8192 2>/dev/null || true; \
+	cargo run --release --locked -p lanemesh-e2e --bin lanemesh-scale-bench -- $(BENCH_ARGS)

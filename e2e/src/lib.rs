@@ -5,7 +5,14 @@
 //! - [`cluster`]: a throwaway control plane for tests — real `etcd` and `kube-apiserver`
 //!   processes on loopback, built from Go modules by `e2e/cluster/build.sh` and cached outside
 //!   the checkout; a `kube::Client` and the matching `kubectl` come with it.
+//! - [`process`]: real lanemesh binaries as child processes (free ports, HTTP probes, kill on
+//!   drop, peak RSS and CPU from `/proc`).
+//! - [`scale`]: the control-plane scale benchmark (`lanemesh-scale-bench`,
+//!   `make bench-control-plane`): generated cluster, simulated sidecar streams, report.
 //! - `tests/`: integration tests; `tests/cluster.rs` checks the CRDs in `charts/lanemesh/crds`
-//!   against a real API server.
+//!   against a real API server; `tests/pilot_sidecar.rs` runs the real `lanemesh-proxy`
+//!   against the real `lanemesh-pilot`.
 
 pub mod cluster;
+pub mod process;
+pub mod scale;
