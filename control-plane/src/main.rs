@@ -30,6 +30,10 @@ struct Args {
     /// The directory the `local` source reads (re-read on change).
     #[arg(long, env = "LANEMESH_DIR", required_if_eq("source", "local"))]
     dir: Option<PathBuf>,
+    /// How often the `local` source checks the directory for changes (most of the time from
+    /// a file edit to the sidecars).
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration, env = "LANEMESH_POLL_INTERVAL")]
+    poll_interval: Duration,
     /// gRPC discovery address.
     #[arg(long, default_value = discovery::DEFAULT_ADDR, env = "LANEMESH_GRPC_ADDR")]
     grpc_addr: String,
@@ -99,7 +103,11 @@ async fn main() -> anyhow::Result<()> {
         SourceKind::Local => {
             let dir = args.dir.context("--dir is required with --source local")?;
             anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
-            let source = LocalSource::new(dir);
+            anyhow::ensure!(
+                !args.poll_interval.is_zero(),
+                "--poll-interval must be greater than zero"
+            );
+            let source = LocalSource::new(dir).with_interval(args.poll_interval);
             Box::new(move |tx| -> BoxFuture<'static, ()> {
                 Box::pin(async move {
                     if let Err(e) = source.run(tx).await {
