@@ -513,9 +513,26 @@ const HOP_BY_HOP: [HeaderName; 4] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A header [`strip_hop_by_hop`] may have to remove or rewrite.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name == header::TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
 /// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Runs twice per request. Most messages carry none of these headers, and without `Connection`
+    // there are no further names to remove: one pass over the few names present is cheaper than
+    // a hashed lookup per candidate.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if !upgrade {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -531,8 +548,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
@@ -609,6 +626,21 @@ mod tests {
     }
 
     #[test]
+    fn headers_of_the_end_to_end_kind_are_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("svc"));
+        headers.insert("x-keep-alive-ish", HeaderValue::from_static("1"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("a"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers, before);
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
     fn upgrade_keeps_connection_and_upgrade() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -617,6 +649,14 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert!(headers.contains_key(header::UPGRADE));
         assert!(headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        let origin = origin_form(&"http://svc.ns:80/x/y?q=1".parse().unwrap());
+        assert_eq!(origin, "/x/y?q=1");
+        assert!(origin.authority().is_none() && origin.scheme().is_none());
+        assert_eq!(origin_form(&"http://svc.ns".parse().unwrap()), "/");
     }
 
     #[test]
