@@ -9,14 +9,26 @@
 # inbound -> 15006 in the server netns) and runs as UID/GID 1337; HAProxy and nginx are explicit reverse proxies
 # (client proxy on 127.0.0.1:<port> -> server proxy on 10.200.0.2:<port> -> 127.0.0.1:8080) with keep-alive pools.
 #
+# A second lanemesh row, "lanemesh + policy", runs the same hop with both proxies loading a --config-file (the bench's
+# pods and Service, a permissive RateLimitPolicy and a DryRun OverloadProtectionPolicy for the server app, a
+# CircuitBreakerPolicy that never trips for its callers); the script checks the proxies' /metrics that the policy was
+# in force and prints the CPU-per-request cost of governance below the table (issue 5: under +5%).
+#
 # Needs root (namespaces, iptables). Installs what is missing (Debian packages via apt-get, oha via cargo) and builds
 # lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
-# BENCH_PROXY (a prebuilt lanemesh-proxy instead of the release build).
+# BENCH_PROXY (a prebuilt lanemesh-proxy instead of the release build), BENCH_SETUPS (rows to run, default
+# "direct haproxy nginx lanemesh lanemesh-policy"; direct always runs, it is the baseline).
+# While optimising: BENCH_PROXY_B and BENCH_PROXY_B_ENV (a second lanemesh-proxy binary, with extra environment such
+# as TOKIO_WORKER_THREADS=1, measured as an extra passthrough row in the same run: compare ratios within one run, the
+# machine is shared), BENCH_PERF_DIR (needs perf: `perf record -g` of the proxies during each saturation run into
+# this directory; BENCH_PERF_MODE=trace writes a `perf trace -s` syscall summary instead).
 set -euo pipefail
 
 RATE=${BENCH_RATE:-1000}
 DURATION=${BENCH_DURATION:-10s}
 CONNECTIONS=${BENCH_CONNECTIONS:-50}
+SETUPS=" ${BENCH_SETUPS:-direct haproxy nginx lanemesh lanemesh-policy} "
+PERF_DIR=${BENCH_PERF_DIR:-}
 CACHE=${LANEMESH_CACHE:-$HOME/.cache/lanemesh}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -199,6 +211,8 @@ oha_run() { # OUT-JSON URL ARGS...
         die "oha failed: $(cat "$out.err")"
 }
 
+want() { [[ $SETUPS == *" $1 "* ]]; }
+
 RESULTS=$WORK/results.tsv
 : >"$RESULTS"
 
@@ -220,7 +234,19 @@ measure() {
         rss_s=$(hwm_kb $(proc_tree "$spid"))
     fi
     log "$name: saturation, $CONNECTIONS connections for $DURATION"
+    local perf_pid=
+    if [ -n "$PERF_DIR" ] && [ ${#procs[@]} -gt 0 ]; then
+        mkdir -p "$PERF_DIR"
+        if [ "${BENCH_PERF_MODE:-record}" = trace ]; then
+            perf trace -s -o "$PERF_DIR/$name.trace.txt" -p "$(IFS=,; echo "${procs[*]}")" >/dev/null 2>&1 &
+        else
+            perf record -q -g -F 999 -o "$PERF_DIR/$name.perf.data" -p "$(IFS=,; echo "${procs[*]}")" \
+                >"$WORK/$name.perf.log" 2>&1 &
+        fi
+        perf_pid=$!
+    fi
     oha_run "$sat" "$url" -z "$DURATION" -c "$CONNECTIONS"
+    if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" || true; fi
     t2=$([ ${#procs[@]} -gt 0 ] && cpu_ticks "${procs[@]}" || echo 0)
     local nfixed nsat ok_fixed ok_sat
     nfixed=$(jq '[.statusCodeDistribution[]] | add // 0' "$fixed")
@@ -242,6 +268,7 @@ measure() {
 measure direct "http://$S_IP:$UP_PORT/" "" ""
 
 # ---------------------------------------------------------------- 3. HAProxy x2
+if want haproxy; then
 HA_C_PORT=9101
 HA_S_PORT=9102
 haproxy_conf() { # FILE BIND SERVER
@@ -274,8 +301,10 @@ wait_port "$NS_C" 127.0.0.1 "$HA_C_PORT"
 measure haproxy "http://127.0.0.1:$HA_C_PORT/" "$HA_C" "$HA_S"
 stop "$HA_C"
 stop "$HA_S"
+fi # haproxy
 
 # ---------------------------------------------------------------- 4. nginx x2
+if want nginx; then
 NG_C_PORT=9201
 NG_S_PORT=9202
 PROXY_LOC='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
@@ -293,21 +322,125 @@ wait_port "$NS_C" 127.0.0.1 "$NG_C_PORT"
 measure nginx "http://127.0.0.1:$NG_C_PORT/" "$NG_C" "$NG_S"
 stop "$NG_C"
 stop "$NG_S"
+fi # nginx
 
 # ---------------------------------------------------------------- 2. lanemesh x2 (last: its capture rules stay)
-ip netns exec "$NS_C" "$PROXY" init >"$WORK/init-c.log" 2>&1 || die "init in the client netns: $(cat "$WORK/init-c.log")"
-ip netns exec "$NS_S" "$PROXY" init >"$WORK/init-s.log" 2>&1 || die "init in the server netns: $(cat "$WORK/init-s.log")"
-AS_PROXY=(env LANEMESH_LOG=warn setpriv --reuid 1337 --regid 1337 --clear-groups "$PROXY" run)
-start "$NS_S" lanemesh-s "${AS_PROXY[@]}"
-LM_S=$LAST_PID
-start "$NS_C" lanemesh-c "${AS_PROXY[@]}"
-LM_C=$LAST_PID
-# env execs setpriv, which execs the proxy: the recorded pid is the proxy's.
-wait_port "$NS_S" 127.0.0.1 15006
-wait_port "$NS_C" 127.0.0.1 15001
-measure lanemesh "http://$S_IP:$UP_PORT/" "$LM_C" "$LM_S"
-# The requests must really have crossed both proxies: a proxy that was bypassed would have used no CPU.
-[ "$(cpu_ticks "$LM_C")" -gt 0 ] && [ "$(cpu_ticks "$LM_S")" -gt 0 ] || die "lanemesh proxies used no CPU: capture bypassed"
+# lanemesh_run NAME BINARY SERVER-ARGS CLIENT-ARGS : starts the two proxies (as UID/GID 1337, so their own connections
+# are not captured again) with extra `run` flags, measures the captured hop and stops them again.
+lanemesh_run() {
+    local name=$1 bin=$2 sargs=$3 cargs=$4 lm_s lm_c extra_env=()
+    if [ "$name" = lanemesh-b ]; then read -ra extra_env <<<"${BENCH_PROXY_B_ENV:-}"; fi
+    local as_proxy=(env LANEMESH_LOG=warn "${extra_env[@]}" setpriv --reuid 1337 --regid 1337 --clear-groups "$bin" run)
+    # shellcheck disable=SC2086 # the args are word lists
+    start "$NS_S" "$name-s" "${as_proxy[@]}" $sargs
+    lm_s=$LAST_PID
+    # shellcheck disable=SC2086
+    start "$NS_C" "$name-c" "${as_proxy[@]}" $cargs
+    lm_c=$LAST_PID
+    # env execs setpriv, which execs the proxy: the recorded pid is the proxy's.
+    wait_port "$NS_S" 127.0.0.1 15006
+    wait_port "$NS_C" 127.0.0.1 15001
+    wait_port "$NS_S" 127.0.0.1 15020
+    wait_port "$NS_C" 127.0.0.1 15020
+    measure "$name" "http://$S_IP:$UP_PORT/" "$lm_c" "$lm_s"
+    if [ "$name" = lanemesh-policy ]; then check_policy_metrics; fi
+    # The requests must really have crossed both proxies: a proxy that was bypassed would have used no CPU.
+    [ "$(cpu_ticks "$lm_c")" -gt 0 ] && [ "$(cpu_ticks "$lm_s")" -gt 0 ] || die "$name proxies used no CPU: capture bypassed"
+    stop "$lm_c"
+    stop "$lm_s"
+}
+
+if want lanemesh || want lanemesh-policy || [ -n "${BENCH_PROXY_B:-}" ]; then
+    ip netns exec "$NS_C" "$PROXY" init >"$WORK/init-c.log" 2>&1 || die "init in the client netns: $(cat "$WORK/init-c.log")"
+    ip netns exec "$NS_S" "$PROXY" init >"$WORK/init-s.log" 2>&1 || die "init in the server netns: $(cat "$WORK/init-s.log")"
+fi
+if want lanemesh; then lanemesh_run lanemesh "$PROXY" "" ""; fi
+
+# lanemesh + policy: the same hop with governance in force (issue 5: under 5% more CPU per request than without).
+# Both proxies load one --config-file describing the two pods (their bench IPs) and the server's Service, so the
+# server proxy applies bench-server's inbound rules (a permissive rate limit with QPS, concurrency and a hot
+# parameter on a header; overload protection in DryRun) and the client proxy its outbound breaker (never trips) to
+# 10.200.0.2:8080, the server pod's IP and target port.
+POLICY_PROBE=bench-probe-blocked
+policy_config() {
+    cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: bench-server, namespace: bench}
+spec: {clusterIP: 10.96.0.10, selector: {app: bench-server}, ports: [{name: http, port: $UP_PORT, targetPort: $UP_PORT}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bench-server-1, namespace: bench, labels: {app: bench-server, msePilotAutoEnable: "on"}}
+spec: {containers: [{name: app, image: nginx}]}
+status: {podIP: $S_IP, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bench-client-1, namespace: bench, labels: {app: bench-client, msePilotAutoEnable: "on"}}
+spec: {containers: [{name: app, image: oha}]}
+status: {podIP: $C_IP, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: bench-server-limits, namespace: bench}
+spec:
+  app: bench-server
+  rules:
+  - name: permissive
+    match: {paths: [{prefix: /}]}
+    qps: {threshold: 1000000, behavior: Reject}
+    concurrency: {max: 100000}
+    hotParams:
+    - {source: Header, name: x-user-id, threshold: 1000000, overrides: [{value: $POLICY_PROBE, threshold: 0}]}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: CircuitBreakerPolicy
+metadata: {name: bench-server-breaker, namespace: bench}
+spec:
+  app: bench-server
+  rules:
+  - {name: errors, match: {paths: [{prefix: /}]}, strategy: ErrorRatio, threshold: 1.0, window: 10s, minRequests: 1000000000, openDuration: 1s}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: OverloadProtectionPolicy
+metadata: {name: bench-server-overload, namespace: bench}
+spec: {app: bench-server, mode: DryRun, cpuThreshold: 0.8, strategy: BBR}
+EOF
+}
+
+# check_policy_metrics : the policy row measured governed traffic, not a passthrough. After the runs: the client's
+# breaker for bench-server exists and stayed closed, nothing was rejected; then one probe request with the hot
+# parameter value the rule blocks (override 0) must be refused by the server proxy (429, counted in its metrics),
+# which shows that the inbound rules apply to the traffic that crosses both proxies.
+check_policy_metrics() {
+    local c s code
+    c=$(ip netns exec "$NS_C" curl -sf "http://127.0.0.1:15020/metrics") || die "no metrics from the client proxy"
+    s=$(ip netns exec "$NS_S" curl -sf "http://127.0.0.1:15020/metrics") || die "no metrics from the server proxy"
+    grep -q '^lanemesh_breaker_state{app="bench-server",rule="bench-server-breaker/errors"} 0$' <<<"$c" ||
+        die "client proxy: no closed breaker for bench-server in /metrics: $(grep breaker <<<"$c")"
+    if grep '^lanemesh_rejections_total' <<<"$s$c" | grep -qv ' 0$'; then
+        die "the permissive policy rejected requests: $(grep rejections_total <<<"$s$c")"
+    fi
+    code=$(ip netns exec "$NS_C" curl -s -o /dev/null -w '%{http_code}' -H "x-user-id: $POLICY_PROBE" \
+        "http://$S_IP:$UP_PORT/") || true
+    [ "$code" = 429 ] || die "probe with the blocked hot parameter got $code, not 429: inbound rules not applied"
+    s=$(ip netns exec "$NS_S" curl -sf "http://127.0.0.1:15020/metrics") || die "no metrics from the server proxy"
+    grep -q '^lanemesh_rejections_total{.*rule="bench-server-limits/permissive"} 1$' <<<"$s" ||
+        die "server proxy did not count the probe's rejection: $(grep rejections_total <<<"$s")"
+    log "lanemesh-policy: policy in force (client breaker closed, no rejections, blocked probe refused by the server)"
+}
+
+if want lanemesh-policy; then
+    policy_config >"$WORK/policy.yaml"
+    chmod 644 "$WORK/policy.yaml"
+    POLICY_NODE="--config-file $WORK/policy.yaml --pod-namespace bench"
+    lanemesh_run lanemesh-policy "$PROXY" \
+        "$POLICY_NODE --pod-name bench-server-1 --app-name bench-server --pod-ip $S_IP" \
+        "$POLICY_NODE --pod-name bench-client-1 --app-name bench-client --pod-ip $C_IP"
+fi
+# A/B comparison while optimising: a second binary measured in the same run.
+if [ -n "${BENCH_PROXY_B:-}" ]; then lanemesh_run lanemesh-b "$BENCH_PROXY_B" "" ""; fi
 
 # ---------------------------------------------------------------- report
 report() {
@@ -324,11 +457,18 @@ report() {
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' -v d50="$direct50" -v d99="$direct99" -v d999="$direct999" -v tck="$TICKS" '
         function cpu(t, n) { return (n > 0) ? sprintf("%.1f", t * 1000 / tck / n * 1000) : "-" }
+        function label(n) {
+            if (n == "direct") return "direct (no proxy)"
+            if (n == "lanemesh") return "lanemesh (2 x lanemesh-proxy, passthrough)"
+            if (n == "lanemesh-policy") return "lanemesh + policy (permissive limits, breaker, overload dry run)"
+            if (n == "lanemesh-b") return "lanemesh B (BENCH_PROXY_B, passthrough)"
+            return "2 x " n
+        }
         function mb(kb) { return (kb == "-") ? "-" : sprintf("%.1f", kb / 1024) }
         {
             direct = ($1 == "direct")
             printf "| %s | %.3f | %.3f | %.3f | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %d |\n",
-                ($1 == "lanemesh" ? "lanemesh (2 x lanemesh-proxy, passthrough)" : ($1 == "direct" ? "direct (no proxy)" : "2 x " $1)),
+                label($1),
                 $2, $3, $4,
                 direct ? "-" : sprintf("%.3f", $2 - d50), direct ? "-" : sprintf("%.3f", $3 - d99),
                 direct ? "-" : sprintf("%.3f", $4 - d999),
@@ -338,5 +478,14 @@ report() {
     echo "Targets (reported, not asserted): lanemesh added p99 and CPU per request no worse than HAProxy's;"
     echo "lanemesh max RPS at least HAProxy's; RSS under 20 MB per proxy at $RATE RPS."
     echo "All processes share $(nproc) cores with the load generator and the upstream: max RPS is a relative number."
+    awk -F'\t' '
+        $1 == "lanemesh" && $8 > 0 && $10 > 0 { base_f = $7 / $8; base_m = $9 / $10 }
+        $1 == "lanemesh-policy" && $8 > 0 && $10 > 0 { pol_f = $7 / $8; pol_m = $9 / $10 }
+        END {
+            if (base_f > 0 && base_m > 0 && pol_f > 0 && pol_m > 0) {
+                printf "\nPolicy cost (issue 5 target: under +5%% CPU per request): lanemesh + policy vs lanemesh passthrough, "
+                printf "CPU per request %+.1f%% at the fixed rate, %+.1f%% at max RPS.\n", (pol_f / base_f - 1) * 100, (pol_m / base_m - 1) * 100
+            }
+        }' "$RESULTS"
 }
 report

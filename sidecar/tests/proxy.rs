@@ -819,6 +819,88 @@ async fn unreachable_upstream_gets_502_with_reason() {
     assert_eq!(resp.headers()["x-lanemesh-error"], "upstream_connect");
 }
 
+/// An HTTP/1.1 upstream that answers one request per connection without announcing the close
+/// (no `Connection: close`); then closes, or with `keep_open` waits for the proxy to close.
+/// Counts connections.
+async fn one_shot_upstream(
+    keep_open: bool,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    tokio::sync::mpsc::UnboundedReceiver<Duration>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    // Reports, per connection kept open, how long after the response the proxy closed it.
+    let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let _ = read_head(&mut stream).await;
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                if keep_open {
+                    let answered = Instant::now();
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest).await;
+                    let _ = closed_tx.send(answered.elapsed());
+                }
+            });
+        }
+    });
+    (addr, accepted, closed_rx)
+}
+
+#[tokio::test]
+async fn pooled_connection_closed_by_the_upstream_is_not_reused() {
+    let (upstream, accepted, _closed) = one_shot_upstream(false).await;
+    let harness = Harness::start(test_config()).await;
+    let mut send = harness.h1(upstream).await;
+    for round in 1..=3 {
+        let resp = timeout(STEP, send.send_request(get("/")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "round {round}");
+        assert_eq!(body_text(resp).await, "ok");
+        // Time for the proxy to see the upstream's FIN on the idle connection.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn idle_upstream_connection_is_closed_after_the_pool_idle_timeout() {
+    let (upstream, accepted, mut closed) = one_shot_upstream(true).await;
+    let config = ProxyConfig {
+        pool_idle_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let harness = Harness::start(config).await;
+    let mut send = harness.h1(upstream).await;
+    let resp = timeout(STEP, send.send_request(get("/")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(body_text(resp).await, "ok");
+    // The client connection stays open; only the idle upstream connection is closed.
+    let after = timeout(STEP, closed.recv()).await.unwrap().unwrap();
+    assert!(
+        after >= Duration::from_millis(250),
+        "closed {after:?} after the response, before the idle timeout"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
 // ---------------------------------------------------------------- routing seam
 
 /// Blocks `/blocked` locally, sends `/other` to a second upstream and

@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 
+use super::pool::{Http1Pool, Lease, PoolError};
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router, UpstreamFailure, grpc_status,
@@ -39,6 +40,9 @@ pub struct ProxyBody {
     state: Option<Box<dyn RequestState>>,
     /// `RequestState::on_end` has been called.
     ended: bool,
+    /// The pooled HTTP/1 upstream connection, given back when this body is dropped (if hyper
+    /// did not report it free already).
+    _lease: Option<Lease>,
 }
 
 impl ProxyBody {
@@ -47,6 +51,7 @@ impl ProxyBody {
             inner,
             state,
             ended: false,
+            _lease: None,
         }
     }
 
@@ -136,7 +141,7 @@ pub const ERROR_HEADER: &str = "x-lanemesh-error";
 #[derive(Debug)]
 pub struct HttpProxy {
     server: auto::Builder<TokioExecutor>,
-    http1: Client<HttpConnector, Incoming>,
+    http1: Http1Pool,
     http2: Client<HttpConnector, Incoming>,
     router: Arc<dyn Router>,
 }
@@ -170,7 +175,7 @@ impl HttpProxy {
             .timer(TokioTimer::new())
             // Host comes from the client; passthrough must not invent one.
             .set_host(false);
-        let http1 = builder.build(connector.clone());
+        let http1 = Http1Pool::new(config.connect_timeout, config.pool_idle_timeout);
         let http2 = builder.http2_only(true).build(connector);
         Self {
             server,
@@ -232,50 +237,65 @@ impl HttpProxy {
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => return respond(local, state, grpc),
         };
-        let uri = match upstream_uri(&parts.uri, target) {
-            Ok(uri) => uri,
-            Err(error) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_uri",
-                    &format!("cannot rewrite request target: {error}"),
-                    grpc,
-                );
-            }
-        };
-        parts.uri = uri;
-        strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
         let is_h2 = parts.version == Version::HTTP_2;
+        if is_h2 {
+            // The h2 client takes `:scheme` and `:authority` from the URI.
+            match upstream_uri(&parts.uri, target) {
+                Ok(uri) => parts.uri = uri,
+                Err(error) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_uri",
+                        &format!("cannot rewrite request target: {error}"),
+                        grpc,
+                    );
+                }
+            }
+        } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            // HTTP/1 goes out in origin-form; `Host` carries the authority.
+            parts.uri = origin_form(&parts.uri);
+        }
+        strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
         let upstream_req = Request::from_parts(parts, body);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         let started = tokio::time::Instant::now();
-        let sent = if is_h2 {
-            self.http2.request(upstream_req)
-        } else {
-            self.http1.request(upstream_req)
+        let sent = async {
+            if is_h2 {
+                self.http2
+                    .request(upstream_req)
+                    .await
+                    .map(|resp| (resp, None))
+                    .map_err(Failure::Client)
+            } else {
+                self.http1
+                    .send(target, upstream_req)
+                    .await
+                    .map(|(resp, lease)| (resp, Some(lease)))
+                    .map_err(Failure::Pool)
+            }
         };
         let result = match timeout {
-            None => sent.await.map_err(Failure::Client),
+            None => sent.await,
             Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(result) => result.map_err(Failure::Client),
+                Ok(result) => result,
                 Err(_) => Err(Failure::Timeout(limit)),
             },
         };
-        let response_grpc = result.as_ref().is_ok_and(|r| is_grpc(r.headers()));
+        let response_grpc = result.as_ref().is_ok_and(|(r, _)| is_grpc(r.headers()));
         let outcome = HttpOutcome {
             target,
             result: match &result {
-                Ok(resp) => Ok(resp.status()),
-                Err(Failure::Client(error)) if error.is_connect() => Err(UpstreamFailure::Connect),
-                Err(Failure::Client(_)) => Err(UpstreamFailure::Reset),
+                Ok((resp, _)) => Ok(resp.status()),
+                Err(failure) if failure.is_connect() => Err(UpstreamFailure::Connect),
+                Err(Failure::Client(_) | Failure::Pool(_)) => Err(UpstreamFailure::Reset),
                 Err(Failure::Timeout(_)) => Err(UpstreamFailure::Timeout),
             },
             elapsed: started.elapsed(),
             grpc: response_grpc,
             grpc_status: match &result {
-                Ok(resp) if response_grpc => grpc_status(resp.headers()),
+                Ok((resp, _)) if response_grpc => grpc_status(resp.headers()),
                 _ => None,
             },
         };
@@ -283,8 +303,8 @@ impl HttpProxy {
             state.on_outcome(&outcome);
         }
         self.router.on_http_outcome(&conn, &outcome);
-        let mut resp = match result {
-            Ok(resp) => resp,
+        let (mut resp, lease) = match result {
+            Ok(ok) => ok,
             Err(Failure::Timeout(limit)) => {
                 tracing::debug!(%target, ?limit, "upstream request timed out");
                 let mut local = error_local(
@@ -295,9 +315,11 @@ impl HttpProxy {
                 local.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
                 return respond(local, None, grpc);
             }
-            Err(Failure::Client(error)) => {
-                tracing::warn!(%target, error = %error_chain(&error), "upstream request failed");
-                let (reason, text) = if error.is_connect() {
+            Err(failure @ (Failure::Client(_) | Failure::Pool(_))) => {
+                if let Some(error) = failure.error() {
+                    tracing::warn!(%target, error = %error_chain(error), "upstream request failed");
+                }
+                let (reason, text) = if failure.is_connect() {
                     ("upstream_connect", "upstream connect error")
                 } else {
                     (
@@ -338,7 +360,10 @@ impl HttpProxy {
             }
             _ => strip_hop_by_hop(resp.headers_mut(), false),
         }
-        let mut resp = resp.map(|body| ProxyBody::new(Either::Left(body), state));
+        let mut resp = resp.map(|body| ProxyBody {
+            _lease: lease,
+            ..ProxyBody::new(Either::Left(body), state)
+        });
         // hyper never polls a body that is empty from the start (204, `Content-Length: 0`).
         if resp.body().inner.is_end_stream() {
             resp.body_mut().end(ResponseEnd::Complete);
@@ -349,8 +374,31 @@ impl HttpProxy {
 
 /// Why the upstream exchange produced no response.
 enum Failure {
+    /// HTTP/2 client.
     Client(hyper_util::client::legacy::Error),
+    /// HTTP/1 pool.
+    Pool(PoolError),
     Timeout(std::time::Duration),
+}
+
+impl Failure {
+    /// No connection to the endpoint could be established.
+    fn is_connect(&self) -> bool {
+        match self {
+            Self::Client(error) => error.is_connect(),
+            Self::Pool(error) => error.is_connect(),
+            Self::Timeout(_) => false,
+        }
+    }
+
+    /// The client's error, for the log.
+    fn error(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Client(error) => Some(error),
+            Self::Pool(error) => Some(error),
+            Self::Timeout(_) => None,
+        }
+    }
 }
 
 /// `grpc-status` for a timeout the proxy enforced.
@@ -450,6 +498,14 @@ fn upstream_uri(original: &Uri, target: SocketAddr) -> Result<Uri, http::Error> 
         .build()
 }
 
+/// The origin-form (`/path?query`) of an absolute-form request target.
+fn origin_form(original: &Uri) -> Uri {
+    match original.path_and_query() {
+        Some(path) if path.as_str() != "" => Uri::from(path.clone()),
+        _ => Uri::from_static("/"),
+    }
+}
+
 const HOP_BY_HOP: [HeaderName; 4] = [
     header::CONNECTION,
     header::UPGRADE,
@@ -457,9 +513,26 @@ const HOP_BY_HOP: [HeaderName; 4] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// A header [`strip_hop_by_hop`] may have to remove or rewrite.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name == header::TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
 /// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
 fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Runs twice per request. Most messages carry none of these headers, and without `Connection`
+    // there are no further names to remove: one pass over the few names present is cheaper than
+    // a hashed lookup per candidate.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if !upgrade {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -475,8 +548,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
@@ -553,6 +626,21 @@ mod tests {
     }
 
     #[test]
+    fn headers_of_the_end_to_end_kind_are_left_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("svc"));
+        headers.insert("x-keep-alive-ish", HeaderValue::from_static("1"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("a"));
+        headers.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers, before);
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers, before);
+    }
+
+    #[test]
     fn upgrade_keeps_connection_and_upgrade() {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -561,6 +649,14 @@ mod tests {
         strip_hop_by_hop(&mut headers, true);
         assert!(headers.contains_key(header::UPGRADE));
         assert!(headers.contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form() {
+        let origin = origin_form(&"http://svc.ns:80/x/y?q=1".parse().unwrap());
+        assert_eq!(origin, "/x/y?q=1");
+        assert!(origin.authority().is_none() && origin.scheme().is_none());
+        assert_eq!(origin_form(&"http://svc.ns".parse().unwrap()), "/");
     }
 
     #[test]

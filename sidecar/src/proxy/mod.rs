@@ -11,6 +11,7 @@
 //! - [`rewind`]: replays the detection bytes in front of the socket.
 //! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
 //! - [`http`]: hyper server per connection, pooled hyper clients upstream.
+//! - [`pool`]: the HTTP/1 upstream connection pool.
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
 
@@ -18,6 +19,7 @@ pub mod detect;
 pub mod http;
 pub mod listener;
 pub mod orig_dst;
+pub mod pool;
 pub mod rewind;
 pub mod router;
 pub mod shutdown;
