@@ -9,10 +9,11 @@
 # inbound -> 15006 in the server netns) and runs as UID/GID 1337; HAProxy and nginx are explicit reverse proxies
 # (client proxy on 127.0.0.1:<port> -> server proxy on 10.200.0.2:<port> -> 127.0.0.1:8080) with keep-alive pools.
 #
-# A second lanemesh row, "lanemesh + policy", runs the same hop with both proxies loading a --config-file (the bench's
-# pods and Service, a permissive RateLimitPolicy and a DryRun OverloadProtectionPolicy for the server app, a
-# CircuitBreakerPolicy that never trips for its callers); the script checks the proxies' /metrics that the policy was
-# in force and prints the CPU-per-request cost of governance below the table (issue 5: under +5%).
+# Two more lanemesh rows run the same hop with both proxies loading a --config-file: "lanemesh + mesh config" (the
+# bench's pods and Service: governed routing, lanes, metrics, no policy) and "lanemesh + policy" (the same plus a
+# permissive RateLimitPolicy and a DryRun OverloadProtectionPolicy for the server app and a CircuitBreakerPolicy that
+# never trips for its callers); the script checks the proxies' /metrics that the policy was in force and prints the
+# CPU-per-request cost of governance (policy row vs mesh-config row) below the table (issue 5: under +5%).
 #
 # Needs root (namespaces, iptables). Installs what is missing (Debian packages via apt-get, oha via cargo) and builds
 # lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
@@ -27,7 +28,7 @@ set -euo pipefail
 RATE=${BENCH_RATE:-1000}
 DURATION=${BENCH_DURATION:-10s}
 CONNECTIONS=${BENCH_CONNECTIONS:-50}
-SETUPS=" ${BENCH_SETUPS:-direct haproxy nginx lanemesh lanemesh-policy} "
+SETUPS=" ${BENCH_SETUPS:-direct haproxy nginx lanemesh lanemesh-mesh lanemesh-policy} "
 PERF_DIR=${BENCH_PERF_DIR:-}
 CACHE=${LANEMESH_CACHE:-$HOME/.cache/lanemesh}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CACHE/target}
@@ -350,7 +351,7 @@ lanemesh_run() {
     stop "$lm_s"
 }
 
-if want lanemesh || want lanemesh-policy || [ -n "${BENCH_PROXY_B:-}" ]; then
+if want lanemesh || want lanemesh-mesh || want lanemesh-policy || [ -n "${BENCH_PROXY_B:-}" ]; then
     ip netns exec "$NS_C" "$PROXY" init >"$WORK/init-c.log" 2>&1 || die "init in the client netns: $(cat "$WORK/init-c.log")"
     ip netns exec "$NS_S" "$PROXY" init >"$WORK/init-s.log" 2>&1 || die "init in the server netns: $(cat "$WORK/init-s.log")"
 fi
@@ -362,7 +363,9 @@ if want lanemesh; then lanemesh_run lanemesh "$PROXY" "" ""; fi
 # parameter on a header; overload protection in DryRun) and the client proxy its outbound breaker (never trips) to
 # 10.200.0.2:8080, the server pod's IP and target port.
 POLICY_PROBE=bench-probe-blocked
-policy_config() {
+# mesh_config : the two pods and the server's Service: governed routing, no policy (the "lanemesh + mesh config" row,
+# the baseline of the policy cost).
+mesh_config() {
     cat <<EOF
 apiVersion: v1
 kind: Service
@@ -380,6 +383,12 @@ kind: Pod
 metadata: {name: bench-client-1, namespace: bench, labels: {app: bench-client, msePilotAutoEnable: "on"}}
 spec: {containers: [{name: app, image: oha}]}
 status: {podIP: $C_IP, conditions: [{type: Ready, status: "True"}]}
+EOF
+}
+
+# policy_objects : the permissive policies the "lanemesh + policy" row adds to mesh_config.
+policy_objects() {
+    cat <<EOF
 ---
 apiVersion: lanemesh.io/v1alpha1
 kind: RateLimitPolicy
@@ -431,13 +440,21 @@ check_policy_metrics() {
     log "lanemesh-policy: policy in force (client breaker closed, no rejections, blocked probe refused by the server)"
 }
 
+# lanemesh_governed NAME CONFIG-FILE : the lanemesh hop with both proxies loading CONFIG-FILE as their pods.
+lanemesh_governed() {
+    local name=$1 node="--config-file $2 --pod-namespace bench"
+    chmod 644 "$2"
+    lanemesh_run "$name" "$PROXY" \
+        "$node --pod-name bench-server-1 --app-name bench-server --pod-ip $S_IP" \
+        "$node --pod-name bench-client-1 --app-name bench-client --pod-ip $C_IP"
+}
+if want lanemesh-mesh; then
+    mesh_config >"$WORK/mesh.yaml"
+    lanemesh_governed lanemesh-mesh "$WORK/mesh.yaml"
+fi
 if want lanemesh-policy; then
-    policy_config >"$WORK/policy.yaml"
-    chmod 644 "$WORK/policy.yaml"
-    POLICY_NODE="--config-file $WORK/policy.yaml --pod-namespace bench"
-    lanemesh_run lanemesh-policy "$PROXY" \
-        "$POLICY_NODE --pod-name bench-server-1 --app-name bench-server --pod-ip $S_IP" \
-        "$POLICY_NODE --pod-name bench-client-1 --app-name bench-client --pod-ip $C_IP"
+    { mesh_config; policy_objects; } >"$WORK/policy.yaml"
+    lanemesh_governed lanemesh-policy "$WORK/policy.yaml"
 fi
 # A/B comparison while optimising: a second binary measured in the same run.
 if [ -n "${BENCH_PROXY_B:-}" ]; then lanemesh_run lanemesh-b "$BENCH_PROXY_B" "" ""; fi
@@ -460,6 +477,7 @@ report() {
         function label(n) {
             if (n == "direct") return "direct (no proxy)"
             if (n == "lanemesh") return "lanemesh (2 x lanemesh-proxy, passthrough)"
+            if (n == "lanemesh-mesh") return "lanemesh + mesh config (governed routing, no policy)"
             if (n == "lanemesh-policy") return "lanemesh + policy (permissive limits, breaker, overload dry run)"
             if (n == "lanemesh-b") return "lanemesh B (BENCH_PROXY_B, passthrough)"
             return "2 x " n
@@ -479,11 +497,11 @@ report() {
     echo "lanemesh max RPS at least HAProxy's; RSS under 20 MB per proxy at $RATE RPS."
     echo "All processes share $(nproc) cores with the load generator and the upstream: max RPS is a relative number."
     awk -F'\t' '
-        $1 == "lanemesh" && $8 > 0 && $10 > 0 { base_f = $7 / $8; base_m = $9 / $10 }
+        $1 == "lanemesh-mesh" && $8 > 0 && $10 > 0 { base_f = $7 / $8; base_m = $9 / $10 }
         $1 == "lanemesh-policy" && $8 > 0 && $10 > 0 { pol_f = $7 / $8; pol_m = $9 / $10 }
         END {
             if (base_f > 0 && base_m > 0 && pol_f > 0 && pol_m > 0) {
-                printf "\nPolicy cost (issue 5 target: under +5%% CPU per request): lanemesh + policy vs lanemesh passthrough, "
+                printf "\nPolicy cost (issue 5 target: under +5%% CPU per request): lanemesh + policy vs lanemesh + mesh config, "
                 printf "CPU per request %+.1f%% at the fixed rate, %+.1f%% at max RPS.\n", (pol_f / base_f - 1) * 100, (pol_m / base_m - 1) * 100
             }
         }' "$RESULTS"
