@@ -90,15 +90,29 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_CGROUP_DIR", default_value = "/sys/fs/cgroup")]
     pub cgroup_dir: PathBuf,
 
+    /// Worker threads of the proxy's runtime. Default: the CPUs the pod's cgroup allows
+    /// (`cpu.max`, rounded up), else every CPU of the host: a sidecar should not run more busy
+    /// threads than its CPU limit pays for.
+    #[arg(long, env = "LANEMESH_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Where the live configuration comes from and who this pod is
     /// (`--discovery-addr`, `--config-file`, `--app-name`, `--lane-tag`, ...).
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
 }
 
+/// Worker threads for a CPU quota: whole CPUs rounded up, at least one.
+fn workers_for_quota(cpus: f64) -> Option<usize> {
+    (cpus.is_finite() && cpus > 0.0).then(|| cpus.ceil().max(1.0) as usize)
+}
+
 /// A flag combination the proxy cannot run with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// A runtime needs at least one worker.
+    #[error("--worker-threads must be at least 1")]
+    ZeroWorkers,
     /// Both listeners would bind the same port.
     #[error("--outbound-port and --inbound-port must differ (both are {0})")]
     SamePort(u16),
@@ -131,8 +145,20 @@ const MAX_HEADER_BYTES: usize = u32::MAX as usize;
 const PREFACE_LEN: usize = 24;
 
 impl ProxyConfig {
+    /// The runtime's worker threads: `--worker-threads`, else the cgroup's CPU limit rounded
+    /// up, else `None` (the runtime's default, one per host CPU).
+    pub fn workers(&self) -> Option<usize> {
+        self.worker_threads.or_else(|| {
+            let cpu_max = std::fs::read_to_string(self.cgroup_dir.join("cpu.max")).ok()?;
+            workers_for_quota(crate::govern::cpu::parse_cpu_max(&cpu_max)?)
+        })
+    }
+
     /// Checks what clap's types cannot; call once before starting the proxy.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.worker_threads == Some(0) {
+            return Err(ConfigError::ZeroWorkers);
+        }
         if self.outbound_port == self.inbound_port && self.outbound_port != 0 {
             return Err(ConfigError::SamePort(self.outbound_port));
         }
@@ -183,6 +209,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
             cgroup_dir: PathBuf::from("/sys/fs/cgroup"),
+            worker_threads: None,
             discovery: DiscoveryArgs::default(),
         }
     }
@@ -198,6 +225,28 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         config: ProxyConfig,
+    }
+
+    #[test]
+    fn workers_follow_the_flag_else_the_cgroup_cpu_limit() {
+        assert_eq!(workers_for_quota(0.5), Some(1));
+        assert_eq!(workers_for_quota(1.0), Some(1));
+        assert_eq!(workers_for_quota(2.5), Some(3));
+        assert_eq!(workers_for_quota(0.0), None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ProxyConfig {
+            cgroup_dir: dir.path().to_owned(),
+            ..ProxyConfig::default()
+        };
+        assert_eq!(config.workers(), None, "no cpu.max: the runtime's default");
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
+        assert_eq!(config.workers(), None, "unlimited: the runtime's default");
+        std::fs::write(dir.path().join("cpu.max"), "150000 100000\n").unwrap();
+        assert_eq!(config.workers(), Some(2));
+        config.worker_threads = Some(1);
+        assert_eq!(config.workers(), Some(1), "the flag wins");
+        config.worker_threads = Some(0);
+        assert_eq!(config.validate(), Err(ConfigError::ZeroWorkers));
     }
 
     #[test]

@@ -44,7 +44,11 @@ fn main() -> anyhow::Result<()> {
     let filter = std::env::var("LANEMESH_LOG").unwrap_or_else(|_| "info".to_owned());
     let logging = admin::logging::init(&filter).context("LANEMESH_LOG")?;
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = config.workers() {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
