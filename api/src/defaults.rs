@@ -34,5 +34,12 @@ pub const HOT_PARAM_TRACKED_VALUES: u32 = 10_000;
 /// Status of a request rejected by a rate limit.
 pub const LIMIT_STATUS: u32 = 429;
 
+/// HTTP statuses a breaker counts as errors when its rule lists none (inclusive range).
+pub const BREAKER_HTTP_ERRORS: (u16, u16) = (500, 599);
+
+/// gRPC statuses a breaker counts as errors when its rule lists none: UNKNOWN,
+/// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE (DESIGN §4).
+pub const BREAKER_GRPC_ERRORS: [u32; 4] = [2, 4, 13, 14];
+
 /// Status of a request rejected by a breaker or overload protection.
 pub const SHED_STATUS: u32 = 503;

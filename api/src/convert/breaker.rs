@@ -5,16 +5,8 @@ use std::collections::BTreeMap;
 use super::error::{Errors, Field};
 use super::{Built, ObjectRef, Violation, Zero};
 use crate::crd::CircuitBreakerPolicy;
-use crate::crd::circuit_breaker::{BreakerStrategy, CircuitBreakerRule, ErrorCodes, GrpcCode};
+use crate::crd::circuit_breaker::{BreakerStrategy, CircuitBreakerRule, ErrorCodes};
 use crate::proto;
-
-/// The errors DESIGN §4 counts when a rule does not list its own.
-const DEFAULT_GRPC_ERRORS: [GrpcCode; 4] = [
-    GrpcCode::Unavailable,
-    GrpcCode::Internal,
-    GrpcCode::Unknown,
-    GrpcCode::DeadlineExceeded,
-];
 
 /// Builds one OutboundPolicy per (namespace, destination app). A refused
 /// policy is left out whole. Of several policies setting a timeout for one
@@ -180,8 +172,14 @@ fn error_classifier(
     codes: Option<&ErrorCodes>,
     errors: &mut Errors,
 ) -> proto::ErrorClassifier {
-    let default_http = || vec![proto::StatusRange { from: 500, to: 599 }];
-    let default_grpc = || DEFAULT_GRPC_ERRORS.iter().map(|c| c.code()).collect();
+    let default_http = || {
+        let (from, to) = crate::defaults::BREAKER_HTTP_ERRORS;
+        vec![proto::StatusRange {
+            from: u32::from(from),
+            to: u32::from(to),
+        }]
+    };
+    let default_grpc = || crate::defaults::BREAKER_GRPC_ERRORS.to_vec();
     let Some(codes) = codes else {
         return proto::ErrorClassifier {
             http_statuses: default_http(),

@@ -17,16 +17,11 @@ use crate::policy::{
     BreakerConfig, BreakerStrategy, HotParamConfig, OverloadConfig, OverloadMode, QpsBehavior,
     RejectReason,
 };
-use crate::proxy::LocalResponse;
+use crate::proxy::{LocalResponse, grpc};
 use crate::snapshot::ValidationError;
 
 /// Response header naming why governance refused a request (DESIGN §4).
 pub const BLOCKED_HEADER: &str = "x-lanemesh-blocked";
-
-/// gRPC status for limit rejections (`RESOURCE_EXHAUSTED`).
-pub const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
-/// gRPC status for an open breaker (`UNAVAILABLE`).
-pub const GRPC_UNAVAILABLE: u32 = 14;
 
 /// Sentinel's default warm-up period, for a WarmUp rule that names none.
 const DEFAULT_WARM_UP: Duration = Duration::from_secs(10);
@@ -205,11 +200,11 @@ impl Fallback {
             ))
         });
         let grpc_status = match reason {
-            RejectReason::CircuitBreaking => GRPC_UNAVAILABLE,
+            RejectReason::CircuitBreaking => grpc::code::UNAVAILABLE,
             RejectReason::Flow
             | RejectReason::Concurrency
             | RejectReason::HotParam
-            | RejectReason::System => GRPC_RESOURCE_EXHAUSTED,
+            | RejectReason::System => grpc::code::RESOURCE_EXHAUSTED,
         };
         LocalResponse {
             status: self.status,
@@ -284,11 +279,13 @@ pub struct ErrorClassifier {
 }
 
 impl Default for ErrorClassifier {
-    /// 5xx, and gRPC UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE (DESIGN §4).
+    /// The classes `lanemesh_api::defaults` documents (DESIGN §4), as the control plane fills
+    /// them in.
     fn default() -> Self {
+        let (from, to) = lanemesh_api::defaults::BREAKER_HTTP_ERRORS;
         Self {
-            http: vec![(500, 599)],
-            grpc: vec![2, 4, 13, 14],
+            http: vec![(from, to)],
+            grpc: lanemesh_api::defaults::BREAKER_GRPC_ERRORS.to_vec(),
         }
     }
 }
@@ -641,10 +638,10 @@ mod tests {
                 .unwrap()
                 .contains("limits/greet")
         );
-        assert_eq!(r.grpc_status, Some(GRPC_RESOURCE_EXHAUSTED));
+        assert_eq!(r.grpc_status, Some(grpc::code::RESOURCE_EXHAUSTED));
         assert_eq!(
             f.response(RejectReason::CircuitBreaking).grpc_status,
-            Some(GRPC_UNAVAILABLE)
+            Some(grpc::code::UNAVAILABLE)
         );
     }
 

@@ -14,8 +14,9 @@ use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
 use crate::policy::SampledCpu;
 use crate::policy::clock::{Clock, MonotonicClock};
+use crate::proxy::grpc;
 use crate::proxy::http::ERROR_HEADER;
-use crate::proxy::router::{ResponseEnd, grpc_status};
+use crate::proxy::router::ResponseEnd;
 use crate::proxy::{
     ConnContext, Direction, HttpOutcome, LocalResponse, RequestState, RouteDecision, Routed,
     Router, TcpDecision,
@@ -399,11 +400,6 @@ impl RequestState for PassthroughState {
     }
 }
 
-/// `grpc-status` UNKNOWN, for a gRPC response whose trailers carry no status.
-const GRPC_UNKNOWN: u32 = 2;
-/// `grpc-status` INTERNAL, for a gRPC response that ended without trailers.
-const GRPC_INTERNAL: u32 = 13;
-
 impl OutboundState {
     fn record(&mut self, result: CallResult) {
         if let (Some(mut admission), Some(clock)) = (self.breakers.take(), &self.clock) {
@@ -439,9 +435,9 @@ impl RequestState for OutboundState {
         if self.breakers.is_some() {
             self.record(match end {
                 ResponseEnd::Trailers(trailers) => {
-                    CallResult::Grpc(grpc_status(trailers).unwrap_or(GRPC_UNKNOWN))
+                    CallResult::Grpc(grpc::status(trailers).unwrap_or(grpc::code::UNKNOWN))
                 }
-                ResponseEnd::Complete => CallResult::Grpc(GRPC_INTERNAL),
+                ResponseEnd::Complete => CallResult::Grpc(grpc::code::INTERNAL),
                 ResponseEnd::Error => CallResult::Failed,
             });
         }

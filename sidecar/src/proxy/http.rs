@@ -25,10 +25,11 @@ use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 
+use super::grpc;
 use super::pool::{Http1Pool, Lease, PoolError};
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
-    Router, UpstreamFailure, grpc_status,
+    Router, UpstreamFailure,
 };
 
 /// Body of every response the proxy sends downstream: streamed from the
@@ -225,7 +226,7 @@ impl HttpProxy {
         let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
             .then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let grpc = is_grpc(&parts.headers);
+        let grpc = grpc::is_grpc(&parts.headers);
         let Routed {
             decision,
             mut state,
@@ -283,7 +284,9 @@ impl HttpProxy {
                 Err(_) => Err(Failure::Timeout(limit)),
             },
         };
-        let response_grpc = result.as_ref().is_ok_and(|(r, _)| is_grpc(r.headers()));
+        let response_grpc = result
+            .as_ref()
+            .is_ok_and(|(r, _)| grpc::is_grpc(r.headers()));
         let outcome = HttpOutcome {
             target,
             result: match &result {
@@ -295,7 +298,7 @@ impl HttpProxy {
             elapsed: started.elapsed(),
             grpc: response_grpc,
             grpc_status: match &result {
-                Ok((resp, _)) if response_grpc => grpc_status(resp.headers()),
+                Ok((resp, _)) if response_grpc => grpc::status(resp.headers()),
                 _ => None,
             },
         };
@@ -312,7 +315,7 @@ impl HttpProxy {
                     "upstream_timeout",
                     &format!("no response from {target} within {limit:?}"),
                 );
-                local.grpc_status = Some(GRPC_DEADLINE_EXCEEDED);
+                local.grpc_status = Some(grpc::code::DEADLINE_EXCEEDED);
                 return respond(local, None, grpc);
             }
             Err(failure @ (Failure::Client(_) | Failure::Pool(_))) => {
@@ -401,42 +404,6 @@ impl Failure {
     }
 }
 
-/// `grpc-status` for a timeout the proxy enforced.
-const GRPC_DEADLINE_EXCEEDED: u32 = 4;
-
-/// `content-type: application/grpc` (or `application/grpc+proto`, ...).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// The gRPC status for an HTTP status, per gRPC's HTTP-to-gRPC status mapping.
-fn grpc_code_for(status: StatusCode) -> u32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    }
-}
-
-/// `grpc-message` is percent-encoded: everything outside printable ASCII, and `%`.
-fn grpc_message(text: &str) -> HeaderValue {
-    let mut out = String::with_capacity(text.len());
-    for b in text.trim().bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    // Only printable ASCII is left, which is always a valid header value.
-    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 /// Answers locally; a gRPC caller gets a trailers-only gRPC response (HTTP 200 with
 /// `grpc-status` and `grpc-message`) instead of an HTTP error page, which gRPC clients would
 /// report as a protocol error.
@@ -450,7 +417,7 @@ fn respond(
     }
     let code = local
         .grpc_status
-        .unwrap_or_else(|| grpc_code_for(local.status));
+        .unwrap_or_else(|| grpc::code_for_http(local.status));
     let mut headers = local.headers;
     headers.remove(header::LOCATION);
     headers.remove(header::CONTENT_LENGTH);
@@ -461,7 +428,7 @@ fn respond(
     headers.insert("grpc-status", HeaderValue::from(code));
     headers.insert(
         "grpc-message",
-        grpc_message(&String::from_utf8_lossy(&local.body)),
+        grpc::message(&String::from_utf8_lossy(&local.body)),
     );
     local_response(
         LocalResponse {

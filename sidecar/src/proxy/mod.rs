@@ -12,10 +12,12 @@
 //! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
 //! - [`http`]: hyper server per connection, pooled hyper clients upstream.
 //! - [`pool`]: the HTTP/1 upstream connection pool.
+//! - [`grpc`]: recognising gRPC calls, their status, local gRPC answers.
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
 
 pub mod detect;
+pub mod grpc;
 pub mod http;
 pub mod listener;
 pub mod orig_dst;

@@ -156,14 +156,6 @@ pub enum ResponseEnd<'a> {
     Error,
 }
 
-/// `grpc-status` of a header block, if present and numeric.
-pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
 /// State a router attaches to one HTTP request (in-flight guards, balancer
 /// picks). The core holds it until the response body has been sent downstream
 /// in full, or until the exchange fails or the client goes away, then drops
