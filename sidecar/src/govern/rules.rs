@@ -19,6 +19,7 @@ use crate::policy::{
 };
 use crate::proxy::{LocalResponse, grpc};
 use crate::snapshot::ValidationError;
+use crate::snapshot::validate::{anchored_regex, duration};
 
 /// Response header naming why governance refused a request (DESIGN §4).
 pub const BLOCKED_HEADER: &str = "x-lanemesh-blocked";
@@ -80,16 +81,18 @@ impl RouteMatcher {
         for (i, p) in m.paths.iter().enumerate() {
             let field = format!("{field}.paths[{i}]");
             paths.push(match &p.kind {
+                Some(Kind::Exact(path) | Kind::Prefix(path)) if !path.starts_with('/') => {
+                    return Err(ValidationError::OutOfRange {
+                        field,
+                        reason: "a path must start with /",
+                        value: format!("{path:?}"),
+                    });
+                }
                 Some(Kind::Exact(path)) => PathRule::Exact(path.clone()),
                 Some(Kind::Prefix(path)) => PathRule::Prefix(path.clone()),
-                // Anchored as the control plane anchors it (`lanemesh_api::convert`).
-                Some(Kind::Regex(pattern)) => regex::Regex::new(&format!("^(?:{pattern})$"))
-                    .map(PathRule::Regex)
-                    .map_err(|e| ValidationError::InvalidRegex {
-                        field,
-                        pattern: pattern.clone(),
-                        reason: e.to_string(),
-                    })?,
+                Some(Kind::Regex(pattern)) => {
+                    PathRule::Regex(anchored_regex(&format!("{field}.regex"), pattern)?)
+                }
                 None => return Err(ValidationError::Empty { field }),
             });
         }
@@ -337,20 +340,6 @@ pub struct OutboundRules {
     pub breakers: Vec<Arc<BreakerRule>>,
     /// Per-request timeout (to the response head).
     pub timeout: Option<Duration>,
-}
-
-fn duration(
-    field: &str,
-    d: Option<&prost_types::Duration>,
-) -> Result<Option<Duration>, ValidationError> {
-    d.map(|d| {
-        Duration::try_from(*d).map_err(|_| ValidationError::OutOfRange {
-            field: field.to_owned(),
-            reason: "must be a non-negative duration",
-            value: format!("{}s {}ns", d.seconds, d.nanos),
-        })
-    })
-    .transpose()
 }
 
 fn status(code: u32) -> StatusCode {
@@ -623,6 +612,22 @@ mod tests {
         assert!(!m.matches(&Method::DELETE, "/greet1a"), "method not listed");
         let all = RouteMatcher::from_proto("m", None).unwrap();
         assert!(all.matches(&Method::PUT, "/anything"));
+    }
+
+    #[test]
+    fn route_matcher_refuses_relative_paths_and_bad_regexes_naming_the_field() {
+        use proto::path_match::Kind;
+        let relative =
+            RouteMatcher::from_proto("m", Some(&route(vec![Kind::Prefix("api".into())], &[])));
+        assert!(
+            matches!(&relative, Err(ValidationError::OutOfRange { field, .. }) if field == "m.paths[0]"),
+            "{relative:?}"
+        );
+        let bad = RouteMatcher::from_proto("m", Some(&route(vec![Kind::Regex("(".into())], &[])));
+        assert!(
+            matches!(&bad, Err(ValidationError::InvalidRegex { field, .. }) if field == "m.paths[0].regex"),
+            "{bad:?}"
+        );
     }
 
     #[test]

@@ -107,9 +107,6 @@ impl Compile for proto::InboundPolicy {
         non_empty("app", &self.app)?;
         for (i, rule) in self.rules.iter().enumerate() {
             let field = format!("rules[{i}]");
-            if let Some(m) = &rule.r#match {
-                route_match(&format!("{field}.match"), m)?;
-            }
             if let Some(qps) = &rule.qps {
                 let f = format!("{field}.qps");
                 policy(&f, check_threshold("threshold", qps.threshold))?;
@@ -159,9 +156,6 @@ impl Compile for proto::OutboundPolicy {
         }
         for (i, b) in self.breakers.iter().enumerate() {
             let field = format!("breakers[{i}]");
-            if let Some(m) = &b.r#match {
-                route_match(&format!("{field}.match"), m)?;
-            }
             let strategy = known::<proto::BreakerStrategy>(
                 &format!("{field}.strategy"),
                 "strategy",
@@ -222,47 +216,23 @@ fn known<E: TryFrom<i32>>(
     })
 }
 
-/// Anchored as the control plane anchors it (`lanemesh_api::convert`), so a
-/// pattern is accepted here exactly when it will be usable by the matcher.
-fn regex(field: &str, pattern: &str) -> Result<(), ValidationError> {
-    regex::Regex::new(&format!("^(?:{pattern})$"))
-        .map(drop)
-        .map_err(|e| ValidationError::InvalidRegex {
-            field: field.to_owned(),
-            pattern: pattern.to_owned(),
-            // regex errors draw the pattern over several lines; the last says what is wrong.
-            reason: e
-                .to_string()
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-        })
-}
-
-fn route_match(field: &str, m: &proto::RouteMatch) -> Result<(), ValidationError> {
-    use proto::path_match::Kind;
-    for (i, p) in m.paths.iter().enumerate() {
-        let f = format!("{field}.paths[{i}]");
-        match &p.kind {
-            Some(Kind::Exact(path) | Kind::Prefix(path)) if !path.starts_with('/') => {
-                return Err(ValidationError::OutOfRange {
-                    field: f,
-                    reason: "a path must start with /",
-                    value: format!("{path:?}"),
-                });
-            }
-            Some(Kind::Regex(pattern)) => regex(&format!("{f}.regex"), pattern)?,
-            Some(_) => {}
-            None => return Err(ValidationError::Empty { field: f }),
-        }
-    }
-    for (i, method) in m.methods.iter().enumerate() {
-        non_empty(&format!("{field}.methods[{i}]"), method)?;
-    }
-    Ok(())
+/// Compiles a pattern anchored as the control plane anchors it
+/// (`lanemesh_api::convert`), so a pattern is accepted here exactly when the
+/// matcher can use it.
+pub(crate) fn anchored_regex(field: &str, pattern: &str) -> Result<regex::Regex, ValidationError> {
+    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ValidationError::InvalidRegex {
+        field: field.to_owned(),
+        pattern: pattern.to_owned(),
+        // regex errors draw the pattern over several lines; the last says what is wrong.
+        reason: e
+            .to_string()
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    })
 }
 
 fn fallback(field: &str, f: &proto::Fallback) -> Result<(), ValidationError> {
@@ -277,7 +247,7 @@ fn fallback(field: &str, f: &proto::Fallback) -> Result<(), ValidationError> {
 }
 
 /// `None` when absent; refuses negative or denormalised durations.
-fn duration(
+pub(crate) fn duration(
     field: &str,
     d: Option<&prost_types::Duration>,
 ) -> Result<Option<Duration>, ValidationError> {
