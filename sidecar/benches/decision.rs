@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -80,29 +83,6 @@ fn outbound_policy() -> proto::OutboundPolicy {
     }
 }
 
-fn service(name: &str, cluster: &str, endpoint: &str) -> proto::Service {
-    let cluster: SocketAddr = cluster.parse().unwrap();
-    proto::Service {
-        name: format!("demo/{name}"),
-        namespace: "demo".into(),
-        app: name.into(),
-        cluster_ips: vec![cluster.ip().to_string()],
-        ports: vec![proto::ServicePort {
-            name: "http".into(),
-            port: u32::from(cluster.port()),
-            target_port: 8080,
-            protocol: proto::AppProtocol::Http1 as i32,
-        }],
-        endpoints: vec![proto::Endpoint {
-            ip: endpoint.into(),
-            pod_name: format!("{name}-0"),
-            lane_tag: String::new(),
-            ready: true,
-            ports: [("http".to_owned(), 8080)].into(),
-        }],
-    }
-}
-
 fn request() -> http::request::Parts {
     Request::get("/api/orders?id=7")
         .header("host", "c.demo")
@@ -162,8 +142,16 @@ fn mesh_router(c: &mut Criterion) {
     let snapshot = Snapshot::from_resources(
         local,
         [
-            service("a", "10.96.0.1:80", "10.0.0.1"),
-            service("c", "10.96.0.3:80", "10.0.0.3"),
+            support::service(
+                "a",
+                "10.96.0.1:80",
+                &[("10.0.0.1:8080".parse().unwrap(), "", true)],
+            ),
+            support::service(
+                "c",
+                "10.96.0.3:80",
+                &[("10.0.0.3:8080".parse().unwrap(), "", true)],
+            ),
         ],
         [],
         [inbound_policy()],
