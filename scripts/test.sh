@@ -27,10 +27,13 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo --version
 go version
 
-step "system packages (iptables for the capture tests)"
+step "system packages (iptables, iproute2, setpriv, python3 for the capture tests)"
 missing=()
 command -v iptables-restore >/dev/null || missing+=(iptables)
 command -v ip >/dev/null || missing+=(iproute2)
+# capture_netns.rs runs the proxy as UID 1337 (setpriv) with a Python urllib client as the app.
+command -v setpriv >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
