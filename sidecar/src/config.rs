@@ -90,9 +90,10 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_CGROUP_DIR", default_value = "/sys/fs/cgroup")]
     pub cgroup_dir: PathBuf,
 
-    /// Worker threads of the proxy's runtime. Default: the CPUs the pod's cgroup allows
-    /// (`cpu.max`, rounded up), else every CPU of the host: a sidecar should not run more busy
-    /// threads than its CPU limit pays for.
+    /// Data-plane worker threads (each serves its share of the connections on its own
+    /// single-threaded runtime). Default: the CPUs the pod's cgroup allows (`cpu.max`, rounded
+    /// up), else every CPU of the host: a sidecar should not run more busy threads than its CPU
+    /// limit pays for.
     #[arg(long, env = "LANEMESH_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 

@@ -44,11 +44,9 @@ fn main() -> anyhow::Result<()> {
     let filter = std::env::var("LANEMESH_LOG").unwrap_or_else(|_| "info".to_owned());
     let logging = admin::logging::init(&filter).context("LANEMESH_LOG")?;
     config.validate()?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = config.workers() {
-        builder.worker_threads(workers);
-    }
-    let runtime = builder
+    // This runtime runs discovery, admin, health and metrics; the data plane runs on its own
+    // worker threads (`Proxy::run`), so one thread is plenty here.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

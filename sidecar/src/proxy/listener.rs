@@ -1,5 +1,12 @@
 //! The two capture listeners and the per-connection pipeline:
 //! accept -> original destination -> detect -> HTTP or opaque TCP.
+//!
+//! The data plane runs thread per core, like Envoy's workers: each worker thread owns a
+//! single-threaded tokio runtime, its own pair of capture sockets (`SO_REUSEPORT`, so the
+//! kernel spreads new connections over the workers) and its own upstream connection pools. A
+//! connection, its upstream exchanges and their wake-ups then stay on one thread: no
+//! work-stealing scheduler, no cross-thread wake-ups and no shared pool lock on the request path,
+//! which is most of what a multi-threaded runtime costs a proxy on top of its syscalls.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,6 +15,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -37,6 +45,14 @@ pub enum ProxyError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A worker's runtime could not be built (out of threads or file descriptors).
+    #[error("cannot start data-plane worker {worker}: {source}")]
+    Worker {
+        /// Worker index.
+        worker: usize,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// How the drain after a shutdown went.
@@ -53,39 +69,70 @@ struct Shared {
     server_first_ports: Vec<u16>,
     orig_dst: Arc<dyn OriginalDst>,
     router: Arc<dyn Router>,
-    http: Arc<HttpProxy>,
+}
+
+/// One data-plane worker before it runs: its runtime and its two capture sockets.
+#[derive(Debug)]
+struct Worker {
+    runtime: tokio::runtime::Runtime,
+    outbound: std::net::TcpListener,
+    inbound: std::net::TcpListener,
 }
 
 /// The bound capture listeners, ready to [`Proxy::run`].
 #[derive(Debug)]
 pub struct Proxy {
     shared: Arc<Shared>,
-    outbound: TcpListener,
-    inbound: TcpListener,
+    workers: Vec<Worker>,
+    outbound_addr: SocketAddr,
+    inbound_addr: SocketAddr,
     shutdown: ShutdownHandle,
     signal: ShutdownSignal,
 }
 
 impl Proxy {
-    /// Validates `config` and binds both capture listeners (port 0 picks a
-    /// free port, for tests).
+    /// Validates `config` and binds both capture listeners once per worker (port 0 picks a
+    /// free port, for tests). Workers: [`ProxyConfig::workers`], else one per host CPU.
     pub async fn bind(
         config: ProxyConfig,
         router: Arc<dyn Router>,
         orig_dst: Arc<dyn OriginalDst>,
     ) -> Result<Self, ProxyError> {
         config.validate()?;
-        let outbound = listen(
+        let count = config.workers().unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        let outbound = listen_group(
             Direction::Outbound,
-            config.bind_address,
-            config.outbound_port,
-        )
-        .await?;
-        let inbound = listen(Direction::Inbound, config.bind_address, config.inbound_port).await?;
+            SocketAddr::new(config.bind_address, config.outbound_port),
+            count,
+        )?;
+        let inbound = listen_group(
+            Direction::Inbound,
+            SocketAddr::new(config.bind_address, config.inbound_port),
+            count,
+        )?;
+        let outbound_addr = local_addr(&outbound);
+        let inbound_addr = local_addr(&inbound);
+        let workers = outbound
+            .into_iter()
+            .zip(inbound)
+            .enumerate()
+            .map(|(worker, (outbound, inbound))| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| ProxyError::Worker { worker, source })?;
+                Ok(Worker {
+                    runtime,
+                    outbound,
+                    inbound,
+                })
+            })
+            .collect::<Result<Vec<_>, ProxyError>>()?;
         let mut server_first_ports = config.server_first_ports.clone();
         server_first_ports.sort_unstable();
         server_first_ports.dedup();
-        let http = Arc::new(HttpProxy::new(&config, Arc::clone(&router)));
         let (shutdown, signal) = shutdown::channel();
         Ok(Self {
             shared: Arc::new(Shared {
@@ -93,10 +140,10 @@ impl Proxy {
                 server_first_ports,
                 orig_dst,
                 router,
-                http,
             }),
-            outbound,
-            inbound,
+            workers,
+            outbound_addr,
+            inbound_addr,
             shutdown,
             signal,
         })
@@ -104,18 +151,12 @@ impl Proxy {
 
     /// Address of the outbound capture listener.
     pub fn outbound_addr(&self) -> SocketAddr {
-        // A bound listener always has a local address; fall back to the
-        // unspecified one rather than panic if the OS disagrees.
-        self.outbound
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.outbound_addr
     }
 
     /// Address of the inbound capture listener.
     pub fn inbound_addr(&self) -> SocketAddr {
-        self.inbound
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.inbound_addr
     }
 
     /// Handle that starts the graceful shutdown (SIGTERM handler, admin).
@@ -123,81 +164,175 @@ impl Proxy {
         self.shutdown.clone()
     }
 
-    /// Accepts and serves connections until the shutdown is triggered, then
-    /// stops accepting, lets in-flight work finish within the grace period,
-    /// closes what is left and returns.
+    /// Starts the workers, which accept and serve connections until the shutdown is triggered,
+    /// then stop accepting, let in-flight work finish within the grace period, close what is
+    /// left and return. Resolves when every worker has.
     pub async fn run(self) -> DrainReport {
         let Self {
             shared,
-            outbound,
-            inbound,
+            workers,
+            outbound_addr,
+            inbound_addr,
             shutdown: _keep_sender_alive,
-            mut signal,
+            signal,
         } = self;
-        let graceful = GracefulShutdown::new();
-        let mut conns = JoinSet::new();
         tracing::info!(
-            outbound = ?outbound.local_addr().ok(),
-            inbound = ?inbound.local_addr().ok(),
+            outbound = %outbound_addr,
+            inbound = %inbound_addr,
+            workers = workers.len(),
             "capture listeners ready"
         );
-        loop {
-            tokio::select! {
-                () = signal.triggered() => break,
-                accepted = outbound.accept() => {
-                    spawn_conn(&shared, &graceful, &mut conns, Direction::Outbound, accepted).await;
-                }
-                accepted = inbound.accept() => {
-                    spawn_conn(&shared, &graceful, &mut conns, Direction::Inbound, accepted).await;
-                }
-                Some(done) = conns.join_next(), if !conns.is_empty() => {
-                    if let Err(error) = done
-                        && error.is_panic()
-                    {
-                        tracing::error!(%error, "connection task panicked");
-                    }
+        let mut reports = Vec::with_capacity(workers.len());
+        for (index, worker) in workers.into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            let shared = Arc::clone(&shared);
+            let signal = signal.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("lanemesh-worker-{index}"))
+                .spawn(move || {
+                    let Worker {
+                        runtime,
+                        outbound,
+                        inbound,
+                    } = worker;
+                    let report = runtime.block_on(serve_worker(shared, outbound, inbound, signal));
+                    // Dropping the runtime closes what the worker still owned (pooled upstream
+                    // connections) before the report says it is done.
+                    drop(runtime);
+                    let _ = tx.send(report);
+                });
+            match spawned {
+                Ok(_detached) => reports.push(rx),
+                Err(error) => {
+                    // The other workers still serve; their sockets take this one's share.
+                    tracing::error!(worker = index, %error, "cannot start data-plane worker thread");
                 }
             }
         }
-        // Closing the listeners makes new connection attempts fail at once.
-        drop(outbound);
-        drop(inbound);
-        let grace = shared.config.grace_period;
-        tracing::info!(in_flight = conns.len(), ?grace, "draining connections");
-        let drain = async {
-            graceful.shutdown().await;
-            while conns.join_next().await.is_some() {}
-        };
-        let drained = tokio::time::timeout(grace, drain).await.is_ok();
-        let abandoned = if drained { 0 } else { conns.len() };
-        if abandoned > 0 {
-            tracing::warn!(
-                abandoned,
-                "grace period over; closing remaining connections"
-            );
+        let mut total = DrainReport { abandoned: 0 };
+        for (index, report) in reports.into_iter().enumerate() {
+            match report.await {
+                Ok(report) => total.abandoned += report.abandoned,
+                Err(_) => tracing::error!(worker = index, "data-plane worker panicked"),
+            }
         }
-        conns.shutdown().await;
-        DrainReport { abandoned }
+        total
     }
 }
 
-async fn listen(
+/// One worker's accept loop and drain, on its own runtime.
+async fn serve_worker(
+    shared: Arc<Shared>,
+    outbound: std::net::TcpListener,
+    inbound: std::net::TcpListener,
+    mut signal: ShutdownSignal,
+) -> DrainReport {
+    let (outbound, inbound) = match (
+        TcpListener::from_std(outbound),
+        TcpListener::from_std(inbound),
+    ) {
+        (Ok(outbound), Ok(inbound)) => (outbound, inbound),
+        (Err(error), _) | (_, Err(error)) => {
+            // Registering a socket with this runtime's epoll failed (out of memory or
+            // descriptors): the other workers' sockets still take the connections.
+            tracing::error!(%error, "worker cannot register its capture sockets");
+            return DrainReport { abandoned: 0 };
+        }
+    };
+    let http = Arc::new(HttpProxy::new(&shared.config, Arc::clone(&shared.router)));
+    let graceful = GracefulShutdown::new();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = signal.triggered() => break,
+            accepted = outbound.accept() => {
+                spawn_conn(&shared, &http, &graceful, &mut conns, Direction::Outbound, accepted).await;
+            }
+            accepted = inbound.accept() => {
+                spawn_conn(&shared, &http, &graceful, &mut conns, Direction::Inbound, accepted).await;
+            }
+            Some(done) = conns.join_next(), if !conns.is_empty() => {
+                if let Err(error) = done
+                    && error.is_panic()
+                {
+                    tracing::error!(%error, "connection task panicked");
+                }
+            }
+        }
+    }
+    // Closing the listeners makes new connection attempts fail at once.
+    drop(outbound);
+    drop(inbound);
+    let grace = shared.config.grace_period;
+    tracing::info!(in_flight = conns.len(), ?grace, "draining connections");
+    let drain = async {
+        graceful.shutdown().await;
+        while conns.join_next().await.is_some() {}
+    };
+    let drained = tokio::time::timeout(grace, drain).await.is_ok();
+    let abandoned = if drained { 0 } else { conns.len() };
+    if abandoned > 0 {
+        tracing::warn!(
+            abandoned,
+            "grace period over; closing remaining connections"
+        );
+    }
+    conns.shutdown().await;
+    DrainReport { abandoned }
+}
+
+/// `count` listening sockets on one address, in one `SO_REUSEPORT` group (the kernel hashes
+/// each new connection to one of them). Port 0 binds the first socket to a free port and the
+/// rest to the same one.
+fn listen_group(
     direction: Direction,
-    ip: std::net::IpAddr,
-    port: u16,
-) -> Result<TcpListener, ProxyError> {
-    let addr = SocketAddr::new(ip, port);
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind {
-            direction: direction.as_str(),
-            addr,
-            source,
-        })
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    let error = |addr, source| ProxyError::Bind {
+        direction: direction.as_str(),
+        addr,
+        source,
+    };
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let this proxy share the port with a proxy that is still running
+        // (same UID) and silently take half its connections: make sure nobody listens first.
+        // A plain bind fails with EADDRINUSE then; it is released again at once.
+        std::net::TcpListener::bind(addr).map_err(|source| error(addr, source))?;
+    }
+    let mut sockets = Vec::with_capacity(count);
+    let mut bound = addr;
+    for _ in 0..count.max(1) {
+        let socket = reuseport_listener(bound).map_err(|source| error(bound, source))?;
+        bound = socket.local_addr().map_err(|source| error(bound, source))?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn local_addr(group: &[std::net::TcpListener]) -> SocketAddr {
+    // A bound listener always has a local address; fall back to the unspecified one rather
+    // than panic if the OS disagrees.
+    group
+        .first()
+        .and_then(|socket| socket.local_addr().ok())
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 async fn spawn_conn(
     shared: &Arc<Shared>,
+    http: &Arc<HttpProxy>,
     graceful: &GracefulShutdown,
     conns: &mut JoinSet<()>,
     direction: Direction,
@@ -210,7 +345,15 @@ async fn spawn_conn(
             // connection is still detecting its protocol is not missed.
             let watcher = graceful.watcher();
             conns.spawn(
-                handle_conn(Arc::clone(shared), direction, stream, peer, watcher).instrument(span),
+                handle_conn(
+                    Arc::clone(shared),
+                    Arc::clone(http),
+                    direction,
+                    stream,
+                    peer,
+                    watcher,
+                )
+                .instrument(span),
             );
         }
         Err(error) => {
@@ -223,6 +366,7 @@ async fn spawn_conn(
 
 async fn handle_conn(
     shared: Arc<Shared>,
+    http: Arc<HttpProxy>,
     direction: Direction,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -261,7 +405,7 @@ async fn handle_conn(
     tracing::debug!(%original_dst, ?protocol, "connection classified");
     let io = Rewind::new(prefix, stream);
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => shared.http.serve(conn, io, watcher).await,
+        Protocol::Http1 | Protocol::Http2 => http.serve(conn, io, watcher).await,
         Protocol::Opaque => {
             drop(watcher);
             let target = match shared.router.route_tcp(&conn) {
