@@ -3,6 +3,8 @@
 //! servers, and the original-destination seam telling the proxy where each
 //! client connection was going (there is no iptables in these tests).
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,17 +46,7 @@ struct Harness {
 }
 
 fn test_config() -> ProxyConfig {
-    ProxyConfig {
-        outbound_port: 0,
-        inbound_port: 0,
-        bind_address: "127.0.0.1".parse().unwrap(),
-        grace_period: Duration::from_secs(5),
-        detect_timeout: Duration::from_millis(200),
-        header_read_timeout: Duration::from_millis(600),
-        max_header_bytes: 16 * 1024,
-        connect_timeout: Duration::from_secs(2),
-        ..ProxyConfig::default()
-    }
+    support::loopback_config()
 }
 
 impl Harness {

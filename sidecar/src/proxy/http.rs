@@ -1,7 +1,6 @@
-//! HTTP/1.1 and HTTP/2 (incl. gRPC) proxying: a hyper server per captured
-//! connection, a pooled hyper client per upstream protocol, bodies and
-//! trailers streamed through frame by frame (never collected), and HTTP/1
-//! upgrades (WebSocket) turned into a byte relay after the `101`.
+//! HTTP/2 (incl. gRPC) proxying: a hyper server per captured connection, a pooled hyper
+//! HTTP/2 client upstream, bodies and trailers streamed through frame by frame (never
+//! collected). HTTP/1 connections go to [`super::h1`] instead; [`HttpProxy`] holds both.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,26 +10,26 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
 use crate::config::ProxyConfig;
 
 use super::grpc;
-use super::pool::{Http1Pool, Lease, PoolError};
+use super::h1::Http1Relay;
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router, UpstreamFailure,
 };
+use super::shutdown::ShutdownSignal;
 
 /// Body of every response the proxy sends downstream: streamed from the
 /// upstream, or produced locally. It carries the router's per-request state
@@ -41,9 +40,6 @@ pub struct ProxyBody {
     state: Option<Box<dyn RequestState>>,
     /// `RequestState::on_end` has been called.
     ended: bool,
-    /// The pooled HTTP/1 upstream connection, given back when this body is dropped (if hyper
-    /// did not report it free already).
-    _lease: Option<Lease>,
 }
 
 impl ProxyBody {
@@ -52,7 +48,6 @@ impl ProxyBody {
             inner,
             state,
             ended: false,
-            _lease: None,
         }
     }
 
@@ -131,37 +126,24 @@ impl Body for ProxyBody {
     }
 }
 
-/// The byte relay of one upgraded connection.
-type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
 /// Header on locally generated error responses naming the proxy's reason,
 /// so operators can tell a proxy 502 from an app 502.
 pub const ERROR_HEADER: &str = "x-lanemesh-error";
 
-/// Shared HTTP machinery: server settings and upstream connection pools.
+/// A worker's HTTP machinery: the HTTP/1 relay and the HTTP/2 server settings and client pool.
 #[derive(Debug)]
 pub struct HttpProxy {
-    server: auto::Builder<TokioExecutor>,
-    http1: Http1Pool,
+    server: hyper::server::conn::http2::Builder<TokioExecutor>,
     http2: Client<HttpConnector, Incoming>,
+    http1: Http1Relay,
     router: Arc<dyn Router>,
 }
 
 impl HttpProxy {
     /// Builds the server settings and the two (empty) upstream pools.
     pub fn new(config: &ProxyConfig, router: Arc<dyn Router>) -> Self {
-        let mut server = auto::Builder::new(TokioExecutor::new());
+        let mut server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         server
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
-            // hyper panics below 8 KiB; ProxyConfig::validate rejects that too.
-            .max_buf_size(config.max_header_bytes.max(8 * 1024))
-            // The client may half-close after sending its request and still
-            // wait for the response.
-            .half_close(true);
-        server
-            .http2()
             .timer(TokioTimer::new())
             // Validated in ProxyConfig::validate to fit in u32.
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
@@ -176,55 +158,46 @@ impl HttpProxy {
             .timer(TokioTimer::new())
             // Host comes from the client; passthrough must not invent one.
             .set_host(false);
-        let http1 = Http1Pool::new(config.connect_timeout, config.pool_idle_timeout);
         let http2 = builder.http2_only(true).build(connector);
         Self {
             server,
-            http1,
             http2,
+            http1: Http1Relay::new(config, Arc::clone(&router)),
             router,
         }
     }
 
-    /// Serves one detected HTTP connection until it ends or, after the
-    /// shutdown, until its in-flight requests finish.
+    /// Serves one HTTP/1 connection (see [`super::h1`]); `prefix` holds the bytes protocol
+    /// detection read.
+    pub async fn serve_http1(
+        &self,
+        conn: ConnContext,
+        stream: TcpStream,
+        prefix: bytes::BytesMut,
+        signal: ShutdownSignal,
+    ) {
+        self.http1.serve(conn, stream, prefix, signal).await;
+    }
+
+    /// Serves one HTTP/2 connection until it ends or, after the shutdown, until its in-flight
+    /// streams finish.
     pub async fn serve<S>(self: &Arc<Self>, conn: ConnContext, io: S, watcher: Watcher)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        // An upgraded (WebSocket) relay runs here, in the connection's task,
-        // once hyper hands the sockets over: so the shutdown drain waits for it
-        // within the grace period and cuts it afterwards.
-        let (tunnel_tx, mut tunnel_rx) = mpsc::unbounded_channel::<Tunnel>();
         let this = Arc::clone(self);
         let service = service_fn(move |req| {
             let this = Arc::clone(&this);
-            let tunnel_tx = tunnel_tx.clone();
-            async move { Ok::<_, Infallible>(this.handle(conn, req, &tunnel_tx).await) }
+            async move { Ok::<_, Infallible>(this.handle(conn, req).await) }
         });
-        let connection = self
-            .server
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = self.server.serve_connection(TokioIo::new(io), service);
         if let Err(error) = watcher.watch(connection).await {
-            // Malformed requests, header timeouts and resets land here; hyper has
-            // already answered (400/431) where HTTP allows it.
-            tracing::debug!(%error, "http connection ended with error");
-        }
-        // The service (and its sender) went with the connection, so this ends
-        // as soon as any registered tunnel is done.
-        while let Some(tunnel) = tunnel_rx.recv().await {
-            tunnel.await;
+            // Protocol errors and resets land here; hyper has sent GOAWAY where it could.
+            tracing::debug!(%error, "http/2 connection ended with error");
         }
     }
 
-    async fn handle(
-        &self,
-        conn: ConnContext,
-        mut req: Request<Incoming>,
-        tunnels: &mpsc::UnboundedSender<Tunnel>,
-    ) -> Response<ProxyBody> {
-        let downstream_upgrade = (req.version() == Version::HTTP_11 && is_upgrade(req.headers()))
-            .then(|| hyper::upgrade::on(&mut req));
+    async fn handle(&self, conn: ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let grpc = grpc::is_grpc(&parts.headers);
         let Routed {
@@ -238,44 +211,29 @@ impl HttpProxy {
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => return respond(local, state, grpc),
         };
-        let is_h2 = parts.version == Version::HTTP_2;
-        if is_h2 {
-            // The h2 client takes `:scheme` and `:authority` from the URI.
-            match upstream_uri(&parts.uri, target) {
-                Ok(uri) => parts.uri = uri,
-                Err(error) => {
-                    return error_response(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_uri",
-                        &format!("cannot rewrite request target: {error}"),
-                        grpc,
-                    );
-                }
+        // The h2 client takes `:scheme` and `:authority` from the URI.
+        match upstream_uri(&parts.uri, target) {
+            Ok(uri) => parts.uri = uri,
+            Err(error) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_uri",
+                    &format!("cannot rewrite request target: {error}"),
+                    grpc,
+                );
             }
-        } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            // HTTP/1 goes out in origin-form; `Host` carries the authority.
-            parts.uri = origin_form(&parts.uri);
         }
-        strip_hop_by_hop(&mut parts.headers, downstream_upgrade.is_some());
+        strip_hop_by_hop(&mut parts.headers, false);
         let upstream_req = Request::from_parts(parts, body);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         let started = tokio::time::Instant::now();
         let sent = async {
-            if is_h2 {
-                self.http2
-                    .request(upstream_req)
-                    .await
-                    .map(|resp| (resp, None))
-                    .map_err(Failure::Client)
-            } else {
-                self.http1
-                    .send(target, upstream_req)
-                    .await
-                    .map(|(resp, lease)| (resp, Some(lease)))
-                    .map_err(Failure::Pool)
-            }
+            self.http2
+                .request(upstream_req)
+                .await
+                .map_err(Failure::Client)
         };
         let result = match timeout {
             None => sent.await,
@@ -284,21 +242,19 @@ impl HttpProxy {
                 Err(_) => Err(Failure::Timeout(limit)),
             },
         };
-        let response_grpc = result
-            .as_ref()
-            .is_ok_and(|(r, _)| grpc::is_grpc(r.headers()));
+        let response_grpc = result.as_ref().is_ok_and(|r| grpc::is_grpc(r.headers()));
         let outcome = HttpOutcome {
             target,
             result: match &result {
-                Ok((resp, _)) => Ok(resp.status()),
+                Ok(resp) => Ok(resp.status()),
                 Err(failure) if failure.is_connect() => Err(UpstreamFailure::Connect),
-                Err(Failure::Client(_) | Failure::Pool(_)) => Err(UpstreamFailure::Reset),
+                Err(Failure::Client(_)) => Err(UpstreamFailure::Reset),
                 Err(Failure::Timeout(_)) => Err(UpstreamFailure::Timeout),
             },
             elapsed: started.elapsed(),
             grpc: response_grpc,
             grpc_status: match &result {
-                Ok((resp, _)) if response_grpc => grpc::status(resp.headers()),
+                Ok(resp) if response_grpc => grpc::status(resp.headers()),
                 _ => None,
             },
         };
@@ -306,7 +262,7 @@ impl HttpProxy {
             state.on_outcome(&outcome);
         }
         self.router.on_http_outcome(&conn, &outcome);
-        let (mut resp, lease) = match result {
+        let mut resp = match result {
             Ok(ok) => ok,
             Err(Failure::Timeout(limit)) => {
                 tracing::debug!(%target, ?limit, "upstream request timed out");
@@ -318,7 +274,7 @@ impl HttpProxy {
                 local.grpc_status = Some(grpc::code::DEADLINE_EXCEEDED);
                 return respond(local, None, grpc);
             }
-            Err(failure @ (Failure::Client(_) | Failure::Pool(_))) => {
+            Err(failure @ Failure::Client(_)) => {
                 if let Some(error) = failure.error() {
                     tracing::warn!(%target, error = %error_chain(error), "upstream request failed");
                 }
@@ -338,35 +294,8 @@ impl HttpProxy {
                 );
             }
         };
-        match downstream_upgrade {
-            Some(downstream) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let upstream = hyper::upgrade::on(&mut resp);
-                let tunnel = Box::pin(async move {
-                    match tokio::try_join!(downstream, upstream) {
-                        Ok((down, up)) => {
-                            let mut down = TokioIo::new(down);
-                            let mut up = TokioIo::new(up);
-                            if let Err(error) =
-                                tokio::io::copy_bidirectional(&mut down, &mut up).await
-                            {
-                                tracing::debug!(%error, "upgraded connection ended with error");
-                            }
-                        }
-                        Err(error) => tracing::debug!(%error, "upgrade did not complete"),
-                    }
-                });
-                // The receiver lives until the connection task ends, which is
-                // after this response is written.
-                if tunnels.send(tunnel).is_err() {
-                    tracing::debug!("connection gone before its upgrade");
-                }
-            }
-            _ => strip_hop_by_hop(resp.headers_mut(), false),
-        }
-        let mut resp = resp.map(|body| ProxyBody {
-            _lease: lease,
-            ..ProxyBody::new(Either::Left(body), state)
-        });
+        strip_hop_by_hop(resp.headers_mut(), false);
+        let mut resp = resp.map(|body| ProxyBody::new(Either::Left(body), state));
         // hyper never polls a body that is empty from the start (204, `Content-Length: 0`).
         if resp.body().inner.is_end_stream() {
             resp.body_mut().end(ResponseEnd::Complete);
@@ -379,8 +308,6 @@ impl HttpProxy {
 enum Failure {
     /// HTTP/2 client.
     Client(hyper_util::client::legacy::Error),
-    /// HTTP/1 pool.
-    Pool(PoolError),
     Timeout(std::time::Duration),
 }
 
@@ -389,7 +316,6 @@ impl Failure {
     fn is_connect(&self) -> bool {
         match self {
             Self::Client(error) => error.is_connect(),
-            Self::Pool(error) => error.is_connect(),
             Self::Timeout(_) => false,
         }
     }
@@ -398,7 +324,6 @@ impl Failure {
     fn error(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Client(error) => Some(error),
-            Self::Pool(error) => Some(error),
             Self::Timeout(_) => None,
         }
     }
@@ -441,17 +366,6 @@ fn respond(
     )
 }
 
-/// `Connection: upgrade` plus an `Upgrade` header (WebSocket and friends).
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
 /// The request target with its authority replaced by the chosen endpoint;
 /// the client keeps `Host` (HTTP/1), so the app sees what its caller sent.
 fn upstream_uri(original: &Uri, target: SocketAddr) -> Result<Uri, http::Error> {
@@ -463,14 +377,6 @@ fn upstream_uri(original: &Uri, target: SocketAddr) -> Result<Uri, http::Error> 
         .authority(target.to_string())
         .path_and_query(path)
         .build()
-}
-
-/// The origin-form (`/path?query`) of an absolute-form request target.
-fn origin_form(original: &Uri) -> Uri {
-    match original.path_and_query() {
-        Some(path) if path.as_str() != "" => Uri::from(path.clone()),
-        _ => Uri::from_static("/"),
-    }
 }
 
 const HOP_BY_HOP: [HeaderName; 4] = [
@@ -493,7 +399,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
 /// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // Runs twice per request. Most messages carry none of these headers, and without `Connection`
     // there are no further names to remove: one pass over the few names present is cheaper than
     // a hashed lookup per candidate.
@@ -540,7 +446,7 @@ fn local_response(
     resp
 }
 
-fn error_local(status: StatusCode, reason: &'static str, text: &str) -> LocalResponse {
+pub(super) fn error_local(status: StatusCode, reason: &'static str, text: &str) -> LocalResponse {
     let mut local = LocalResponse::text(status, format!("lanemesh: {text}\n"));
     local
         .headers
@@ -605,25 +511,6 @@ mod tests {
         headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         strip_hop_by_hop(&mut headers, false);
         assert_eq!(headers, before);
-    }
-
-    #[test]
-    fn upgrade_keeps_connection_and_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&headers));
-        strip_hop_by_hop(&mut headers, true);
-        assert!(headers.contains_key(header::UPGRADE));
-        assert!(headers.contains_key(header::CONNECTION));
-    }
-
-    #[test]
-    fn absolute_form_becomes_origin_form() {
-        let origin = origin_form(&"http://svc.ns:80/x/y?q=1".parse().unwrap());
-        assert_eq!(origin, "/x/y?q=1");
-        assert!(origin.authority().is_none() && origin.scheme().is_none());
-        assert_eq!(origin_form(&"http://svc.ns".parse().unwrap()), "/");
     }
 
     #[test]

@@ -246,10 +246,10 @@ async fn serve_worker(
         tokio::select! {
             () = signal.triggered() => break,
             accepted = outbound.accept() => {
-                spawn_conn(&shared, &http, &graceful, &mut conns, Direction::Outbound, accepted).await;
+                spawn_conn(&shared, &http, &signal, &graceful, &mut conns, Direction::Outbound, accepted).await;
             }
             accepted = inbound.accept() => {
-                spawn_conn(&shared, &http, &graceful, &mut conns, Direction::Inbound, accepted).await;
+                spawn_conn(&shared, &http, &signal, &graceful, &mut conns, Direction::Inbound, accepted).await;
             }
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(error) = done
@@ -330,9 +330,11 @@ fn local_addr(group: &[std::net::TcpListener]) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn spawn_conn(
     shared: &Arc<Shared>,
     http: &Arc<HttpProxy>,
+    signal: &ShutdownSignal,
     graceful: &GracefulShutdown,
     conns: &mut JoinSet<()>,
     direction: Direction,
@@ -348,6 +350,7 @@ async fn spawn_conn(
                 handle_conn(
                     Arc::clone(shared),
                     Arc::clone(http),
+                    signal.clone(),
                     direction,
                     stream,
                     peer,
@@ -367,6 +370,7 @@ async fn spawn_conn(
 async fn handle_conn(
     shared: Arc<Shared>,
     http: Arc<HttpProxy>,
+    signal: ShutdownSignal,
     direction: Direction,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -403,10 +407,14 @@ async fn handle_conn(
         .await
     };
     tracing::debug!(%original_dst, ?protocol, "connection classified");
-    let io = Rewind::new(prefix, stream);
     match protocol {
-        Protocol::Http1 | Protocol::Http2 => http.serve(conn, io, watcher).await,
+        Protocol::Http1 => {
+            drop(watcher);
+            http.serve_http1(conn, stream, prefix, signal).await;
+        }
+        Protocol::Http2 => http.serve(conn, Rewind::new(prefix, stream), watcher).await,
         Protocol::Opaque => {
+            let io = Rewind::new(prefix, stream);
             drop(watcher);
             let target = match shared.router.route_tcp(&conn) {
                 TcpDecision::Passthrough => conn.default_target,

@@ -10,14 +10,16 @@
 //! - [`detect`]: protocol detection by reading and replaying the first bytes.
 //! - [`rewind`]: replays the detection bytes in front of the socket.
 //! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
-//! - [`http`]: hyper server per connection, pooled hyper clients upstream.
-//! - [`pool`]: the HTTP/1 upstream connection pool.
+//! - [`h1`]: the HTTP/1 relay (own head parsing, bodies relayed verbatim, upgrades).
+//! - [`http`]: HTTP/2: hyper server per connection, pooled hyper client upstream.
+//! - [`pool`]: the HTTP/1 upstream connection pool (one per worker).
 //! - [`grpc`]: recognising gRPC calls, their status, local gRPC answers.
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
 
 pub mod detect;
 pub mod grpc;
+pub mod h1;
 pub mod http;
 pub mod listener;
 pub mod orig_dst;

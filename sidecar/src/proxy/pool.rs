@@ -1,29 +1,24 @@
-//! HTTP/1 upstream connections, kept per endpoint and reused (keep-alive).
+//! HTTP/1 upstream connections, kept per endpoint and reused (keep-alive). Each data-plane
+//! worker has its own pool, so checking a connection out and back in is an uncontended lock and
+//! a hash lookup, and the connection's reads and writes happen in the task of the client
+//! connection that uses it (no connection task, no channel between the two).
 //!
-//! A lean replacement for hyper-util's legacy client on the HTTP/1 path, which costs per request
-//! a boxed response future, a pool key hashed from the URI's authority, a URI rewrite and, when
-//! the response body is still being read, a spawned task that waits to put the connection back.
-//! Here the key is the endpoint's socket address, the request goes out in the form it arrived in,
-//! and a connection returns to the pool as soon as hyper says it can take the next request.
-//!
-//! Behaviour kept from the legacy client: TCP_NODELAY and a connect timeout on new connections,
-//! HTTP/1 upgrades (the connection task runs `with_upgrades`), idle connections closed after the
-//! idle timeout, and a request that a reused connection refused before sending it (the upstream
-//! closed the connection meanwhile) retried on another connection.
+//! An idle connection the upstream has closed is noticed when it is checked out (its socket
+//! reads end-of-file without blocking) and when the reaper finds it expired.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Why no response came back.
+/// Read buffer of a new upstream connection; grows for larger heads.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// Why no connection could be established.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// TCP connect failed.
@@ -42,27 +37,37 @@ pub enum PoolError {
         /// The connect timeout.
         limit: Duration,
     },
-    /// The HTTP/1 exchange failed (reset, closed, malformed response).
-    #[error("http/1 exchange with {target}: {source}")]
-    Exchange {
-        /// Endpoint.
-        target: SocketAddr,
-        /// Cause.
-        source: hyper::Error,
-    },
 }
 
-impl PoolError {
-    /// No connection could be established (as opposed to one failing mid-exchange).
-    pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
+/// One HTTP/1 connection to an upstream, with the bytes read from it but not yet consumed.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Read buffer.
+    pub buf: BytesMut,
+    /// Came from the pool (it served a request before), so the upstream may have closed it
+    /// just now: a request that fails on it before any response byte can be retried.
+    pub reused: bool,
+}
+
+impl Upstream {
+    /// Whether the idle connection can still carry a request: the upstream has not closed it
+    /// and sent nothing unasked. Never blocks.
+    fn is_usable(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(
+            self.stream.try_read(&mut probe),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
+        )
     }
 }
 
-type Sender = SendRequest<Incoming>;
-
 struct Idle {
-    sender: Sender,
+    upstream: Upstream,
     since: Instant,
 }
 
@@ -73,7 +78,7 @@ struct Inner {
     reaper: std::sync::Once,
 }
 
-/// Pooled HTTP/1 client connections, keyed by endpoint.
+/// Pooled HTTP/1 upstream connections, keyed by endpoint.
 #[derive(Clone)]
 pub struct Http1Pool {
     inner: Arc<Inner>,
@@ -101,69 +106,25 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `req` (URI already in the form the upstream should see) to `target` on an idle
-    /// connection, or a new one. The [`Lease`] gives the connection back when dropped, or right
-    /// away if the connection is already free for the next request.
-    pub async fn send(
-        &self,
-        target: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<(Response<Incoming>, Lease), PoolError> {
-        while let Some(mut sender) = self.checkout(target) {
-            if sender.ready().await.is_err() {
-                // Closed by the upstream while idle.
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(target, sender))),
-                Err(mut error) => match error.take_message() {
-                    // Never sent: the connection went away first; try another one.
-                    Some(unsent) => req = unsent,
-                    None => {
-                        return Err(PoolError::Exchange {
-                            target,
-                            source: error.into_error(),
-                        });
-                    }
-                },
-            }
-        }
-        let mut sender = self.connect(target).await?;
-        let exchange = |source| PoolError::Exchange { target, source };
-        sender.ready().await.map_err(exchange)?;
-        let resp = sender.send_request(req).await.map_err(exchange)?;
-        Ok((resp, self.lease(target, sender)))
-    }
-
-    fn lease(&self, target: SocketAddr, sender: Sender) -> Lease {
-        let mut lease = Lease {
-            pool: Arc::downgrade(&self.inner),
-            target,
-            sender: Some(sender),
-        };
-        // Small bodies are usually read in full with the head: the connection is free already.
-        if lease.sender.as_ref().is_some_and(Sender::is_ready) {
-            lease.give_back();
-        }
-        lease
-    }
-
-    /// The most recently used idle connection that is still open and not expired.
-    fn checkout(&self, target: SocketAddr) -> Option<Sender> {
+    /// The most recently used idle connection to `target` that is still usable.
+    pub fn checkout(&self, target: SocketAddr) -> Option<Upstream> {
         let now = Instant::now();
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&target)?;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed()
-                && now.duration_since(entry.since) < self.inner.idle_timeout
+            if now.duration_since(entry.since) < self.inner.idle_timeout
+                && entry.upstream.is_usable()
             {
-                return Some(entry.sender);
+                let mut upstream = entry.upstream;
+                upstream.reused = true;
+                return Some(upstream);
             }
         }
         None
     }
 
-    async fn connect(&self, target: SocketAddr) -> Result<Sender, PoolError> {
+    /// A new connection to `target`.
+    pub async fn connect(&self, target: SocketAddr) -> Result<Upstream, PoolError> {
         let limit = self.inner.connect_timeout;
         let stream = match tokio::time::timeout(limit, TcpStream::connect(target)).await {
             Ok(Ok(stream)) => stream,
@@ -171,20 +132,25 @@ impl Http1Pool {
             Err(_) => return Err(PoolError::ConnectTimeout { target, limit }),
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| PoolError::Exchange { target, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(%target, %error, "upstream connection ended with error");
-            }
-        });
         self.start_reaper();
-        Ok(sender)
+        Ok(Upstream {
+            stream,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            reused: false,
+        })
+    }
+
+    /// Keeps a connection whose last exchange ended cleanly for the next request to `target`.
+    pub fn give_back(&self, target: SocketAddr, upstream: Upstream) {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.entry(target).or_default().push(Idle {
+            upstream,
+            since: Instant::now(),
+        });
     }
 
     /// Closes connections that stayed idle past the idle timeout, even for endpoints that get
-    /// no more requests. The task ends with the pool.
+    /// no more requests. The task ends with the pool (or with the worker's runtime).
     fn start_reaper(&self) {
         self.inner.reaper.call_once(|| {
             let pool = Arc::downgrade(&self.inner);
@@ -198,8 +164,8 @@ impl Http1Pool {
                     let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
                     idle.retain(|_, list| {
                         list.retain(|entry| {
-                            !entry.sender.is_closed()
-                                && now.duration_since(entry.since) < inner.idle_timeout
+                            now.duration_since(entry.since) < inner.idle_timeout
+                                && entry.upstream.is_usable()
                         });
                         !list.is_empty()
                     });
@@ -207,67 +173,4 @@ impl Http1Pool {
             });
         });
     }
-}
-
-/// A connection in use by one exchange. Dropping it returns the connection to the pool once it
-/// is free (after the response body was read), or lets it close if it cannot be reused.
-pub struct Lease {
-    pool: Weak<Inner>,
-    target: SocketAddr,
-    sender: Option<Sender>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("target", &self.target)
-            .field("held", &self.sender.is_some())
-            .finish()
-    }
-}
-
-impl Lease {
-    fn give_back(&mut self) {
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
-        if sender.is_closed() {
-            return;
-        }
-        let Some(pool) = self.pool.upgrade() else {
-            return;
-        };
-        if sender.is_ready() {
-            put(&pool, self.target, sender);
-            return;
-        }
-        // Still finishing the previous exchange: wait for it off the request path. A body that
-        // was abandoned closes the connection, which ends the wait with an error.
-        let pool = Arc::downgrade(&pool);
-        let target = self.target;
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut sender = sender;
-                if sender.ready().await.is_ok()
-                    && let Some(pool) = pool.upgrade()
-                {
-                    put(&pool, target, sender);
-                }
-            });
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.give_back();
-    }
-}
-
-fn put(pool: &Inner, target: SocketAddr, sender: Sender) {
-    let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-    idle.entry(target).or_default().push(Idle {
-        sender,
-        since: Instant::now(),
-    });
 }

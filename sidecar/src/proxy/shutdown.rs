@@ -42,6 +42,11 @@ impl ShutdownHandle {
 }
 
 impl ShutdownSignal {
+    /// Whether the shutdown has started (or every handle is gone).
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow() || self.rx.has_changed().is_err()
+    }
+
     /// Resolves once the shutdown has started (at once if it already has).
     /// Also resolves when every handle is dropped: nobody can stop us cleanly
     /// any more, so treat it as a shutdown.

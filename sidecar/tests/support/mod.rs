@@ -10,6 +10,23 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use lanemesh_api::proto;
+use lanemesh_sidecar::config::ProxyConfig;
+
+/// Proxy settings for in-process tests: capture listeners on free loopback ports, short
+/// timeouts (a 600 ms header-read timeout for the slowloris cases), 16 KiB heads.
+pub(crate) fn loopback_config() -> ProxyConfig {
+    ProxyConfig {
+        outbound_port: 0,
+        inbound_port: 0,
+        bind_address: "127.0.0.1".parse().expect("an IP address"),
+        grace_period: std::time::Duration::from_secs(5),
+        detect_timeout: std::time::Duration::from_millis(200),
+        header_read_timeout: std::time::Duration::from_millis(600),
+        max_header_bytes: 16 * 1024,
+        connect_timeout: std::time::Duration::from_secs(2),
+        ..ProxyConfig::default()
+    }
+}
 
 /// Service `demo/<name>` of app `<name>` on `cluster` (`ip:port`), target
 /// port 8080, with one endpoint per `(address, lane tag, ready)`.

@@ -1,0 +1,211 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+fn request(raw: &str) -> Result<Option<RequestHead>, HeadError> {
+    parse_request(&mut BytesMut::from(raw))
+}
+
+fn client() -> ClientSide {
+    ClientSide {
+        keep_alive: true,
+        http10: false,
+        head_request: false,
+        upgrade: false,
+    }
+}
+
+fn response(raw: &str, side: ClientSide) -> (ResponseHead, String, usize) {
+    let mut buf = BytesMut::from(raw);
+    let mut out = BytesMut::new();
+    let head = parse_response(&mut buf, side, &mut out).unwrap().unwrap();
+    (head, String::from_utf8(out.to_vec()).unwrap(), buf.len())
+}
+
+#[test]
+fn request_head_is_parsed_and_removed_from_the_buffer() {
+    let mut buf = BytesMut::from(
+        "POST /a?b=1 HTTP/1.1\r\nHost: svc\r\nContent-Length: 3\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nabcGET",
+    );
+    let head = parse_request(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[..], b"abcGET");
+    assert_eq!(head.parts.method, Method::POST);
+    assert_eq!(head.parts.uri, "/a?b=1");
+    assert_eq!(head.framing, Framing::Length(3));
+    assert!(head.keep_alive && !head.upgrade);
+    let two: Vec<_> = head.parts.headers.get_all("x-two").iter().collect();
+    assert_eq!(two, ["1", "2"]);
+    // Framing fields are kept aside, not in the router's view.
+    assert!(head.parts.headers.get(header::CONTENT_LENGTH).is_none());
+}
+
+#[test]
+fn incomplete_head_leaves_the_buffer_alone() {
+    let mut buf = BytesMut::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    assert!(parse_request(&mut buf).unwrap().is_none());
+    assert_eq!(buf.len(), 25);
+}
+
+#[test]
+fn ambiguous_or_invalid_framing_is_refused() {
+    let cases = [
+        (
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            HeadError::Ambiguous,
+        ),
+        (
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            HeadError::ContentLength,
+        ),
+        (
+            "POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+            HeadError::ContentLength,
+        ),
+        (
+            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            HeadError::ContentLength,
+        ),
+        (
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            HeadError::TransferEncoding,
+        ),
+    ];
+    for (raw, error) in cases {
+        assert_eq!(request(raw).unwrap_err(), error, "{raw:?}");
+    }
+    // Repeating the same length is allowed.
+    let same = request("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n").unwrap();
+    assert_eq!(same.unwrap().framing, Framing::Length(3));
+    assert!(matches!(
+        request("GET / HTTP/1.1\r\nbad header\r\n\r\n"),
+        Err(HeadError::Syntax(_))
+    ));
+}
+
+#[test]
+fn keep_alive_and_upgrade_follow_version_and_connection() {
+    let h10 = request("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+    assert!(!h10.keep_alive);
+    let h10_keep = request("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(h10_keep.keep_alive);
+    let close = request("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(!close.keep_alive);
+    let ws =
+        request("GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    assert!(ws.upgrade);
+}
+
+#[test]
+fn request_is_encoded_in_origin_form_with_its_framing() {
+    let mut head = request(
+        "PUT http://svc.ns:80/x?y=1 HTTP/1.1\r\nHost: svc.ns\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    head.parts
+        .headers
+        .insert("x-lanemesh-tag", HeaderValue::from_static("gray"));
+    let mut out = BytesMut::new();
+    encode_request(&head, &mut out);
+    assert_eq!(
+        &out[..],
+        b"PUT /x?y=1 HTTP/1.1\r\nhost: svc.ns\r\nx-lanemesh-tag: gray\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+    );
+}
+
+#[test]
+fn response_head_is_relayed_without_hop_by_hop_fields() {
+    let (head, out, left) = response(
+        "HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nConnection: x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-Kept:  a b \r\n\r\nok",
+        client(),
+    );
+    assert_eq!(left, 2, "the body stays in the buffer");
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.framing, Framing::Length(2));
+    assert!(head.upstream_keep_alive && head.client_keep_alive);
+    assert_eq!(
+        out,
+        "HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nX-Kept: a b\r\n\r\n"
+    );
+}
+
+#[test]
+fn response_framing_depends_on_request_and_status() {
+    let head_req = ClientSide {
+        head_request: true,
+        ..client()
+    };
+    let (head, _, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", head_req);
+    assert_eq!(head.framing, Framing::Empty);
+    for status in ["204 No Content", "304 Not Modified", "100 Continue"] {
+        let (head, _, _) = response(&format!("HTTP/1.1 {status}\r\n\r\n"), client());
+        assert_eq!(head.framing, Framing::Empty, "{status}");
+    }
+    let (interim, _, _) = response("HTTP/1.1 100 Continue\r\n\r\n", client());
+    assert!(interim.is_interim());
+    // Transfer-Encoding wins and the Content-Length is not relayed.
+    let (chunked, out, _) = response(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        client(),
+    );
+    assert_eq!(chunked.framing, Framing::Chunked);
+    assert!(!out.to_ascii_lowercase().contains("content-length"));
+    // No length: the body ends with the connection, and so does the client's.
+    let (until_close, out, _) = response("HTTP/1.1 200 OK\r\n\r\n", client());
+    assert_eq!(until_close.framing, Framing::UntilClose);
+    assert!(!until_close.upstream_keep_alive && !until_close.client_keep_alive);
+    assert!(out.ends_with("connection: close\r\n\r\n"));
+}
+
+#[test]
+fn connection_reuse_follows_both_sides() {
+    let (closing, _, _) = response(
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        client(),
+    );
+    assert!(!closing.upstream_keep_alive);
+    assert!(
+        closing.client_keep_alive,
+        "the client connection is separate"
+    );
+    let (old, _, _) = response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", client());
+    assert!(!old.upstream_keep_alive);
+    let h10_client = ClientSide {
+        http10: true,
+        ..client()
+    };
+    let (_, out, _) = response("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", h10_client);
+    assert!(out.ends_with("connection: keep-alive\r\n\r\n"), "{out}");
+    let (upgrade, out, _) = response(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ClientSide {
+            upgrade: true,
+            ..client()
+        },
+    );
+    assert!(upgrade.is_upgrade());
+    assert!(out.contains("Upgrade: websocket\r\n") && out.contains("connection: upgrade\r\n"));
+}
+
+#[test]
+fn local_response_has_length_and_connection() {
+    let mut out = BytesMut::new();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-lanemesh-error", HeaderValue::from_static("no_endpoint"));
+    encode_local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &headers,
+        &Bytes::from_static(b"gone\n"),
+        false,
+        &mut out,
+    );
+    assert_eq!(
+        &out[..],
+        b"HTTP/1.1 503 Service Unavailable\r\nx-lanemesh-error: no_endpoint\r\ncontent-length: 5\r\nconnection: close\r\n\r\ngone\n"
+    );
+}
