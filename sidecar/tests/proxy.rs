@@ -322,7 +322,13 @@ async fn http1_request_reaches_original_destination_with_host_kept() {
 #[tokio::test]
 async fn http1_keep_alive_serves_two_requests_on_one_connection_and_pools_upstream() {
     let upstream = http_upstream().await;
-    let harness = Harness::start(test_config()).await;
+    // Pools are per worker and the kernel spreads client connections over the workers'
+    // sockets: with one worker both client connections share its pool.
+    let config = ProxyConfig {
+        worker_threads: Some(1),
+        ..test_config()
+    };
+    let harness = Harness::start(config).await;
     let mut send = harness.h1(upstream.addr).await;
     for _ in 0..2 {
         let resp = timeout(STEP, send.send_request(get("/a")))
@@ -331,7 +337,7 @@ async fn http1_keep_alive_serves_two_requests_on_one_connection_and_pools_upstre
             .unwrap();
         assert_eq!(body_text(resp).await, "hello");
     }
-    // A second client connection reuses the pooled upstream connection.
+    // A second client connection (same worker) reuses the pooled upstream connection.
     let mut other = harness.h1(upstream.addr).await;
     let resp = timeout(STEP, other.send_request(get("/b")))
         .await

@@ -617,8 +617,8 @@ impl Http1Relay {
                     }
                     return Err(Failure::Closed { target });
                 }
-                Err(ReadHead::Io(source)) => {
-                    if reused && resendable && idempotent {
+                Err(ReadHead::Io { source, any_bytes }) => {
+                    if reused && resendable && idempotent && !any_bytes {
                         continue;
                     }
                     return Err(Failure::Io { target, source });
@@ -638,7 +638,11 @@ enum ReadHead {
     Closed {
         any_bytes: bool,
     },
-    Io(std::io::Error),
+    /// Reading failed (reset); `any_bytes` as for `Closed`.
+    Io {
+        source: std::io::Error,
+        any_bytes: bool,
+    },
     Invalid(HeadError),
     /// Relaying an interim response to the client failed.
     ClientGone(std::io::Error),
@@ -686,7 +690,7 @@ where
         match upstream.read_buf(buf).await {
             Ok(0) => return Err(ReadHead::Closed { any_bytes }),
             Ok(_) => any_bytes = true,
-            Err(error) => return Err(ReadHead::Io(error)),
+            Err(source) => return Err(ReadHead::Io { source, any_bytes }),
         }
     }
 }
