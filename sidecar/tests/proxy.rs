@@ -156,6 +156,11 @@ async fn upstream_handle(conn_id: usize, req: Request<Incoming>) -> Response<Ech
         .map(|h| h.to_str().unwrap().to_owned())
         .unwrap_or_default();
     let path = req.uri().path().to_owned();
+    let seen_authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let query = req.uri().query().unwrap_or_default().to_owned();
     let mut resp = if path == "/echo" {
         Response::new(http_body_util::Either::Left(req.into_body()))
@@ -174,6 +179,7 @@ async fn upstream_handle(conn_id: usize, req: Request<Incoming>) -> Response<Ech
     h.insert("x-seen-version", seen_version.parse().unwrap());
     h.insert("x-seen-host", seen_host.parse().unwrap());
     h.insert("x-seen-path", path.parse().unwrap());
+    h.insert("x-seen-authority", seen_authority.parse().unwrap());
     h.insert("x-conn-id", conn_id.to_string().parse().unwrap());
     resp
 }
@@ -454,6 +460,8 @@ async fn http2_prior_knowledge_is_proxied_as_http2() {
         .unwrap();
     assert_eq!(resp.version(), Version::HTTP_2);
     assert_eq!(resp.headers()["x-seen-version"], "HTTP/2.0");
+    // Passthrough leaves the request alone: the upstream sees the authority the caller used.
+    assert_eq!(resp.headers()["x-seen-authority"], "svc.test");
     assert_eq!(body_text(resp).await, "over h2");
 }
 

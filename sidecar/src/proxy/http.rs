@@ -14,8 +14,6 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -25,6 +23,7 @@ use crate::config::ProxyConfig;
 
 use super::grpc;
 use super::h1::Http1Relay;
+use super::pool::{Http2Error, Http2Pool};
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router, UpstreamFailure,
@@ -134,7 +133,7 @@ pub const ERROR_HEADER: &str = "x-lanemesh-error";
 #[derive(Debug)]
 pub struct HttpProxy {
     server: hyper::server::conn::http2::Builder<TokioExecutor>,
-    http2: Client<HttpConnector, Incoming>,
+    http2: Http2Pool,
     http1: Http1Relay,
     router: Arc<dyn Router>,
 }
@@ -148,20 +147,9 @@ impl HttpProxy {
             // Validated in ProxyConfig::validate to fit in u32.
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // Host comes from the client; passthrough must not invent one.
-            .set_host(false);
-        let http2 = builder.http2_only(true).build(connector);
         Self {
             server,
-            http2,
+            http2: Http2Pool::new(config.connect_timeout, config.pool_idle_timeout),
             http1: Http1Relay::new(config, Arc::clone(&router)),
             router,
         }
@@ -211,16 +199,19 @@ impl HttpProxy {
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => return respond(local, state, grpc),
         };
-        // The h2 client takes `:scheme` and `:authority` from the URI.
-        match upstream_uri(&parts.uri, target) {
-            Ok(uri) => parts.uri = uri,
-            Err(error) => {
-                return error_response(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_uri",
-                    &format!("cannot rewrite request target: {error}"),
-                    grpc,
-                );
+        // The h2 client takes `:scheme` and `:authority` from the URI; the connection is chosen
+        // by `target`, so the caller's authority travels on unchanged.
+        if parts.uri.authority().is_none() {
+            match absolute_uri(&parts.uri, &parts.headers, target) {
+                Ok(uri) => parts.uri = uri,
+                Err(error) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_uri",
+                        &format!("cannot complete request target: {error}"),
+                        grpc,
+                    );
+                }
             }
         }
         strip_hop_by_hop(&mut parts.headers, false);
@@ -231,7 +222,7 @@ impl HttpProxy {
         let started = tokio::time::Instant::now();
         let sent = async {
             self.http2
-                .request(upstream_req)
+                .send(target, upstream_req)
                 .await
                 .map_err(Failure::Client)
         };
@@ -307,7 +298,7 @@ impl HttpProxy {
 /// Why the upstream exchange produced no response.
 enum Failure {
     /// HTTP/2 client.
-    Client(hyper_util::client::legacy::Error),
+    Client(Http2Error),
     Timeout(std::time::Duration),
 }
 
@@ -366,17 +357,24 @@ fn respond(
     )
 }
 
-/// The request target with its authority replaced by the chosen endpoint;
-/// the client keeps `Host` (HTTP/1), so the app sees what its caller sent.
-fn upstream_uri(original: &Uri, target: SocketAddr) -> Result<Uri, http::Error> {
+/// An absolute request target for a request that came without `:authority`: the `Host` header
+/// if the caller sent one, else the endpoint address.
+fn absolute_uri(
+    original: &Uri,
+    headers: &HeaderMap,
+    target: SocketAddr,
+) -> Result<Uri, http::Error> {
     let path = original
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    Uri::builder()
-        .scheme("http")
-        .authority(target.to_string())
-        .path_and_query(path)
-        .build()
+    let builder = Uri::builder()
+        .scheme(original.scheme_str().unwrap_or("http"))
+        .path_and_query(path);
+    match headers.get(header::HOST).map(HeaderValue::as_bytes) {
+        Some(host) => builder.authority(host),
+        None => builder.authority(target.to_string()),
+    }
+    .build()
 }
 
 const HOP_BY_HOP: [HeaderName; 4] = [
@@ -514,11 +512,13 @@ mod tests {
     }
 
     #[test]
-    fn uri_keeps_path_and_query() {
+    fn a_target_without_authority_takes_host_else_the_endpoint() {
         let target: SocketAddr = "10.0.0.7:9090".parse().unwrap();
-        let uri = upstream_uri(&"/a/b?c=d".parse().unwrap(), target).unwrap();
+        let mut headers = HeaderMap::new();
+        let uri = absolute_uri(&"/a/b?c=d".parse().unwrap(), &headers, target).unwrap();
         assert_eq!(uri, "http://10.0.0.7:9090/a/b?c=d");
-        let absolute = upstream_uri(&"http://svc.ns:80/x".parse().unwrap(), target).unwrap();
-        assert_eq!(absolute, "http://10.0.0.7:9090/x");
+        headers.insert(header::HOST, HeaderValue::from_static("svc.ns:8080"));
+        let uri = absolute_uri(&"/x".parse().unwrap(), &headers, target).unwrap();
+        assert_eq!(uri, "http://svc.ns:8080/x");
     }
 }

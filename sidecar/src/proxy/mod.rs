@@ -11,8 +11,8 @@
 //! - [`rewind`]: replays the detection bytes in front of the socket.
 //! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
 //! - [`h1`]: the HTTP/1 relay (own head parsing, bodies relayed verbatim, upgrades).
-//! - [`http`]: HTTP/2: hyper server per connection, pooled hyper client upstream.
-//! - [`pool`]: the HTTP/1 upstream connection pool (one per worker).
+//! - [`http`]: HTTP/2: hyper server per connection, hyper client streams upstream.
+//! - [`pool`]: upstream connection pools per worker (HTTP/1 sockets, HTTP/2 connections).
 //! - [`grpc`]: recognising gRPC calls, their status, local gRPC answers.
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.

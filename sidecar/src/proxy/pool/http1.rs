@@ -15,29 +15,10 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::{PoolError, connect, start_reaper};
+
 /// Read buffer of a new upstream connection; grows for larger heads.
 const READ_BUFFER: usize = 8 * 1024;
-
-/// Why no connection could be established.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// TCP connect failed.
-    #[error("connect to {target}: {source}")]
-    Connect {
-        /// Endpoint.
-        target: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// TCP connect did not finish in time.
-    #[error("connect to {target}: timed out after {limit:?}")]
-    ConnectTimeout {
-        /// Endpoint.
-        target: SocketAddr,
-        /// The connect timeout.
-        limit: Duration,
-    },
-}
 
 /// One HTTP/1 connection to an upstream, with the bytes read from it but not yet consumed.
 #[derive(Debug)]
@@ -125,13 +106,7 @@ impl Http1Pool {
 
     /// A new connection to `target`.
     pub async fn connect(&self, target: SocketAddr) -> Result<Upstream, PoolError> {
-        let limit = self.inner.connect_timeout;
-        let stream = match tokio::time::timeout(limit, TcpStream::connect(target)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(PoolError::Connect { target, source }),
-            Err(_) => return Err(PoolError::ConnectTimeout { target, limit }),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = connect(target, self.inner.connect_timeout).await?;
         self.start_reaper();
         Ok(Upstream {
             stream,
@@ -150,27 +125,22 @@ impl Http1Pool {
     }
 
     /// Closes connections that stayed idle past the idle timeout, even for endpoints that get
-    /// no more requests. The task ends with the pool (or with the worker's runtime).
+    /// no more requests.
     fn start_reaper(&self) {
-        self.inner.reaper.call_once(|| {
-            let pool = Arc::downgrade(&self.inner);
-            let period = self.inner.idle_timeout;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = pool.upgrade() else { return };
-                    let now = Instant::now();
-                    let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    idle.retain(|_, list| {
-                        list.retain(|entry| {
-                            now.duration_since(entry.since) < inner.idle_timeout
-                                && entry.upstream.is_usable()
-                        });
-                        !list.is_empty()
+        start_reaper(
+            &self.inner.reaper,
+            &self.inner,
+            self.inner.idle_timeout,
+            |inner, now| {
+                let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
+                idle.retain(|_, list| {
+                    list.retain(|entry| {
+                        now.duration_since(entry.since) < inner.idle_timeout
+                            && entry.upstream.is_usable()
                     });
-                }
-            });
-        });
+                    !list.is_empty()
+                });
+            },
+        );
     }
 }
