@@ -18,7 +18,10 @@
 # Needs root (namespaces, iptables). Installs what is missing (Debian packages via apt-get, oha via cargo) and builds
 # lanemesh-proxy in release. Env knobs: BENCH_RATE (1000), BENCH_DURATION (10s), BENCH_CONNECTIONS (50),
 # BENCH_PROXY (a prebuilt lanemesh-proxy instead of the release build), BENCH_SETUPS (rows to run, default
-# "direct haproxy nginx lanemesh lanemesh-policy"; direct always runs, it is the baseline).
+# "direct haproxy nginx lanemesh lanemesh-mesh lanemesh-policy"; direct always runs, it is the baseline), BENCH_ROUNDS
+# (3: every setup is measured once per round, rounds run one after another, and the table shows each metric's median
+# over the rounds; a per-round lanemesh/HAProxy ratio table follows it. On a shared machine a neighbour's burst can
+# move one run by 40%; the median and the per-round ratios show what holds).
 # While optimising: BENCH_PROXY_B and BENCH_PROXY_B_ENV (a second lanemesh-proxy binary, with extra environment such
 # as TOKIO_WORKER_THREADS=1, measured as an extra passthrough row in the same run: compare ratios within one run, the
 # machine is shared), BENCH_PERF_DIR (needs perf: `perf record -g` of the proxies during each saturation run into
@@ -28,6 +31,9 @@ set -euo pipefail
 RATE=${BENCH_RATE:-1000}
 DURATION=${BENCH_DURATION:-10s}
 CONNECTIONS=${BENCH_CONNECTIONS:-50}
+ROUNDS=${BENCH_ROUNDS:-3}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: error: BENCH_ROUNDS must be a positive integer" >&2; exit 1; }
+ROUND=0
 SETUPS=" ${BENCH_SETUPS:-direct haproxy nginx lanemesh lanemesh-mesh lanemesh-policy} "
 PERF_DIR=${BENCH_PERF_DIR:-}
 CACHE=${LANEMESH_CACHE:-$HOME/.cache/lanemesh}
@@ -254,7 +260,7 @@ measure() {
     nsat=$(jq '[.statusCodeDistribution[]] | add // 0' "$sat")
     ok_fixed=$(jq '.statusCodeDistribution["200"] // 0' "$fixed")
     ok_sat=$(jq '.statusCodeDistribution["200"] // 0' "$sat")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$name" \
         "$(jq '.latencyPercentiles.p50 * 1000' "$fixed")" \
         "$(jq '.latencyPercentiles.p99 * 1000' "$fixed")" \
@@ -262,14 +268,12 @@ measure() {
         "$(jq '.summary.requestsPerSec' "$fixed")" \
         "$(jq '.summary.requestsPerSec' "$sat")" \
         "$((t1 - t0))" "$nfixed" "$((t2 - t1))" "$nsat" "$rss_c" "$rss_s" \
-        "$((nfixed - ok_fixed))" "$((nsat - ok_sat))" >>"$RESULTS"
+        "$((nfixed - ok_fixed))" "$((nsat - ok_sat))" "$ROUND" >>"$RESULTS"
 }
 
-# ---------------------------------------------------------------- 1. direct
-measure direct "http://$S_IP:$UP_PORT/" "" ""
 
 # ---------------------------------------------------------------- 3. HAProxy x2
-if want haproxy; then
+bench_haproxy() {
 HA_C_PORT=9101
 HA_S_PORT=9102
 haproxy_conf() { # FILE BIND SERVER
@@ -302,10 +306,10 @@ wait_port "$NS_C" 127.0.0.1 "$HA_C_PORT"
 measure haproxy "http://127.0.0.1:$HA_C_PORT/" "$HA_C" "$HA_S"
 stop "$HA_C"
 stop "$HA_S"
-fi # haproxy
+} # bench_haproxy
 
 # ---------------------------------------------------------------- 4. nginx x2
-if want nginx; then
+bench_nginx() {
 NG_C_PORT=9201
 NG_S_PORT=9202
 PROXY_LOC='proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";'
@@ -323,7 +327,7 @@ wait_port "$NS_C" 127.0.0.1 "$NG_C_PORT"
 measure nginx "http://127.0.0.1:$NG_C_PORT/" "$NG_C" "$NG_S"
 stop "$NG_C"
 stop "$NG_S"
-fi # nginx
+} # bench_nginx
 
 # ---------------------------------------------------------------- 2. lanemesh x2 (last: its capture rules stay)
 # lanemesh_run NAME BINARY SERVER-ARGS CLIENT-ARGS : starts the two proxies (as UID/GID 1337, so their own connections
@@ -351,11 +355,15 @@ lanemesh_run() {
     stop "$lm_s"
 }
 
-if want lanemesh || want lanemesh-mesh || want lanemesh-policy || [ -n "${BENCH_PROXY_B:-}" ]; then
-    ip netns exec "$NS_C" "$PROXY" init >"$WORK/init-c.log" 2>&1 || die "init in the client netns: $(cat "$WORK/init-c.log")"
-    ip netns exec "$NS_S" "$PROXY" init >"$WORK/init-s.log" 2>&1 || die "init in the server netns: $(cat "$WORK/init-s.log")"
-fi
-if want lanemesh; then lanemesh_run lanemesh "$PROXY" "" ""; fi
+# capture install|uninstall : lanemesh's capture rules in both namespaces. They would capture HAProxy's and nginx's hop
+# too, so they exist only while the lanemesh rows run.
+capture() {
+    local flags=() ns
+    if [ "$1" = uninstall ]; then flags=(--uninstall); fi
+    for ns in "$NS_C" "$NS_S"; do
+        ip netns exec "$ns" "$PROXY" init "${flags[@]}" >"$WORK/init.log" 2>&1 || die "init $1 in $ns: $(cat "$WORK/init.log")"
+    done
+}
 
 # lanemesh + policy: the same hop with governance in force (issue 5: under 5% more CPU per request than without).
 # Both proxies load one --config-file describing the two pods (their bench IPs) and the server's Service, so the
@@ -448,62 +456,120 @@ lanemesh_governed() {
         "$node --pod-name bench-server-1 --app-name bench-server --pod-ip $S_IP" \
         "$node --pod-name bench-client-1 --app-name bench-client --pod-ip $C_IP"
 }
-if want lanemesh-mesh; then
-    mesh_config >"$WORK/mesh.yaml"
-    lanemesh_governed lanemesh-mesh "$WORK/mesh.yaml"
-fi
-if want lanemesh-policy; then
-    { mesh_config; policy_objects; } >"$WORK/policy.yaml"
-    lanemesh_governed lanemesh-policy "$WORK/policy.yaml"
-fi
-# A/B comparison while optimising: a second binary measured in the same run.
-if [ -n "${BENCH_PROXY_B:-}" ]; then lanemesh_run lanemesh-b "$BENCH_PROXY_B" "" ""; fi
+mesh_config >"$WORK/mesh.yaml"
+{ mesh_config; policy_objects; } >"$WORK/policy.yaml"
+
+# ---------------------------------------------------------------- the rounds
+for ROUND in $(seq "$ROUNDS"); do
+    log "round $ROUND of $ROUNDS"
+    measure direct "http://$S_IP:$UP_PORT/" "" ""
+    if want haproxy; then bench_haproxy; fi
+    if want nginx; then bench_nginx; fi
+    if want lanemesh || want lanemesh-mesh || want lanemesh-policy || [ -n "${BENCH_PROXY_B:-}" ]; then
+        capture install
+        if want lanemesh; then lanemesh_run lanemesh "$PROXY" "" ""; fi
+        if want lanemesh-mesh; then lanemesh_governed lanemesh-mesh "$WORK/mesh.yaml"; fi
+        if want lanemesh-policy; then lanemesh_governed lanemesh-policy "$WORK/policy.yaml"; fi
+        # A/B comparison while optimising: a second binary measured in the same run.
+        if [ -n "${BENCH_PROXY_B:-}" ]; then lanemesh_run lanemesh-b "$BENCH_PROXY_B" "" ""; fi
+        capture uninstall
+    fi
+done
 
 # ---------------------------------------------------------------- report
+# One line per measured row: name, round, p50, p99, p99.9, RPS @fixed, max RPS, CPU ms/1k @fixed, CPU ms/1k @max,
+# RSS client kB, RSS server kB, errors ("-" where a value does not apply).
+DERIVED=$WORK/derived.tsv
+awk -F'\t' -v OFS='\t' -v tck="$TICKS" '
+    function cpu(t, n) { return ($1 != "direct" && n > 0) ? t * 1000 / tck / n * 1000 : "-" }
+    { print $1, $15, $2, $3, $4, $5, $6, cpu($7, $8), cpu($9, $10), $11, $12, $13 + $14 }' "$RESULTS" >"$DERIVED"
+
+median() { # numbers on stdin -> their median, or "-"
+    { grep -v '^-$' || true; } | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) print "-"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+col_median() { awk -F'\t' -v n="$1" -v c="$2" '$1 == n { print $c }' "$DERIVED" | median; }
+label() {
+    case $1 in
+        direct) echo "direct (no proxy)" ;;
+        lanemesh) echo "lanemesh (2 x lanemesh-proxy, passthrough)" ;;
+        lanemesh-mesh) echo "lanemesh + mesh config (governed routing, no policy)" ;;
+        lanemesh-policy) echo "lanemesh + policy (permissive limits, breaker, overload dry run)" ;;
+        lanemesh-b) echo "lanemesh B (BENCH_PROXY_B, passthrough)" ;;
+        *) echo "2 x $1" ;;
+    esac
+}
+fmt() { # FORMAT VALUE -> printf'd value, "-" stays "-"
+    if [ "$2" = - ]; then echo -; else printf "$1" "$2"; fi
+}
+diff_or_dash() { # A B -> A - B to 3 decimals, or "-"
+    if [ "$1" = - ] || [ "$2" = - ]; then echo -; else awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; fi
+}
+
 report() {
-    local direct50 direct99 direct999
-    read -r direct50 direct99 direct999 < <(awk -F'\t' '$1=="direct" {print $2, $3, $4}' "$RESULTS")
+    local d50 d99 d999 name m=()
+    d50=$(col_median direct 3)
+    d99=$(col_median direct 4)
+    d999=$(col_median direct 5)
     echo
-    echo "## Sidecar benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ))"
+    echo "## Sidecar benchmark ($(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), median of $ROUNDS round(s))"
     echo
     echo "Latency at a fixed $RATE RPS for $DURATION ($CONNECTIONS connections, oha --latency-correction); max RPS with"
     echo "$CONNECTIONS connections for $DURATION. CPU = utime+stime of both proxies' processes per 1000 requests."
     echo "RSS = VmHWM after the fixed-rate run, summed over a proxy's processes (nginx: master + workers)."
+    echo "Each cell is the median over the rounds; added latency = the setup's median minus direct's median."
     echo
     echo "| setup | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms | RPS @fixed | max RPS | CPU ms/1k req @fixed | CPU ms/1k req @max | RSS client proxy MB | RSS server proxy MB | errors |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    awk -F'\t' -v d50="$direct50" -v d99="$direct99" -v d999="$direct999" -v tck="$TICKS" '
-        function cpu(t, n) { return (n > 0) ? sprintf("%.1f", t * 1000 / tck / n * 1000) : "-" }
-        function label(n) {
-            if (n == "direct") return "direct (no proxy)"
-            if (n == "lanemesh") return "lanemesh (2 x lanemesh-proxy, passthrough)"
-            if (n == "lanemesh-mesh") return "lanemesh + mesh config (governed routing, no policy)"
-            if (n == "lanemesh-policy") return "lanemesh + policy (permissive limits, breaker, overload dry run)"
-            if (n == "lanemesh-b") return "lanemesh B (BENCH_PROXY_B, passthrough)"
-            return "2 x " n
-        }
-        function mb(kb) { return (kb == "-") ? "-" : sprintf("%.1f", kb / 1024) }
-        {
-            direct = ($1 == "direct")
-            printf "| %s | %.3f | %.3f | %.3f | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %d |\n",
-                label($1),
-                $2, $3, $4,
-                direct ? "-" : sprintf("%.3f", $2 - d50), direct ? "-" : sprintf("%.3f", $3 - d99),
-                direct ? "-" : sprintf("%.3f", $4 - d999),
-                $5, $6, direct ? "-" : cpu($7, $8), direct ? "-" : cpu($9, $10), mb($11), mb($12), $13 + $14
-        }' "$RESULTS"
+    for name in $(cut -f1 "$DERIVED" | awk '!seen[$0]++'); do
+        m=()
+        for c in 3 4 5 6 7 8 9 10 11; do m+=("$(col_median "$name" "$c")"); done
+        local errors added=(- - -)
+        errors=$(awk -F'\t' -v n="$name" '$1 == n { e += $12 } END { print e + 0 }' "$DERIVED")
+        if [ "$name" != direct ]; then
+            added=("$(diff_or_dash "${m[0]}" "$d50")" "$(diff_or_dash "${m[1]}" "$d99")" "$(diff_or_dash "${m[2]}" "$d999")")
+        fi
+        echo "| $(label "$name") | $(fmt %.3f "${m[0]}") | $(fmt %.3f "${m[1]}") | $(fmt %.3f "${m[2]}") |" \
+            "${added[0]} | ${added[1]} | ${added[2]} | $(fmt %.0f "${m[3]}") | $(fmt %.0f "${m[4]}") |" \
+            "$(fmt %.1f "${m[5]}") | $(fmt %.1f "${m[6]}") |" \
+            "$(awk -v k="${m[7]}" 'BEGIN { if (k == "-") print "-"; else printf "%.1f", k / 1024 }') |" \
+            "$(awk -v k="${m[8]}" 'BEGIN { if (k == "-") print "-"; else printf "%.1f", k / 1024 }') | $errors |"
+    done
     echo
     echo "Targets (reported, not asserted): lanemesh added p99 and CPU per request no worse than HAProxy's;"
     echo "lanemesh max RPS at least HAProxy's; RSS under 20 MB per proxy at $RATE RPS."
     echo "All processes share $(nproc) cores with the load generator and the upstream: max RPS is a relative number."
+    if awk -F'\t' '$1 == "haproxy" { h = 1 } $1 == "lanemesh" { l = 1 } END { exit !(h && l) }' "$DERIVED"; then
+        echo
+        echo "Per round, lanemesh passthrough / HAProxy (the two measured a minute or two apart within each round):"
+        echo
+        echo "| round | max RPS ratio | CPU/req ratio @fixed | CPU/req ratio @max | added p99 lanemesh ms | added p99 haproxy ms |"
+        echo "|---|---|---|---|---|---|"
+        awk -F'\t' '
+            $1 == "direct" { d99[$2] = $4 }
+            $1 == "haproxy" { hr[$2] = $7; hf[$2] = $8; hm[$2] = $9; h99[$2] = $4 }
+            $1 == "lanemesh" { lr[$2] = $7; lf[$2] = $8; lm[$2] = $9; l99[$2] = $4; rounds[$2] = 1 }
+            END {
+                for (r = 1; r in rounds || r in hr; r++) {
+                    if (!(r in rounds) || !(r in hr) || hr[r] == 0 || hf[r] == 0 || hm[r] == 0) continue
+                    printf "| %d | %.2f | %.2f | %.2f | %.3f | %.3f |\n", r, lr[r] / hr[r], lf[r] / hf[r], lm[r] / hm[r],
+                        l99[r] - d99[r], h99[r] - d99[r]
+                }
+            }' "$DERIVED"
+    fi
     awk -F'\t' '
-        $1 == "lanemesh-mesh" && $8 > 0 && $10 > 0 { base_f = $7 / $8; base_m = $9 / $10 }
-        $1 == "lanemesh-policy" && $8 > 0 && $10 > 0 { pol_f = $7 / $8; pol_m = $9 / $10 }
+        $1 == "lanemesh-mesh" && $8 != "-" { bf[$2] = $8; bm[$2] = $9 }
+        $1 == "lanemesh-policy" && $8 != "-" { pf[$2] = $8; pm[$2] = $9 }
         END {
-            if (base_f > 0 && base_m > 0 && pol_f > 0 && pol_m > 0) {
-                printf "\nPolicy cost (issue 5 target: under +5%% CPU per request): lanemesh + policy vs lanemesh + mesh config, "
-                printf "CPU per request %+.1f%% at the fixed rate, %+.1f%% at max RPS.\n", (pol_f / base_f - 1) * 100, (pol_m / base_m - 1) * 100
+            n = 0
+            for (r in pf) if (r in bf && bf[r] > 0 && bm[r] > 0) {
+                line = line sprintf("%s round %s: %+.1f%% / %+.1f%%", n ? ";" : "", r, (pf[r] / bf[r] - 1) * 100, (pm[r] / bm[r] - 1) * 100)
+                n++
             }
-        }' "$RESULTS"
+            if (n) {
+                printf "\nPolicy cost (issue 5 target: under +5%% CPU per request), lanemesh + policy vs lanemesh + mesh config,\n"
+                printf "CPU per request at the fixed rate / at max RPS:%s.\n", line
+            }
+        }' "$DERIVED"
 }
 report
