@@ -240,16 +240,20 @@ async fn serve_worker(
         }
     };
     let http = Arc::new(HttpProxy::new(&shared.config, Arc::clone(&shared.router)));
+    // Connections wait for the shutdown on a signal of their own worker: every idle HTTP/1
+    // connection registers with it between requests, and a signal shared by all workers would
+    // make those registrations contend across threads.
+    let (stop_connections, connection_signal) = shutdown::channel();
     let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             () = signal.triggered() => break,
             accepted = outbound.accept() => {
-                spawn_conn(&shared, &http, &signal, &graceful, &mut conns, Direction::Outbound, accepted).await;
+                spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Outbound, accepted).await;
             }
             accepted = inbound.accept() => {
-                spawn_conn(&shared, &http, &signal, &graceful, &mut conns, Direction::Inbound, accepted).await;
+                spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Inbound, accepted).await;
             }
             Some(done) = conns.join_next(), if !conns.is_empty() => {
                 if let Err(error) = done
@@ -260,6 +264,7 @@ async fn serve_worker(
             }
         }
     }
+    stop_connections.trigger();
     // Closing the listeners makes new connection attempts fail at once.
     drop(outbound);
     drop(inbound);
