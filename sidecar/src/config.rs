@@ -81,6 +81,13 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub pool_idle_timeout: Duration,
 
+    /// TCP keepalive on client and upstream connections: idle time before the first probe, and
+    /// the interval between probes. A peer that vanished without FIN or RST (node lost, cable
+    /// cut) is noticed and its connection closed instead of being held forever; the same
+    /// default as linkerd2-proxy.
+    #[arg(long, env = "LANEMESH_TCP_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive: Duration,
+
     /// Timeout for connecting to an upstream.
     #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -168,6 +175,7 @@ impl ProxyConfig {
             ("detect-timeout", self.detect_timeout),
             ("header-read-timeout", self.header_read_timeout),
             ("connect-timeout", self.connect_timeout),
+            ("tcp-keepalive", self.tcp_keepalive),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -209,6 +217,7 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
+            tcp_keepalive: Duration::from_secs(10),
             cgroup_dir: PathBuf::from("/sys/fs/cgroup"),
             worker_threads: None,
             discovery: DiscoveryArgs::default(),

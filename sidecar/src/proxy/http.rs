@@ -149,7 +149,7 @@ impl HttpProxy {
 
         Self {
             server,
-            http2: Http2Pool::new(config.connect_timeout, config.pool_idle_timeout),
+            http2: Http2Pool::new(config.into()),
             http1: Http1Relay::new(config, Arc::clone(&router)),
             router,
         }

@@ -394,7 +394,7 @@ async fn handle_conn(
         tracing::warn!(%original_dst, "dropping connection addressed to the proxy itself");
         return;
     }
-    let _ = stream.set_nodelay(true);
+    super::pool::tune(&stream, shared.config.tcp_keepalive);
     let conn = ConnContext::new(direction, peer, original_dst, shared.config.app_address);
     let _connection = shared.router.open_connection(&conn);
     let (protocol, prefix) = if shared
@@ -429,7 +429,7 @@ async fn handle_conn(
                     return;
                 }
             };
-            match tcp::relay(io, target, shared.config.connect_timeout).await {
+            match tcp::relay(io, target, (&shared.config).into()).await {
                 Ok(relayed) => tracing::debug!(%target, ?relayed, "tcp relay done"),
                 Err(error) => tracing::debug!(%error, "tcp relay ended"),
             }

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+
+use super::pool::{PoolError, PoolSettings, connect};
 
 /// Why an opaque connection ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -50,20 +51,20 @@ pub struct Relayed {
 pub async fn relay<S>(
     mut client: S,
     target: SocketAddr,
-    connect_timeout: Duration,
+    settings: PoolSettings,
 ) -> Result<Relayed, TcpError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut upstream = tokio::time::timeout(connect_timeout, TcpStream::connect(target))
+    let mut upstream = connect(target, settings)
         .await
-        .map_err(|_| TcpError::ConnectTimeout {
-            target,
-            timeout: connect_timeout,
-        })?
-        .map_err(|source| TcpError::Connect { target, source })?;
-    // Latency matters more than packet count for proxied small writes.
-    let _ = upstream.set_nodelay(true);
+        .map_err(|error| match error {
+            PoolError::Connect { target, source } => TcpError::Connect { target, source },
+            PoolError::ConnectTimeout { target, limit } => TcpError::ConnectTimeout {
+                target,
+                timeout: limit,
+            },
+        })?;
     let (sent, received) = tokio::io::copy_bidirectional(&mut client, &mut upstream)
         .await
         .map_err(|source| TcpError::Relay { target, source })?;

@@ -222,7 +222,7 @@ impl Http1Relay {
     pub fn new(config: &ProxyConfig, router: Arc<dyn Router>) -> Self {
         Self {
             router,
-            pool: Http1Pool::new(config.connect_timeout, config.pool_idle_timeout),
+            pool: Http1Pool::new(config.into()),
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
         }

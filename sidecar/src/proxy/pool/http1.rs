@@ -9,13 +9,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{PoolError, connect, start_reaper};
+use super::{PoolError, PoolSettings, connect, start_reaper};
 
 /// Read buffer of a new upstream connection; grows for larger heads.
 const READ_BUFFER: usize = 8 * 1024;
@@ -54,8 +53,7 @@ struct Idle {
 
 struct Inner {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    idle_timeout: Duration,
-    connect_timeout: Duration,
+    settings: PoolSettings,
     reaper: std::sync::Once,
 }
 
@@ -68,20 +66,18 @@ pub struct Http1Pool {
 impl std::fmt::Debug for Http1Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http1Pool")
-            .field("idle_timeout", &self.inner.idle_timeout)
-            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl Http1Pool {
     /// An empty pool.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(settings: PoolSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 idle: Mutex::new(HashMap::new()),
-                idle_timeout,
-                connect_timeout,
+                settings,
                 reaper: std::sync::Once::new(),
             }),
         }
@@ -93,7 +89,7 @@ impl Http1Pool {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&target)?;
         while let Some(entry) = list.pop() {
-            if now.duration_since(entry.since) < self.inner.idle_timeout
+            if now.duration_since(entry.since) < self.inner.settings.idle_timeout
                 && entry.upstream.is_usable()
             {
                 let mut upstream = entry.upstream;
@@ -106,7 +102,7 @@ impl Http1Pool {
 
     /// A new connection to `target`.
     pub async fn connect(&self, target: SocketAddr) -> Result<Upstream, PoolError> {
-        let stream = connect(target, self.inner.connect_timeout).await?;
+        let stream = connect(target, self.inner.settings).await?;
         self.start_reaper();
         Ok(Upstream {
             stream,
@@ -130,12 +126,12 @@ impl Http1Pool {
         start_reaper(
             &self.inner.reaper,
             &self.inner,
-            self.inner.idle_timeout,
+            self.inner.settings.idle_timeout,
             |inner, now| {
                 let mut idle = inner.idle.lock().unwrap_or_else(|e| e.into_inner());
                 idle.retain(|_, list| {
                     list.retain(|entry| {
-                        now.duration_since(entry.since) < inner.idle_timeout
+                        now.duration_since(entry.since) < inner.settings.idle_timeout
                             && entry.upstream.is_usable()
                     });
                     !list.is_empty()

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -14,7 +13,7 @@ use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
-use super::{PoolError, connect, start_reaper};
+use super::{PoolError, PoolSettings, connect, start_reaper};
 
 /// Why an HTTP/2 request got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +55,7 @@ struct Entry {
 
 struct Inner {
     conns: Mutex<HashMap<SocketAddr, Entry>>,
-    idle_timeout: Duration,
-    connect_timeout: Duration,
+    settings: PoolSettings,
     reaper: Once,
 }
 
@@ -70,20 +68,18 @@ pub struct Http2Pool {
 impl std::fmt::Debug for Http2Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Http2Pool")
-            .field("idle_timeout", &self.inner.idle_timeout)
-            .field("connect_timeout", &self.inner.connect_timeout)
+            .field("settings", &self.inner.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl Http2Pool {
     /// An empty pool.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(settings: PoolSettings) -> Self {
         Self {
             inner: Arc::new(Inner {
                 conns: Mutex::new(HashMap::new()),
-                idle_timeout,
-                connect_timeout,
+                settings,
                 reaper: Once::new(),
             }),
         }
@@ -133,7 +129,7 @@ impl Http2Pool {
     }
 
     async fn connect(&self, target: SocketAddr) -> Result<Sender, Http2Error> {
-        let stream = connect(target, self.inner.connect_timeout).await?;
+        let stream = connect(target, self.inner.settings).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -158,14 +154,14 @@ impl Http2Pool {
         start_reaper(
             &self.inner.reaper,
             &self.inner,
-            self.inner.idle_timeout,
+            self.inner.settings.idle_timeout,
             |inner, now| {
                 let mut conns = inner.conns.lock().unwrap_or_else(|e| e.into_inner());
                 // Dropping the pool's handle lets hyper close the connection once its open
                 // streams (if any) are done.
                 conns.retain(|_, entry| {
                     !entry.sender.is_closed()
-                        && now.duration_since(entry.last_used) < inner.idle_timeout
+                        && now.duration_since(entry.last_used) < inner.settings.idle_timeout
                 });
             },
         );

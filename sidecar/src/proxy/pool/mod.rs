@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::config::ProxyConfig;
+
 pub use http1::{Http1Pool, Upstream};
 pub use http2::{Http2Error, Http2Pool};
 
@@ -36,16 +38,50 @@ pub enum PoolError {
     },
 }
 
-/// A TCP connection to `target` within `limit`, with Nagle off (heads and small bodies must not
-/// wait for an ACK).
-async fn connect(target: SocketAddr, limit: Duration) -> Result<TcpStream, PoolError> {
+/// How pools (and the opaque relay) open and keep upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// `--connect-timeout`.
+    pub connect_timeout: Duration,
+    /// `--pool-idle-timeout`.
+    pub idle_timeout: Duration,
+    /// `--tcp-keepalive`.
+    pub keepalive: Duration,
+}
+
+impl From<&ProxyConfig> for PoolSettings {
+    fn from(config: &ProxyConfig) -> Self {
+        Self {
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            keepalive: config.tcp_keepalive,
+        }
+    }
+}
+
+/// A TCP connection to `target`, tuned with [`tune`].
+pub(crate) async fn connect(
+    target: SocketAddr,
+    settings: PoolSettings,
+) -> Result<TcpStream, PoolError> {
+    let limit = settings.connect_timeout;
     let stream = match tokio::time::timeout(limit, TcpStream::connect(target)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(source)) => return Err(PoolError::Connect { target, source }),
         Err(_) => return Err(PoolError::ConnectTimeout { target, limit }),
     };
-    let _ = stream.set_nodelay(true);
+    tune(&stream, settings.keepalive);
     Ok(stream)
+}
+
+/// Nagle off (heads and small bodies must not wait for an ACK) and TCP keepalive on (a vanished
+/// peer's connection is closed by the kernel). Best effort: a socket that refuses still works.
+pub(crate) fn tune(stream: &TcpStream, keepalive: Duration) {
+    let _ = stream.set_nodelay(true);
+    let probes = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&probes);
 }
 
 /// Starts, once per pool, a task that calls `sweep` every `period` until the pool is gone (or
@@ -67,4 +103,48 @@ where
             }
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn upstream_sockets_get_nodelay_and_the_configured_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(90),
+            keepalive: Duration::from_secs(7),
+        };
+        let stream = connect(listener.local_addr().unwrap(), settings)
+            .await
+            .unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(7)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_names_the_endpoint() {
+        // Bind and drop: nothing listens on the port afterwards.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let settings = PoolSettings {
+            connect_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(90),
+            keepalive: Duration::from_secs(10),
+        };
+        let error = connect(addr, settings).await.unwrap_err();
+        assert!(matches!(error, PoolError::Connect { target, .. } if target == addr));
+        assert!(error.to_string().contains(&addr.to_string()), "{error}");
+    }
 }
