@@ -289,14 +289,6 @@ async fn two_replicas_serve_and_only_the_lease_holder_writes_status() {
     .expect("test exceeded its time bound");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm() {
     if cluster::skip_requested("the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm") {
@@ -307,8 +299,14 @@ async fn the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm() {
         let client = cluster.client();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanemesh-pilot"))
             .args(["--source", "kubernetes"])
-            .args(["--grpc-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{}", support::free_port()),
+            ])
+            .args([
+                "--admin-addr",
+                &format!("127.0.0.1:{}", support::free_port()),
+            ])
             .args(["--lease-name", "pilot-bin", "--lease-namespace", "default"])
             .args([
                 "--identity",

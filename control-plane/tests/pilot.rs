@@ -5,13 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod support;
+
+use support::free_port;
 
 fn get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -13,6 +13,14 @@ use lanemesh_api::resource::ALL_TYPE_URLS;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// A loopback port that was free a moment ago (for binaries that bind their own listeners).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// How long one expected message may take.
 pub const WAIT: Duration = Duration::from_secs(5);
 

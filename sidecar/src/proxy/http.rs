@@ -395,6 +395,15 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
+/// The comma-separated tokens of a list-valued field (`Connection`, `TE`, `Transfer-Encoding`),
+/// trimmed, empty ones skipped.
+pub(super) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
 /// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
 /// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
@@ -408,9 +417,8 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| list_tokens(v.as_bytes()))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -423,11 +431,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(PROXY_CONNECTION);
     let te_trailers = headers
         .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        .is_some_and(|v| list_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -11,6 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::body::Framing;
+use crate::proxy::http::list_tokens as tokens;
 
 /// Most header fields in one head; more get 431.
 pub const MAX_HEADERS: usize = 128;
@@ -380,14 +381,6 @@ fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(b": ");
     dst.put_slice(value);
     dst.put_slice(b"\r\n");
-}
-
-/// The comma-separated tokens of a list-valued field, trimmed, empty ones skipped.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// Folds one `Content-Length` field into what earlier fields said: every value in every field
