@@ -198,6 +198,10 @@ impl ChildGuard {
             .open(log)
             .map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
+        // Tests run with RUST_BACKTRACE=1, which makes anyhow attach a backtrace to a binary's
+        // startup error: the error line itself then falls out of the log tail a failing test
+        // prints. Panics keep their backtraces (RUST_BACKTRACE still applies to them).
+        command.env("RUST_LIB_BACKTRACE", "0");
         let child = command
             .stdin(Stdio::null())
             .stdout(out)
