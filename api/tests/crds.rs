@@ -344,3 +344,66 @@ fn no_yaml_1_1_boolean_lookalikes_in_crds_or_examples() {
         }
     }
 }
+
+/// Every `(path, schema)` node of a JSON schema, depth first.
+fn schema_nodes<'a>(path: String, schema: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    out.push((path.clone(), schema));
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            schema_nodes(format!("{path}.{name}"), child, out);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(child) = schema.get(key).filter(|c| c.is_object()) {
+            schema_nodes(format!("{path}[{key}]"), child, out);
+        }
+    }
+}
+
+#[test]
+fn every_integer_is_bounded_and_every_duration_has_a_max_length() {
+    // The API server checks minimum/maximum/maxLength, never `format`: an
+    // unbounded uint32 field stores 4294967296, which no client can decode.
+    let mut problems = Vec::new();
+    let mut durations = 0;
+    for crd in lanemesh_api::crd::all() {
+        let name = crd.metadata.name.clone().unwrap();
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
+        let mut nodes = Vec::new();
+        schema_nodes(name, &schema, &mut nodes);
+        for (path, node) in nodes {
+            let is = |k: &str, v: &str| node.get(k).and_then(Value::as_str) == Some(v);
+            // int64 is what the API server itself decodes into.
+            if is("type", "integer")
+                && !is("format", "int64")
+                && (node.get("minimum").is_none() || node.get("maximum").is_none())
+            {
+                problems.push(format!("{path}: integer without minimum and maximum"));
+            }
+            if is("type", "number")
+                && node.get("maximum").is_none()
+                && node.get("x-kubernetes-validations").is_none()
+            {
+                problems.push(format!("{path}: number without maximum or CEL rule"));
+            }
+            if is("pattern", lanemesh_api::crd::common::DURATION_PATTERN) {
+                durations += 1;
+                let max = node.get("maxLength").and_then(Value::as_u64);
+                if max != Some(u64::from(lanemesh_api::limits::DURATION_MAX_LENGTH)) {
+                    problems.push(format!("{path}: duration without maxLength"));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(durations, 8, "every duration field was checked");
+}

@@ -150,7 +150,7 @@ fn rule(
         threshold,
         slow_request_duration: slow,
         window: Some(window),
-        min_requests: r.min_requests,
+        min_requests: super::count(&field.key("minRequests"), r.min_requests, errors),
         open_duration: Some(open_duration),
         half_open_probes: r.half_open_probes,
         fallback: Some(super::fallback(

@@ -64,7 +64,8 @@ pub fn lane_groups(groups: &[LaneGroup], lanes: &[Lane]) -> Built<proto::LaneGro
             );
             errors.push(&spec.key("tag"), Violation::Conflict(msg));
         }
-        let sum = weights.get(&index).copied().unwrap_or(0) + resource.weight;
+        // Saturating: an out-of-range weight (refused above) must not overflow.
+        let sum = (weights.get(&index).copied().unwrap_or(0)).saturating_add(resource.weight);
         if mode == RoutingMode::Percentage && sum > 100 {
             let group = lane.spec.group.clone();
             errors.push(

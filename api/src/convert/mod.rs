@@ -8,24 +8,25 @@
 //!
 //! # Layout
 //! - `error`: [`Invalid`], [`FieldError`], [`Violation`].
+//! - `duration`: Go duration syntax with overflow checks ([`parse_duration`]).
 //! - `lane`: LaneGroups and their Lanes -> `proto::LaneGroup`.
 //! - `rate_limit`: RateLimitPolicies and OverloadProtectionPolicies -> `proto::InboundPolicy`.
 //! - `breaker`: CircuitBreakerPolicies -> `proto::OutboundPolicy`.
 //! - `service`: Services, EndpointSlices and Pods -> `proto::Service`.
 
 mod breaker;
+mod duration;
 mod error;
 mod lane;
 mod rate_limit;
 mod service;
 
 pub use breaker::outbound_policies;
+pub use duration::{DurationError, parse_duration};
 pub use error::{FieldError, Invalid, ObjectRef, Violation};
 pub use lane::lane_groups;
 pub use rate_limit::inbound_policies;
 pub use service::{SERVICE_NAME_LABEL, service, services};
-
-use std::str::FromStr;
 
 use kube::core::ObjectMeta;
 
@@ -33,7 +34,7 @@ use crate::crd::common::{
     ConditionSource, Fallback, LaneMatch, Logic, MatchCondition, Operator, PathMatch, RouteMatch,
 };
 use crate::manifest::Manifest;
-use crate::proto;
+use crate::{limits, proto};
 use error::{Errors, Field};
 
 /// What a conversion produced: the servable resources, and the objects that
@@ -107,14 +108,36 @@ fn non_empty(field: &Field, value: &str, errors: &mut Errors) {
     }
 }
 
-/// A threshold: finite and >= 0.
+/// A threshold: finite, >= 0 and at most [`limits::MAX_THRESHOLD`].
 fn threshold(field: &Field, value: f64, errors: &mut Errors) -> f64 {
     if !value.is_finite() {
         errors.push(field, Violation::NotFinite { value });
     } else if value < 0.0 {
         errors.push(field, Violation::TooSmall { min: 0.0, value });
+    } else if value > limits::MAX_THRESHOLD {
+        let max = limits::MAX_THRESHOLD;
+        errors.push(field, Violation::TooLarge { max, value });
     }
     value
+}
+
+/// A count users give (concurrency, burst, ...): at most [`limits::MAX_COUNT`].
+fn count(field: &Field, value: u32, errors: &mut Errors) -> u32 {
+    if value > limits::MAX_COUNT {
+        let (max, value) = (f64::from(limits::MAX_COUNT), f64::from(value));
+        errors.push(field, Violation::TooLarge { max, value });
+    }
+    value
+}
+
+/// A user's value as echoed in an error message: long enough to recognise,
+/// short enough for a status condition (the local source has no length limits).
+fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}...", &value[..at]),
+        None => value.to_owned(),
+    }
 }
 
 /// A ratio in (0, 1].
@@ -131,25 +154,13 @@ enum Zero {
     Refused,
 }
 
-/// A Go-syntax duration (`kube::core::Duration` parses exactly what the
-/// CRD's pattern admits, plus a sign we refuse).
+/// A Go-syntax duration, at most [`crate::limits::MAX_DURATION`]. Parsed
+/// with checked arithmetic ([`parse_duration`]): the CRD pattern admits
+/// values of any size.
 fn duration(field: &Field, value: &str, zero: Zero, errors: &mut Errors) -> prost_types::Duration {
-    let parsed = kube::core::Duration::from_str(value)
-        .map_err(|e| e.to_string())
-        .and_then(|d| {
-            if d.is_negative() {
-                Err("must not be negative".to_owned())
-            } else {
-                Ok(d)
-            }
-        })
-        .and_then(|d| {
-            prost_types::Duration::try_from(std::time::Duration::from(d))
-                .map_err(|_| "too long".to_owned())
-        });
-    match parsed {
+    match parse_duration(value) {
         Ok(d) => {
-            if zero == Zero::Refused && d.seconds == 0 && d.nanos == 0 {
+            if zero == Zero::Refused && d.is_zero() {
                 errors.push(
                     field,
                     Violation::ZeroDuration {
@@ -157,14 +168,14 @@ fn duration(field: &Field, value: &str, zero: Zero, errors: &mut Errors) -> pros
                     },
                 );
             }
-            d
+            proto_duration(d)
         }
         Err(reason) => {
             errors.push(
                 field,
                 Violation::InvalidDuration {
-                    value: value.to_owned(),
-                    reason,
+                    value: shown(value),
+                    reason: reason.to_string(),
                 },
             );
             prost_types::Duration::default()
@@ -476,5 +487,7 @@ fn sorted_by_ref<T>(items: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {
     sorted
 }
 
+#[cfg(test)]
+mod props;
 #[cfg(test)]
 mod tests;

@@ -142,10 +142,9 @@ fn rule(
         name: format!("{}/{}", object.name, r.name),
         r#match: Some(route_match),
         qps,
-        concurrency: r
-            .concurrency
-            .as_ref()
-            .map(|c| proto::ConcurrencyLimit { max: c.max }),
+        concurrency: r.concurrency.as_ref().map(|c| proto::ConcurrencyLimit {
+            max: super::count(&field.key("concurrency").key("max"), c.max, errors),
+        }),
         hot_params,
         fallback: Some(fallback),
         dry_run,
@@ -288,7 +287,7 @@ fn hot_param(field: &Field, h: &HotParam, errors: &mut Errors) -> proto::HotPara
         source: source as i32,
         name,
         threshold,
-        burst: h.burst,
+        burst: super::count(&field.key("burst"), h.burst, errors),
         window: Some(window),
         overrides,
         max_tracked_values: h

@@ -41,6 +41,11 @@ fn base() -> Fixture {
     }
 }
 
+/// The valid objects of [`base`], typed (for the property tests).
+pub(super) fn base_manifest() -> Manifest {
+    base().manifest()
+}
+
 const GROUP: usize = 0;
 const LANE: usize = 1;
 const RATE: usize = 2;
@@ -337,6 +342,13 @@ fn bad_inputs() -> Vec<(
         ("warm-up without period", base().set(RATE, "/spec/rules/0/qps/behavior", json!("WarmUp")), "RateLimitPolicy", "spec.rules[0].qps.warmUpPeriod", "required"),
         ("unparsable duration", base().set(RATE, "/spec/rules/0/qps/behavior", json!("WarmUp")).set(RATE, "/spec/rules/0/qps/warmUpPeriod", json!("10 seconds")), "RateLimitPolicy", "spec.rules[0].qps.warmUpPeriod", "invalid duration \"10 seconds\""),
         ("negative duration", base().set(RATE, "/spec/rules/0/hotParams/0/window", json!("-1s")), "RateLimitPolicy", "spec.rules[0].hotParams[0].window", "must not be negative"),
+        ("overflowing duration", base().set(RATE, "/spec/rules/0/hotParams/0/window", json!("99999999999999999999h")), "RateLimitPolicy", "spec.rules[0].hotParams[0].window", "longer than the maximum of 24h"),
+        ("duration over a day", base().set(BREAKER, "/spec/rules/0/openDuration", json!("24h0.5s")), "CircuitBreakerPolicy", "spec.rules[0].openDuration", "longer than the maximum of 24h"),
+        ("qps threshold over the maximum", base().set(RATE, "/spec/rules/0/qps/threshold", json!(1e12)), "RateLimitPolicy", "spec.rules[0].qps.threshold", "must be <= 1000000000"),
+        ("burst over the maximum", base().set(RATE, "/spec/rules/0/hotParams/0/burst", json!(2_000_000_000u32)), "RateLimitPolicy", "spec.rules[0].hotParams[0].burst", "must be <= 1000000000"),
+        ("concurrency over the maximum", base().set(RATE, "/spec/rules/0/concurrency", json!({"max": 4_000_000_000u32})), "RateLimitPolicy", "spec.rules[0].concurrency.max", "must be <= 1000000000"),
+        ("minRequests over the maximum", base().set(BREAKER, "/spec/rules/0/minRequests", json!(u32::MAX)), "CircuitBreakerPolicy", "spec.rules[0].minRequests", "must be <= 1000000000"),
+        ("concurrency beyond u32", base().set(RATE, "/spec/rules/0/concurrency", json!({"max": 4_294_967_296u64})), "", "", ""),
         ("maxQueueTime without Queue", base().set(RATE, "/spec/rules/0/qps/maxQueueTime", json!("1s")), "RateLimitPolicy", "spec.rules[0].qps.maxQueueTime", "only with behavior Queue"),
         ("header hot param without name", base().remove(RATE, "/spec/rules/0/hotParams/0/name"), "RateLimitPolicy", "spec.rules[0].hotParams[0].name", "required"),
         ("ClientIP hot param with a name", base().set(RATE, "/spec/rules/0/hotParams/0/source", json!("ClientIP")), "RateLimitPolicy", "spec.rules[0].hotParams[0].name", "takes no name"),

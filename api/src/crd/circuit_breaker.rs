@@ -4,7 +4,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DURATION_PATTERN, Fallback, PolicyStatus, RouteMatch};
+use super::common::{
+    DURATION_MAX_LENGTH, DURATION_PATTERN, Fallback, MAX_COUNT, MAX_THRESHOLD, PolicyStatus,
+    RouteMatch,
+};
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
@@ -26,7 +29,7 @@ pub struct CircuitBreakerPolicySpec {
     pub app: String,
     /// Per-request timeout towards the app; a timed-out request counts as an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub timeout: Option<String>,
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -45,20 +48,22 @@ pub struct CircuitBreakerRule {
     #[serde(default, rename = "match")]
     pub route_match: RouteMatch,
     pub strategy: BreakerStrategy,
+    #[schemars(range(min = 0.0, max = MAX_THRESHOLD))]
     pub threshold: f64,
     /// SlowRequestRatio: a request taking at least this long is slow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub slow_request_duration: Option<String>,
     /// The sliding window statistics are kept over.
     #[serde(default = "default_window")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub window: String,
     /// No decision before this many requests in the window.
     #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 0, max = MAX_COUNT))]
     pub min_requests: u32,
     #[serde(default = "default_open_duration")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub open_duration: String,
     /// Requests let through when the open period ends.
     #[serde(default = "one")]

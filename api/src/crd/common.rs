@@ -12,6 +12,14 @@ use serde::{Deserialize, Serialize};
 /// objects from the local directory source get the same check.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 
+/// `maxLength` of duration strings; conversion also refuses values above
+/// [`crate::limits::MAX_DURATION`], which the pattern cannot express.
+pub const DURATION_MAX_LENGTH: u32 = crate::limits::DURATION_MAX_LENGTH;
+
+/// `maximum` of thresholds and counts (see [`crate::limits`]).
+pub const MAX_THRESHOLD: f64 = crate::limits::MAX_THRESHOLD;
+pub const MAX_COUNT: u32 = crate::limits::MAX_COUNT;
+
 /// What a Kubernetes label value may be (a lane tag is a pod label value),
 /// minus the empty string.
 pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";

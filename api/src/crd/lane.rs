@@ -55,7 +55,10 @@ pub struct LaneStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Ready governed pods carrying this lane's tag, per app of the group.
+    // Bounded like every integer: an out-of-range value written to status
+    // would make every client fail to decode the Lane.
     #[serde(default)]
+    #[schemars(extend("additionalProperties" = {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 4_294_967_295_u32}))]
     pub matched_pods: BTreeMap<String, u32>,
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

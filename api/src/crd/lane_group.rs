@@ -82,7 +82,7 @@ pub struct Propagation {
     pub trace_table_size: Option<u32>,
     /// How long a trace id stays linked to its lane.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(super::common::DURATION_PATTERN))]
+    #[schemars(pattern(super::common::DURATION_PATTERN), length(max = super::common::DURATION_MAX_LENGTH))]
     pub trace_ttl: Option<String>,
 }
 

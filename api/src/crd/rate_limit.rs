@@ -4,7 +4,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{DURATION_PATTERN, Fallback, ParamSource, PolicyStatus, RouteMatch};
+use super::common::{
+    DURATION_MAX_LENGTH, DURATION_PATTERN, Fallback, MAX_COUNT, MAX_THRESHOLD, ParamSource,
+    PolicyStatus, RouteMatch,
+};
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
@@ -66,17 +69,17 @@ pub struct RateLimitRule {
     .message("maxQueueTime is allowed only with behavior Queue"))]
 pub struct QpsLimit {
     /// Admitted requests per second; 0 rejects everything.
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = MAX_THRESHOLD))]
     pub threshold: f64,
     #[serde(default)]
     pub behavior: QpsBehavior,
     /// WarmUp: time to go from threshold/3 to threshold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub warm_up_period: Option<String>,
     /// Queue: the longest a request may wait; 0 = never wait. Default 500ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub max_queue_time: Option<String>,
 }
 
@@ -102,7 +105,7 @@ pub enum Scope {
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyLimit {
     /// In-flight requests admitted at once; 0 rejects everything.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_COUNT))]
     pub max: u32,
 }
 
@@ -116,13 +119,14 @@ pub struct HotParam {
     #[schemars(length(min = 1, max = 256))]
     pub name: Option<String>,
     /// Requests per window for one value.
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = MAX_THRESHOLD))]
     pub threshold: f64,
     /// Extra requests a quiet value may burst by.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_COUNT))]
     pub burst: u32,
     #[serde(default = "default_window")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub window: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
@@ -141,6 +145,6 @@ fn default_window() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct HotParamOverride {
     pub value: String,
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0, max = MAX_THRESHOLD))]
     pub threshold: f64,
 }
