@@ -97,6 +97,7 @@ fn governors(c: &mut Criterion) {
     let ctx = GovernContext {
         metrics: Arc::new(ProxyMetrics::new()),
         cpu: Arc::new(SampledCpu::new(0.1)),
+        trusted_proxy_hops: 0,
     };
     let inbound_rules = InboundRules::try_from(&inbound_policy()).unwrap();
     let inbound = InboundGovernor::build(Some(&inbound_rules), None, &ctx);
@@ -164,7 +165,7 @@ fn mesh_router(c: &mut Criterion) {
     });
     router.install(&snapshot);
     let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
-    let app = "127.0.0.1".parse().unwrap();
+    let app = Some("127.0.0.1".parse().unwrap());
     let inbound = ConnContext::new(
         Direction::Inbound,
         peer,

@@ -47,9 +47,12 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub bind_address: IpAddr,
 
-    /// Address inbound traffic is delivered to (the app, on the original port).
-    #[arg(long, env = "LANEMESH_APP_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub app_address: IpAddr,
+    /// Address inbound traffic is delivered to, on the original port. Unset (the default):
+    /// the address the caller sent it to, i.e. the pod IP, so a port the app binds only to
+    /// loopback stays private to the pod, as in Istio since 1.10. Setting `127.0.0.1` delivers
+    /// everything to loopback and so exposes loopback-only ports (pprof, actuator) to callers.
+    #[arg(long, env = "LANEMESH_APP_ADDRESS")]
+    pub app_address: Option<IpAddr>,
 
     /// How long in-flight requests may run after SIGTERM before the proxy exits.
     #[arg(long, env = "LANEMESH_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration)]
@@ -88,6 +91,24 @@ pub struct ProxyConfig {
     #[arg(long, env = "LANEMESH_TCP_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tcp_keepalive: Duration,
 
+    /// Most connections each capture listener holds open at once; past it new connections are
+    /// closed at once and the open ones keep being served (file descriptors and memory stay
+    /// bounded whatever callers do).
+    #[arg(long, env = "LANEMESH_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// An opaque TCP relay with no byte in either direction for this long is closed (Envoy's
+    /// `tcp_proxy` default); TCP keepalive only notices peers that vanished.
+    #[arg(long, env = "LANEMESH_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tcp_idle_timeout: Duration,
+
+    /// Proxies in front of this pod (ingress, load balancer) whose `X-Forwarded-For` entries
+    /// are trusted, as Envoy's `xff_num_trusted_hops`: the `ClientIP` hot-parameter source then
+    /// reads the entry this many places from the right. 0 (the default): the connection's peer
+    /// address, so a caller cannot pick the key its requests are limited under.
+    #[arg(long, env = "LANEMESH_TRUSTED_PROXY_HOPS", default_value_t = 0)]
+    pub trusted_proxy_hops: usize,
+
     /// Timeout for connecting to an upstream.
     #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -124,6 +145,9 @@ pub enum ConfigError {
     /// Both listeners would bind the same port.
     #[error("--outbound-port and --inbound-port must differ (both are {0})")]
     SamePort(u16),
+    /// A listener that may hold no connection serves nothing.
+    #[error("--max-connections must be at least 1")]
+    ZeroConnections,
     /// A duration that must be positive is zero.
     #[error("--{0} must be greater than zero")]
     ZeroDuration(&'static str),
@@ -176,10 +200,14 @@ impl ProxyConfig {
             ("header-read-timeout", self.header_read_timeout),
             ("connect-timeout", self.connect_timeout),
             ("tcp-keepalive", self.tcp_keepalive),
+            ("tcp-idle-timeout", self.tcp_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
             }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::ZeroConnections);
         }
         if self.detect_max_bytes < PREFACE_LEN {
             return Err(ConfigError::DetectBufferTooSmall {
@@ -208,7 +236,7 @@ impl Default for ProxyConfig {
             health_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15021)),
             metrics_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15020)),
             bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            app_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            app_address: None,
             grace_period: Duration::from_secs(25),
             detect_timeout: Duration::from_millis(200),
             detect_max_bytes: 4096,
@@ -218,6 +246,9 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(90),
             connect_timeout: Duration::from_secs(5),
             tcp_keepalive: Duration::from_secs(10),
+            max_connections: 16_384,
+            tcp_idle_timeout: Duration::from_secs(3600),
+            trusted_proxy_hops: 0,
             cgroup_dir: PathBuf::from("/sys/fs/cgroup"),
             worker_threads: None,
             discovery: DiscoveryArgs::default(),
@@ -270,6 +301,8 @@ mod tests {
         assert_eq!(parsed.detect_timeout, default.detect_timeout);
         assert_eq!(parsed.server_first_ports, default.server_first_ports);
         assert_eq!(parsed.max_header_bytes, default.max_header_bytes);
+        assert_eq!(parsed.max_connections, default.max_connections);
+        assert_eq!(parsed.tcp_idle_timeout, default.tcp_idle_timeout);
         assert!(parsed.server_first_ports.contains(&5432));
         parsed.validate().unwrap();
     }

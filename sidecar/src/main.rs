@@ -82,7 +82,8 @@ async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
             app: args.app_name.clone(),
             lane_tag: Some(args.lane_tag.clone()).filter(|t| !t.is_empty()),
         })
-        .with_metrics(Arc::clone(&metrics)),
+        .with_metrics(Arc::clone(&metrics))
+        .with_trusted_proxy_hops(config.trusted_proxy_hops),
     );
     let node = args.node().context("discovery settings")?;
     tokio::spawn(lanemesh_sidecar::govern::cpu::run_sampler(
@@ -136,6 +137,7 @@ async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
     tokio::spawn(admin::serve_health(
         health_listener,
         Arc::clone(&store),
+        handle.watch(),
         admin_rx.clone(),
     ));
     tokio::spawn(admin::serve_metrics(

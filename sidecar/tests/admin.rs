@@ -106,12 +106,38 @@ fn lane_group(name: &str) -> proto::LaneGroup {
     }
 }
 
+/// A drain trigger that never fires.
+fn not_draining() -> watch::Receiver<bool> {
+    watch::channel(false).1
+}
+
+#[tokio::test]
+async fn readiness_fails_at_once_when_the_drain_starts() {
+    let store = Arc::new(SnapshotStore::new(local()));
+    let mut builder = SnapshotBuilder::new(local());
+    builder.mark_all_received();
+    store.store(builder.build());
+    let (drain, draining) = watch::channel(false);
+    let served = Arc::clone(&store);
+    let (addr, shutdown, task) =
+        start(move |listener, rx| admin::serve_health(listener, served, draining, rx)).await;
+    assert_eq!(request(addr, "GET", "/healthz/ready").await.status, 200);
+    drain.send_replace(true);
+    let reply = request(addr, "GET", "/healthz/ready").await;
+    assert_eq!(
+        (reply.status, reply.body.trim()),
+        (503, "not ready: draining")
+    );
+    shutdown.send_replace(true);
+    task.await.unwrap();
+}
+
 #[tokio::test]
 async fn readiness_waits_for_every_resource_type() {
     let store = Arc::new(SnapshotStore::new(local()));
     let served = Arc::clone(&store);
     let (addr, shutdown, task) =
-        start(move |listener, rx| admin::serve_health(listener, served, rx)).await;
+        start(move |listener, rx| admin::serve_health(listener, served, not_draining(), rx)).await;
 
     let reply = request(addr, "GET", "/healthz/ready").await;
     assert_eq!(reply.status, 503);
@@ -393,7 +419,7 @@ async fn unknown_paths_are_404_and_wrong_methods_405() {
     let (admin_addr, admin_stop, admin_task) =
         start(move |listener, rx| admin::serve_admin(listener, state, rx)).await;
     let (health_addr, health_stop, health_task) =
-        start(move |listener, rx| admin::serve_health(listener, store, rx)).await;
+        start(move |listener, rx| admin::serve_health(listener, store, not_draining(), rx)).await;
     let metrics = Arc::new(ProxyMetrics::new());
     let (metrics_addr, metrics_stop, metrics_task) =
         start(move |listener, rx| admin::serve_metrics(listener, metrics, rx)).await;

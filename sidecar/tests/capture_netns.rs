@@ -4,32 +4,25 @@
 //! nowhere. Only the iptables capture plus lanemesh's routing can deliver that request to the
 //! server pod in the other namespace.
 //!
-//! Skips with a message without root, `ip`, `iptables`, `setpriv` or `python3` (`make test`
-//! installs the first two).
+//! A second test attacks a pod with a sidecar from a pod without one: the sidecar's own ports
+//! and the app's loopback-only ports must not be reachable through inbound capture.
+//!
+//! Skips with a message without root; as root a missing tool (`ip`, `iptables`, `setpriv`,
+//! `python3`, all installed by `make test`) fails the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const CLUSTER_IP: &str = "10.96.77.77";
 const GREETING: &str = "hello from the server pod";
 
-fn tool_missing() -> Option<String> {
-    let root = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
-        return Some("root".into());
-    }
-    ["ip", "iptables-save", "setpriv", "python3"]
-        .into_iter()
-        .find(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .map(str::to_owned)
-}
+/// The tools the tests run; `make test` installs them.
+const TOOLS: &[&str] = &["ip", "iptables-save", "setpriv", "python3"];
 
 fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program).args(args).output().unwrap();
@@ -52,7 +45,9 @@ struct Pods {
 
 impl Pods {
     fn new() -> Self {
-        let id = std::process::id() % 10_000;
+        // Unique per test in this process too: the tests of this file run in parallel.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = (std::process::id() % 1_000) * 10 + NEXT.fetch_add(1, Ordering::SeqCst) % 10;
         let octet = 1 + id % 250;
         let pods = Self {
             client: format!("lm-cap-c-{id}"),
@@ -98,7 +93,8 @@ impl Pods {
         pods
     }
 
-    fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) {
+    /// Starts `program` in `ns`; returns its index in `children`.
+    fn spawn(&mut self, ns: &str, program: &str, args: &[&str]) -> usize {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
@@ -107,12 +103,25 @@ impl Pods {
             .spawn()
             .unwrap();
         self.children.push(child);
+        self.children.len() - 1
+    }
+
+    /// Whether the child at `index` is still running.
+    fn running(&mut self, index: usize) -> bool {
+        self.children[index].try_wait().unwrap().is_none()
     }
 
     /// The body of `GET url` made by Python's urllib inside `ns` as root (so it is captured).
     fn fetch(&self, ns: &str, url: &str) -> Result<String, String> {
+        self.request(ns, "GET", url)
+    }
+
+    /// The body of `method url` made by Python's urllib inside `ns` as root.
+    fn request(&self, ns: &str, method: &str, url: &str) -> Result<String, String> {
         let script = format!(
-            "import urllib.request\nprint(urllib.request.urlopen('{url}', timeout=5).read().decode())"
+            "import urllib.request\n\
+             req = urllib.request.Request('{url}', method='{method}', data=b'' if '{method}' == 'POST' else None)\n\
+             print(urllib.request.urlopen(req, timeout=5).read().decode())"
         );
         let out = Command::new("ip")
             .args(["netns", "exec", ns, "python3", "-c", &script])
@@ -200,8 +209,7 @@ endpoints:
 
 #[test]
 fn an_app_call_to_a_cluster_ip_is_captured_and_reaches_the_other_pod() {
-    if let Some(missing) = tool_missing() {
-        eprintln!("skipped: needs {missing} (and root, ip, iptables, setpriv, python3)");
+    if !support::root::can_run_as_root("capture_netns", TOOLS) {
         return;
     }
     let mut pods = Pods::new();
@@ -237,32 +245,13 @@ fn an_app_call_to_a_cluster_ip_is_captured_and_reaches_the_other_pod() {
     );
 
     let client = pods.client.clone();
-    let proxy = env!("CARGO_BIN_EXE_lanemesh-proxy");
-    let init = run("ip", &["netns", "exec", &client, proxy, "init"]);
-    assert!(init.status.success());
     let config_file = dir.path().join("config.yaml");
-    pods.spawn(
+    spawn_sidecar(
+        &mut pods,
         &client,
-        "setpriv",
-        &[
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            proxy,
-            "run",
-            "--config-file",
-            config_file.to_str().unwrap(),
-            "--app-name",
-            "client",
-            "--pod-name",
-            "client-1",
-            "--pod-namespace",
-            "demo",
-            "--grace-period",
-            "1s",
-        ],
+        config_file.to_str().unwrap(),
+        "client",
+        "client-1",
     );
 
     // Direct to the server pod: the server is up (the proxy passes this through once running).
@@ -297,4 +286,125 @@ fn an_app_call_to_a_cluster_ip_is_captured_and_reaches_the_other_pod() {
         assert!(Instant::now() < deadline, "{metrics}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `lanemesh-proxy` as UID 1337 in `ns` with `config_file`, as pod `pod` of app `app`.
+fn spawn_sidecar(pods: &mut Pods, ns: &str, config_file: &str, app: &str, pod: &str) -> usize {
+    let proxy = env!("CARGO_BIN_EXE_lanemesh-proxy");
+    run("ip", &["netns", "exec", ns, proxy, "init"]);
+    pods.spawn(
+        ns,
+        "setpriv",
+        &[
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            proxy,
+            "run",
+            "--config-file",
+            config_file,
+            "--app-name",
+            app,
+            "--pod-name",
+            pod,
+            "--pod-namespace",
+            "demo",
+            "--grace-period",
+            "1s",
+        ],
+    )
+}
+
+#[test]
+fn another_pod_reaches_the_app_but_not_the_sidecars_ports_or_loopback_only_apps() {
+    if !support::root::can_run_as_root("capture_netns", TOOLS) {
+        return;
+    }
+    let mut pods = Pods::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), GREETING).unwrap();
+    let config_file = dir.path().join("config.yaml");
+    std::fs::write(&config_file, config(&pods.server_ip, &pods.client_ip)).unwrap();
+    run("chmod", &["755", dir.path().to_str().unwrap()]);
+    run("chmod", &["644", config_file.to_str().unwrap()]);
+
+    // The server pod: an app on every address (8080), a debug port bound to loopback only
+    // (9090, like pprof or an actuator), and the sidecar behind its capture rules.
+    let (server, server_ip) = (pods.server.clone(), pods.server_ip.clone());
+    let web_root = dir.path().to_str().unwrap().to_owned();
+    for (port, bind) in [("8080", "0.0.0.0"), ("9090", "127.0.0.1")] {
+        pods.spawn(
+            &server,
+            "python3",
+            &[
+                "-m",
+                "http.server",
+                port,
+                "--bind",
+                bind,
+                "--directory",
+                &web_root,
+            ],
+        );
+    }
+    let sidecar = spawn_sidecar(
+        &mut pods,
+        &server,
+        config_file.to_str().unwrap(),
+        "web",
+        "web-1",
+    );
+    pods.wait_for(
+        &server,
+        "http://127.0.0.1:15021/healthz/ready",
+        "the sidecar never became ready",
+    );
+    pods.wait_for(
+        &server,
+        "http://127.0.0.1:9090/index.html",
+        "the loopback-only app never answered inside its pod",
+    );
+
+    // The client pod has no sidecar: its requests leave as they are.
+    let client = pods.client.clone();
+    let app = format!("http://{server_ip}:8080/index.html");
+    let body = pods.wait_for(
+        &client,
+        &app,
+        "the app is not reachable through the sidecar",
+    );
+    assert_eq!(body.trim(), GREETING);
+
+    let attacks = [
+        ("GET", format!("http://{server_ip}:15000/config_dump")),
+        (
+            "POST",
+            format!("http://{server_ip}:15000/logging?level=trace"),
+        ),
+        ("POST", format!("http://{server_ip}:15000/shutdown")),
+        ("GET", format!("http://{server_ip}:15001/")),
+        ("GET", format!("http://{server_ip}:15006/")),
+        ("GET", format!("http://{server_ip}:9090/index.html")),
+    ];
+    for (method, url) in &attacks {
+        let answer = pods.request(&client, method, url);
+        assert!(answer.is_err(), "{method} {url} answered: {answer:?}");
+    }
+
+    // The sidecar is still running and serving, and it did deliver the app's requests.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pods.running(sidecar), "the sidecar stopped");
+    let body = pods.fetch(&client, &app).unwrap();
+    assert_eq!(body.trim(), GREETING);
+    let metrics = pods
+        .fetch(&server, "http://127.0.0.1:15020/metrics")
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("lanemesh_requests_total{direction=\"inbound\"")),
+        "the app's requests did not go through the sidecar:\n{metrics}"
+    );
 }

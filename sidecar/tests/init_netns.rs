@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::{Command, Output};
 
 /// A network namespace deleted on drop, also when the test fails.
@@ -11,15 +13,7 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Option<Self> {
-        let root = Command::new("id").arg("-u").output().ok()?;
-        let has_tools = ["ip", "iptables-save"].iter().all(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        if String::from_utf8_lossy(&root.stdout).trim() != "0" || !has_tools {
-            eprintln!("skipped: needs root, ip and iptables (make test installs them)");
+        if !support::root::can_run_as_root("init_netns", &["ip", "iptables-save"]) {
             return None;
         }
         let name = format!("lm-init-{}", std::process::id());

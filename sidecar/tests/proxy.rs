@@ -25,7 +25,8 @@ use lanemesh_api::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use lanemesh_sidecar::config::ProxyConfig;
 use lanemesh_sidecar::proxy::{
     ConnContext, DrainReport, Fixed, HttpOutcome, LocalResponse, OriginalDst, PassthroughRouter,
-    PeerMap, Proxy, RouteDecision, Routed, Router, ShutdownHandle, TcpDecision, UpstreamFailure,
+    PeerMap, PortProtocol, Proxy, RouteDecision, Routed, Router, ShutdownHandle, TcpDecision,
+    UpstreamFailure,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -394,7 +395,11 @@ async fn http1_chunked_body_is_streamed_both_ways() {
 #[tokio::test]
 async fn inbound_delivers_to_the_app_address_on_the_original_port() {
     let upstream = http_upstream().await;
-    let harness = Harness::start(test_config()).await;
+    let harness = Harness::start(ProxyConfig {
+        app_address: Some("127.0.0.1".parse().unwrap()),
+        ..test_config()
+    })
+    .await;
     // The pod IP is unroutable here; inbound must go to 127.0.0.1 instead.
     let pod_dst = SocketAddr::new("192.0.2.10".parse().unwrap(), upstream.addr.port());
     let stream = harness.connect_via(harness.inbound, pod_dst).await;
@@ -408,6 +413,49 @@ async fn inbound_delivers_to_the_app_address_on_the_original_port() {
         .unwrap();
     assert_eq!(resp.headers()["x-seen-path"], "/in");
     assert_eq!(body_text(resp).await, "hello");
+}
+
+/// One HTTP/1 exchange on a fresh inbound connection addressed to `dst`: the status line, or
+/// `None` when the proxy closed the connection without answering.
+async fn inbound_status_line(harness: &Harness, dst: SocketAddr) -> Option<String> {
+    let mut stream = harness.connect_via(harness.inbound, dst).await;
+    let request = b"GET /config_dump HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n";
+    // The proxy may close before reading, so a failed write also counts as "no answer".
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = timeout(STEP, stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn inbound_is_delivered_to_the_pod_ip_so_loopback_only_apps_stay_private() {
+    // The app listens on 127.0.0.1 only; the pod IP is 127.0.0.2 (another loopback address
+    // standing in for it). Delivering to the original destination must not reach the app.
+    let upstream = http_upstream().await;
+    let harness = Harness::start(test_config()).await;
+    let to_pod_ip = SocketAddr::new("127.0.0.2".parse().unwrap(), upstream.addr.port());
+    let status = inbound_status_line(&harness, to_pod_ip).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 502 Bad Gateway"));
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 0);
+    // An app bound to the address it is called on is reached.
+    let status = inbound_status_line(&harness, upstream.addr).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
+}
+
+#[tokio::test]
+async fn inbound_to_the_proxys_own_ports_is_refused_and_the_proxy_keeps_serving() {
+    let upstream = http_upstream().await;
+    let harness = Harness::start(test_config()).await;
+    let pod_ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    for port in [15000, harness.inbound.port(), harness.outbound.port()] {
+        let status = inbound_status_line(&harness, SocketAddr::new(pod_ip, port)).await;
+        assert_eq!(status, None, "port {port} must not be reached from outside");
+    }
+    let status = inbound_status_line(&harness, upstream.addr).await;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"));
 }
 
 #[tokio::test]
@@ -1007,7 +1055,7 @@ async fn router_decisions_are_applied() {
 // ---------------------------------------------------------------- shutdown
 
 #[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
+async fn graceful_shutdown_finishes_in_flight_and_refuses_new_inbound_connections() {
     let upstream = http_upstream().await;
     let harness = Harness::start(test_config()).await; // grace 5 s
     let mut send = harness.h1(upstream.addr).await;
@@ -1015,24 +1063,35 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     harness.shutdown.trigger();
 
-    // New connections are refused once the listeners are closed (attempts
+    // New inbound connections are refused once the inbound listener is closed (attempts
     // racing the close may be accepted by the backlog and then reset).
     timeout(STEP, async {
         loop {
-            match TcpStream::connect(harness.outbound).await {
+            match TcpStream::connect(harness.inbound).await {
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         }
     })
     .await
-    .expect("outbound listener still accepting after shutdown");
+    .expect("inbound listener still accepting after shutdown");
+    // The app's own calls during its drain still go out.
+    let mut stream = harness.connect(upstream.addr).await;
+    stream.write_all(CLOSE_REQUEST).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let resp = timeout(STEP, in_flight).await.unwrap().unwrap().unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(body_text(resp).await, "slow done");
     let report = timeout(STEP, harness.run).await.unwrap().unwrap();
     assert_eq!(report.abandoned, 0);
+    // Once drained, the outbound listener is closed too.
+    let refused = TcpStream::connect(harness.outbound).await;
+    assert!(
+        refused.is_err(),
+        "outbound listener open after the proxy stopped"
+    );
 }
 
 #[tokio::test]
@@ -1086,4 +1145,215 @@ async fn shutdown_waits_for_then_cuts_an_upgraded_tunnel() {
     let mut rest = Vec::new();
     let outcome = timeout(STEP, stream.read_to_end(&mut rest)).await.unwrap();
     assert!(outcome.is_err() || rest.is_empty());
+}
+
+// ---------------------------------------------------------------- hostile clients
+
+/// Declares every port to speak `declared`; counts the HTTP requests it routes.
+#[derive(Debug)]
+struct DeclaringRouter {
+    declared: PortProtocol,
+    http_requests: AtomicUsize,
+}
+
+impl DeclaringRouter {
+    fn new(declared: PortProtocol) -> Arc<Self> {
+        Arc::new(Self {
+            declared,
+            http_requests: AtomicUsize::new(0),
+        })
+    }
+
+    fn routed(&self) -> usize {
+        self.http_requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Router for DeclaringRouter {
+    fn route_http(&self, _conn: &ConnContext, _req: &mut http::request::Parts) -> Routed {
+        self.http_requests.fetch_add(1, Ordering::SeqCst);
+        RouteDecision::Passthrough.into()
+    }
+
+    fn route_tcp(&self, _conn: &ConnContext) -> TcpDecision {
+        TcpDecision::Passthrough
+    }
+
+    fn port_protocol(&self, _conn: &ConnContext) -> PortProtocol {
+        self.declared
+    }
+}
+
+const CLOSE_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: svc.test\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_client_that_waits_out_detection_is_still_routed_as_http() {
+    let upstream = http_upstream().await;
+    let router = DeclaringRouter::new(PortProtocol::Detect);
+    let harness = Harness::start_with(test_config(), router.clone(), None).await;
+    let mut stream = harness.connect(upstream.addr).await;
+    // Longer than the 200 ms detection timeout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream.write_all(CLOSE_REQUEST).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(router.routed(), 1, "the request skipped routing");
+
+    // Half a request line, then a pause: still HTTP.
+    let mut stream = harness.connect(upstream.addr).await;
+    stream.write_all(b"GE").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(&CLOSE_REQUEST[2..]).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(router.routed(), 2);
+
+    // Empty lines before the request line (RFC 9112 §2.2): HTTP, not opaque.
+    let mut stream = harness.connect(upstream.addr).await;
+    stream.write_all(b"\r\n").await.unwrap();
+    stream.write_all(CLOSE_REQUEST).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert_eq!(router.routed(), 3);
+}
+
+#[tokio::test]
+async fn a_server_first_protocol_on_an_undeclared_port_still_works() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    server_first_upstream(listener).await;
+    let router = DeclaringRouter::new(PortProtocol::Detect);
+    let harness = Harness::start_with(test_config(), router.clone(), None).await;
+    let mut stream = harness.connect(addr).await;
+    let mut greeting = [0u8; 11];
+    timeout(STEP, stream.read_exact(&mut greeting))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    stream.write_all(b"EHLO x\r\n").await.unwrap();
+    let mut echo = [0u8; 8];
+    timeout(STEP, stream.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"EHLO x\r\n");
+    assert_eq!(router.routed(), 0);
+}
+
+#[tokio::test]
+async fn a_port_declared_http_is_never_relayed_as_opaque_bytes() {
+    let upstream = http_upstream().await;
+    let router = DeclaringRouter::new(PortProtocol::Http);
+    let harness = Harness::start_with(test_config(), router.clone(), None).await;
+    let mut stream = harness.connect(upstream.addr).await;
+    stream.write_all(b"\x00\x01 not http at all").await.unwrap();
+    assert_eq!(
+        read_to_end(&mut stream).await,
+        b"",
+        "closed, nothing relayed"
+    );
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 0);
+
+    // A slow client is still served as HTTP (within the header-read timeout, 600 ms here).
+    let mut stream = harness.connect(upstream.addr).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.write_all(CLOSE_REQUEST).await.unwrap();
+    let answer = String::from_utf8(read_to_end(&mut stream).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(router.routed(), 1);
+}
+
+#[tokio::test]
+async fn a_port_declared_tcp_skips_detection() {
+    let echo = tcp_echo_upstream().await;
+    let router = DeclaringRouter::new(PortProtocol::Opaque);
+    let harness = Harness::start_with(test_config(), router.clone(), None).await;
+    let mut stream = harness.connect(echo).await;
+    stream.write_all(CLOSE_REQUEST).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let echoed = read_to_end(&mut stream).await;
+    assert!(echoed.starts_with(CLOSE_REQUEST) && echoed.ends_with(b"|eof"));
+    assert_eq!(router.routed(), 0, "relayed as bytes, not parsed");
+}
+
+#[tokio::test]
+async fn past_the_connection_limit_new_connections_close_and_open_ones_keep_working() {
+    let upstream = http_upstream().await;
+    let harness = Harness::start(ProxyConfig {
+        max_connections: 2,
+        worker_threads: Some(1),
+        ..test_config()
+    })
+    .await;
+    let mut first = harness.h1(upstream.addr).await;
+    let mut second = harness.h1(upstream.addr).await;
+    for send in [&mut first, &mut second] {
+        let resp = send.send_request(get("/")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    // The third is closed without an answer.
+    let mut third = harness.connect(upstream.addr).await;
+    let _ = third.write_all(CLOSE_REQUEST).await;
+    let mut answer = Vec::new();
+    let _ = timeout(STEP, third.read_to_end(&mut answer)).await.unwrap();
+    assert_eq!(answer, b"");
+    // The open ones still work.
+    for send in [&mut first, &mut second] {
+        let resp = send.send_request(get("/")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    // A slot freed is a slot to take.
+    drop(first);
+    let deadline = Instant::now() + STEP;
+    loop {
+        let mut stream = harness.connect(upstream.addr).await;
+        let _ = stream.write_all(CLOSE_REQUEST).await;
+        let mut answer = Vec::new();
+        let _ = timeout(STEP, stream.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        if answer.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_opaque_relay_is_closed_and_a_busy_one_is_not() {
+    let echo = tcp_echo_upstream().await;
+    let harness = Harness::start(ProxyConfig {
+        tcp_idle_timeout: Duration::from_millis(400),
+        ..test_config()
+    })
+    .await;
+    // Busy: a byte every 100 ms for a second, well past the idle timeout.
+    let mut busy = harness.connect(echo).await;
+    for _ in 0..10 {
+        busy.write_all(b"\x00").await.unwrap();
+        let mut byte = [0u8; 1];
+        timeout(STEP, busy.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle: closed by the proxy (the echo server would otherwise keep it open forever).
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    timeout(STEP, busy.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf.is_empty(), "{buf:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The sidecar's own HTTP endpoints (DESIGN §5):
 //! - admin on `127.0.0.1:15000`: `GET /config_dump`, `GET|POST /logging`, `POST /shutdown`;
 //! - health on `15021`: `GET /healthz/ready`, 200 once a first snapshot of every
-//!   resource type is applied;
+//!   resource type is applied, 503 again once the proxy drains;
 //! - metrics on `15020`: `GET /metrics`, OpenMetrics text.
 //!
 //! Each `serve_*` takes a bound listener (tests bind port 0) and a shutdown
@@ -89,15 +89,18 @@ pub async fn serve_admin(
     server::serve(listener, "admin", handler, shutdown).await;
 }
 
-/// The health listener.
+/// The health listener. `draining` turns `true` when the proxy's shutdown starts: readiness
+/// fails from then on, while the listener keeps answering until `shutdown`.
 pub async fn serve_health(
     listener: TcpListener,
     store: Arc<SnapshotStore>,
+    draining: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
 ) {
     let handler = Arc::new(move |request| {
         let store = Arc::clone(&store);
-        async move { routes::health(&store, &request) }
+        let draining = *draining.borrow();
+        async move { routes::health(&store, draining, &request) }
     });
     server::serve(listener, "health", handler, shutdown).await;
 }

@@ -43,13 +43,17 @@ fn method_not_allowed(allow: &'static str) -> Reply {
     response
 }
 
-/// `GET /healthz/ready`.
-pub(super) fn health<B>(store: &SnapshotStore, request: &Request<B>) -> Reply {
+/// `GET /healthz/ready`: 503 while draining, so the endpoint leaves every caller's rotation
+/// before the proxy stops.
+pub(super) fn health<B>(store: &SnapshotStore, draining: bool, request: &Request<B>) -> Reply {
     if request.uri().path() != "/healthz/ready" {
         return not_found();
     }
     if request.method() != Method::GET {
         return method_not_allowed("GET");
+    }
+    if draining {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining");
     }
     let snapshot = store.load();
     if snapshot.is_ready() {

@@ -44,6 +44,8 @@ struct OverloadSlot {
 pub struct InboundGovernor {
     rules: Vec<RuleSlot>,
     overload: Option<OverloadSlot>,
+    /// Proxies in front of the pod whose `X-Forwarded-For` entries are trusted.
+    trusted_hops: usize,
 }
 
 /// What an admitted inbound request holds until its response is complete.
@@ -78,6 +80,7 @@ impl InboundGovernor {
         let Some(rules) = rules else {
             return Self::default();
         };
+        let trusted_hops = ctx.trusted_proxy_hops;
         let slots = rules
             .rules
             .iter()
@@ -118,6 +121,7 @@ impl InboundGovernor {
         Self {
             rules: slots,
             overload,
+            trusted_hops,
         }
     }
 
@@ -126,8 +130,8 @@ impl InboundGovernor {
         self.rules.is_empty() && self.overload.is_none()
     }
 
-    /// Runs the chain for one request at `now`. `peer` is the caller's address (for the
-    /// `ClientIP` hot-parameter source when there is no `X-Forwarded-For`).
+    /// Runs the chain for one request at `now`. `peer` is the connection's remote address
+    /// (the `ClientIP` hot-parameter source, unless proxies in front are trusted).
     pub fn check(
         &self,
         req: &Parts,
@@ -147,7 +151,8 @@ impl InboundGovernor {
                 }
             }
         }
-        let path = req.uri.path();
+        let path = super::path::normalize(req.uri.path());
+        let path = path.as_ref();
         let Some(slot) = self
             .rules
             .iter()
@@ -176,7 +181,7 @@ impl InboundGovernor {
         if !limits.hot_params.is_empty() {
             let view = RequestView::new(&req.uri, &req.headers);
             for (source, limiter) in &limits.hot_params {
-                let Some(value) = param_value(source, &view, req, peer) else {
+                let Some(value) = param_value(source, &view, req, peer, self.trusted_hops) else {
                     continue;
                 };
                 if let Decision::Reject(reason) = limiter.try_acquire(&value, now) {
@@ -238,18 +243,14 @@ fn param_value<'a>(
     view: &RequestView<'a>,
     req: &'a Parts,
     peer: IpAddr,
+    trusted_hops: usize,
 ) -> Option<Cow<'a, str>> {
     match source {
         ParamSource::Header(name) => view.header(name).map(Cow::Borrowed),
         ParamSource::Query(name) => view.query(name),
         ParamSource::Cookie(name) => view.cookie(name).map(Cow::Borrowed),
         ParamSource::ClientIp => Some(
-            req.headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
+            forwarded_client(req, trusted_hops)
                 .map_or_else(|| Cow::Owned(peer.to_string()), Cow::Borrowed),
         ),
         ParamSource::Host => req
@@ -259,6 +260,21 @@ fn param_value<'a>(
             .or_else(|| req.uri.authority().map(|a| a.as_str()))
             .map(Cow::Borrowed),
     }
+}
+
+/// The client address `trusted_hops` proxies in front of the pod reported, as Envoy's
+/// `xff_num_trusted_hops` reads it: each trusted proxy appended the address it saw, so the
+/// client is the entry `trusted_hops` from the right. `None` (use the peer) when no proxy is
+/// trusted or the header has too few entries: anything a caller writes further left is its own
+/// claim, and a limit keyed on it could be dodged by rotating it.
+fn forwarded_client(req: &Parts, trusted_hops: usize) -> Option<&str> {
+    let hops = trusted_hops.checked_sub(1)?;
+    let mut entries: Vec<&str> = Vec::new();
+    for value in req.headers.get_all("x-forwarded-for") {
+        entries.extend(value.to_str().ok()?.split(',').map(str::trim));
+    }
+    let index = entries.len().checked_sub(1 + hops)?;
+    entries.get(index).copied().filter(|e| !e.is_empty())
 }
 
 #[cfg(test)]

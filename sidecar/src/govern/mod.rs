@@ -12,11 +12,13 @@
 //! - [`rules`]: compiled rule specifications (route match, limits, fallbacks, error classes).
 //! - [`inbound`]: [`InboundGovernor`], the chain overload → concurrency → QPS → hot params.
 //! - [`outbound`]: [`OutboundGovernor`], circuit breakers per destination app and rule.
+//! - [`path`]: the normalised path rules are matched against.
 //! - [`cpu`]: the container CPU sampler feeding overload protection.
 
 pub mod cpu;
 pub mod inbound;
 pub mod outbound;
+pub mod path;
 pub mod rules;
 
 use std::sync::Arc;
@@ -36,6 +38,9 @@ pub struct GovernContext {
     pub metrics: Arc<ProxyMetrics>,
     /// Container CPU usage for overload protection.
     pub cpu: Arc<dyn CpuSource>,
+    /// Proxies in front of the pod whose `X-Forwarded-For` entries the `ClientIP` source
+    /// trusts (`--trusted-proxy-hops`); 0 = the connection's peer address.
+    pub trusted_proxy_hops: usize,
 }
 
 impl GovernContext {

@@ -245,6 +245,8 @@ impl OutboundGovernor {
         let Some(app) = self.by_app.get(app) else {
             return Ok(admission);
         };
+        let path = super::path::normalize(path);
+        let path = path.as_ref();
         for slot in &app.breakers {
             if !slot.spec.matcher.matches(method, path) {
                 continue;

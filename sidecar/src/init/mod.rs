@@ -18,9 +18,11 @@ pub struct InitArgs {
     /// Remove the rules instead (jumps and chains); absent ones are skipped.
     #[arg(long, conflicts_with = "dry_run")]
     pub uninstall: bool,
-    /// Also write ip6tables rules.
-    #[arg(long)]
-    pub ipv6: bool,
+    /// ip6tables rules too: `auto` (the default) when the pod has a global IPv6 address (a
+    /// dual-stack or IPv6 pod; its IPv6 traffic would otherwise bypass the proxy), `on` (also
+    /// plain `--ipv6`), `off`.
+    #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto, num_args = 0..=1, default_missing_value = "on")]
+    pub ipv6: Ipv6Mode,
     /// Where inbound TCP is redirected.
     #[arg(long, default_value_t = 15006)]
     pub inbound_port: u16,
@@ -44,6 +46,29 @@ pub struct InitArgs {
     pub outbound_exclude_cidrs: Vec<Cidr>,
 }
 
+/// Whether `init` writes ip6tables rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ipv6Mode {
+    /// When the network namespace has a global IPv6 address.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+/// Whether `/proc/net/if_inet6` (address, index, prefix length, scope, flags, device per line)
+/// lists an address of global scope: loopback and link-local addresses exist in every
+/// namespace with IPv6 enabled and say nothing about the pod's IPv6 traffic.
+fn has_global_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let scope = fields.nth(3);
+        let device = fields.nth(1);
+        scope == Some("00") && device.is_some_and(|d| d != "lo")
+    })
+}
+
 impl InitArgs {
     pub fn capture(&self) -> Capture {
         Capture {
@@ -58,7 +83,13 @@ impl InitArgs {
     }
 
     fn families(&self) -> Vec<Family> {
-        if self.ipv6 {
+        let v6 = match self.ipv6 {
+            Ipv6Mode::On => true,
+            Ipv6Mode::Off => false,
+            Ipv6Mode::Auto => std::fs::read_to_string("/proc/net/if_inet6")
+                .is_ok_and(|table| has_global_ipv6(&table)),
+        };
+        if v6 {
             vec![Family::V4, Family::V6]
         } else {
             vec![Family::V4]
@@ -86,5 +117,20 @@ impl InitArgs {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_capture_follows_a_global_address() {
+        let v4_only = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                       fe8000000000000000fc00fffe000001 04 40 20 80     eth0\n";
+        assert!(!has_global_ipv6(v4_only), "loopback and link-local only");
+        let dual = format!("{v4_only}fd000000000000000000000000000002 04 40 00 82     eth0\n");
+        assert!(has_global_ipv6(&dual));
+        assert!(!has_global_ipv6(""));
     }
 }

@@ -14,8 +14,9 @@
 //! deciding rule.
 //!
 //! Thread safety: one [`Propagator`] serves every connection. The trace table is sharded, each
-//! shard behind a mutex held for one LRU operation; the in-flight counts sit behind one mutex held
-//! for a scan of a vector with one entry per lane. No lock is ever held across an await (there
+//! shard behind a mutex held for one or two LRU operations; the in-flight counts are atomics in
+//! a short list behind a read-write lock, written only when a lane starts or stops having
+//! requests in flight. No lock is ever held across an await (there
 //! are none here) nor while calling out.
 
 use std::borrow::Cow;
@@ -23,7 +24,7 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName};
@@ -320,32 +321,52 @@ impl Propagator {
     }
 }
 
-/// In-flight inbound requests per lane. Entries reaching zero are removed, so the vector holds
-/// exactly the lanes with requests in flight (a handful at most).
+/// In-flight inbound requests per lane. The list holds one entry per lane with requests in
+/// flight (a handful at most; entries reaching zero are removed, so tags a caller makes up do not
+/// pile up). Counting a request of a lane already listed takes only the read lock and an atomic
+/// add, so concurrent requests do not queue behind each other.
 #[derive(Debug, Default)]
 struct InflightCounts {
-    lanes: Mutex<Vec<(Option<Arc<str>>, u64)>>,
+    lanes: RwLock<Vec<(Option<Arc<str>>, AtomicU64)>>,
 }
 
 impl InflightCounts {
     /// Counts one request of `lane` and returns the shared copy of its tag (allocated only for
     /// the first request of a lane currently not in flight).
     fn enter(&self, lane: Option<&str>) -> Option<Arc<str>> {
-        let mut lanes = lock(&self.lanes);
-        if let Some((tag, count)) = lanes.iter_mut().find(|(t, _)| t.as_deref() == lane) {
-            *count += 1;
+        {
+            let lanes = read(&self.lanes);
+            if let Some((tag, count)) = lanes.iter().find(|(t, _)| t.as_deref() == lane) {
+                count.fetch_add(1, Ordering::AcqRel);
+                return tag.clone();
+            }
+        }
+        let mut lanes = write(&self.lanes);
+        if let Some((tag, count)) = lanes.iter().find(|(t, _)| t.as_deref() == lane) {
+            count.fetch_add(1, Ordering::AcqRel);
             return tag.clone();
         }
         let tag: Option<Arc<str>> = lane.map(Arc::from);
-        lanes.push((tag.clone(), 1));
+        lanes.push((tag.clone(), AtomicU64::new(1)));
         tag
     }
 
     fn leave(&self, lane: Option<&str>) {
-        let mut lanes = lock(&self.lanes);
-        if let Some(i) = lanes.iter().position(|(t, _)| t.as_deref() == lane) {
-            lanes[i].1 -= 1;
-            if lanes[i].1 == 0 {
+        let last = {
+            let lanes = read(&self.lanes);
+            lanes
+                .iter()
+                .find(|(t, _)| t.as_deref() == lane)
+                .is_some_and(|(_, count)| count.fetch_sub(1, Ordering::AcqRel) == 1)
+        };
+        if last {
+            // Removed only if still at zero: a request may have entered since (it held the read
+            // lock, which the write lock excludes).
+            let mut lanes = write(&self.lanes);
+            if let Some(i) = lanes
+                .iter()
+                .position(|(t, count)| t.as_deref() == lane && count.load(Ordering::Acquire) == 0)
+            {
                 lanes.swap_remove(i);
             }
         }
@@ -353,12 +374,25 @@ impl InflightCounts {
 
     /// `Some(lane)` when every in-flight request shares one lane (`Some(None)` = all base).
     fn single_lane(&self) -> Option<Option<Arc<str>>> {
-        let lanes = lock(&self.lanes);
-        match lanes.as_slice() {
-            [(tag, _)] => Some(tag.clone()),
+        let lanes = read(&self.lanes);
+        let mut busy = lanes
+            .iter()
+            .filter(|(_, count)| count.load(Ordering::Acquire) > 0);
+        match (busy.next(), busy.next()) {
+            (Some((tag, _)), None) => Some(tag.clone()),
             _ => None,
         }
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keeps an inbound request counted as in flight; dropping it ends the request.
@@ -385,8 +419,13 @@ impl Drop for InboundGuard {
 /// Shards used when the table is large enough that each shard still holds 64 entries.
 const SHARDS: usize = 16;
 
-/// Trace id -> lane of the inbound request that carried it, bounded in size (least recently used
-/// entries are evicted first) and in time (an entry unused for `ttl` is gone).
+/// Trace id -> lane of the inbound request that carried it, bounded in size and in time (an
+/// entry unused for `ttl` is gone).
+///
+/// Eviction is a segmented LRU: a new trace enters a probation segment, and moves to a protected
+/// one when an outbound request of the app uses it. A caller that floods the pod with unique
+/// trace ids only churns the probation segment; the traces the app is actually linking stay
+/// (a plain LRU would let such a caller flush them and misroute other users' requests).
 ///
 /// Keys are keyed SipHash digests of the ASCII-lower-cased trace id (no allocation per request;
 /// a false link needs a 64-bit collision between live entries, about 1 in 10^15 at 10 000
@@ -394,7 +433,7 @@ const SHARDS: usize = 16;
 #[derive(Debug)]
 pub struct TraceTable {
     hasher: RandomState,
-    shards: Box<[Mutex<LruCache<u64, TraceEntry>>]>,
+    shards: Box<[Mutex<Segments>]>,
     ttl_nanos: AtomicU64,
 }
 
@@ -404,16 +443,54 @@ struct TraceEntry {
     last_used: Duration,
 }
 
+/// One shard's two segments.
+#[derive(Debug)]
+struct Segments {
+    probation: LruCache<u64, TraceEntry>,
+    protected: LruCache<u64, TraceEntry>,
+}
+
+impl Segments {
+    fn new(capacity: usize) -> Self {
+        let (probation, protected) = split(capacity);
+        Self {
+            probation: LruCache::new(probation),
+            protected: LruCache::new(protected),
+        }
+    }
+
+    fn resize(&mut self, capacity: usize) {
+        let (probation, protected) = split(capacity);
+        self.probation.resize(probation);
+        self.protected.resize(protected);
+    }
+
+    fn len(&self) -> usize {
+        self.probation.len() + self.protected.len()
+    }
+}
+
+/// Probation and protected sizes for a shard of `capacity` entries: half each, at least one.
+fn split(capacity: usize) -> (NonZeroUsize, NonZeroUsize) {
+    let probation = capacity.div_ceil(2);
+    let protected = capacity - probation;
+    (
+        NonZeroUsize::new(probation).unwrap_or(NonZeroUsize::MIN),
+        NonZeroUsize::new(protected).unwrap_or(NonZeroUsize::MIN),
+    )
+}
+
 impl TraceTable {
     /// A table of at most `capacity` entries (rounded up to a multiple of 16 above 1024, where it
-    /// is split into 16 shards) whose entries expire `ttl` after their last use.
+    /// is split into 16 shards; at least two per shard) whose entries expire `ttl` after their
+    /// last use.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         let shards = if capacity >= SHARDS * 64 { SHARDS } else { 1 };
         let per_shard = per_shard(capacity, shards);
         Self {
             hasher: RandomState::new(),
             shards: (0..shards)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .map(|_| Mutex::new(Segments::new(per_shard)))
                 .collect(),
             ttl_nanos: AtomicU64::new(crate::policy::nanos(ttl)),
         }
@@ -447,7 +524,7 @@ impl TraceTable {
         h.finish()
     }
 
-    fn shard(&self, key: u64) -> &Mutex<LruCache<u64, TraceEntry>> {
+    fn shard(&self, key: u64) -> &Mutex<Segments> {
         // The low bits of a SipHash digest are uniform; `% len` keeps any shard count valid.
         let i = usize::try_from(key % self.shards.len() as u64).unwrap_or(0);
         &self.shards[i]
@@ -456,33 +533,51 @@ impl TraceTable {
     /// Links trace id `id` to `lane` at time `now`.
     pub fn insert(&self, id: &str, lane: Option<Arc<str>>, now: Duration) {
         let key = self.key(id);
-        lock(self.shard(key)).put(
-            key,
-            TraceEntry {
-                lane,
-                last_used: now,
-            },
-        );
+        let entry = TraceEntry {
+            lane,
+            last_used: now,
+        };
+        let mut shard = lock(self.shard(key));
+        if let Some(held) = shard.protected.get_mut(&key) {
+            *held = entry;
+        } else {
+            shard.probation.put(key, entry);
+        }
     }
 
-    /// The lane linked to `id` (`Some(None)` = base), refreshing the entry; `None` when unknown or
-    /// expired.
+    /// The lane linked to `id` (`Some(None)` = base), refreshing the entry and protecting it
+    /// from floods of new traces; `None` when unknown or expired.
     pub fn lookup(&self, id: &str, now: Duration) -> Option<Option<Arc<str>>> {
         let key = self.key(id);
         let ttl = Duration::from_nanos(self.ttl_nanos.load(Ordering::Relaxed));
         let mut shard = lock(self.shard(key));
-        let entry = shard.get_mut(&key)?;
+        let shard = &mut *shard;
+        if let Some(entry) = shard.protected.get_mut(&key) {
+            if now.saturating_sub(entry.last_used) >= ttl {
+                shard.protected.pop(&key);
+                return None;
+            }
+            entry.last_used = now;
+            return Some(entry.lane.clone());
+        }
+        let mut entry = shard.probation.pop(&key)?;
         if now.saturating_sub(entry.last_used) >= ttl {
-            shard.pop(&key);
             return None;
         }
         entry.last_used = now;
-        Some(entry.lane.clone())
+        let lane = entry.lane.clone();
+        // The protected segment's least recently used entry goes back on probation.
+        if let Some((demoted, old)) = shard.protected.push(key, entry)
+            && demoted != key
+        {
+            shard.probation.put(demoted, old);
+        }
+        Some(lane)
     }
 }
 
-fn per_shard(capacity: usize, shards: usize) -> NonZeroUsize {
-    NonZeroUsize::new(capacity.div_ceil(shards)).unwrap_or(NonZeroUsize::MIN)
+fn per_shard(capacity: usize, shards: usize) -> usize {
+    capacity.div_ceil(shards).max(2)
 }
 
 #[cfg(test)]
@@ -759,18 +854,25 @@ mod tests {
 
     #[test]
     fn trace_table_is_bounded_and_evicts_least_recently_used() {
-        // DESIGN §4 rule (3): a table with a size bound.
-        let t = TraceTable::new(3, Duration::from_secs(60));
+        // DESIGN §4 rule (3): a table with a size bound. Four entries: two on probation, two
+        // protected.
+        let t = TraceTable::new(4, Duration::from_secs(60));
         let now = Duration::ZERO;
         let gray: Option<Arc<str>> = Some(Arc::from("gray"));
         for id in ["a", "b", "c"] {
             t.insert(id, gray.clone(), now);
         }
-        assert!(t.lookup("a", now).is_some(), "touch a: b is now the oldest");
+        assert_eq!(t.len(), 2, "probation holds two new traces");
+        assert!(
+            t.lookup("a", now).is_none(),
+            "a, the oldest new trace, was evicted"
+        );
+        assert!(t.lookup("b", now).is_some(), "b used: protected");
         t.insert("d", gray.clone(), now);
+        t.insert("e", gray.clone(), now);
         assert_eq!(t.len(), 3);
-        assert!(t.lookup("b", now).is_none(), "b evicted");
-        for id in ["a", "c", "d"] {
+        assert!(t.lookup("c", now).is_none(), "c evicted from probation");
+        for id in ["b", "d", "e"] {
             assert!(t.lookup(id, now).is_some(), "{id} kept");
         }
         // Trace ids compare case-insensitively (hex ids may be upper-cased by some agents).
@@ -780,11 +882,35 @@ mod tests {
         for i in 0..10_000 {
             big.insert(&format!("trace-{i}"), None, now);
         }
-        assert!(big.len() <= 2_048, "{}", big.len());
-        assert!(big.len() > 1_900, "shards are used evenly: {}", big.len());
+        // New traces fill the probation segments: half the table.
+        assert!(big.len() <= 1_024, "{}", big.len());
+        assert!(big.len() > 950, "shards are used evenly: {}", big.len());
         // Shrinking applies at once.
         big.set_bounds(160, Duration::from_secs(60));
         assert!(big.len() <= 160);
+    }
+
+    #[test]
+    fn a_flood_of_new_trace_ids_does_not_flush_the_traces_in_use() {
+        let t = TraceTable::new(1_000, Duration::from_secs(60));
+        let now = Duration::ZERO;
+        let gray: Option<Arc<str>> = Some(Arc::from("gray"));
+        for i in 0..100 {
+            t.insert(&format!("user-{i}"), gray.clone(), now);
+            assert!(t.lookup(&format!("user-{i}"), now).is_some());
+        }
+        // A caller sends 100 000 requests with unique trace ids.
+        for i in 0..100_000 {
+            t.insert(&format!("flood-{i}"), None, now);
+        }
+        assert!(t.len() <= 1_000);
+        for i in 0..100 {
+            assert_eq!(
+                t.lookup(&format!("user-{i}"), now),
+                Some(gray.clone()),
+                "user-{i}"
+            );
+        }
     }
 
     #[test]

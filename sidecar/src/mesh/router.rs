@@ -18,10 +18,10 @@ use crate::proxy::grpc;
 use crate::proxy::http::ERROR_HEADER;
 use crate::proxy::router::ResponseEnd;
 use crate::proxy::{
-    ConnContext, Direction, HttpOutcome, LocalResponse, RequestState, RouteDecision, Routed,
-    Router, TcpDecision,
+    ConnContext, Direction, HttpOutcome, LocalResponse, PortProtocol, RequestState, RouteDecision,
+    Routed, Router, TcpDecision,
 };
-use crate::route::{Balancer, BalancerConfig, Pick};
+use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
 use crate::snapshot::Snapshot;
 
 use super::observe::Recorder;
@@ -50,6 +50,8 @@ pub struct MeshRouter {
     clock: Arc<dyn Clock>,
     /// Container CPU usage for overload protection, written by the sampler task.
     cpu: Arc<SampledCpu>,
+    /// See [`GovernContext::trusted_proxy_hops`].
+    trusted_proxy_hops: usize,
 }
 
 impl MeshRouter {
@@ -73,6 +75,7 @@ impl MeshRouter {
             clock,
             // No reading yet: overload protection sees no evidence of overload.
             cpu: Arc::new(SampledCpu::new(f64::NAN)),
+            trusted_proxy_hops: 0,
         }
     }
 
@@ -88,6 +91,12 @@ impl MeshRouter {
         &self.cpu
     }
 
+    /// Trusts `hops` proxies in front of the pod for the `ClientIP` hot-parameter source.
+    pub fn with_trusted_proxy_hops(mut self, hops: usize) -> Self {
+        self.trusted_proxy_hops = hops;
+        self
+    }
+
     /// Records into the proxy's shared registry instead of a private one.
     pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
         self.metrics = metrics;
@@ -101,6 +110,7 @@ impl MeshRouter {
         let govern = GovernContext {
             metrics: Arc::clone(&self.metrics),
             cpu: Arc::clone(&self.cpu) as Arc<dyn crate::policy::CpuSource>,
+            trusted_proxy_hops: self.trusted_proxy_hops,
         };
         let previous = self.runtime.load_full();
         let next = Runtime::build(
@@ -271,23 +281,38 @@ impl MeshRouter {
             }
         }
         match chosen {
-            Ok(chosen) => match self.balancer.pick(chosen.endpoints, &mut rand::rng()) {
-                Some(pick) => {
-                    let clock = breakers.as_ref().map(|_| Arc::clone(&self.clock));
-                    Routed::with_state(
-                        RouteDecision::Forward(pick.addr()),
-                        OutboundState {
-                            pick: Some(pick),
-                            breakers,
-                            clock,
-                            recorder,
-                        },
-                    )
-                    .with_timeout(timeout)
-                }
-                // `Chosen::endpoints` is never empty.
-                None => RouteDecision::Passthrough.into(),
-            },
+            Ok(chosen) => {
+                let (target, pick) = match dest.keeps_addressed(&chosen) {
+                    // Statistics only when the addressed pod is a ready endpoint.
+                    Some(addr) => (
+                        addr,
+                        chosen
+                            .endpoints
+                            .iter()
+                            .find(|e| e.addr() == addr)
+                            .and_then(|e| {
+                                self.balancer
+                                    .pick(std::slice::from_ref(e), &mut rand::rng())
+                            }),
+                    ),
+                    None => match self.balancer.pick(chosen.endpoints, &mut rand::rng()) {
+                        Some(pick) => (pick.addr(), Some(pick)),
+                        // `Chosen::endpoints` is never empty.
+                        None => return RouteDecision::Passthrough.into(),
+                    },
+                };
+                let clock = breakers.as_ref().map(|_| Arc::clone(&self.clock));
+                Routed::with_state(
+                    RouteDecision::Forward(target),
+                    OutboundState {
+                        pick,
+                        breakers,
+                        clock,
+                        recorder,
+                    },
+                )
+                .with_timeout(timeout)
+            }
             Err(no_endpoint) => {
                 tracing::debug!(%no_endpoint, "no endpoint");
                 recorder.local(StatusCode::SERVICE_UNAVAILABLE);
@@ -318,6 +343,23 @@ impl Router for MeshRouter {
         }
     }
 
+    /// The Service port the connection is addressed to (a cluster IP or, inbound, this pod's
+    /// own IP and port) declares its protocol.
+    fn port_protocol(&self, conn: &ConnContext) -> PortProtocol {
+        let runtime = self.runtime.load();
+        let Some(dest) = runtime
+            .as_deref()
+            .and_then(|rt| rt.routes.lookup(conn.original_dst))
+        else {
+            return PortProtocol::Detect;
+        };
+        match dest.port.protocol() {
+            Protocol::Auto => PortProtocol::Detect,
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => PortProtocol::Http,
+            Protocol::Tcp => PortProtocol::Opaque,
+        }
+    }
+
     fn open_connection(&self, conn: &ConnContext) -> Option<Box<dyn std::any::Any + Send>> {
         Some(Box::new(
             self.metrics.open_connection(conn.direction.into()),
@@ -340,6 +382,9 @@ impl Router for MeshRouter {
         };
         match dest.choose(self.pod_tag.as_deref(), &rt.lanes) {
             Ok(chosen) => {
+                if let Some(addr) = dest.keeps_addressed(&chosen) {
+                    return TcpDecision::Forward(addr);
+                }
                 let i = rand::rng().random_range(0..chosen.endpoints.len());
                 chosen
                     .endpoints

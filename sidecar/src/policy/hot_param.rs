@@ -17,11 +17,16 @@
 //! full bucket if it returns. The capacity should therefore exceed the number of values active
 //! within one window, or a client cycling through many values could reset its own bucket.
 //!
+//! Values are tracked by a keyed 64-bit hash (SipHash with a random key per limiter), never as
+//! text: a rule's memory is bounded by its capacity whatever the values' length (a header value
+//! may be 64 KiB), nothing is allocated per request, and a caller cannot aim collisions at
+//! another value without knowing the key.
+//!
 //! The LRU is reordered on every lookup, so it sits behind a `std::sync::Mutex`; the critical
-//! section is one hash lookup, a list relink and a few integer operations. A new value costs one
-//! `String` allocation; known values allocate nothing.
+//! section is one hash lookup, a list relink and a few integer operations.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,7 +75,9 @@ pub struct HotParamLimiter {
     burst: u64,
     window_ns: u64,
     overrides: HashMap<String, u64>,
-    buckets: Mutex<LruCache<String, Bucket>>,
+    /// Keys the value hashes; random per limiter.
+    hasher: RandomState,
+    buckets: Mutex<LruCache<u64, Bucket>>,
     gate: Gate,
 }
 
@@ -88,6 +95,7 @@ impl HotParamLimiter {
             burst: config.burst,
             window_ns: nanos(window),
             overrides: config.overrides,
+            hasher: RandomState::new(),
             buckets: Mutex::new(LruCache::new(capacity)),
             gate: Gate::new(Enforcement::Enforce),
         })
@@ -112,9 +120,10 @@ impl HotParamLimiter {
     /// A request without the attribute is not subject to the rule; the caller skips the call.
     pub fn try_acquire(&self, value: &str, now: Duration) -> Decision {
         let now = nanos(now);
+        let key = self.hasher.hash_one(value);
         let admitted = {
             let mut buckets = lock(&self.buckets);
-            let bucket = buckets.get_or_insert_mut_ref(value, || {
+            let bucket = buckets.get_or_insert_mut(key, || {
                 let rate = self.overrides.get(value).copied().unwrap_or(self.threshold);
                 Bucket::new(rate, self.burst, now)
             });

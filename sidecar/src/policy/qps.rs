@@ -288,7 +288,8 @@ impl WarmUp {
         let period = period.as_secs_f64();
         // `as u64` truncates like Java's `(int)` cast (and saturates instead of wrapping).
         let warning_token = ((period * count) as u64) / u64::from(COLD_FACTOR - 1);
-        let max_token = warning_token + ((2.0 * period * count / (1.0 + cold)) as u64);
+        // Saturating: thresholds and periods near the limits of their types must not overflow.
+        let max_token = warning_token.saturating_add((2.0 * period * count / (1.0 + cold)) as u64);
         let slope = if max_token > warning_token {
             (cold - 1.0) / count / (max_token - warning_token) as f64
         } else {

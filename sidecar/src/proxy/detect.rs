@@ -47,7 +47,31 @@ pub fn classify(buf: &[u8]) -> Verdict {
             Verdict::NeedMore
         };
     }
-    classify_http1(buf)
+    // RFC 9112 §2.2: empty lines before the request line are ignored, so they must not make
+    // an HTTP request opaque (and so ungoverned). A few are enough for any real client.
+    let blank = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if blank > MAX_LEADING_BLANK {
+        return Verdict::Known(Protocol::Opaque);
+    }
+    classify_http1(&buf[blank..])
+}
+
+/// Most CR/LF bytes accepted before a request line.
+const MAX_LEADING_BLANK: usize = 8;
+
+/// The protocol of a buffer [`classify`] could not decide when no more bytes come in time:
+/// a started HTTP/1 request line stays HTTP/1 (the relay answers 408 or 431 for it, and a
+/// client cannot make it opaque by pausing); anything else, including nothing, is opaque.
+fn undecided(buf: &[u8]) -> Protocol {
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf.is_empty() || buf[..n] == H2_PREFACE[..n] {
+        Protocol::Opaque
+    } else {
+        Protocol::Http1
+    }
 }
 
 /// `METHOD SP request-target SP HTTP/1.x CRLF`.
@@ -109,23 +133,15 @@ where
     loop {
         match classify(&buf) {
             Verdict::Known(protocol) => return (protocol, buf),
-            Verdict::NeedMore if buf.len() >= max_bytes => {
-                let protocol = if buf.starts_with(&H2_PREFACE[..1]) && buf.len() < H2_PREFACE.len()
-                {
-                    Protocol::Opaque
-                } else {
-                    Protocol::Http1
-                };
-                return (protocol, buf);
-            }
+            Verdict::NeedMore if buf.len() >= max_bytes => return (undecided(&buf), buf),
             Verdict::NeedMore => {}
         }
         let room = max_bytes - buf.len();
         let mut limited = (&mut *io).take(room as u64);
         match tokio::time::timeout_at(deadline, limited.read_buf(&mut buf)).await {
-            // Silent client (server-first protocol) or half a request line in time:
-            // forward what we have as opaque bytes.
-            Err(_elapsed) => return (Protocol::Opaque, buf),
+            // Silent client (server-first protocol, or one waiting out detection: the caller
+            // sees the empty buffer), or half a request line in time.
+            Err(_elapsed) => return (undecided(&buf), buf),
             // EOF or a read error: nothing more will come; let the TCP path deal with it.
             Ok(Ok(0)) | Ok(Err(_)) => return (Protocol::Opaque, buf),
             Ok(Ok(_)) => {}
@@ -199,7 +215,11 @@ mod tests {
             .unwrap_or_default();
         let started = std::time::Instant::now();
         let (protocol, bytes) = detect(&mut server, Duration::from_millis(100), 4096).await;
-        assert_eq!(protocol, Protocol::Opaque);
+        assert_eq!(
+            protocol,
+            Protocol::Http1,
+            "a paused request line stays HTTP"
+        );
         assert_eq!(&bytes[..], b"GET / HT");
         assert!(started.elapsed() >= Duration::from_millis(90));
 
@@ -217,6 +237,31 @@ mod tests {
         let (protocol, bytes) = detect(&mut s2, Duration::from_secs(5), 4096).await;
         assert_eq!(protocol, Protocol::Http1);
         assert_eq!(&bytes[..], b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_http() {
+        assert_eq!(classify(b"\r\n"), Verdict::NeedMore);
+        assert_eq!(
+            classify(b"\r\n\r\nGET / HTTP/1.1\r\n"),
+            Verdict::Known(Protocol::Http1)
+        );
+        let mut many = b"\r\n".repeat(MAX_LEADING_BLANK);
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(classify(&many), Verdict::Known(Protocol::Opaque));
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_or_a_partial_preface_is_opaque_at_the_timeout() {
+        let (_client, mut server) = tokio::io::duplex(1024);
+        let (protocol, bytes) = detect(&mut server, Duration::from_millis(20), 4096).await;
+        assert_eq!((protocol, bytes.len()), (Protocol::Opaque, 0));
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"PRI * HTTP/2.0\r\n")
+            .await
+            .unwrap_or_default();
+        let (protocol, _) = detect(&mut server, Duration::from_millis(20), 4096).await;
+        assert_eq!(protocol, Protocol::Opaque);
     }
 
     #[tokio::test]

@@ -188,6 +188,7 @@ impl HttpProxy {
     async fn handle(&self, conn: ConnContext, req: Request<Incoming>) -> Response<ProxyBody> {
         let (mut parts, body) = req.into_parts();
         let grpc = grpc::is_grpc(&parts.headers);
+        let head = parts.method == http::Method::HEAD;
         let Routed {
             decision,
             mut state,
@@ -197,7 +198,7 @@ impl HttpProxy {
         let target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
-            RouteDecision::Respond(local) => return respond(local, state, grpc),
+            RouteDecision::Respond(local) => return respond(local, state, grpc, head),
         };
         // The h2 client takes `:scheme` and `:authority` from the URI; the connection is chosen
         // by `target`, so the caller's authority travels on unchanged.
@@ -210,6 +211,7 @@ impl HttpProxy {
                         "invalid_uri",
                         &format!("cannot complete request target: {error}"),
                         grpc,
+                        head,
                     );
                 }
             }
@@ -263,7 +265,7 @@ impl HttpProxy {
                     &format!("no response from {target} within {limit:?}"),
                 );
                 local.grpc_status = Some(grpc::code::DEADLINE_EXCEEDED);
-                return respond(local, None, grpc);
+                return respond(local, None, grpc, head);
             }
             Err(failure @ Failure::Client(_)) => {
                 if let Some(error) = failure.error() {
@@ -282,6 +284,7 @@ impl HttpProxy {
                     reason,
                     &format!("{text} ({target})"),
                     grpc,
+                    head,
                 );
             }
         };
@@ -322,14 +325,15 @@ impl Failure {
 
 /// Answers locally; a gRPC caller gets a trailers-only gRPC response (HTTP 200 with
 /// `grpc-status` and `grpc-message`) instead of an HTTP error page, which gRPC clients would
-/// report as a protocol error.
+/// report as a protocol error. `head`: the request was HEAD (see [`local_response`]).
 fn respond(
     local: LocalResponse,
     state: Option<Box<dyn RequestState>>,
     grpc: bool,
+    head: bool,
 ) -> Response<ProxyBody> {
     if !grpc {
-        return local_response(local, state);
+        return local_response(local, state, head);
     }
     let code = local
         .grpc_status
@@ -354,6 +358,7 @@ fn respond(
             grpc_status: Some(code),
         },
         state,
+        head,
     )
 }
 
@@ -438,13 +443,26 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A local answer as a response. To a HEAD request it carries the length its body would have
+/// and no body: hyper's HTTP/2 server sends whatever body it is given, even after HEAD.
 fn local_response(
     local: LocalResponse,
     state: Option<Box<dyn RequestState>>,
+    head: bool,
 ) -> Response<ProxyBody> {
-    let mut resp = Response::new(ProxyBody::new(Either::Right(Full::new(local.body)), state));
-    *resp.status_mut() = local.status;
-    *resp.headers_mut() = local.headers;
+    let LocalResponse {
+        status,
+        mut headers,
+        mut body,
+        ..
+    } = local;
+    if head {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        body = Bytes::new();
+    }
+    let mut resp = Response::new(ProxyBody::new(Either::Right(Full::new(body)), state));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -461,8 +479,9 @@ fn error_response(
     reason: &'static str,
     text: &str,
     grpc: bool,
+    head: bool,
 ) -> Response<ProxyBody> {
-    respond(error_local(status, reason, text), None, grpc)
+    respond(error_local(status, reason, text), None, grpc, head)
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -8,8 +8,10 @@
 //! work-stealing scheduler, no cross-thread wake-ups and no shared pool lock on the request path,
 //! which is most of what a multi-threaded runtime costs a proxy on top of its syscalls.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -25,7 +27,7 @@ use super::detect::{self, Protocol};
 use super::http::HttpProxy;
 use super::orig_dst::OriginalDst;
 use super::rewind::Rewind;
-use super::router::{ConnContext, Direction, Router, TcpDecision};
+use super::router::{ConnContext, Direction, PortProtocol, Router, TcpDecision};
 use super::shutdown::{self, ShutdownHandle, ShutdownSignal};
 use super::tcp;
 
@@ -67,16 +69,69 @@ pub struct DrainReport {
 struct Shared {
     config: ProxyConfig,
     server_first_ports: Vec<u16>,
+    /// The proxy's own ports that inbound traffic must never reach (see [`Shared::refusal`]).
+    own_ports: [u16; 3],
+    /// Open connections per listener (outbound, inbound), across workers.
+    open: [AtomicUsize; 2],
     orig_dst: Arc<dyn OriginalDst>,
     router: Arc<dyn Router>,
+}
+
+/// One of a listener's [`ProxyConfig::max_connections`] slots, given back on drop.
+struct ConnSlot {
+    shared: Arc<Shared>,
+    direction: Direction,
+}
+
+impl ConnSlot {
+    /// Takes a slot of `direction`'s listener; `None` when all are taken.
+    fn take(shared: &Arc<Shared>, direction: Direction) -> Option<Self> {
+        let open = &shared.open[direction as usize];
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < shared.config.max_connections).then_some(n + 1)
+        })
+        .ok()?;
+        Some(Self {
+            shared: Arc::clone(shared),
+            direction,
+        })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.shared.open[self.direction as usize].fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Shared {
+    /// Why an inbound connection must not be delivered, if it must not. Inbound traffic is
+    /// delivered to the address it was sent to, so a caller naming one of the proxy's own
+    /// ports (admin `/shutdown`, `/config_dump`, the capture listeners) would otherwise reach
+    /// the proxy from outside the pod; and a loopback destination from a non-loopback peer can
+    /// only be a spoof that aims at what the pod keeps private.
+    fn refusal(&self, conn: &ConnContext) -> Option<&'static str> {
+        if conn.direction != Direction::Inbound {
+            return None;
+        }
+        let dst = conn.original_dst;
+        if self.own_ports.contains(&dst.port()) {
+            return Some("the proxy's own port");
+        }
+        if dst.ip().is_loopback() && !conn.peer.ip().is_loopback() {
+            return Some("a loopback address");
+        }
+        None
+    }
 }
 
 /// One data-plane worker before it runs: its runtime and its two capture sockets.
 #[derive(Debug)]
 struct Worker {
     runtime: tokio::runtime::Runtime,
-    outbound: std::net::TcpListener,
-    inbound: std::net::TcpListener,
+    /// The IPv4 (or configured) socket, plus an IPv6 one on dual-stack hosts.
+    outbound: Vec<std::net::TcpListener>,
+    inbound: Vec<std::net::TcpListener>,
 }
 
 /// The bound capture listeners, ready to [`Proxy::run`].
@@ -114,6 +169,25 @@ impl Proxy {
         )?;
         let outbound_addr = local_addr(&outbound);
         let inbound_addr = local_addr(&inbound);
+        // On the default wildcard address, IPv6 too: `init` captures a dual-stack pod's IPv6
+        // traffic, which must find the proxy listening.
+        let (outbound_v6, inbound_v6) = if config.bind_address == Ipv4Addr::UNSPECIFIED {
+            let v6 = |direction, port| {
+                listen_group_v6(
+                    direction,
+                    SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+                    count,
+                )
+            };
+            (
+                v6(Direction::Outbound, outbound_addr.port())?,
+                v6(Direction::Inbound, inbound_addr.port())?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let mut outbound_v6 = outbound_v6.into_iter();
+        let mut inbound_v6 = inbound_v6.into_iter();
         let workers = outbound
             .into_iter()
             .zip(inbound)
@@ -125,8 +199,10 @@ impl Proxy {
                     .map_err(|source| ProxyError::Worker { worker, source })?;
                 Ok(Worker {
                     runtime,
-                    outbound,
-                    inbound,
+                    outbound: std::iter::once(outbound)
+                        .chain(outbound_v6.next())
+                        .collect(),
+                    inbound: std::iter::once(inbound).chain(inbound_v6.next()).collect(),
                 })
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
@@ -136,6 +212,12 @@ impl Proxy {
         let (shutdown, signal) = shutdown::channel();
         Ok(Self {
             shared: Arc::new(Shared {
+                own_ports: [
+                    outbound_addr.port(),
+                    inbound_addr.port(),
+                    config.admin_addr.port(),
+                ],
+                open: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 config,
                 server_first_ports,
                 orig_dst,
@@ -223,14 +305,17 @@ impl Proxy {
 /// One worker's accept loop and drain, on its own runtime.
 async fn serve_worker(
     shared: Arc<Shared>,
-    outbound: std::net::TcpListener,
-    inbound: std::net::TcpListener,
+    outbound: Vec<std::net::TcpListener>,
+    inbound: Vec<std::net::TcpListener>,
     mut signal: ShutdownSignal,
 ) -> DrainReport {
-    let (outbound, inbound) = match (
-        TcpListener::from_std(outbound),
-        TcpListener::from_std(inbound),
-    ) {
+    let register = |sockets: Vec<std::net::TcpListener>| {
+        sockets
+            .into_iter()
+            .map(TcpListener::from_std)
+            .collect::<std::io::Result<Vec<_>>>()
+    };
+    let (outbound, inbound) = match (register(outbound), register(inbound)) {
         (Ok(outbound), Ok(inbound)) => (outbound, inbound),
         (Err(error), _) | (_, Err(error)) => {
             // Registering a socket with this runtime's epoll failed (out of memory or
@@ -249,10 +334,10 @@ async fn serve_worker(
     loop {
         tokio::select! {
             () = signal.triggered() => break,
-            accepted = outbound.accept() => {
+            accepted = accept_any(&outbound) => {
                 spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Outbound, accepted).await;
             }
-            accepted = inbound.accept() => {
+            accepted = accept_any(&inbound) => {
                 spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Inbound, accepted).await;
             }
             Some(done) = conns.join_next(), if !conns.is_empty() => {
@@ -265,17 +350,34 @@ async fn serve_worker(
         }
     }
     stop_connections.trigger();
-    // Closing the listeners makes new connection attempts fail at once.
-    drop(outbound);
+    // Closing the inbound listener makes new callers fail at once, so they pick another
+    // endpoint. The outbound listener stays open through the drain: the app is usually still
+    // finishing its own work and calling out (without native sidecars it got SIGTERM at the
+    // same moment), and those calls must not be refused.
     drop(inbound);
     let grace = shared.config.grace_period;
     tracing::info!(in_flight = conns.len(), ?grace, "draining connections");
-    let drain = async {
-        graceful.shutdown().await;
-        while conns.join_next().await.is_some() {}
+    let deadline = tokio::time::Instant::now() + grace;
+    // Connections accepted during the drain are watched by a shutdown of their own that never
+    // fires: the drain waits for them like for any other, up to the grace period.
+    let late = GracefulShutdown::new();
+    let announced = graceful.shutdown();
+    tokio::pin!(announced);
+    let mut announced_done = false;
+    let abandoned = loop {
+        if announced_done && conns.is_empty() {
+            break 0;
+        }
+        tokio::select! {
+            () = &mut announced, if !announced_done => announced_done = true,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = accept_any(&outbound) => {
+                spawn_conn(&shared, &http, &connection_signal, &late, &mut conns, Direction::Outbound, accepted).await;
+            }
+            () = tokio::time::sleep_until(deadline) => break conns.len(),
+        }
     };
-    let drained = tokio::time::timeout(grace, drain).await.is_ok();
-    let abandoned = if drained { 0 } else { conns.len() };
+    drop(outbound);
     if abandoned > 0 {
         tracing::warn!(
             abandoned,
@@ -284,6 +386,46 @@ async fn serve_worker(
     }
     conns.shutdown().await;
     DrainReport { abandoned }
+}
+
+/// The next connection of any of `listeners` (a capture port's IPv4 and IPv6 sockets).
+async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, SocketAddr)> {
+    std::future::poll_fn(|cx| {
+        for listener in listeners {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// [`listen_group`] on an IPv6 wildcard address, IPv6 only (the IPv4 group serves IPv4); empty
+/// when the network namespace has no IPv6 at all.
+fn listen_group_v6(
+    direction: Direction,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+    match listen_group(direction, addr, count) {
+        Err(ProxyError::Bind { source, .. })
+            if matches!(
+                source.raw_os_error(),
+                Some(libc_codes::EAFNOSUPPORT | libc_codes::EADDRNOTAVAIL)
+            ) =>
+        {
+            tracing::debug!(%addr, "no IPv6 here; capturing IPv4 only");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+/// The two errno values that mean "this namespace has no IPv6".
+mod libc_codes {
+    pub(super) const EAFNOSUPPORT: i32 = 97;
+    pub(super) const EADDRNOTAVAIL: i32 = 99;
 }
 
 /// `count` listening sockets on one address, in one `SO_REUSEPORT` group (the kernel hashes
@@ -303,7 +445,7 @@ fn listen_group(
         // SO_REUSEPORT would let this proxy share the port with a proxy that is still running
         // (same UID) and silently take half its connections: make sure nobody listens first.
         // A plain bind fails with EADDRINUSE then; it is released again at once.
-        std::net::TcpListener::bind(addr).map_err(|source| error(addr, source))?;
+        plain_bind(addr).map_err(|source| error(addr, source))?;
     }
     let mut sockets = Vec::with_capacity(count);
     let mut bound = addr;
@@ -315,9 +457,24 @@ fn listen_group(
     Ok(sockets)
 }
 
+/// Binds (and at once releases) a socket without `SO_REUSEPORT`; IPv6 only for an IPv6
+/// address, so it does not collide with this proxy's own IPv4 sockets.
+fn plain_bind(addr: SocketAddr) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())
+}
+
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -347,20 +504,31 @@ async fn spawn_conn(
 ) {
     match accepted {
         Ok((stream, peer)) => {
+            let Some(slot) = ConnSlot::take(shared, direction) else {
+                // Closed at once: the connections already open keep their share of the proxy.
+                tracing::debug!(direction = direction.as_str(), %peer, "connection limit reached");
+                drop(stream);
+                return;
+            };
             let span = tracing::debug_span!("conn", direction = direction.as_str(), %peer);
             // The watcher is taken now, so a shutdown that fires while this
             // connection is still detecting its protocol is not missed.
             let watcher = graceful.watcher();
+            let (http, signal) = (Arc::clone(http), signal.clone());
             conns.spawn(
-                handle_conn(
-                    Arc::clone(shared),
-                    Arc::clone(http),
-                    signal.clone(),
-                    direction,
-                    stream,
-                    peer,
-                    watcher,
-                )
+                async move {
+                    handle_conn(
+                        Arc::clone(&slot.shared),
+                        http,
+                        signal,
+                        direction,
+                        stream,
+                        peer,
+                        watcher,
+                    )
+                    .await;
+                    drop(slot);
+                }
                 .instrument(span),
             );
         }
@@ -396,21 +564,60 @@ async fn handle_conn(
     }
     super::pool::tune(&stream, shared.config.tcp_keepalive);
     let conn = ConnContext::new(direction, peer, original_dst, shared.config.app_address);
+    if let Some(what) = shared.refusal(&conn) {
+        // Debug, not warn: a caller could otherwise flood the log with one connection each.
+        tracing::debug!(%original_dst, "refusing inbound connection to {what}");
+        return;
+    }
     let _connection = shared.router.open_connection(&conn);
-    let (protocol, prefix) = if shared
-        .server_first_ports
-        .binary_search(&original_dst.port())
-        .is_ok()
-    {
+    let declared = shared.router.port_protocol(&conn);
+    let skip_detection = declared == PortProtocol::Opaque
+        || shared
+            .server_first_ports
+            .binary_search(&original_dst.port())
+            .is_ok();
+    let (mut protocol, mut prefix) = if skip_detection {
         (Protocol::Opaque, BytesMut::new())
     } else {
-        detect::detect(
-            &mut stream,
-            shared.config.detect_timeout,
-            shared.config.detect_max_bytes,
-        )
-        .await
+        // A port declared HTTP waits as long as a request head may take: a slow client is
+        // still HTTP there, never opaque.
+        let wait = match declared {
+            PortProtocol::Http => shared.config.header_read_timeout,
+            _ => shared.config.detect_timeout,
+        };
+        detect::detect(&mut stream, wait, shared.config.detect_max_bytes).await
     };
+    let mut upstream = None;
+    if protocol == Protocol::Opaque && !skip_detection {
+        if declared == PortProtocol::Http {
+            tracing::debug!(%original_dst, "closing: not HTTP on a port declared HTTP");
+            return;
+        }
+        if prefix.is_empty() {
+            // A silent client: a server-first protocol on a port not listed as one, or a client
+            // waiting out detection to slip past routing and governance. Connect, and see who
+            // speaks first: the server (opaque it is) or the client (detect again).
+            let Some((target, connected)) = open_tcp(&shared, &conn).await else {
+                return;
+            };
+            let mut signal = signal.clone();
+            let client_first = tokio::select! {
+                biased;
+                () = signal.triggered() => return,
+                first = speaks_first(&stream, &connected) => first,
+            };
+            if client_first {
+                (protocol, prefix) = detect::detect(
+                    &mut stream,
+                    shared.config.header_read_timeout,
+                    shared.config.detect_max_bytes,
+                )
+                .await;
+            }
+            // The upstream has seen nothing: an HTTP client gets routed connections instead.
+            upstream = (protocol == Protocol::Opaque).then_some((target, connected));
+        }
+    }
     tracing::debug!(%original_dst, ?protocol, "connection classified");
     match protocol {
         Protocol::Http1 => {
@@ -419,20 +626,49 @@ async fn handle_conn(
         }
         Protocol::Http2 => http.serve(conn, Rewind::new(prefix, stream), watcher).await,
         Protocol::Opaque => {
-            let io = Rewind::new(prefix, stream);
             drop(watcher);
-            let target = match shared.router.route_tcp(&conn) {
-                TcpDecision::Passthrough => conn.default_target,
-                TcpDecision::Forward(target) => target,
-                TcpDecision::Reject => {
-                    tracing::debug!("tcp connection rejected by router");
-                    return;
-                }
+            let connected = match upstream {
+                Some(connected) => Some(connected),
+                None => open_tcp(&shared, &conn).await,
             };
-            match tcp::relay(io, target, (&shared.config).into()).await {
+            let Some((target, connected)) = connected else {
+                return;
+            };
+            let idle = shared.config.tcp_idle_timeout;
+            match tcp::relay(Rewind::new(prefix, stream), connected, target, idle).await {
                 Ok(relayed) => tracing::debug!(%target, ?relayed, "tcp relay done"),
                 Err(error) => tracing::debug!(%error, "tcp relay ended"),
             }
         }
+    }
+}
+
+/// Routes an opaque connection and connects to its target; `None` (logged) when the router
+/// rejects it or the target cannot be reached.
+async fn open_tcp(shared: &Shared, conn: &ConnContext) -> Option<(SocketAddr, TcpStream)> {
+    let target = match shared.router.route_tcp(conn) {
+        TcpDecision::Passthrough => conn.default_target,
+        TcpDecision::Forward(target) => target,
+        TcpDecision::Reject => {
+            tracing::debug!("tcp connection rejected by router");
+            return None;
+        }
+    };
+    match tcp::connect_upstream(target, (&shared.config).into()).await {
+        Ok(upstream) => Some((target, upstream)),
+        Err(error) => {
+            tracing::debug!(%error, "tcp relay ended");
+            None
+        }
+    }
+}
+
+/// Whether the client sends its first byte before the upstream does (or closes).
+async fn speaks_first(client: &TcpStream, upstream: &TcpStream) -> bool {
+    let (mut a, mut b) = ([0u8; 1], [0u8; 1]);
+    tokio::select! {
+        biased;
+        sent = client.peek(&mut a) => matches!(sent, Ok(n) if n > 0),
+        _ = upstream.peek(&mut b) => false,
     }
 }

@@ -32,7 +32,7 @@ pub mod tcp;
 pub use listener::{DrainReport, Proxy, ProxyError};
 pub use orig_dst::{Fixed, OriginalDst, PeerMap, SoOriginalDst};
 pub use router::{
-    ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, RequestState,
-    RouteDecision, Routed, Router, TcpDecision, UpstreamFailure,
+    ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, PortProtocol,
+    RequestState, RouteDecision, Routed, Router, TcpDecision, UpstreamFailure,
 };
 pub use shutdown::{ShutdownHandle, ShutdownSignal};

@@ -37,8 +37,9 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// Where the client was going (before the iptables redirect).
     pub original_dst: SocketAddr,
-    /// Where passthrough sends it: the original destination for outbound, the
-    /// app's address with the original port for inbound.
+    /// Where passthrough sends it: the original destination for outbound; for inbound the
+    /// original destination too (the pod IP, so loopback-only app ports stay private) unless
+    /// an app address is configured, then that address on the original port.
     pub default_target: SocketAddr,
 }
 
@@ -48,11 +49,11 @@ impl ConnContext {
         direction: Direction,
         peer: SocketAddr,
         original_dst: SocketAddr,
-        app_address: IpAddr,
+        app_address: Option<IpAddr>,
     ) -> Self {
-        let default_target = match direction {
-            Direction::Outbound => original_dst,
-            Direction::Inbound => SocketAddr::new(app_address, original_dst.port()),
+        let default_target = match (direction, app_address) {
+            (Direction::Inbound, Some(app)) => SocketAddr::new(app, original_dst.port()),
+            _ => original_dst,
         };
         Self {
             direction,
@@ -234,6 +235,20 @@ impl std::fmt::Debug for Routed {
     }
 }
 
+/// What the configuration declares a connection's destination port to speak (a Service port's
+/// `appProtocol` or name prefix, as Istio reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortProtocol {
+    /// Nothing declared: detect from the client's first bytes.
+    #[default]
+    Detect,
+    /// HTTP (HTTP/1, HTTP/2 or gRPC): never relayed as opaque bytes, so a client cannot skip
+    /// routing and governance by waiting or by sending something else first.
+    Http,
+    /// Opaque TCP: no detection delay.
+    Opaque,
+}
+
 /// Routing logic plugged into the proxy core. Implementations read their
 /// live snapshot (`arc-swap`) once per call and must not block.
 pub trait Router: Send + Sync + 'static {
@@ -244,6 +259,13 @@ pub trait Router: Send + Sync + 'static {
 
     /// Decides one opaque TCP connection.
     fn route_tcp(&self, conn: &ConnContext) -> TcpDecision;
+
+    /// What the connection's destination port is declared to speak. The default declares
+    /// nothing.
+    fn port_protocol(&self, conn: &ConnContext) -> PortProtocol {
+        let _ = conn;
+        PortProtocol::Detect
+    }
 
     /// Called once per accepted connection (after its original destination is known); what it
     /// returns is dropped when the connection ends, e.g. an open-connections gauge guard.
@@ -287,13 +309,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inbound_default_target_is_the_app_on_the_original_port() {
+    fn inbound_default_target_is_the_pod_ip_unless_an_app_address_is_set() {
         let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
         let dst: SocketAddr = "10.0.0.5:8080".parse().unwrap();
+        let inbound = ConnContext::new(Direction::Inbound, peer, dst, None);
+        assert_eq!(
+            inbound.default_target, dst,
+            "delivered to the pod IP, not loopback"
+        );
         let app: IpAddr = "127.0.0.1".parse().unwrap();
-        let inbound = ConnContext::new(Direction::Inbound, peer, dst, app);
+        let inbound = ConnContext::new(Direction::Inbound, peer, dst, Some(app));
         assert_eq!(inbound.default_target, "127.0.0.1:8080".parse().unwrap());
-        let outbound = ConnContext::new(Direction::Outbound, peer, dst, app);
+        let outbound = ConnContext::new(Direction::Outbound, peer, dst, Some(app));
         assert_eq!(outbound.default_target, dst);
     }
 }

@@ -39,6 +39,12 @@ impl ShutdownHandle {
     pub fn is_triggered(&self) -> bool {
         *self.tx.borrow()
     }
+
+    /// A plain watch of the trigger, for parts that do not depend on the proxy core (the
+    /// health endpoint fails readiness from the first moment of the drain).
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
 }
 
 impl ShutdownSignal {

@@ -274,6 +274,18 @@ pub struct Destination<'a> {
     pub service: &'a ServiceRoute,
     /// The port of the service.
     pub port: &'a PortRoute,
+    /// The one pod the caller addressed, when it called a pod IP rather than a cluster IP.
+    pub pod: Option<Addressed<'a>>,
+}
+
+/// A pod a caller addressed by its IP (StatefulSet peers, Kafka brokers, Nacos-style direct
+/// discovery): it keeps the connection unless the request's lane needs another version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressed<'a> {
+    /// The pod IP and port called.
+    pub addr: SocketAddr,
+    /// The pod's lane tag; `None` = base.
+    pub lane: Option<&'a str>,
 }
 
 /// No ready endpoint for a request; the message is the 503 body.
@@ -313,6 +325,15 @@ pub struct Chosen<'a> {
 }
 
 impl<'a> Destination<'a> {
+    /// The addressed pod, when the caller named one and it is of the version `chosen` serves:
+    /// traffic to one replica stays with it (the lane only moves it when another version must
+    /// answer).
+    pub fn keeps_addressed(&self, chosen: &Chosen<'_>) -> Option<SocketAddr> {
+        self.pod
+            .filter(|pod| pod.lane == chosen.lane)
+            .map(|pod| pod.addr)
+    }
+
     /// The candidate endpoints for a request of lane `lane` (`None` = base).
     pub fn choose(&self, lane: Option<&str>, lanes: &LaneTable) -> Result<Chosen<'a>, NoEndpoint> {
         let app = self.service.app.as_str();
@@ -349,8 +370,8 @@ pub struct RouteTable {
     services: Vec<ServiceRoute>,
     /// Cluster IP:port -> (service, port) indices.
     by_cluster: HashMap<SocketAddr, (usize, usize)>,
-    /// Pod IP:endpoint port -> (service, port) indices.
-    by_pod: HashMap<SocketAddr, (usize, usize)>,
+    /// Pod IP:endpoint port -> (service, port) indices and the pod's lane tag.
+    by_pod: HashMap<SocketAddr, (usize, usize, Option<Arc<str>>)>,
 }
 
 impl RouteTable {
@@ -375,7 +396,10 @@ impl RouteTable {
                 let mut by_lane: HashMap<Arc<str>, Vec<Endpoint>> = HashMap::new();
                 for e in &spec.endpoints {
                     let addr = SocketAddr::new(e.ip, e.port_for(p));
-                    table.by_pod.entry(addr).or_insert((si, pi));
+                    table
+                        .by_pod
+                        .entry(addr)
+                        .or_insert_with(|| (si, pi, e.lane.clone()));
                     if !e.ready {
                         continue;
                     }
@@ -410,13 +434,23 @@ impl RouteTable {
     /// What `addr` (an outbound connection's original destination) is: a cluster IP:port or pod
     /// IP:port of a governed app. `None` = unknown, pass through untouched.
     pub fn lookup(&self, addr: SocketAddr) -> Option<Destination<'_>> {
-        let (si, pi) = self
-            .by_cluster
-            .get(&addr)
-            .or_else(|| self.by_pod.get(&addr))?;
-        let service = self.services.get(*si)?;
-        let port = service.ports.get(*pi)?;
-        Some(Destination { service, port })
+        let (si, pi, pod) = match self.by_cluster.get(&addr) {
+            Some(&(si, pi)) => (si, pi, None),
+            None => {
+                let (si, pi, lane) = self.by_pod.get(&addr)?;
+                (
+                    *si,
+                    *pi,
+                    Some(Addressed {
+                        addr,
+                        lane: lane.as_deref(),
+                    }),
+                )
+            }
+        };
+        let service = self.services.get(si)?;
+        let port = service.ports.get(pi)?;
+        Some(Destination { service, port, pod })
     }
 
     /// The service `namespace/name`.

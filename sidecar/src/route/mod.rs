@@ -17,6 +17,6 @@ pub mod endpoints;
 
 pub use balancer::{Balancer, BalancerConfig, Endpoint, EndpointStats, Pick};
 pub use endpoints::{
-    Chosen, Destination, EndpointSpec, NoEndpoint, PortRoute, PortSpec, Protocol, RouteTable,
-    ServiceConfigError, ServiceRoute, ServiceSpec,
+    Addressed, Chosen, Destination, EndpointSpec, NoEndpoint, PortRoute, PortSpec, Protocol,
+    RouteTable, ServiceConfigError, ServiceRoute, ServiceSpec,
 };

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod pod;
+pub(crate) mod root;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -82,7 +82,7 @@ impl Sidecar {
             outbound_port: 0,
             inbound_port: 0,
             bind_address: pod_ip,
-            app_address: app_ip,
+            app_address: Some(app_ip),
             grace_period: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             ..ProxyConfig::default()

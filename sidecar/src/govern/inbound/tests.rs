@@ -22,6 +22,7 @@ fn ctx() -> GovernContext {
     GovernContext {
         metrics: Arc::new(ProxyMetrics::new()),
         cpu: Arc::new(SampledCpu::new(0.1)),
+        trusted_proxy_hops: 0,
     }
 }
 
@@ -103,6 +104,23 @@ fn the_first_matching_rule_governs() {
 }
 
 #[test]
+fn another_spelling_of_a_limited_path_is_limited_too() {
+    let g = InboundGovernor::build(
+        Some(&rules(vec![qps_rule("p/pay", "/api/pay", 1.0)])),
+        None,
+        &ctx(),
+    );
+    assert!(g.check(&get("/api/pay", None), PEER, ms(0)).is_ok());
+    for spelled in ["/api//pay", "/api/%70ay", "/api/pay;x", "/x/../api/pay"] {
+        assert_eq!(
+            reason(g.check(&get(spelled, None), PEER, ms(1))),
+            Some(RejectReason::Flow),
+            "{spelled} slipped past the rule"
+        );
+    }
+}
+
+#[test]
 fn a_hot_param_rejection_gives_its_qps_admission_back() {
     // Sentinel counts a pass only after the whole chain passed.
     let mut rule = qps_rule("p/users", "/u", 2.0);
@@ -125,6 +143,55 @@ fn a_hot_param_rejection_gives_its_qps_admission_back() {
     assert_eq!(
         reason(g.check(&get("/u", Some("other")), PEER, ms(11))),
         Some(RejectReason::Flow)
+    );
+}
+
+fn forwarded(xff: &[&str]) -> http::request::Parts {
+    let mut b = Request::get("/ip");
+    for value in xff {
+        b = b.header("x-forwarded-for", *value);
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+#[test]
+fn the_client_ip_is_the_peer_unless_proxies_in_front_are_trusted() {
+    let req = forwarded(&["1.1.1.1, 2.2.2.2", "3.3.3.3"]);
+    assert_eq!(forwarded_client(&req, 0), None);
+    assert_eq!(forwarded_client(&req, 1), Some("3.3.3.3"));
+    assert_eq!(forwarded_client(&req, 2), Some("2.2.2.2"));
+    assert_eq!(forwarded_client(&req, 3), Some("1.1.1.1"));
+    assert_eq!(forwarded_client(&req, 4), None, "too few entries: the peer");
+    assert_eq!(forwarded_client(&forwarded(&[]), 1), None);
+}
+
+#[test]
+fn a_client_ip_limit_cannot_be_dodged_with_a_made_up_forwarded_for() {
+    let mut rule = qps_rule("p/ip", "/ip", 100.0);
+    rule.hot_params = vec![proto::HotParam {
+        source: proto::Source::ClientIp as i32,
+        threshold: 1.0,
+        ..Default::default()
+    }];
+    let g = InboundGovernor::build(Some(&rules(vec![rule.clone()])), None, &ctx());
+    assert!(g.check(&forwarded(&["9.9.9.1"]), PEER, ms(0)).is_ok());
+    assert_eq!(
+        reason(g.check(&forwarded(&["9.9.9.2"]), PEER, ms(1))),
+        Some(RejectReason::HotParam),
+        "the same peer with another claimed address is the same client"
+    );
+    // Behind one trusted proxy, the proxy's entry names the client.
+    let behind_proxy = GovernContext {
+        trusted_proxy_hops: 1,
+        ..ctx()
+    };
+    let g = InboundGovernor::build(Some(&rules(vec![rule])), None, &behind_proxy);
+    assert!(g.check(&forwarded(&["9.9.9.1"]), PEER, ms(0)).is_ok());
+    assert!(g.check(&forwarded(&["9.9.9.2"]), PEER, ms(1)).is_ok());
+    assert_eq!(
+        reason(g.check(&forwarded(&["spoof, 9.9.9.2"]), PEER, ms(2))),
+        Some(RejectReason::HotParam),
+        "entries left of the trusted one are the client's own claim"
     );
 }
 
@@ -195,6 +262,7 @@ fn overload_runs_first_and_uses_its_own_fallback() {
     let ctx = GovernContext {
         metrics: Arc::new(ProxyMetrics::new()),
         cpu: cpu.clone(),
+        trusted_proxy_hops: 0,
     };
     let rules = InboundRules::try_from(&proto::InboundPolicy {
         name: "shop/a".into(),

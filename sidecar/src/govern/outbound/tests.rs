@@ -18,6 +18,7 @@ fn ctx() -> GovernContext {
     GovernContext {
         metrics: Arc::new(ProxyMetrics::new()),
         cpu: Arc::new(SampledCpu::new(0.0)),
+        trusted_proxy_hops: 0,
     }
 }
 

@@ -336,3 +336,18 @@ fn a_refunded_queue_slot_is_handed_out_again() {
     l.refund(pass);
     assert_eq!(l.try_acquire(ms(0)), Decision::Delay(ms(1_000)));
 }
+
+#[test]
+fn extreme_warm_up_parameters_do_not_overflow() {
+    // A CRD may carry any threshold and period the schema allows; none may panic the proxy.
+    for (threshold, period) in [
+        (1e300, Duration::from_secs(u64::MAX / 4)),
+        (f64::from(u32::MAX), Duration::from_secs(1 << 40)),
+        (1e18, Duration::from_secs(1)),
+    ] {
+        let l = limiter(threshold, QpsBehavior::WarmUp { period });
+        for i in 0..3 {
+            let _ = l.try_acquire(Duration::from_secs(i));
+        }
+    }
+}
