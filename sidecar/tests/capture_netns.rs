@@ -22,7 +22,13 @@ const CLUSTER_IP: &str = "10.96.77.77";
 const GREETING: &str = "hello from the server pod";
 
 /// The tools the tests run; `make test` installs them.
-const TOOLS: &[&str] = &["ip", "iptables-save", "setpriv", "python3"];
+const TOOLS: &[&str] = &[
+    "ip",
+    "iptables-save",
+    "ip6tables-save",
+    "setpriv",
+    "python3",
+];
 
 fn run(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program).args(args).output().unwrap();
@@ -40,6 +46,8 @@ struct Pods {
     server: String,
     client_ip: String,
     server_ip: String,
+    /// The server pod's IPv6 address (the pods are dual-stack).
+    server_ip6: String,
     children: Vec<Child>,
 }
 
@@ -54,6 +62,7 @@ impl Pods {
             server: format!("lm-cap-s-{id}"),
             client_ip: format!("10.209.{octet}.1"),
             server_ip: format!("10.209.{octet}.2"),
+            server_ip6: format!("fd00:209:{octet}::2"),
             children: Vec::new(),
         };
         let (veth_c, veth_s) = (format!("lmcc{id}"), format!("lmcs{id}"));
@@ -67,12 +76,28 @@ impl Pods {
         );
         run("ip", &["link", "set", &veth_c, "netns", &pods.client]);
         run("ip", &["link", "set", &veth_s, "netns", &pods.server]);
-        for (ns, veth, ip) in [
-            (&pods.client, &veth_c, &pods.client_ip),
-            (&pods.server, &veth_s, &pods.server_ip),
+        for (ns, veth, ip, ip6) in [
+            (
+                &pods.client,
+                &veth_c,
+                &pods.client_ip,
+                format!("fd00:209:{octet}::1"),
+            ),
+            (
+                &pods.server,
+                &veth_s,
+                &pods.server_ip,
+                pods.server_ip6.clone(),
+            ),
         ] {
             let cidr = format!("{ip}/30");
             run("ip", &["-n", ns, "addr", "add", &cidr, "dev", veth]);
+            // nodad: usable at once, without duplicate address detection's wait.
+            let cidr6 = format!("{ip6}/64");
+            run(
+                "ip",
+                &["-n", ns, "-6", "addr", "add", &cidr6, "dev", veth, "nodad"],
+            );
             run("ip", &["-n", ns, "link", "set", veth, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -334,7 +359,8 @@ fn another_pod_reaches_the_app_but_not_the_sidecars_ports_or_loopback_only_apps(
     // (9090, like pprof or an actuator), and the sidecar behind its capture rules.
     let (server, server_ip) = (pods.server.clone(), pods.server_ip.clone());
     let web_root = dir.path().to_str().unwrap().to_owned();
-    for (port, bind) in [("8080", "0.0.0.0"), ("9090", "127.0.0.1")] {
+    // `::` serves IPv4 and IPv6 (Python's dual-stack server).
+    for (port, bind) in [("8080", "::"), ("9090", "127.0.0.1")] {
         pods.spawn(
             &server,
             "python3",
@@ -377,20 +403,25 @@ fn another_pod_reaches_the_app_but_not_the_sidecars_ports_or_loopback_only_apps(
     );
     assert_eq!(body.trim(), GREETING);
 
-    let attacks = [
-        ("GET", format!("http://{server_ip}:15000/config_dump")),
-        (
-            "POST",
-            format!("http://{server_ip}:15000/logging?level=trace"),
-        ),
-        ("POST", format!("http://{server_ip}:15000/shutdown")),
-        ("GET", format!("http://{server_ip}:15001/")),
-        ("GET", format!("http://{server_ip}:15006/")),
-        ("GET", format!("http://{server_ip}:9090/index.html")),
-    ];
-    for (method, url) in &attacks {
-        let answer = pods.request(&client, method, url);
-        assert!(answer.is_err(), "{method} {url} answered: {answer:?}");
+    // The pod is dual-stack: `init` captured IPv6 as well, and the sidecar serves it.
+    let server_ip6 = format!("[{}]", pods.server_ip6);
+    let app6 = format!("http://{server_ip6}:8080/index.html");
+    let body = pods.wait_for(&client, &app6, "the app is not reachable over IPv6");
+    assert_eq!(body.trim(), GREETING);
+
+    for ip in [&server_ip, &server_ip6] {
+        let attacks = [
+            ("GET", format!("http://{ip}:15000/config_dump")),
+            ("POST", format!("http://{ip}:15000/logging?level=trace")),
+            ("POST", format!("http://{ip}:15000/shutdown")),
+            ("GET", format!("http://{ip}:15001/")),
+            ("GET", format!("http://{ip}:15006/")),
+            ("GET", format!("http://{ip}:9090/index.html")),
+        ];
+        for (method, url) in &attacks {
+            let answer = pods.request(&client, method, url);
+            assert!(answer.is_err(), "{method} {url} answered: {answer:?}");
+        }
     }
 
     // The sidecar is still running and serving, and it did deliver the app's requests.
@@ -401,10 +432,13 @@ fn another_pod_reaches_the_app_but_not_the_sidecars_ports_or_loopback_only_apps(
     let metrics = pods
         .fetch(&server, "http://127.0.0.1:15020/metrics")
         .unwrap();
+    let inbound: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("lanemesh_requests_total{direction=\"inbound\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("lanemesh_requests_total{direction=\"inbound\"")),
-        "the app's requests did not go through the sidecar:\n{metrics}"
+        inbound >= 3.0,
+        "the app's IPv4 and IPv6 requests did not all go through the sidecar:\n{metrics}"
     );
 }

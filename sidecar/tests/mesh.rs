@@ -695,3 +695,39 @@ async fn tcp_to_a_known_destination_goes_to_the_pods_lane_else_passes_through() 
     }
     a.stop().await;
 }
+
+#[tokio::test]
+async fn a_call_to_one_pod_ip_stays_with_that_pod_unless_its_lane_needs_another_version() {
+    // StatefulSet- or Kafka-style traffic addresses one replica; only the lane may move it.
+    let (a, _) = Sidecar::start(29, "a", None).await;
+    let d1 = bare_app(30, "d1-base", Duration::ZERO).await;
+    let d2 = bare_app(31, "d2-base", Duration::ZERO).await;
+    let d3 = bare_app(32, "d3-gray", Duration::ZERO).await;
+    a.install(snapshot(
+        "a",
+        vec![service(
+            "d",
+            D_CLUSTER,
+            &[(d1, "", true), (d2, "", true), (d3, "gray", true)],
+        )],
+        lane_group(false, false),
+    ))
+    .await;
+    let client = a.client();
+    // Balancing would send both to whichever base pod is faster; addressing keeps each.
+    for _ in 0..10 {
+        for (pod, name) in [(d1, "d1-base"), (d2, "d2-base")] {
+            let (_, _, body) = client.get(&pod.to_string(), &[]).await;
+            assert_eq!(body, format!("name={name} tag=- next=[]"));
+        }
+    }
+    let (_, _, body) = client.get(&d1.to_string(), &[("x-mse-tag", "gray")]).await;
+    assert_eq!(body, "name=d3-gray tag=gray next=[]", "gray goes to the gray version");
+    let (_, _, body) = client.get(&d3.to_string(), &[("x-mse-tag", "gray")]).await;
+    assert_eq!(body, "name=d3-gray tag=gray next=[]");
+    for _ in 0..5 {
+        let (_, _, body) = client.get(&d3.to_string(), &[]).await;
+        assert!(body.starts_with("name=d1-base") || body.starts_with("name=d2-base"), "{body}");
+    }
+    a.stop().await;
+}
