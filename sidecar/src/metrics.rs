@@ -438,6 +438,18 @@ impl ProxyMetrics {
             .inc();
     }
 
+    /// Exports a rule's rejection series at 0 before its first rejection, in the family its
+    /// mode counts in (`dry_run`: would-be rejections), so a dashboard or an alert sees the
+    /// rule as "nothing rejected" rather than as missing.
+    pub fn declare_rejections(&self, labels: &RejectionLabels, dry_run: bool) {
+        let family = if dry_run {
+            &self.dry_run_rejections
+        } else {
+            &self.rejections
+        };
+        let _ = family.get_or_create(labels);
+    }
+
     /// A request rejected by governance.
     pub fn record_rejection(&self, labels: &RejectionLabels) {
         self.rejections.get_or_create(labels).inc();

@@ -224,11 +224,18 @@ fn metrics(sidecar: &Sidecar) -> String {
     sidecar.router.metrics().encode()
 }
 
-/// The value of the metric line starting with `series` (labels included), 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
+/// The value of the metric line starting with `series` (labels included); `None` when the
+/// series is not exported.
+fn metric_if_exported(text: &str, series: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
+}
+
+/// The value of `series`, which must be exported (a "0" assertion must not pass on a series
+/// the proxy never exports).
+fn metric(text: &str, series: &str) -> u64 {
+    metric_if_exported(text, series).unwrap_or_else(|| panic!("{series} not exported:\n{text}"))
 }
 
 // ---------------------------------------------------------------- inbound
@@ -253,6 +260,10 @@ async fn greet1a_is_limited_to_one_qps_with_its_custom_fallback_and_greet1b_is_n
     };
     let (pod, upstream) = pod_with_inbound(41, inbound(vec![rule], None)).await;
 
+    // The rule's series is exported before its first rejection.
+    let text = metrics(&pod);
+    let rejected = r#"lanemesh_rejections_total{reason="flow",rule="limits/greet1a"}"#;
+    assert_eq!(metric(&text, rejected), 0);
     let (status, _, body) = pod.inbound_get("/greet1a", &[]).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok /greet1a"));
     for _ in 0..3 {
@@ -287,10 +298,10 @@ async fn greet1a_is_limited_to_one_qps_with_its_custom_fallback_and_greet1b_is_n
         loop {
             let text = metrics(&pod);
             let counts = (
-                metric(&text, &requests("2xx")),
-                metric(&text, &requests("4xx")),
+                metric_if_exported(&text, &requests("2xx")),
+                metric_if_exported(&text, &requests("4xx")),
             );
-            if counts == (6, 3) {
+            if counts == (Some(6), Some(3)) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -411,12 +422,15 @@ async fn overload_protection_in_dry_run_rejects_nothing_and_counts_what_it_would
         r#"lanemesh_dry_run_rejections_total{reason="system",rule="demo/protect"}"#,
     );
     assert!(would > 0, "dry run counted nothing: {text}");
+    // A dry-run rule counts only would-be rejections: its enforcing series does not exist (a
+    // rejection would have created it).
     assert_eq!(
-        metric(
+        metric_if_exported(
             &text,
             r#"lanemesh_rejections_total{reason="system",rule="demo/protect"}"#
         ),
-        0
+        None,
+        "{text}"
     );
     Arc::into_inner(pod).unwrap().stop().await;
 }

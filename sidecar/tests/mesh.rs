@@ -379,18 +379,21 @@ async fn unknown_destinations_pass_through_untouched_known_ones_get_the_pod_lane
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
+    // Even snapshots route base traffic to c-base, odd ones to c-base2 only: every swap changes
+    // where requests go, so a router stuck on an old snapshot is seen, not just a failing one.
     let (a, _) = Sidecar::start(17, "a", None).await;
     let c_base = bare_app(18, "c-base", Duration::ZERO).await;
-    let c_base2 = bare_app(19, "c-base", Duration::ZERO).await;
+    let c_base2 = bare_app(19, "c-base2", Duration::ZERO).await;
     let c_gray = bare_app(20, "c-gray", Duration::ZERO).await;
     let variant = |i: usize| {
-        let mut endpoints = vec![(c_base, "", true), (c_gray, "gray", true)];
-        if i % 2 == 1 {
-            endpoints.push((c_base2, "", true));
-        }
+        let base = if i % 2 == 0 { c_base } else { c_base2 };
         snapshot(
             "a",
-            vec![service("c", C_CLUSTER, &endpoints)],
+            vec![service(
+                "c",
+                C_CLUSTER,
+                &[(base, "", true), (c_gray, "gray", true)],
+            )],
             lane_group(false, false),
         )
     };
@@ -402,20 +405,25 @@ async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
             let client = a.client();
             let done = Arc::clone(&done);
             tokio::spawn(async move {
-                let mut sent = 0usize;
+                let (mut sent, mut base2) = (0usize, 0usize);
                 let mut failures = Vec::new();
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
                     let gray = (sent + k).is_multiple_of(2);
                     let headers: &[(&str, &str)] =
                         if gray { &[("x-mse-tag", "gray")] } else { &[] };
                     let (status, _, body) = client.get(C_CLUSTER, headers).await;
-                    let want = if gray { "name=c-gray " } else { "name=c-base " };
-                    if status != StatusCode::OK || !body.starts_with(want) {
+                    let ok = if gray {
+                        body.starts_with("name=c-gray ")
+                    } else {
+                        base2 += usize::from(body.starts_with("name=c-base2 "));
+                        body.starts_with("name=c-base ") || body.starts_with("name=c-base2 ")
+                    };
+                    if status != StatusCode::OK || !ok {
                         failures.push(format!("{status} {body}"));
                     }
                     sent += 1;
                 }
-                (sent, failures)
+                (sent, base2, failures)
             })
         })
         .collect();
@@ -432,13 +440,21 @@ async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
     .await
     .expect("the last snapshot was never installed");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
+    let (mut total, mut base2) = (0, 0);
     for client in clients {
-        let (sent, failures) = timeout(STEP, client).await.unwrap().unwrap();
+        let (sent, to_base2, failures) = timeout(STEP, client).await.unwrap().unwrap();
         assert!(failures.is_empty(), "failed requests: {failures:#?}");
         total += sent;
+        base2 += to_base2;
     }
     assert!(total >= 20, "too little load during the swaps: {total}");
+    assert!(base2 > 0, "no request followed a swap to an odd snapshot");
+    // The last snapshot (even) is the one in force: base goes to c-base only.
+    let client = a.client();
+    for _ in 0..10 {
+        let (_, _, body) = client.get(C_CLUSTER, &[]).await;
+        assert!(body.starts_with("name=c-base "), "{body}");
+    }
     // With no request in flight, the next swap forgets the statistics of the endpoint that
     // only the odd snapshots had (a request in flight during the last swap may have kept it).
     a.install(variant(102)).await;
@@ -722,12 +738,18 @@ async fn a_call_to_one_pod_ip_stays_with_that_pod_unless_its_lane_needs_another_
         }
     }
     let (_, _, body) = client.get(&d1.to_string(), &[("x-mse-tag", "gray")]).await;
-    assert_eq!(body, "name=d3-gray tag=gray next=[]", "gray goes to the gray version");
+    assert_eq!(
+        body, "name=d3-gray tag=gray next=[]",
+        "gray goes to the gray version"
+    );
     let (_, _, body) = client.get(&d3.to_string(), &[("x-mse-tag", "gray")]).await;
     assert_eq!(body, "name=d3-gray tag=gray next=[]");
     for _ in 0..5 {
         let (_, _, body) = client.get(&d3.to_string(), &[]).await;
-        assert!(body.starts_with("name=d1-base") || body.starts_with("name=d2-base"), "{body}");
+        assert!(
+            body.starts_with("name=d1-base") || body.starts_with("name=d2-base"),
+            "{body}"
+        );
     }
     a.stop().await;
 }

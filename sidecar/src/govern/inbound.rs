@@ -10,8 +10,8 @@ use http::request::Parts;
 
 use crate::lane::RequestView;
 use crate::policy::{
-    ConcurrencyLimiter, ConcurrencyPermit, Decision, Enforcement, HotParamLimiter, OverloadPermit,
-    OverloadProtector, QpsLimiter,
+    ConcurrencyLimiter, ConcurrencyPermit, Decision, Enforcement, HotParamLimiter, OverloadMode,
+    OverloadPermit, OverloadProtector, QpsLimiter, RejectReason,
 };
 
 use super::rules::{InboundRules, OverloadRule, ParamSource, RateRule};
@@ -108,10 +108,14 @@ impl InboundGovernor {
                 return Some(slot.clone());
             }
             match OverloadProtector::new(spec.config, Arc::clone(&ctx.cpu)) {
-                Ok(p) => Some(OverloadSlot {
-                    spec: Arc::clone(spec),
-                    protector: Arc::new(p.observe_dry_run(ctx.observer(&spec.name))),
-                }),
+                Ok(p) => {
+                    let dry_run = spec.config.mode == OverloadMode::DryRun;
+                    ctx.declare(&spec.name, &[RejectReason::System], dry_run);
+                    Some(OverloadSlot {
+                        spec: Arc::clone(spec),
+                        protector: Arc::new(p.observe_dry_run(ctx.observer(&spec.name))),
+                    })
+                }
                 Err(error) => {
                     tracing::error!(rule = %spec.name, %error, "overload protection skipped");
                     None
@@ -230,6 +234,15 @@ fn limits(spec: &RateRule, ctx: &GovernContext) -> Result<RuleLimits, crate::pol
             })
         })
         .collect::<Result<_, _>>()?;
+    let reasons: Vec<RejectReason> = [
+        (qps.is_some(), RejectReason::Flow),
+        (concurrency.is_some(), RejectReason::Concurrency),
+        (!spec.hot_params.is_empty(), RejectReason::HotParam),
+    ]
+    .into_iter()
+    .filter_map(|(used, reason)| used.then_some(reason))
+    .collect();
+    ctx.declare(&spec.name, &reasons, spec.dry_run);
     Ok(RuleLimits {
         qps,
         concurrency,

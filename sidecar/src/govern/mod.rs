@@ -44,6 +44,15 @@ pub struct GovernContext {
 }
 
 impl GovernContext {
+    /// Exports `rule`'s rejection series for `reasons` at 0 (see
+    /// [`ProxyMetrics::declare_rejections`]).
+    fn declare(&self, rule: &Arc<str>, reasons: &[RejectReason], dry_run: bool) {
+        for reason in reasons {
+            self.metrics
+                .declare_rejections(&RejectionLabels::new(*reason, Arc::clone(rule)), dry_run);
+        }
+    }
+
     fn observer(&self, rule: &Arc<str>) -> Arc<dyn DryRunObserver> {
         Arc::new(MetricsObserver {
             metrics: Arc::clone(&self.metrics),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::metrics::{BreakerLabels, ProxyMetrics};
-use crate::policy::{BreakerState, BreakerTicket, CircuitBreaker, Outcome};
+use crate::policy::{BreakerState, BreakerTicket, CircuitBreaker, Outcome, RejectReason};
 
 use super::rules::{BreakerRule, OutboundRules};
 use super::{Blocked, GovernContext};
@@ -31,6 +31,7 @@ impl BreakerSlot {
         match CircuitBreaker::new(spec.config) {
             Ok(breaker) => {
                 ctx.metrics.set_breaker_state(&labels, BreakerState::Closed);
+                ctx.declare(&spec.name, &[RejectReason::CircuitBreaking], false);
                 Some(Self {
                     spec: Arc::clone(spec),
                     breaker: breaker.observe_dry_run(ctx.observer(&spec.name)),
