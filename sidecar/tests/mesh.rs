@@ -386,7 +386,7 @@ async fn a_hundred_snapshot_swaps_under_load_fail_no_request() {
     let c_base2 = bare_app(19, "c-base2", Duration::ZERO).await;
     let c_gray = bare_app(20, "c-gray", Duration::ZERO).await;
     let variant = |i: usize| {
-        let base = if i % 2 == 0 { c_base } else { c_base2 };
+        let base = if i.is_multiple_of(2) { c_base } else { c_base2 };
         snapshot(
             "a",
             vec![service(

@@ -10,8 +10,8 @@ use http::request::Parts;
 
 use crate::lane::RequestView;
 use crate::policy::{
-    ConcurrencyLimiter, ConcurrencyPermit, Decision, Enforcement, HotParamLimiter, OverloadMode,
-    OverloadPermit, OverloadProtector, QpsLimiter, RejectReason,
+    ConcurrencyLimiter, ConcurrencyPermit, Decision, Enforcement, Gated, HotParamLimiter,
+    OverloadMode, OverloadPermit, OverloadProtector, QpsLimiter, RejectReason,
 };
 
 use super::rules::{InboundRules, OverloadRule, ParamSource, RateRule};

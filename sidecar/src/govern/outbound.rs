@@ -9,7 +9,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::metrics::{BreakerLabels, ProxyMetrics};
-use crate::policy::{BreakerState, BreakerTicket, CircuitBreaker, Outcome, RejectReason};
+use crate::policy::{BreakerState, BreakerTicket, CircuitBreaker, Gated, Outcome, RejectReason};
 
 use super::rules::{BreakerRule, OutboundRules};
 use super::{Blocked, GovernContext};

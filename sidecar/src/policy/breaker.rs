@@ -34,13 +34,13 @@
 //! atomics so metrics never take the lock.
 
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_min, check_positive, check_ratio};
 use super::window::BucketWindow;
-use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected, lock, nanos};
+use super::{Enforcement, Gate, Gated, RejectReason, Rejected, lock, nanos};
 
 /// Buckets in the statistics window.
 pub const BREAKER_BUCKETS: usize = 10;
@@ -223,6 +223,12 @@ struct Counts {
     failures: u64,
 }
 
+impl Gated for CircuitBreaker {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+}
+
 impl CircuitBreaker {
     /// Validates the configuration (ratios in (0, 1], an error count of at least 1, positive
     /// durations, at least one probe) and starts Closed.
@@ -261,20 +267,6 @@ impl CircuitBreaker {
             closed: AtomicU64::new(0),
             gate: Gate::new(Enforcement::Enforce),
         })
-    }
-
-    /// Switches dry run on or off (see the module docs of [`crate::policy`]).
-    #[must_use]
-    pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate.set_enforcement(enforcement);
-        self
-    }
-
-    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
-    #[must_use]
-    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
-        self.gate.observe(observer);
-        self
     }
 
     /// Admits a request (returning the ticket to record its outcome with) or rejects it with

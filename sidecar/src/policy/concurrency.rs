@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected};
+use super::{Enforcement, Gate, Gated, RejectReason, Rejected};
 
 /// A concurrency limit on one rule; shared by all connections.
 #[derive(Debug)]
@@ -16,6 +16,12 @@ pub struct ConcurrencyLimiter {
     max: u32,
     inflight: Arc<AtomicU32>,
     gate: Gate,
+}
+
+impl Gated for ConcurrencyLimiter {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
 }
 
 impl ConcurrencyLimiter {
@@ -26,20 +32,6 @@ impl ConcurrencyLimiter {
             inflight: Arc::new(AtomicU32::new(0)),
             gate: Gate::new(Enforcement::Enforce),
         }
-    }
-
-    /// Switches dry run on or off (see the module docs of [`crate::policy`]).
-    #[must_use]
-    pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate.set_enforcement(enforcement);
-        self
-    }
-
-    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
-    #[must_use]
-    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
-        self.gate.observe(observer);
-        self
     }
 
     /// Takes a slot, or refuses with [`RejectReason::Concurrency`]. In dry run a would-be

@@ -28,13 +28,13 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use lru::LruCache;
 
 use super::error::{PolicyError, check_positive};
-use super::{Decision, DryRunObserver, Enforcement, Gate, RejectReason, lock, nanos};
+use super::{Decision, Enforcement, Gate, Gated, RejectReason, lock, nanos};
 
 /// Values tracked per rule unless configured otherwise (DESIGN §4).
 pub const DEFAULT_HOT_PARAM_CAPACITY: usize =
@@ -81,6 +81,12 @@ pub struct HotParamLimiter {
     gate: Gate,
 }
 
+impl Gated for HotParamLimiter {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+}
+
 impl HotParamLimiter {
     /// Validates the configuration: `window` must be positive and `capacity` at least 1.
     pub fn new(config: HotParamConfig) -> Result<Self, PolicyError> {
@@ -99,20 +105,6 @@ impl HotParamLimiter {
             buckets: Mutex::new(LruCache::new(capacity)),
             gate: Gate::new(Enforcement::Enforce),
         })
-    }
-
-    /// Switches dry run on or off (see the module docs of [`crate::policy`]).
-    #[must_use]
-    pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate.set_enforcement(enforcement);
-        self
-    }
-
-    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
-    #[must_use]
-    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
-        self.gate.observe(observer);
-        self
     }
 
     /// Decides on one request whose attribute has `value`, and takes a token if admitted.

@@ -162,9 +162,29 @@ pub trait DryRunObserver: Send + Sync + fmt::Debug {
     fn would_reject(&self, reason: RejectReason);
 }
 
+/// Dry run for every limiter: each embeds a [`Gate`] and gets these switches from it.
+pub trait Gated: Sized {
+    /// The limiter's gate.
+    fn gate_mut(&mut self) -> &mut Gate;
+
+    /// Switches dry run on or off (see the module docs).
+    #[must_use]
+    fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.gate_mut().set_enforcement(enforcement);
+        self
+    }
+
+    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
+    #[must_use]
+    fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
+        self.gate_mut().observe(observer);
+        self
+    }
+}
+
 /// The dry-run switch and would-be-rejection counter embedded in every limiter.
 #[derive(Debug, Default)]
-pub(crate) struct Gate {
+pub struct Gate {
     enforcement: Enforcement,
     would_reject: AtomicU64,
     observer: Option<Arc<dyn DryRunObserver>>,

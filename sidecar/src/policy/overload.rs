@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use super::error::{PolicyError, check_min, check_positive, check_ratio};
 use super::window::BucketWindow;
-use super::{DryRunObserver, Enforcement, Gate, RejectReason, Rejected, lock, nanos};
+use super::{Enforcement, Gate, Gated, RejectReason, Rejected, lock, nanos};
 
 /// Default statistics window (Kratos' default).
 pub const DEFAULT_BBR_WINDOW: Duration = Duration::from_secs(10);
@@ -145,6 +145,12 @@ struct Completions {
     rt_sum_ns: u64,
 }
 
+impl Gated for OverloadProtector {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+}
+
 impl OverloadProtector {
     /// Validates the configuration (`cpuThreshold` in (0, 1], positive window, at least two
     /// buckets).
@@ -173,13 +179,6 @@ impl OverloadProtector {
             }),
             gate: Gate::new(enforcement),
         })
-    }
-
-    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
-    #[must_use]
-    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
-        self.gate.observe(observer);
-        self
     }
 
     /// Admits an inbound request (the permit tracks it until finished or dropped) or rejects it

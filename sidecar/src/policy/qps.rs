@@ -43,13 +43,13 @@
 //! `max_queue_time` is rejected; `max_queue_time == 0` therefore never delays anything. Idle time
 //! earns no burst credit.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::error::{PolicyError, check_positive, check_threshold};
 use super::window::BucketWindow;
-use super::{Decision, DryRunObserver, Enforcement, Gate, RejectReason, lock, nanos};
+use super::{Decision, Enforcement, Gate, Gated, RejectReason, lock, nanos};
 
 /// Length of the sliding window the threshold applies to.
 pub const QPS_WINDOW: Duration = Duration::from_secs(1);
@@ -99,6 +99,12 @@ enum Engine {
     Throttle(Throttle),
 }
 
+impl Gated for QpsLimiter {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+}
+
 impl QpsLimiter {
     /// Validates the parameters: `threshold` must be finite and `>= 0` (0 rejects everything) and a
     /// warm-up period must be positive.
@@ -121,20 +127,6 @@ impl QpsLimiter {
             engine,
             gate: Gate::new(Enforcement::Enforce),
         })
-    }
-
-    /// Switches dry run on or off (see the module docs of [`crate::policy`]).
-    #[must_use]
-    pub fn with_enforcement(mut self, enforcement: Enforcement) -> Self {
-        self.gate.set_enforcement(enforcement);
-        self
-    }
-
-    /// Reports each dry-run would-be rejection to `observer` as it happens (for metrics).
-    #[must_use]
-    pub fn observe_dry_run(mut self, observer: Arc<dyn DryRunObserver>) -> Self {
-        self.gate.observe(observer);
-        self
     }
 
     /// Decides on one request arriving at `now`, and counts it if admitted.
