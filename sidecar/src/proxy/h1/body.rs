@@ -20,9 +20,13 @@ pub enum Framing {
 /// A chunked body the proxy refuses to relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkedError {
-    /// A chunk-size line that is not hexadecimal, or too large.
+    /// A chunk-size line that does not start with hexadecimal digits, or too many of them.
     #[error("invalid chunk size")]
     Size,
+    /// Something after the size digits other than `BWS ; name [ BWS = BWS value ]` groups
+    /// (RFC 9112 §7.1.1): `0x5` or `5 5` mean different sizes to different parsers.
+    #[error("malformed chunk extension")]
+    Extension,
     /// A chunk's data not followed by CRLF.
     #[error("chunk data not terminated by CRLF")]
     DataEnd,
@@ -37,15 +41,32 @@ pub enum ChunkedError {
 /// Longest chunk-size line (with extensions) and longest trailer section accepted.
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Chunk sizes above this are refused (2^60: 15 hex digits, no overflow when added up).
-const MAX_CHUNK: u64 = 1 << 60;
+/// Most hex digits in a chunk size (leading zeros included): 15 digits stay below 2^60, so
+/// no size can overflow, and nobody needs a chunk of an exabyte.
+const MAX_DIGITS: u8 = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Reading the chunk-size digits.
     Size,
-    /// After the digits: optional whitespace and `;ext` up to CR.
-    Extension,
+    /// Whitespace after the size or an extension value: only `;` may follow.
+    BwsSemi,
+    /// After `;`: optional whitespace, then an extension name.
+    ExtNameStart,
+    /// Inside an extension name.
+    ExtName,
+    /// Whitespace after an extension name: only `=` may follow.
+    BwsEq,
+    /// After `=`: optional whitespace, then a token or a quoted string.
+    ExtValueStart,
+    /// Inside a token value.
+    ExtValue,
+    /// Inside a quoted-string value.
+    ExtQuoted,
+    /// After a backslash in a quoted string.
+    ExtQuotedPair,
+    /// Right after the closing quote.
+    ExtQuotedEnd,
     /// Expecting the LF that ends the size line.
     SizeLf,
     /// Inside chunk data: this many bytes left.
@@ -102,6 +123,16 @@ impl Chunked {
     /// Consumes bytes of the body from the front of `buf` and returns how many belong to it:
     /// all of `buf`, or fewer when the body ends inside it (the rest is the next message).
     pub fn scan(&mut self, buf: &[u8]) -> Result<usize, ChunkedError> {
+        self.scan_with(buf, |_| {})
+    }
+
+    /// [`Chunked::scan`] that also hands every piece of chunk data to `data`, in order: the
+    /// body with the chunked coding removed (for a client that cannot read chunked).
+    pub fn scan_with(
+        &mut self,
+        buf: &[u8],
+        mut data: impl FnMut(&[u8]),
+    ) -> Result<usize, ChunkedError> {
         let mut i = 0;
         while i < buf.len() {
             match self.state {
@@ -111,7 +142,9 @@ impl Chunked {
                     let avail = (buf.len() - i) as u64;
                     let take = left.min(avail);
                     // `take` <= buf.len() - i, so it fits in usize.
-                    i += take as usize;
+                    let end = i + take as usize;
+                    data(&buf[i..end]);
+                    i = end;
                     self.state = if take == left {
                         State::DataCr
                     } else {
@@ -127,25 +160,24 @@ impl Chunked {
                 State::Size => match hex(byte) {
                     Some(digit) => {
                         self.digits += 1;
-                        self.size = (self.size << 4) | u64::from(digit);
-                        if self.digits > 15 || self.size > MAX_CHUNK {
+                        if self.digits > MAX_DIGITS {
                             return Err(ChunkedError::Size);
                         }
+                        self.size = (self.size << 4) | u64::from(digit);
                         State::Size
                     }
                     None if self.digits == 0 => return Err(ChunkedError::Size),
                     None => {
                         self.line = 0;
-                        self.after_size(byte)?
+                        match byte {
+                            b'\r' => State::SizeLf,
+                            b' ' | b'\t' => State::BwsSemi,
+                            b';' => State::ExtNameStart,
+                            b'\n' => return Err(ChunkedError::Line),
+                            _ => return Err(ChunkedError::Size),
+                        }
                     }
                 },
-                State::Extension => {
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err(ChunkedError::TooLong);
-                    }
-                    self.after_size(byte)?
-                }
                 State::SizeLf => {
                     if byte != b'\n' {
                         return Err(ChunkedError::Line);
@@ -180,22 +212,19 @@ impl Chunked {
                 State::EndLf => expect(byte, b'\n', ChunkedError::Line, State::Done)?,
                 // Proven: both are handled above before a byte is read.
                 State::Data(_) | State::Done => unreachable!("handled before reading a byte"),
+                extension => {
+                    self.line += 1;
+                    if self.line > MAX_LINE {
+                        return Err(ChunkedError::TooLong);
+                    }
+                    extension_byte(extension, byte)?
+                }
             };
             if self.state == State::Done {
                 break;
             }
         }
         Ok(i)
-    }
-
-    /// A byte after the size digits: extensions (anything printable or tab) until CR.
-    fn after_size(&mut self, byte: u8) -> Result<State, ChunkedError> {
-        match byte {
-            b'\r' => Ok(State::SizeLf),
-            b'\n' => Err(ChunkedError::Line),
-            b'\t' | b' '..=b'~' | 0x80..=0xff => Ok(State::Extension),
-            _ => Err(ChunkedError::Line),
-        }
     }
 
     fn trailer_byte(&mut self) -> Result<(), ChunkedError> {
@@ -205,6 +234,49 @@ impl Chunked {
         }
         Ok(())
     }
+}
+
+/// One byte of the chunk extensions (RFC 9112 §7.1.1):
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`, then CR.
+fn extension_byte(state: State, byte: u8) -> Result<State, ChunkedError> {
+    let ws = byte == b' ' || byte == b'\t';
+    let next = match state {
+        State::BwsSemi if ws => State::BwsSemi,
+        State::BwsSemi if byte == b';' => State::ExtNameStart,
+        State::ExtNameStart if ws => State::ExtNameStart,
+        State::ExtNameStart if is_tchar(byte) => State::ExtName,
+        State::ExtName if is_tchar(byte) => State::ExtName,
+        State::ExtName if ws => State::BwsEq,
+        State::ExtName | State::BwsEq if byte == b'=' => State::ExtValueStart,
+        State::BwsEq if ws => State::BwsEq,
+        State::ExtValueStart if ws => State::ExtValueStart,
+        State::ExtValueStart if byte == b'"' => State::ExtQuoted,
+        State::ExtValueStart if is_tchar(byte) => State::ExtValue,
+        State::ExtValue if is_tchar(byte) => State::ExtValue,
+        State::ExtValue | State::ExtQuotedEnd if ws => State::BwsSemi,
+        State::ExtName | State::ExtValue | State::ExtQuotedEnd if byte == b';' => {
+            State::ExtNameStart
+        }
+        State::ExtName | State::ExtValue | State::ExtQuotedEnd if byte == b'\r' => State::SizeLf,
+        State::ExtQuoted => match byte {
+            b'"' => State::ExtQuotedEnd,
+            b'\\' => State::ExtQuotedPair,
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => State::ExtQuoted,
+            _ => return Err(ChunkedError::Extension),
+        },
+        State::ExtQuotedPair => match byte {
+            b'\t' | b' '..=b'~' | 0x80..=0xff => State::ExtQuoted,
+            _ => return Err(ChunkedError::Extension),
+        },
+        _ if byte == b'\n' => return Err(ChunkedError::Line),
+        _ => return Err(ChunkedError::Extension),
+    };
+    Ok(next)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
 }
 
 /// `next` if `byte` is the delimiter the framing requires here.
@@ -285,6 +357,75 @@ mod tests {
         }
         let long_ext = [b"1;".as_slice(), &[b'a'; MAX_LINE + 1]].concat();
         assert_eq!(Chunked::new().scan(&long_ext), Err(ChunkedError::TooLong));
+    }
+
+    /// What a lenient parser reads as another size (`0x5` as 0 or 5, `5 5` as 5 or 0x55) must
+    /// not pass; extensions pass only in their RFC 9112 §7.1.1 form.
+    #[test]
+    fn chunk_size_lines_follow_the_grammar() {
+        let refused: [(&[u8], ChunkedError); 14] = [
+            (b"0x5\r\nhello\r\n0\r\n\r\n", ChunkedError::Size),
+            (b"5 5\r\nhello\r\n", ChunkedError::Extension),
+            (b"+5\r\nhello\r\n", ChunkedError::Size),
+            (b"-0\r\n\r\n", ChunkedError::Size),
+            (b"5 \r\nhello\r\n", ChunkedError::Extension),
+            (b"5;\r\nhello\r\n", ChunkedError::Extension),
+            (b"5;a=\r\nhello\r\n", ChunkedError::Extension),
+            (b"5;a b\r\nhello\r\n", ChunkedError::Extension),
+            (b"5;a=\"x\"y\r\nhello\r\n", ChunkedError::Extension),
+            (b"5;a=\"x\ny\"\r\nhello\r\n", ChunkedError::Extension),
+            (b"5;a=b\nhello\r\n", ChunkedError::Line),
+            (b"5;a=b\r0\r\n", ChunkedError::Line),
+            (b"0000000000000005\r\nhello\r\n", ChunkedError::Size),
+            (b"5;a=\"\" \r\nhello\r\n", ChunkedError::Extension),
+        ];
+        for (body, error) in refused {
+            assert_eq!(
+                Chunked::new().scan(body),
+                Err(error),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let accepted: [&[u8]; 6] = [
+            b"5;a\r\nhello\r\n0\r\n\r\n",
+            b"5 ;a=b\r\nhello\r\n0\r\n\r\n",
+            b"5\t; a = b ;c\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\"q \\\" ;\" ; b=c\r\nhello\r\n0\r\n\r\n",
+            b"00000000000005\r\nhello\r\n0\r\n\r\n",
+            b"5;a=b;c=\"\"\r\nhello\r\n0;last\r\n\r\n",
+        ];
+        for body in accepted {
+            assert_eq!(
+                end_of(body),
+                Ok(Some(body.len())),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn scan_with_yields_the_data_without_the_coding() {
+        let body = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\nt: 1\r\n\r\nNEXT";
+        for split in 0..=body.len() {
+            let mut scanner = Chunked::new();
+            let mut data = Vec::new();
+            let a = scanner
+                .scan_with(&body[..split], |d| data.extend_from_slice(d))
+                .unwrap();
+            let end = if scanner.is_done() {
+                a
+            } else {
+                split
+                    + scanner
+                        .scan_with(&body[split..], |d| data.extend_from_slice(d))
+                        .unwrap()
+            };
+            assert!(scanner.is_done());
+            assert_eq!(end, body.len() - 4, "split at {split}");
+            assert_eq!(data, b"hello world", "split at {split}");
+        }
     }
 
     #[test]
