@@ -13,8 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use lanemesh_sidecar::config::ProxyConfig;
-use lanemesh_sidecar::proxy::{PassthroughRouter, PeerMap, Proxy};
+use lanemesh_sidecar::proxy::h1::Http1Relay;
+use lanemesh_sidecar::proxy::{
+    ConnContext, Direction, LocalResponse, PassthroughRouter, PeerMap, Proxy, RouteDecision,
+    Routed, Router, TcpDecision,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -39,14 +46,14 @@ fn test_config() -> ProxyConfig {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(Arc::new(PassthroughRouter)).await
+    }
+
+    async fn start_with(router: Arc<dyn Router>) -> Self {
         let map = PeerMap::new();
-        let proxy = Proxy::bind(
-            test_config(),
-            Arc::new(PassthroughRouter),
-            Arc::new(map.clone()),
-        )
-        .await
-        .unwrap();
+        let proxy = Proxy::bind(test_config(), router, Arc::new(map.clone()))
+            .await
+            .unwrap();
         let outbound = proxy.outbound_addr();
         tokio::spawn(proxy.run());
         Self { outbound, map }
@@ -1159,4 +1166,536 @@ async fn absolute_form_target_goes_out_in_origin_form() {
     assert_eq!(heads.len(), 1);
     assert_eq!(heads[0].start, "GET /x?y=1 HTTP/1.1");
     assert_eq!(heads[0].all("host"), ["example.test"]);
+}
+
+// ---------------------------------------------------------------- hostile input and faults
+
+/// Answers every request itself, as a rate limit does.
+struct LimitRouter;
+
+impl Router for LimitRouter {
+    fn route_http(&self, _: &ConnContext, _: &mut http::request::Parts) -> Routed {
+        let local = LocalResponse::text(http::StatusCode::TOO_MANY_REQUESTS, "limited\n");
+        RouteDecision::Respond(local).into()
+    }
+
+    fn route_tcp(&self, _: &ConnContext) -> TcpDecision {
+        TcpDecision::Passthrough
+    }
+}
+
+/// Sets the lane tag when the request has none, as an entry app's lane decision does.
+struct TagRouter;
+
+impl Router for TagRouter {
+    fn route_http(&self, _: &ConnContext, req: &mut http::request::Parts) -> Routed {
+        if !req.headers.contains_key("x-mse-tag") {
+            req.headers
+                .insert("x-mse-tag", http::HeaderValue::from_static("gray"));
+        }
+        RouteDecision::Passthrough.into()
+    }
+
+    fn route_tcp(&self, _: &ConnContext) -> TcpDecision {
+        TcpDecision::Passthrough
+    }
+}
+
+/// A relay built directly (its idle timeouts are not proxy flags yet) serving every connection
+/// to a fresh listener, passing them through to `upstream`.
+async fn start_relay(relay: Http1Relay, upstream: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let relay = Arc::new(relay);
+    let (handle, signal) = lanemesh_sidecar::proxy::shutdown::channel();
+    tokio::spawn(async move {
+        // Held here: dropping every handle reads as a shutdown.
+        let _handle = handle;
+        while let Ok((stream, peer)) = listener.accept().await {
+            let conn = ConnContext {
+                direction: Direction::Outbound,
+                peer,
+                original_dst: upstream,
+                default_target: upstream,
+            };
+            let (relay, signal) = (Arc::clone(&relay), signal.clone());
+            tokio::spawn(async move { relay.serve(conn, stream, BytesMut::new(), signal).await });
+        }
+    });
+    addr
+}
+
+async fn connect_to(addr: SocketAddr) -> Wire {
+    Wire::new(
+        timeout(STEP, TcpStream::connect(addr))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
+/// A request the relay must refuse with 400 `bad_request` before any upstream sees it; the
+/// client connection is closed after the answer.
+async fn assert_refused(request: &[u8]) {
+    let up = smuggle_upstream().await;
+    let harness = Harness::start().await;
+    let mut client = harness.connect(up.addr).await;
+    client.send(request).await;
+    let resp = client.read_response("POST").await;
+    assert_eq!(
+        resp.head.status(),
+        400,
+        "{:?}: {resp:?}",
+        String::from_utf8_lossy(request)
+    );
+    assert_eq!(resp.head.get("x-lanemesh-error"), Some("bad_request"));
+    client.expect_closed().await;
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 0, "forwarded");
+}
+
+/// `Transfer-Encoding` must be one field saying `chunked`: a lenient upstream behind the shared
+/// pool could read `identity, chunked`, a repeated or an empty field differently and take the
+/// body for the next request.
+#[tokio::test]
+async fn transfer_encoding_other_than_one_chunked_is_refused() {
+    for framing in [
+        "Transfer-Encoding: identity, chunked\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n",
+        "Transfer-Encoding: \r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: xchunked\r\n",
+    ] {
+        let mut request = format!(
+            "POST /a HTTP/1.1\r\nHost: svc.test\r\n{framing}\r\n{:x}\r\n",
+            SMUGGLED.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(SMUGGLED);
+        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_refused(&request).await;
+    }
+}
+
+/// RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing.
+#[tokio::test]
+async fn transfer_encoding_in_an_http10_request_is_refused() {
+    let mut request = format!(
+        "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        SMUGGLED.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(SMUGGLED);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    assert_refused(&request).await;
+}
+
+/// Bare LF line endings (httparse accepts them), obs-fold, and a space before the colon: each
+/// a way to show the proxy one set of fields and a stricter or laxer upstream another.
+#[tokio::test]
+async fn bare_lf_and_obs_fold_in_request_heads_are_refused() {
+    for request in [
+        &b"GET /lf HTTP/1.1\nHost: svc.test\n\n"[..],
+        b"GET /lf HTTP/1.1\r\nHost: svc.test\nX-A: 1\r\n\r\n",
+        b"POST /lf HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\n\r\n0\r\n\r\n",
+        b"GET /fold HTTP/1.1\r\nHost: svc.test\r\nX-A: 1\r\n  folded\r\n\r\n",
+        b"POST /fold HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
+        b"POST /sp HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        assert_refused(request).await;
+    }
+}
+
+/// A chunked request in any letter case goes out as the one spelling every parser knows.
+#[tokio::test]
+async fn chunked_request_goes_out_as_plain_transfer_encoding_chunked() {
+    let up = AutoUpstream::start(|_, req| Reply::send(ok(&req.body))).await;
+    let harness = Harness::start().await;
+    let mut client = harness.connect(up.addr).await;
+    let resp = client
+        .exchange(
+            b"POST /upper HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding:\tCHUNKED \r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(resp.head.status(), 200);
+    assert_eq!(resp.body, b"hello");
+    let raw = up.raw.lock().unwrap().clone();
+    assert!(
+        find(&raw, b"\r\ntransfer-encoding: chunked\r\n").is_some(),
+        "{:?}",
+        lossy(&raw)
+    );
+    assert!(find(&raw, b"CHUNKED").is_none(), "{:?}", lossy(&raw));
+}
+
+/// Chunk-size lines a lenient parser reads as another size (`0x5` as 0, `5 5` as 0x55) or with
+/// too many digits: 400 `bad_request_body`, nothing forwarded.
+#[tokio::test]
+async fn malformed_chunk_size_lines_are_refused() {
+    for chunk in [
+        &b"0x5\r\nhello\r\n0\r\n\r\n"[..],
+        b"5 5\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",
+        b"5;a b\r\nhello\r\n0\r\n\r\n",
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"00000000000000005\r\nhello\r\n0\r\n\r\n",
+        b"fffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let up = smuggle_upstream().await;
+        let harness = Harness::start().await;
+        let mut client = harness.connect(up.addr).await;
+        let mut request =
+            b"POST /c HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        request.extend_from_slice(chunk);
+        client.send(&request).await;
+        let resp = client.read_response("POST").await;
+        assert_eq!(resp.head.status(), 400, "{:?}", lossy(chunk));
+        assert_eq!(resp.head.get("x-lanemesh-error"), Some("bad_request_body"));
+        client.expect_closed().await;
+        assert!(up.targets().is_empty(), "{:?}", lossy(chunk));
+    }
+}
+
+/// A response with both framings is read by Transfer-Encoding (RFC 9112 §6.3), and its
+/// upstream connection is not used again: the next request goes out on a new one.
+#[tokio::test]
+async fn response_with_content_length_and_chunked_is_read_chunked_and_not_reused() {
+    let up = AutoUpstream::start(|_, req| {
+        if req.head.target() == "/both" {
+            Reply::send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n0\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Reply::send(ok(b"next"))
+        }
+    })
+    .await;
+    let harness = Harness::start().await;
+    let mut client = harness.connect(up.addr).await;
+    let resp = client
+        .exchange(b"GET /both HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(resp.head.status(), 200);
+    assert_eq!(resp.body, b"hello");
+    assert!(!resp.head.has("content-length"), "{resp:?}");
+    let next = client
+        .exchange(b"GET /next HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(next.body, b"next");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2, "connection reused");
+}
+
+/// Two different Content-Length values in a response: nobody can know where it ends, so the
+/// client gets 502 and the upstream connection is dropped.
+#[tokio::test]
+async fn response_with_conflicting_content_lengths_gets_502() {
+    let up = AutoUpstream::start(|_, req| {
+        if req.head.target() == "/two" {
+            Reply::send(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            )
+        } else {
+            Reply::send(ok(b"next"))
+        }
+    })
+    .await;
+    let harness = Harness::start().await;
+    let mut client = harness.connect(up.addr).await;
+    let resp = client
+        .exchange(b"GET /two HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(resp.head.status(), 502, "{resp:?}");
+    let next = client
+        .exchange(b"GET /next HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(next.body, b"next");
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A local answer (the router's 429, the proxy's own 502) to HEAD announces its length but has
+/// no body: the client would read the body as the next response.
+#[tokio::test]
+async fn local_answers_to_head_have_no_body() {
+    let up = AutoUpstream::start(|_, _| Reply::send(ok(b"unused"))).await;
+    let harness = Harness::start_with(Arc::new(LimitRouter)).await;
+    let mut client = harness.connect(up.addr).await;
+    let head = client
+        .exchange(b"HEAD /x HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(head.head.status(), 429);
+    assert_eq!(head.head.get("content-length"), Some("8"));
+    let extra = client.quiet().await;
+    assert!(
+        extra.is_empty(),
+        "body after a HEAD answer: {:?}",
+        lossy(&extra)
+    );
+    let get = client
+        .exchange(b"GET /x HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(get.head.start, "HTTP/1.1 429 Too Many Requests");
+    assert_eq!(get.body, b"limited\n");
+
+    // The proxy's own 502: nothing listens at the destination.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let harness = Harness::start().await;
+    let mut client = harness.connect(gone).await;
+    let head = client
+        .exchange(b"HEAD /x HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(head.head.status(), 502);
+    assert!(
+        head.head.content_length().is_some_and(|n| n > 0),
+        "{head:?}"
+    );
+    let extra = client.quiet().await;
+    assert!(
+        extra.is_empty(),
+        "body after a HEAD answer: {:?}",
+        lossy(&extra)
+    );
+}
+
+/// The same over HTTP/2: hyper's server would send the body as DATA frames after HEAD.
+#[tokio::test]
+async fn local_answer_to_an_http2_head_has_no_body() {
+    let up = AutoUpstream::start(|_, _| Reply::send(ok(b"unused"))).await;
+    let harness = Harness::start_with(Arc::new(LimitRouter)).await;
+    let client = harness.connect(up.addr).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client.stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("HEAD")
+        .uri("http://svc.test/x")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = timeout(STEP, sender.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["content-length"], "8");
+    let body = timeout(STEP, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert!(body.is_empty(), "{body:?}");
+}
+
+/// `Connection` names fields the client wants dropped at the next hop; it cannot make the
+/// proxy drop `Host`, nor the lane tag the router adds (a client's own tag it names is dropped
+/// before routing, and the router then decides).
+#[tokio::test]
+async fn connection_cannot_strip_host_or_the_routers_lane_tag() {
+    let up = RawUpstream::bind().await;
+    let harness = Harness::start_with(Arc::new(TagRouter)).await;
+    let mut client = harness.connect(up.addr).await;
+    client
+        .send(
+            b"GET /t HTTP/1.1\r\nHost: svc.test\r\nConnection: x-mse-tag, host, x-private\r\n\
+              x-private: 1\r\n\r\n",
+        )
+        .await;
+    let mut server = up.accept().await;
+    let req = server.read_request().await.expect("request");
+    assert_eq!(req.head.all("host"), ["svc.test"], "{:?}", req.head);
+    assert_eq!(req.head.all("x-mse-tag"), ["gray"], "{:?}", req.head);
+    assert!(
+        !req.head.has("x-private") && !req.head.has("connection"),
+        "{:?}",
+        req.head
+    );
+    server.send(&ok(b"one")).await;
+    assert_eq!(client.read_response("GET").await.body, b"one");
+
+    client
+        .send(
+            b"GET /u HTTP/1.1\r\nHost: svc.test\r\nConnection: x-mse-tag\r\nx-mse-tag: blue\r\n\r\n",
+        )
+        .await;
+    let req = server.read_request().await.expect("request");
+    assert_eq!(req.head.all("x-mse-tag"), ["gray"], "{:?}", req.head);
+    server.send(&ok(b"two")).await;
+    assert_eq!(client.read_response("GET").await.body, b"two");
+}
+
+/// The upstream reads a request on a pooled connection and closes it without answering. Only a
+/// safe method may be sent again; anything else reaches the upstream once and the client gets
+/// 502 (the upstream may have acted on it).
+#[tokio::test]
+async fn only_safe_requests_are_resent_after_a_pooled_connection_broke() {
+    for (method, resent) in [
+        ("POST", false),
+        ("PUT", false),
+        ("DELETE", false),
+        ("PATCH", false),
+        ("GET", true),
+    ] {
+        let up = AutoUpstream::start(|conn, req| {
+            if req.head.target() == "/warm" {
+                Reply::send(ok(b"warm"))
+            } else if conn == 1 {
+                Reply::send(Vec::new()).then_close()
+            } else {
+                Reply::send(ok(b"fresh"))
+            }
+        })
+        .await;
+        let harness = Harness::start().await;
+        let mut client = harness.connect(up.addr).await;
+        let warm = client
+            .exchange(b"GET /warm HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+            .await;
+        assert_eq!(warm.body, b"warm");
+        let request =
+            format!("{method} /once HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 4\r\n\r\nbody");
+        let resp = client.exchange(request.as_bytes()).await;
+        tokio::time::sleep(QUIET).await;
+        let sent = up.targets().iter().filter(|t| *t == "/once").count();
+        if resent {
+            assert_eq!(resp.head.status(), 200, "{method}");
+            assert_eq!(resp.body, b"fresh", "{method}");
+            assert_eq!(sent, 2, "{method}");
+        } else {
+            assert_eq!(resp.head.status(), 502, "{method}: {resp:?}");
+            assert_eq!(resp.head.get("x-lanemesh-error"), Some("upstream_reset"));
+            assert_eq!(sent, 1, "{method} sent again");
+        }
+    }
+}
+
+/// An HTTP/1.0 client knows neither interim responses nor chunked: the upstream's 100 is
+/// dropped, its chunked body arrives de-chunked and ends with the connection.
+#[tokio::test]
+async fn http10_client_gets_no_interim_response_and_a_dechunked_body() {
+    for keep_alive in [false, true] {
+        let up = RawUpstream::bind().await;
+        let harness = Harness::start().await;
+        let mut client = harness.connect(up.addr).await;
+        let connection = if keep_alive {
+            "Connection: keep-alive\r\n"
+        } else {
+            ""
+        };
+        client
+            .send(
+                format!("POST /old HTTP/1.0\r\n{connection}Content-Length: 2\r\n\r\nhi").as_bytes(),
+            )
+            .await;
+        let mut server = up.accept().await;
+        let req = server.read_request().await.expect("request");
+        assert_eq!(req.body, b"hi");
+        server
+            .send(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+                  X-A: 1\r\n\r\n5\r\nhello\r\n6;e=1\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            )
+            .await;
+        let all = client.until_eof().await;
+        let text = lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+        let head_end = find(&all, b"\r\n\r\n").expect("a head") + 4;
+        let head = Head::parse(&all[..head_end]);
+        assert!(!head.has("transfer-encoding"), "{head:?}");
+        assert_eq!(head.get("x-a"), Some("1"));
+        assert_eq!(&all[head_end..], b"hello world", "keep_alive={keep_alive}");
+        drop(server);
+    }
+}
+
+/// Dribbled one byte per write, the head still parses (the relay looks for its end in the new
+/// bytes only and parses once).
+#[tokio::test]
+async fn a_request_head_dribbled_byte_by_byte_is_parsed() {
+    let up = AutoUpstream::start(|_, req| Reply::send(ok(req.head.target().as_bytes()))).await;
+    let harness = Harness::start().await;
+    let mut client = harness.connect(up.addr).await;
+    client.stream.set_nodelay(true).unwrap();
+    for byte in b"GET /drip HTTP/1.1\r\nHost: svc.test\r\nX-A: 1\r\n\r\n" {
+        client.send(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let resp = client.read_response("GET").await;
+    assert_eq!(resp.head.status(), 200);
+    assert_eq!(resp.body, b"/drip");
+}
+
+/// A keep-alive client connection that sends nothing after its response is closed after the
+/// client idle timeout, not held forever.
+#[tokio::test]
+async fn an_idle_keep_alive_client_connection_is_closed_after_the_idle_timeout() {
+    const IDLE: Duration = Duration::from_millis(400);
+    let up = AutoUpstream::start(|_, _| Reply::send(ok(b"ok"))).await;
+    let relay =
+        Http1Relay::new(&test_config(), Arc::new(PassthroughRouter)).with_client_idle_timeout(IDLE);
+    let addr = start_relay(relay, up.addr).await;
+    let mut client = connect_to(addr).await;
+    let resp = client
+        .exchange(b"GET /a HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    assert_eq!(resp.body, b"ok");
+    let idle_from = tokio::time::Instant::now();
+    client.expect_closed().await;
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= IDLE - Duration::from_millis(50),
+        "closed after {waited:?}"
+    );
+}
+
+/// A request body that stops arriving: the client gets 408 and both connections end.
+#[tokio::test]
+async fn a_stalled_request_body_ends_the_exchange() {
+    let up = RawUpstream::bind().await;
+    let relay = Http1Relay::new(&test_config(), Arc::new(PassthroughRouter))
+        .with_body_idle_timeout(Duration::from_millis(300));
+    let addr = start_relay(relay, up.addr).await;
+    let mut client = connect_to(addr).await;
+    client
+        .send(b"POST /stall HTTP/1.1\r\nHost: svc.test\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let mut server = up.accept().await;
+    let head = server.head().await;
+    assert_eq!(head.target(), "/stall");
+    let resp = client.read_response("POST").await;
+    assert_eq!(resp.head.status(), 408, "{resp:?}");
+    assert_eq!(
+        resp.head.get("x-lanemesh-error"),
+        Some("request_body_timeout")
+    );
+    client.expect_closed().await;
+    // The upstream got the 3 bytes there were, then its connection ended.
+    assert_eq!(server.until_eof().await, b"abc");
+}
+
+/// A response body that stops arriving: the client gets what there was, then the close.
+#[tokio::test]
+async fn a_stalled_response_body_ends_the_exchange() {
+    let up = RawUpstream::bind().await;
+    let relay = Http1Relay::new(&test_config(), Arc::new(PassthroughRouter))
+        .with_body_idle_timeout(Duration::from_millis(300));
+    let addr = start_relay(relay, up.addr).await;
+    let mut client = connect_to(addr).await;
+    client
+        .send(b"GET /stall HTTP/1.1\r\nHost: svc.test\r\n\r\n")
+        .await;
+    let mut server = up.accept().await;
+    server.read_request().await.expect("request");
+    server
+        .send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        .await;
+    let head = client.head().await;
+    assert_eq!(head.status(), 200);
+    assert_eq!(client.until_eof().await, b"abc");
+    assert!(server.until_eof().await.is_empty());
 }

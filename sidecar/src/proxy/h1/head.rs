@@ -35,9 +35,19 @@ pub enum HeadError {
     /// read the body by one and the other side by the other (request smuggling).
     #[error("both Content-Length and Transfer-Encoding")]
     Ambiguous,
-    /// A request `Transfer-Encoding` whose last coding is not `chunked`: its length is unknowable.
-    #[error("Transfer-Encoding must end with chunked")]
+    /// A request `Transfer-Encoding` other than one field saying exactly `chunked`. Other
+    /// codings, repeated fields or empty list members are read differently by different
+    /// parsers; with upstream connections shared between clients, a disagreement about where a
+    /// body ends would hand one client's response to another.
+    #[error("Transfer-Encoding must be exactly chunked")]
     TransferEncoding,
+    /// `Transfer-Encoding` in an HTTP/1.0 message, whose framing is then faulty (RFC 9112 §6.1).
+    #[error("Transfer-Encoding in an HTTP/1.0 message")]
+    Http10TransferEncoding,
+    /// A line ending in LF without CR: httparse would accept it, a stricter parser behind the
+    /// proxy might not see the same fields.
+    #[error("line ending without CR")]
+    BareLf,
 }
 
 impl From<httparse::Error> for HeadError {
@@ -54,14 +64,36 @@ impl From<httparse::Error> for HeadError {
 pub struct RequestHead {
     /// Method, target, version and every header field except the framing ones.
     pub parts: http::request::Parts,
-    /// How the body is delimited.
+    /// How the body is delimited (a chunked request goes out as `transfer-encoding: chunked`,
+    /// whatever case the client used).
     pub framing: Framing,
-    /// The `Transfer-Encoding` value of a chunked request, sent on unchanged.
-    pub transfer_encoding: Option<HeaderValue>,
     /// The client lets the connection carry another request after this one.
     pub keep_alive: bool,
     /// An HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`), e.g. WebSocket.
     pub upgrade: bool,
+}
+
+/// Finds the end of a request head (one past the LF of its empty line) in `buf`, looking only
+/// at the bytes from `*scanned` on and moving `*scanned` past them: a head that arrives in many
+/// small reads is searched once in total, and httparse runs only on a complete head.
+/// Every LF must follow a CR (RFC 9112 §2.2 lets a recipient choose; the stricter choice keeps
+/// the proxy and whatever parses the request after it in agreement).
+pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, HeadError> {
+    let from = (*scanned).min(buf.len());
+    let mut at = from;
+    while let Some(offset) = buf[at..].iter().position(|&b| b == b'\n') {
+        let lf = at + offset;
+        if lf == 0 || buf[lf - 1] != b'\r' {
+            return Err(HeadError::BareLf);
+        }
+        if lf >= 3 && buf[lf - 3] == b'\r' && buf[lf - 2] == b'\n' {
+            *scanned = lf + 1;
+            return Ok(Some(lf + 1));
+        }
+        at = lf + 1;
+    }
+    *scanned = buf.len();
+    Ok(None)
 }
 
 /// Parses a complete request head from the front of `buf` and removes it, or returns `None`
@@ -94,7 +126,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| HeadError::Invalid("target"))?;
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut length: Option<u64> = None;
-    let mut transfer_encoding: Option<HeaderValue> = None;
+    let mut chunked = false;
     for (name, value) in fields {
         let name =
             HeaderName::from_bytes(&head[name]).map_err(|_| HeadError::Invalid("header name"))?;
@@ -103,27 +135,27 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
         if name == header::CONTENT_LENGTH {
             length = Some(merge_length(length, &value)?);
         } else if name == header::TRANSFER_ENCODING {
-            // Several fields form one comma-separated list; only the last coding matters here.
-            transfer_encoding = Some(match transfer_encoding {
-                None => value,
-                Some(first) => {
-                    let mut joined = BytesMut::from(first.as_bytes());
-                    joined.put_slice(b", ");
-                    joined.put_slice(value.as_bytes());
-                    HeaderValue::from_maybe_shared(joined.freeze())
-                        .map_err(|_| HeadError::Invalid("header value"))?
-                }
-            });
+            if chunked
+                || !value
+                    .as_bytes()
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(b"chunked")
+            {
+                return Err(HeadError::TransferEncoding);
+            }
+            chunked = true;
         } else {
             headers.append(name, value);
         }
     }
-    let framing = match (&transfer_encoding, length) {
-        (Some(_), Some(_)) => return Err(HeadError::Ambiguous),
-        (Some(te), None) if last_coding_is_chunked(te) => Framing::Chunked,
-        (Some(_), None) => return Err(HeadError::TransferEncoding),
-        (None, Some(n)) => Framing::Length(n),
-        (None, None) => Framing::Empty,
+    if chunked && version == Version::HTTP_10 {
+        return Err(HeadError::Http10TransferEncoding);
+    }
+    let framing = match (chunked, length) {
+        (true, Some(_)) => return Err(HeadError::Ambiguous),
+        (true, None) => Framing::Chunked,
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Empty,
     };
     let keep_alive = keep_alive(version, &headers);
     let upgrade = version == Version::HTTP_11 && is_upgrade(&headers);
@@ -137,7 +169,6 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
     Ok(Some(RequestHead {
         parts,
         framing,
-        transfer_encoding,
         keep_alive,
         upgrade,
     }))
@@ -171,19 +202,77 @@ pub fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
     for (name, value) in &parts.headers {
         put_field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
-    match (head.framing, &head.transfer_encoding) {
-        (Framing::Length(n), _) => {
+    match head.framing {
+        Framing::Length(n) => {
             put_field(
                 dst,
                 b"content-length",
                 itoa::Buffer::new().format(n).as_bytes(),
             );
         }
-        (Framing::Chunked, Some(te)) => put_field(dst, b"transfer-encoding", te.as_bytes()),
-        (Framing::Chunked, None) => put_field(dst, b"transfer-encoding", b"chunked"),
-        (Framing::Empty | Framing::UntilClose, _) => {}
+        Framing::Chunked => put_field(dst, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::UntilClose => {}
     }
     dst.put_slice(b"\r\n");
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Removes a request's connection-scoped fields (RFC 9110 §7.6.1) and those its `Connection`
+/// names, keeping `TE: trailers` and, for an upgrade, `Upgrade` with `connection: upgrade`.
+/// Runs before the router sees the request, so a client cannot name a field the router adds
+/// (the lane tag) and have it removed on the way out; `Host` is never removed this way.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most requests carry none of these: one pass over the names present, nothing else.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // Values share the head's buffer, so holding them is a reference count, not a copy; a
+    // second `Connection` field is rare enough to pay for a Vec.
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    let first = connection.next().cloned();
+    let more: Vec<HeaderValue> = connection.cloned().collect();
+    for value in first.iter().chain(&more) {
+        for token in tokens(value.as_bytes()) {
+            if token.eq_ignore_ascii_case(b"host") || token.eq_ignore_ascii_case(b"upgrade") {
+                continue;
+            }
+            // Not a field name (not UTF-8 or not a token): nothing can carry it.
+            if let Ok(name) = std::str::from_utf8(token) {
+                headers.remove(name);
+            }
+        }
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 /// What the client connection does after a response.
@@ -214,6 +303,9 @@ pub struct ResponseHead {
     pub grpc: bool,
     /// Its `grpc-status`, when the head carries one (trailers-only responses).
     pub grpc_status: Option<u32>,
+    /// A chunked body for an HTTP/1.0 client, which cannot read chunked: relayed with the
+    /// coding removed and ended by closing the client connection.
+    pub dechunk: bool,
 }
 
 impl ResponseHead {
@@ -244,6 +336,7 @@ pub fn parse_response(
     let status = StatusCode::from_u16(resp.code.unwrap_or_default())
         .map_err(|_| HeadError::Invalid("status"))?;
     let http10 = resp.version == Some(0);
+    let mut transfer_encoding = false;
 
     // First pass: the connection options and the framing.
     let mut close = false;
@@ -262,8 +355,12 @@ pub fn parse_response(
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive_token = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    // `Upgrade` is relayed or dropped by the upgrade rule below.
+                } else if token.eq_ignore_ascii_case(b"upgrade")
+                    || token.eq_ignore_ascii_case(b"content-length")
+                    || token.eq_ignore_ascii_case(b"transfer-encoding")
+                {
+                    // `Upgrade` is relayed or dropped by the upgrade rule below; the framing
+                    // fields by the framing rules, or the client could not find the body's end.
                 } else if named_len < named.len() {
                     named[named_len] = token;
                     named_len += 1;
@@ -274,6 +371,7 @@ pub fn parse_response(
                 .map_err(|_| HeadError::Invalid("header value"))?;
             length = Some(merge_length(length, &value)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
             // Several fields: the last one holds the last coding.
             chunked = Some(
                 tokens(field.value)
@@ -288,6 +386,9 @@ pub fn parse_response(
                 .and_then(|v| v.trim().parse().ok());
         }
     }
+    if http10 && transfer_encoding {
+        return Err(HeadError::Http10TransferEncoding);
+    }
     let named = &named[..named_len];
     let no_body = client.head_request
         || status.is_informational()
@@ -301,10 +402,17 @@ pub fn parse_response(
         (false, None, Some(n)) => Framing::Length(n),
         (false, None, None) => Framing::UntilClose,
     };
-    let upstream_keep_alive =
-        framing != Framing::UntilClose && if http10 { keep_alive_token } else { !close };
+    // Both framings: Transfer-Encoding decides this body, but an upstream that sends both may
+    // disagree with itself about where the next response starts, so its connection ends here
+    // (RFC 9112 §6.3).
+    let ambiguous = chunked.is_some() && length.is_some();
+    let upstream_keep_alive = framing != Framing::UntilClose
+        && !ambiguous
+        && if http10 { keep_alive_token } else { !close };
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS && client.upgrade;
-    let client_keep_alive = client.keep_alive && framing != Framing::UntilClose && !upgrade;
+    let dechunk = framing == Framing::Chunked && client.http10;
+    let client_keep_alive =
+        client.keep_alive && framing != Framing::UntilClose && !upgrade && !dechunk;
 
     // Second pass: the head for the client.
     out.put_slice(b"HTTP/1.1 ");
@@ -319,6 +427,7 @@ pub fn parse_response(
             || name.eq_ignore_ascii_case(b"proxy-connection")
             || (name.eq_ignore_ascii_case(b"upgrade") && !upgrade)
             || (name.eq_ignore_ascii_case(b"content-length") && framing == Framing::Chunked)
+            || (name.eq_ignore_ascii_case(b"transfer-encoding") && dechunk)
             || named.iter().any(|n| n.eq_ignore_ascii_case(name));
         if !hop_by_hop {
             put_field(out, name, field.value);
@@ -342,17 +451,24 @@ pub fn parse_response(
         client_keep_alive,
         grpc,
         grpc_status,
+        dechunk,
     }))
 }
 
-/// Writes a locally generated response (the router's answer, or a proxy error).
+/// Writes a locally generated response (the router's answer, or a proxy error). `client`
+/// says whether the connection stays open (`keep_alive`), whether an HTTP/1.0 client must be
+/// told so, and whether the request was HEAD: then the head announces the body's length but the
+/// body stays behind, or the client would read it as the next response.
 pub fn encode_local(
     status: StatusCode,
     headers: &HeaderMap,
     body: &Bytes,
-    keep_alive: bool,
+    client: ClientSide,
     dst: &mut BytesMut,
 ) {
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     dst.put_slice(b"HTTP/1.1 ");
     dst.put_slice(status.as_str().as_bytes());
     dst.put_u8(b' ');
@@ -363,16 +479,22 @@ pub fn encode_local(
             put_field(dst, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    put_field(
-        dst,
-        b"content-length",
-        itoa::Buffer::new().format(body.len()).as_bytes(),
-    );
-    if !keep_alive {
+    if !bodiless {
+        put_field(
+            dst,
+            b"content-length",
+            itoa::Buffer::new().format(body.len()).as_bytes(),
+        );
+    }
+    if !client.keep_alive {
         dst.put_slice(b"connection: close\r\n");
+    } else if client.http10 {
+        dst.put_slice(b"connection: keep-alive\r\n");
     }
     dst.put_slice(b"\r\n");
-    dst.put_slice(body);
+    if !bodiless && !client.head_request {
+        dst.put_slice(body);
+    }
 }
 
 fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -402,12 +524,6 @@ fn merge_length(seen: Option<u64>, value: &HeaderValue) -> Result<u64, HeadError
         }
     }
     result.ok_or(HeadError::ContentLength)
-}
-
-fn last_coding_is_chunked(value: &HeaderValue) -> bool {
-    tokens(value.as_bytes())
-        .last()
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only when told `keep-alive`.

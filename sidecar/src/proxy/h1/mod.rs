@@ -10,14 +10,20 @@
 //! response goes out in one write.
 //!
 //! What the relay guarantees (RFC 9110/9112): requests with ambiguous framing (both
-//! `Content-Length` and `Transfer-Encoding`, conflicting lengths, a transfer coding that does
-//! not end in `chunked`) get 400 and never reach the upstream; chunked bodies are checked chunk
-//! by chunk; hop-by-hop fields are removed both ways; interim `1xx` responses
-//! (`100 Continue`) are relayed; HEAD, 204 and 304 responses have no body; a response without a
-//! length ends the client connection after it; an accepted upgrade (`101`, WebSocket) turns
-//! the connection into a byte tunnel; pipelined requests are answered in order. The request
-//! head must arrive within the header-read timeout of its first byte (else 408) and fit in
-//! the configured size (else 431).
+//! `Content-Length` and `Transfer-Encoding`, conflicting lengths, a `Transfer-Encoding` other
+//! than one `chunked`, one under HTTP/1.0, a bare LF or obs-fold in the head) get 400 and never
+//! reach the upstream; chunked bodies are checked chunk by chunk against the RFC grammar; a
+//! chunked request goes out as `transfer-encoding: chunked` whatever its spelling; hop-by-hop
+//! fields are removed both ways, on requests before the router sees them; interim `1xx`
+//! responses (`100 Continue`) are relayed to HTTP/1.1 clients only, and an HTTP/1.0 client gets
+//! a chunked response de-chunked and close-delimited; HEAD, 204 and 304 responses (local ones
+//! too) have no body; a response without a length ends the client connection after it; an
+//! upstream connection whose response had both framings is not reused; an accepted upgrade
+//! (`101`, WebSocket) turns the connection into a byte tunnel; pipelined requests are answered
+//! in order. The request head must arrive within the header-read timeout of its first byte
+//! (else 408) and fit in the configured size (else 431); an idle keep-alive connection is
+//! closed after the client idle timeout; a body (either way) or a response head that makes no
+//! progress for the body idle timeout ends the exchange.
 
 pub mod body;
 pub mod head;
@@ -35,7 +41,7 @@ use tokio::time::Instant;
 
 use crate::config::ProxyConfig;
 
-use super::http::{error_local, strip_hop_by_hop};
+use super::http::error_local;
 use super::pool::{Http1Pool, PoolError, Upstream};
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
@@ -43,10 +49,21 @@ use super::router::{
 };
 use super::shutdown::ShutdownSignal;
 use body::{Chunked, ChunkedError, Framing};
-use head::{ClientSide, HeadError, RequestHead, ResponseHead};
+use head::{ClientSide, HeadError, RequestHead, ResponseHead, strip_hop_by_hop};
 
 /// Smallest free space a read buffer gets before a read.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a keep-alive client connection may sit idle between requests. Longer than the
+/// idle timeouts of common client pools (Go 90 s, OkHttp 5 min), so the client, which knows
+/// whether it is about to send, is the one that closes: a proxy closing first races the
+/// client's next request. Bounded so idle connections cannot pile up forever.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a body (either way) or the wait for a response head may go without a single byte
+/// of progress: Envoy's `stream_idle_timeout` default, long enough for long polls and quiet
+/// streams, short enough that a stalled peer does not hold two connections forever.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The HTTP/1 relay of one data-plane worker.
 #[derive(Debug)]
@@ -55,6 +72,8 @@ pub struct Http1Relay {
     pool: Http1Pool,
     header_read_timeout: Duration,
     max_header_bytes: usize,
+    client_idle_timeout: Duration,
+    body_idle_timeout: Duration,
 }
 
 /// Why an exchange with the upstream produced no response head.
@@ -76,6 +95,9 @@ enum Failure {
     },
     #[error("no response within {0:?}")]
     Timeout(Duration),
+    /// Writing the request head made no progress: the upstream does not read.
+    #[error("upstream {target} did not take the request within {limit:?}")]
+    Unread { target: SocketAddr, limit: Duration },
     /// The client's request body broke off or was malformed: the client's fault, not the
     /// upstream's.
     #[error("request body: {0}")]
@@ -93,6 +115,9 @@ enum BodyError {
     Read(std::io::Error),
     #[error("writing: {0}")]
     Write(std::io::Error),
+    /// Nothing was read for the body idle timeout.
+    #[error("no progress within {0:?}")]
+    Stalled(Duration),
 }
 
 /// How much of a body is still to come.
@@ -116,6 +141,20 @@ impl Remaining {
 
     fn is_done(&self) -> bool {
         matches!(self, Self::Done)
+    }
+
+    /// [`Remaining::take`] that appends the body's data to `out` without the chunked coding.
+    fn take_decoded(&mut self, buf: &[u8], out: &mut BytesMut) -> Result<usize, ChunkedError> {
+        let Self::Chunked(scanner) = self else {
+            let n = self.take(buf)?;
+            out.extend_from_slice(&buf[..n]);
+            return Ok(n);
+        };
+        let n = scanner.scan_with(buf, |data| out.extend_from_slice(data))?;
+        if scanner.is_done() {
+            *self = Self::Done;
+        }
+        Ok(n)
     }
 
     /// How many bytes at the front of `buf` belong to the body; updates what remains.
@@ -168,6 +207,7 @@ impl BodyRelay {
         client: &mut R,
         buf: &mut BytesMut,
         upstream: &mut W,
+        idle: Duration,
     ) -> Result<(), BodyError>
     where
         R: AsyncRead + Unpin,
@@ -175,10 +215,13 @@ impl BodyRelay {
     {
         loop {
             if self.pending > 0 {
-                let n = upstream
-                    .write(&buf[..self.pending])
-                    .await
-                    .map_err(BodyError::Write)?;
+                // `write` (not `write_all`): a timed-out write has written nothing, so
+                // `pending` stays exact.
+                let n = match tokio::time::timeout(idle, upstream.write(&buf[..self.pending])).await
+                {
+                    Ok(written) => written.map_err(BodyError::Write)?,
+                    Err(_) => return Err(BodyError::Write(std::io::ErrorKind::TimedOut.into())),
+                };
                 if n == 0 {
                     return Err(BodyError::Write(std::io::ErrorKind::WriteZero.into()));
                 }
@@ -189,13 +232,8 @@ impl BodyRelay {
             if self.remaining.is_done() {
                 return Ok(());
             }
-            if buf.is_empty() {
-                reserve(buf);
-                match client.read_buf(buf).await {
-                    Ok(0) => return Err(BodyError::Truncated),
-                    Ok(_) => {}
-                    Err(error) => return Err(BodyError::Read(error)),
-                }
+            if buf.is_empty() && read_within(client, buf, idle).await? == 0 {
+                return Err(BodyError::Truncated);
             }
             self.pending = self.remaining.take(buf)?;
         }
@@ -218,14 +256,32 @@ struct Answer {
 }
 
 impl Http1Relay {
-    /// A relay with its own (empty) upstream pool.
+    /// A relay with its own (empty) upstream pool, and the default idle timeouts
+    /// ([`DEFAULT_CLIENT_IDLE_TIMEOUT`], [`DEFAULT_BODY_IDLE_TIMEOUT`]).
     pub fn new(config: &ProxyConfig, router: Arc<dyn Router>) -> Self {
         Self {
             router,
             pool: Http1Pool::new(config.into()),
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
         }
+    }
+
+    /// Closes a keep-alive client connection that sent no byte of a next request for `limit`.
+    #[must_use]
+    pub fn with_client_idle_timeout(mut self, limit: Duration) -> Self {
+        self.client_idle_timeout = limit;
+        self
+    }
+
+    /// Ends an exchange whose request body, response head or response body made no progress
+    /// for `limit`.
+    #[must_use]
+    pub fn with_body_idle_timeout(mut self, limit: Duration) -> Self {
+        self.body_idle_timeout = limit;
+        self
     }
 
     /// Serves one HTTP/1 client connection; `buf` holds the bytes protocol detection read.
@@ -247,7 +303,7 @@ impl Http1Relay {
                 Err(Refusal(status, reason, text)) => {
                     tracing::debug!(%status, reason, "refusing request head");
                     let local = error_local(status, reason, text);
-                    write_local(&mut client, &mut resp_out, &local, false).await;
+                    write_local(&mut client, &mut resp_out, &local, CLOSING).await;
                     return;
                 }
             };
@@ -269,48 +325,55 @@ impl Http1Relay {
         }
     }
 
-    /// The next request head; `None` when the client closed or the shutdown came while idle.
+    /// The next request head; `None` when the client closed, stayed idle past the client idle
+    /// timeout, or the shutdown came while idle.
     async fn read_head(
         &self,
         client: &mut TcpStream,
         buf: &mut BytesMut,
         signal: &mut ShutdownSignal,
     ) -> Result<Option<RequestHead>, Refusal> {
+        const TOO_LARGE: Refusal = Refusal(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request_head_too_large",
+            "request head too large",
+        );
         let mut deadline = None;
+        let mut scanned = 0;
         loop {
-            if !buf.is_empty() {
-                match head::parse_request(buf) {
-                    Ok(Some(head)) => return Ok(Some(head)),
-                    Ok(None) if buf.len() >= self.max_header_bytes => {
-                        return Err(Refusal(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request_head_too_large",
-                            "request head too large",
-                        ));
-                    }
-                    Ok(None) => {}
-                    Err(HeadError::TooManyHeaders) => {
-                        return Err(Refusal(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request_head_too_large",
-                            "too many header fields",
-                        ));
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, "malformed request head");
-                        return Err(Refusal(
-                            StatusCode::BAD_REQUEST,
-                            "bad_request",
-                            "malformed request head",
-                        ));
-                    }
+            let parsed = match head::find_head_end(buf, &mut scanned) {
+                Ok(Some(end)) if end > self.max_header_bytes => return Err(TOO_LARGE),
+                Ok(Some(_)) => head::parse_request(buf),
+                Ok(None) if buf.len() >= self.max_header_bytes => return Err(TOO_LARGE),
+                Ok(None) => Ok(None),
+                Err(error) => Err(error),
+            };
+            match parsed {
+                Ok(Some(head)) => return Ok(Some(head)),
+                // Incomplete, or only empty lines before the request line so far.
+                Ok(None) => {}
+                Err(HeadError::TooManyHeaders) => {
+                    return Err(Refusal(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request_head_too_large",
+                        "too many header fields",
+                    ));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "malformed request head");
+                    return Err(Refusal(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "malformed request head",
+                    ));
                 }
             }
             reserve(buf);
             let read = if buf.is_empty() {
-                // Idle between requests: no deadline, but the shutdown ends the wait.
+                // Idle between requests: the shutdown or the idle timeout ends the wait.
                 tokio::select! {
                     () = signal.triggered() => return Ok(None),
+                    () = tokio::time::sleep(self.client_idle_timeout) => return Ok(None),
                     read = client.read_buf(buf) => read,
                 }
             } else {
@@ -348,20 +411,34 @@ impl Http1Relay {
         mut head: RequestHead,
         signal: &ShutdownSignal,
     ) -> Next {
+        // Before routing: a field the client names in `Connection` must not take away what the
+        // router adds (the lane tag).
+        strip_hop_by_hop(&mut head.parts.headers, head.upgrade);
+        let client_side = ClientSide {
+            keep_alive: head.keep_alive && !signal.is_triggered(),
+            http10: head.parts.version == http::Version::HTTP_10,
+            head_request: head.parts.method == Method::HEAD,
+            upgrade: head.upgrade,
+        };
+        let client_keep_alive = client_side.keep_alive;
+        // For local answers: whether the connection goes on is decided per answer.
+        let local_side = |keep_alive| ClientSide {
+            keep_alive,
+            ..client_side
+        };
         let Routed {
             decision,
             mut state,
             delay,
             timeout,
         } = self.router.route_http(conn, &mut head.parts);
-        let client_keep_alive = head.keep_alive && !signal.is_triggered();
         let target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => {
                 // The request body is not read: the connection can only go on without one.
                 let keep = client_keep_alive && Remaining::new(head.framing).is_done();
-                let written = write_local(client, resp_out, &local, keep).await;
+                let written = write_local(client, resp_out, &local, local_side(keep)).await;
                 drop(state);
                 return if keep && written {
                     Next::KeepAlive
@@ -370,16 +447,9 @@ impl Http1Relay {
                 };
             }
         };
-        strip_hop_by_hop(&mut head.parts.headers, head.upgrade);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        let client_side = ClientSide {
-            keep_alive: client_keep_alive,
-            http10: head.parts.version == http::Version::HTTP_10,
-            head_request: head.parts.method == Method::HEAD,
-            upgrade: head.upgrade,
-        };
         let started = Instant::now();
         let sent = self.send(target, client, buf, req_out, resp_out, &head, client_side);
         let result = match timeout {
@@ -390,13 +460,21 @@ impl Http1Relay {
         };
         if let Err(Failure::Client(error)) = &result {
             tracing::debug!(%error, "client request body failed");
-            if matches!(error, BodyError::Chunked(_)) {
-                let local = error_local(
+            let local = match error {
+                BodyError::Chunked(_) => Some(error_local(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",
                     "malformed chunked request body",
-                );
-                write_local(client, resp_out, &local, false).await;
+                )),
+                BodyError::Stalled(_) => Some(error_local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_body_timeout",
+                    "request body made no progress within the body idle timeout",
+                )),
+                _ => None,
+            };
+            if let Some(local) = local {
+                write_local(client, resp_out, &local, local_side(false)).await;
             }
             return Next::Close;
         }
@@ -405,7 +483,7 @@ impl Http1Relay {
             result: match &result {
                 Ok(answer) => Ok(answer.head.status),
                 Err(Failure::Connect(_)) => Err(UpstreamFailure::Connect),
-                Err(Failure::Timeout(_)) => Err(UpstreamFailure::Timeout),
+                Err(Failure::Timeout(_) | Failure::Unread { .. }) => Err(UpstreamFailure::Timeout),
                 Err(_) => Err(UpstreamFailure::Reset),
             },
             elapsed: started.elapsed(),
@@ -424,7 +502,7 @@ impl Http1Relay {
             Ok(answer) => answer,
             Err(failure) => {
                 let local = match &failure {
-                    Failure::Timeout(limit) => {
+                    Failure::Timeout(limit) | Failure::Unread { limit, .. } => {
                         tracing::debug!(%target, ?limit, "upstream request timed out");
                         error_local(
                             StatusCode::GATEWAY_TIMEOUT,
@@ -452,8 +530,8 @@ impl Http1Relay {
                 // Whether the request body was read to its end is unknown here: close.
                 let keep = client_keep_alive
                     && Remaining::new(head.framing).is_done()
-                    && !matches!(failure, Failure::Timeout(_));
-                let written = write_local(client, resp_out, &local, keep).await;
+                    && !matches!(failure, Failure::Timeout(_) | Failure::Unread { .. });
+                let written = write_local(client, resp_out, &local, local_side(keep)).await;
                 return if keep && written {
                     Next::KeepAlive
                 } else {
@@ -475,16 +553,21 @@ impl Http1Relay {
             return Next::Close;
         }
 
+        let body = ResponseBody {
+            framing: response.framing,
+            dechunk: response.dechunk,
+            idle: self.body_idle_timeout,
+        };
         let relayed = if request_body.is_done() {
             let Upstream { stream, buf, .. } = &mut upstream;
-            relay_response(stream, buf, client, resp_out, response.framing).await
+            relay_response(stream, buf, client, resp_out, body).await
         } else {
             relay_duplex(
                 client,
                 buf,
                 &mut upstream,
                 resp_out,
-                response.framing,
+                body,
                 &mut request_body,
             )
             .await
@@ -512,7 +595,9 @@ impl Http1Relay {
 
     /// Sends the request (head, then body) and reads the response head, relaying interim
     /// responses to the client meanwhile. A request that fails on a reused connection before any
-    /// response byte, and could be sent again in full, is retried on another connection.
+    /// response byte is retried on another connection only when it is complete in hand and its
+    /// method is safe to replay (see [`replayable`]): the upstream may have processed it before
+    /// the connection broke.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
@@ -532,34 +617,33 @@ impl Http1Relay {
             .map_err(|e| Failure::Client(BodyError::Chunked(e)))?;
         req_out.extend_from_slice(&buf[..n]);
         buf.advance(n);
-        // Everything the upstream needs is in `req_out`: a retry can send it again.
-        let resendable = remaining.is_done();
+        // Everything the upstream needs is in `req_out`: a retry could send it again.
+        let retryable = remaining.is_done() && replayable(&head.parts.method);
         let mut relay = BodyRelay {
             remaining,
             pending: 0,
         };
-        let idempotent = matches!(
-            head.parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
+        let idle = self.body_idle_timeout;
         loop {
             let mut upstream = match self.pool.checkout(target) {
                 Some(upstream) => upstream,
                 None => self.pool.connect(target).await?,
             };
-            let reused = upstream.reused;
-            if let Err(source) = upstream.stream.write_all(req_out).await {
-                if reused && resendable {
-                    continue;
+            let retry = upstream.reused && retryable;
+            match tokio::time::timeout(idle, upstream.stream.write_all(req_out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) if retry => continue,
+                Ok(Err(source)) => return Err(Failure::Io { target, source }),
+                Err(_) => {
+                    return Err(Failure::Unread {
+                        target,
+                        limit: idle,
+                    });
                 }
-                return Err(Failure::Io { target, source });
             }
             let body_done = AtomicBool::new(relay.is_done());
+            // While the request body still flows, the upstream may rightly wait for all of it.
+            let sending = AtomicBool::new(!relay.is_done());
             let result = {
                 let (mut client_read, mut client_write) = client.split();
                 let Upstream {
@@ -570,7 +654,7 @@ impl Http1Relay {
                 let (mut upstream_read, mut upstream_write) = stream.split();
                 let body = async {
                     relay
-                        .run(&mut client_read, buf, &mut upstream_write)
+                        .run(&mut client_read, buf, &mut upstream_write, idle)
                         .await?;
                     body_done.store(true, Ordering::Relaxed);
                     Ok::<(), BodyError>(())
@@ -581,7 +665,11 @@ impl Http1Relay {
                     &mut client_write,
                     resp_out,
                     client_side,
-                    &body_done,
+                    Progress {
+                        body_done: &body_done,
+                        sending: &sending,
+                        idle,
+                    },
                 );
                 tokio::pin!(body, response);
                 let mut body_running = !body_done.load(Ordering::Relaxed);
@@ -589,6 +677,7 @@ impl Http1Relay {
                     tokio::select! {
                         relayed = &mut body, if body_running => {
                             body_running = false;
+                            sending.store(false, Ordering::Relaxed);
                             match relayed {
                                 Ok(()) => {}
                                 Err(BodyError::Write(_)) => {
@@ -612,17 +701,18 @@ impl Http1Relay {
                 }
                 Err(ReadHead::Client(error)) => return Err(Failure::Client(error)),
                 Err(ReadHead::Closed { any_bytes }) => {
-                    if reused && resendable && idempotent && !any_bytes {
+                    if retry && !any_bytes {
                         continue;
                     }
                     return Err(Failure::Closed { target });
                 }
                 Err(ReadHead::Io { source, any_bytes }) => {
-                    if reused && resendable && idempotent && !any_bytes {
+                    if retry && !any_bytes {
                         continue;
                     }
                     return Err(Failure::Io { target, source });
                 }
+                Err(ReadHead::Stalled) => return Err(Failure::Timeout(idle)),
                 Err(ReadHead::Invalid(source)) => return Err(Failure::Response { target, source }),
                 Err(ReadHead::ClientGone(source)) => {
                     return Err(Failure::Client(BodyError::Write(source)));
@@ -630,6 +720,17 @@ impl Http1Relay {
             }
         }
     }
+}
+
+/// Methods a proxy may send again after a connection broke before any response byte: the
+/// safe ones (RFC 9110 §9.2.1), as Go's `net/http` transport does. PUT and DELETE are
+/// idempotent by the RFC, but a replayed DELETE answers differently and many applications do
+/// not make them idempotent; the caller, which knows, can retry them itself.
+fn replayable(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Why no final response head was read.
@@ -648,17 +749,31 @@ enum ReadHead {
     ClientGone(std::io::Error),
     /// The request body from the client failed.
     Client(BodyError),
+    /// Nothing came for the body idle timeout after the request was sent.
+    Stalled,
+}
+
+/// What [`read_response_head`] knows of the request body running beside it.
+#[derive(Clone, Copy)]
+struct Progress<'a> {
+    /// The request body has been relayed in full.
+    body_done: &'a AtomicBool,
+    /// The request body is still being relayed.
+    sending: &'a AtomicBool,
+    /// The body idle timeout.
+    idle: Duration,
 }
 
 /// Reads the final response head into `out` (re-encoded for the client), relaying interim
-/// `1xx` responses to the client first.
+/// `1xx` responses to an HTTP/1.1 client first (an HTTP/1.0 client does not know them,
+/// RFC 9110 §15.2).
 async fn read_response_head<R, W>(
     upstream: &mut R,
     buf: &mut BytesMut,
     client: &mut W,
     out: &mut BytesMut,
     client_side: ClientSide,
-    body_done: &AtomicBool,
+    progress: Progress<'_>,
 ) -> Result<ResponseHead, ReadHead>
 where
     R: AsyncRead + Unpin,
@@ -670,12 +785,14 @@ where
             out.clear();
             let side = ClientSide {
                 // A client whose request body is not through yet cannot send another request.
-                keep_alive: client_side.keep_alive && body_done.load(Ordering::Relaxed),
+                keep_alive: client_side.keep_alive && progress.body_done.load(Ordering::Relaxed),
                 ..client_side
             };
             match head::parse_response(buf, side, out) {
                 Ok(Some(head)) if head.is_interim() => {
-                    client.write_all(out).await.map_err(ReadHead::ClientGone)?;
+                    if !client_side.http10 {
+                        client.write_all(out).await.map_err(ReadHead::ClientGone)?;
+                    }
                     continue;
                 }
                 Ok(Some(head)) => return Ok(head),
@@ -687,12 +804,28 @@ where
             }
         }
         reserve(buf);
-        match upstream.read_buf(buf).await {
-            Ok(0) => return Err(ReadHead::Closed { any_bytes }),
-            Ok(_) => any_bytes = true,
-            Err(source) => return Err(ReadHead::Io { source, any_bytes }),
+        // Sampled before the wait: a timer that ran out while the request body was still
+        // flowing says nothing about the upstream, so it only counts when it covered a whole
+        // idle period after the request was complete (the wait ends within 2x the timeout).
+        let sending = progress.sending.load(Ordering::Relaxed);
+        match tokio::time::timeout(progress.idle, upstream.read_buf(buf)).await {
+            Ok(Ok(0)) => return Err(ReadHead::Closed { any_bytes }),
+            Ok(Ok(_)) => any_bytes = true,
+            Ok(Err(source)) => return Err(ReadHead::Io { source, any_bytes }),
+            Err(_) if sending => {}
+            Err(_) => return Err(ReadHead::Stalled),
         }
     }
+}
+
+/// How a response body travels to the client.
+#[derive(Debug, Clone, Copy)]
+struct ResponseBody {
+    framing: Framing,
+    /// Remove the chunked coding (HTTP/1.0 client).
+    dechunk: bool,
+    /// The body idle timeout, for every read and write.
+    idle: Duration,
 }
 
 /// Writes the response head in `head` and relays the body behind it; a small body that came
@@ -702,33 +835,70 @@ async fn relay_response<R, W>(
     buf: &mut BytesMut,
     client: &mut W,
     head: &mut BytesMut,
-    framing: Framing,
+    body: ResponseBody,
 ) -> Result<(), BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut remaining = Remaining::new(framing);
+    let idle = body.idle;
+    let mut remaining = Remaining::new(body.framing);
+    if body.dechunk {
+        // HTTP/1.0 clients only: the data is copied out of its chunks, so the copy is paid for
+        // by them alone.
+        let n = remaining.take_decoded(buf, head)?;
+        buf.advance(n);
+        write_within(client, head, idle).await?;
+        let mut data = BytesMut::new();
+        while !remaining.is_done() {
+            if read_within(upstream, buf, idle).await? == 0 {
+                return Err(BodyError::Truncated);
+            }
+            data.clear();
+            let n = remaining.take_decoded(buf, &mut data)?;
+            buf.advance(n);
+            write_within(client, &data, idle).await?;
+        }
+        return Ok(());
+    }
     let n = remaining.take(buf)?;
     head.extend_from_slice(&buf[..n]);
     buf.advance(n);
-    client.write_all(head).await.map_err(BodyError::Write)?;
+    write_within(client, head, idle).await?;
     while !remaining.is_done() {
-        reserve(buf);
-        match upstream.read_buf(buf).await {
-            Ok(0) if matches!(remaining, Remaining::UntilClose) => break,
-            Ok(0) => return Err(BodyError::Truncated),
-            Ok(_) => {}
-            Err(error) => return Err(BodyError::Read(error)),
+        match read_within(upstream, buf, idle).await? {
+            0 if matches!(remaining, Remaining::UntilClose) => break,
+            0 => return Err(BodyError::Truncated),
+            _ => {}
         }
         let n = remaining.take(buf)?;
-        client
-            .write_all(&buf[..n])
-            .await
-            .map_err(BodyError::Write)?;
+        write_within(client, &buf[..n], idle).await?;
         buf.advance(n);
     }
     Ok(())
+}
+
+/// One read into `buf`, or [`BodyError::Stalled`] when nothing comes within `idle`.
+async fn read_within<R>(io: &mut R, buf: &mut BytesMut, idle: Duration) -> Result<usize, BodyError>
+where
+    R: AsyncRead + Unpin,
+{
+    reserve(buf);
+    match tokio::time::timeout(idle, io.read_buf(buf)).await {
+        Ok(read) => read.map_err(BodyError::Read),
+        Err(_) => Err(BodyError::Stalled(idle)),
+    }
+}
+
+/// Writes all of `bytes`, failing when the peer takes none of it within `idle`.
+async fn write_within<W>(io: &mut W, bytes: &[u8], idle: Duration) -> Result<(), BodyError>
+where
+    W: AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(idle, io.write_all(bytes)).await {
+        Ok(written) => written.map_err(BodyError::Write),
+        Err(_) => Err(BodyError::Write(std::io::ErrorKind::TimedOut.into())),
+    }
 }
 
 /// Relays the response while the rest of the request body still flows the other way. Returns
@@ -739,18 +909,23 @@ async fn relay_duplex(
     client_buf: &mut BytesMut,
     upstream: &mut Upstream,
     head: &mut BytesMut,
-    framing: Framing,
+    response_body: ResponseBody,
     body: &mut BodyRelay,
 ) -> Result<(), BodyError> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.stream.split();
-    let request = body.run(&mut client_read, client_buf, &mut upstream_write);
+    let request = body.run(
+        &mut client_read,
+        client_buf,
+        &mut upstream_write,
+        response_body.idle,
+    );
     let response = relay_response(
         &mut upstream_read,
         &mut upstream.buf,
         &mut client_write,
         head,
-        framing,
+        response_body,
     );
     tokio::pin!(request, response);
     let mut request_running = true;
@@ -759,8 +934,10 @@ async fn relay_duplex(
             sent = &mut request, if request_running => {
                 request_running = false;
                 match sent {
-                    // The upstream no longer reads; its response may still be on its way.
-                    Ok(()) | Err(BodyError::Write(_)) => {}
+                    // The upstream no longer reads, or the client paused its upload while the
+                    // response flows (the response has its own idle timeout): the response may
+                    // still end properly; the connections are then not reused.
+                    Ok(()) | Err(BodyError::Write(_) | BodyError::Stalled(_)) => {}
                     Err(error) => return Err(error),
                 }
             }
@@ -801,15 +978,24 @@ fn end(state: &mut Option<Box<dyn RequestState>>, how: ResponseEnd<'_>) {
     }
 }
 
-/// Writes a local response; false when the client is gone.
+/// For a local answer before any request head was understood: the connection ends after it.
+const CLOSING: ClientSide = ClientSide {
+    keep_alive: false,
+    http10: false,
+    head_request: false,
+    upgrade: false,
+};
+
+/// Writes a local response; false when the client is gone. `side.keep_alive` says whether the
+/// connection goes on after it.
 async fn write_local(
     client: &mut TcpStream,
     out: &mut BytesMut,
     local: &LocalResponse,
-    keep_alive: bool,
+    side: ClientSide,
 ) -> bool {
     out.clear();
-    head::encode_local(local.status, &local.headers, &local.body, keep_alive, out);
+    head::encode_local(local.status, &local.headers, &local.body, side, out);
     client.write_all(out).await.is_ok()
 }
 

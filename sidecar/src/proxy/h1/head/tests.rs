@@ -103,7 +103,7 @@ fn keep_alive_and_upgrade_follow_version_and_connection() {
 #[test]
 fn request_is_encoded_in_origin_form_with_its_framing() {
     let mut head = request(
-        "PUT http://svc.ns:80/x?y=1 HTTP/1.1\r\nHost: svc.ns\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "PUT http://svc.ns:80/x?y=1 HTTP/1.1\r\nHost: svc.ns\r\nTransfer-Encoding:  ChUnKeD \r\n\r\n",
     )
     .unwrap()
     .unwrap();
@@ -114,7 +114,7 @@ fn request_is_encoded_in_origin_form_with_its_framing() {
     encode_request(&head, &mut out);
     assert_eq!(
         &out[..],
-        b"PUT /x?y=1 HTTP/1.1\r\nhost: svc.ns\r\nx-lanemesh-tag: gray\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+        b"PUT /x?y=1 HTTP/1.1\r\nhost: svc.ns\r\nx-lanemesh-tag: gray\r\ntransfer-encoding: chunked\r\n\r\n"
     );
 }
 
@@ -201,11 +201,213 @@ fn local_response_has_length_and_connection() {
         StatusCode::SERVICE_UNAVAILABLE,
         &headers,
         &Bytes::from_static(b"gone\n"),
-        false,
+        ClientSide {
+            keep_alive: false,
+            ..client()
+        },
         &mut out,
     );
     assert_eq!(
         &out[..],
         b"HTTP/1.1 503 Service Unavailable\r\nx-lanemesh-error: no_endpoint\r\ncontent-length: 5\r\nconnection: close\r\n\r\ngone\n"
     );
+}
+
+/// A body behind the head of a HEAD answer would be read as the next response.
+#[test]
+fn local_response_to_head_announces_its_length_but_has_no_body() {
+    let mut out = BytesMut::new();
+    let head_request = ClientSide {
+        head_request: true,
+        ..client()
+    };
+    encode_local(
+        StatusCode::TOO_MANY_REQUESTS,
+        &HeaderMap::new(),
+        &Bytes::from_static(b"limited\n"),
+        head_request,
+        &mut out,
+    );
+    assert_eq!(
+        &out[..],
+        b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 8\r\n\r\n"
+    );
+    out.clear();
+    let http10 = ClientSide {
+        http10: true,
+        ..client()
+    };
+    encode_local(
+        StatusCode::NO_CONTENT,
+        &HeaderMap::new(),
+        &Bytes::from_static(b"ignored"),
+        http10,
+        &mut out,
+    );
+    assert_eq!(
+        &out[..],
+        b"HTTP/1.1 204 No Content\r\nconnection: keep-alive\r\n\r\n"
+    );
+}
+
+#[test]
+fn transfer_encoding_must_be_one_chunked_field() {
+    for raw in [
+        "POST / HTTP/1.1\r\nTransfer-Encoding: identity, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding:\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked,\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n",
+    ] {
+        assert_eq!(
+            request(raw).unwrap_err(),
+            HeadError::TransferEncoding,
+            "{raw:?}"
+        );
+    }
+    assert_eq!(
+        request("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+        HeadError::Http10TransferEncoding
+    );
+    let upper = request("POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(upper.framing, Framing::Chunked);
+    assert!(upper.parts.headers.get(header::TRANSFER_ENCODING).is_none());
+}
+
+/// httparse accepts bare LF line endings; the end-of-head scan refuses them. Obs-fold and a
+/// space before the colon are refused by httparse itself for requests.
+#[test]
+fn bare_lf_obs_fold_and_space_before_colon_are_refused() {
+    for raw in [
+        &b"GET / HTTP/1.1\nHost: x\n\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+        b"\nGET / HTTP/1.1\r\n\r\n",
+    ] {
+        assert_eq!(
+            find_head_end(raw, &mut 0),
+            Err(HeadError::BareLf),
+            "{:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    for raw in [
+        "GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n  folded\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+    ] {
+        assert!(
+            matches!(request(raw), Err(HeadError::Syntax(_))),
+            "{raw:?}: {:?}",
+            request(raw)
+        );
+    }
+}
+
+/// Dribbled byte by byte, a head is searched once in total and found at its last byte.
+#[test]
+fn end_of_head_scan_looks_at_each_byte_once() {
+    let raw = b"GET /x HTTP/1.1\r\nHost: svc\r\nX-A: 1\r\n\r\nNEXT";
+    let end = raw.len() - 4;
+    let mut scanned = 0;
+    for len in 1..end {
+        assert_eq!(find_head_end(&raw[..len], &mut scanned), Ok(None), "{len}");
+        assert_eq!(scanned, len, "only the new byte is looked at");
+    }
+    assert_eq!(find_head_end(&raw[..end], &mut scanned), Ok(Some(end)));
+    let mut scanned = 0;
+    assert_eq!(find_head_end(raw, &mut scanned), Ok(Some(end)));
+    assert_eq!(scanned, end, "the body behind the head is not scanned");
+    // The CRLF CRLF can straddle reads at any point.
+    for split in 1..end {
+        let mut scanned = 0;
+        assert_eq!(find_head_end(&raw[..split], &mut scanned), Ok(None));
+        assert_eq!(find_head_end(raw, &mut scanned), Ok(Some(end)), "{split}");
+    }
+}
+
+#[test]
+fn connection_cannot_strip_host_and_upgrades_keep_only_upgrade() {
+    let mut head = request(
+        "GET / HTTP/1.1\r\nHost: svc\r\nConnection: host, X-Private, x-mse-tag\r\n\
+         Connection: te\r\nx-private: 1\r\nx-mse-tag: blue\r\nTE: trailers\r\nx-kept: 1\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    strip_hop_by_hop(&mut head.parts.headers, false);
+    let mut names: Vec<_> = head.parts.headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["host", "x-kept"]);
+
+    let mut ws = request(
+        "GET / HTTP/1.1\r\nHost: svc\r\nConnection: Upgrade, x-private, host\r\n\
+         Upgrade: websocket\r\nx-private: 1\r\n\r\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert!(ws.upgrade);
+    strip_hop_by_hop(&mut ws.parts.headers, true);
+    assert_eq!(ws.parts.headers["connection"], "upgrade");
+    assert_eq!(ws.parts.headers["upgrade"], "websocket");
+    assert_eq!(ws.parts.headers["host"], "svc");
+    assert!(ws.parts.headers.get("x-private").is_none());
+}
+
+/// Both framings in a response: Transfer-Encoding decides, the connection is not reused.
+#[test]
+fn response_with_both_framings_ends_its_upstream_connection() {
+    let (head, out, _) = response(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        client(),
+    );
+    assert_eq!(head.framing, Framing::Chunked);
+    assert!(!head.upstream_keep_alive);
+    assert!(head.client_keep_alive);
+    assert!(
+        !out.to_ascii_lowercase().contains("content-length"),
+        "{out}"
+    );
+    let mut buf =
+        BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\n");
+    assert_eq!(
+        parse_response(&mut buf, client(), &mut BytesMut::new()),
+        Err(HeadError::ContentLength)
+    );
+    let mut buf = BytesMut::from("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_eq!(
+        parse_response(&mut buf, client(), &mut BytesMut::new()),
+        Err(HeadError::Http10TransferEncoding)
+    );
+    // Naming a framing field in `Connection` does not hide it from the client.
+    let (_, out, _) = response(
+        "HTTP/1.1 200 OK\r\nConnection: transfer-encoding, content-length\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        client(),
+    );
+    assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+}
+
+#[test]
+fn chunked_response_to_an_http10_client_is_dechunked_and_closed() {
+    let h10 = ClientSide {
+        http10: true,
+        ..client()
+    };
+    let (head, out, _) = response(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+        h10,
+    );
+    assert!(head.dechunk);
+    assert!(head.upstream_keep_alive && !head.client_keep_alive);
+    assert_eq!(out, "HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
+    let (plain, _, _) = response(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        client(),
+    );
+    assert!(!plain.dechunk);
 }
