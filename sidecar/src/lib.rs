@@ -8,6 +8,7 @@
 //!   `/shutdown`), health (`15021`: `/healthz/ready`) and metrics (`15020`:
 //!   `/metrics`) listeners, and the reloadable log filter.
 //! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
+//! - [`field`]: field-level refusals of discovery resources, shared by every conversion.
 //! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
 //!   overload protection as pure state machines (no I/O, injectable clock).
 //! - [`lane`]: lane groups, the lane decision at entry apps and gateways, and carrying the lane
@@ -29,6 +30,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod field;
 pub mod govern;
 pub mod init;
 pub mod lane;

@@ -1,6 +1,10 @@
 //! The runtime form of `InboundPolicy` and `OutboundPolicy`: immutable rule specifications,
 //! compiled once per resource off the hot path (see [`Compile`](crate::snapshot::Compile)).
 //!
+//! The `TryFrom` conversions here are the one place where a policy resource is checked: every
+//! field, with the limiters' and breakers' own validation for their parameters, refused with a
+//! [`FieldError`] naming the field.
+//!
 //! A specification holds no state; the governors pair each one with its limiters. Specifications
 //! compare by value, which is how a governor rebuilt for a new snapshot decides whether a rule
 //! changed (fresh state) or not (its state carries over).
@@ -13,13 +17,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use lanemesh_api::proto;
 
+use crate::field::{FieldError, Problem, anchored_regex, duration, known, non_empty, policy};
+use crate::policy::error::check_threshold;
 use crate::policy::{
     BreakerConfig, BreakerStrategy, HotParamConfig, OverloadConfig, OverloadMode, QpsBehavior,
-    RejectReason,
+    QpsLimiter, RejectReason,
 };
 use crate::proxy::{LocalResponse, grpc};
-use crate::snapshot::ValidationError;
-use crate::snapshot::validate::{anchored_regex, duration};
 
 /// Response header naming why governance refused a request (DESIGN §4).
 pub const BLOCKED_HEADER: &str = "x-lanemesh-blocked";
@@ -72,7 +76,7 @@ impl RouteMatcher {
                 }))
     }
 
-    fn from_proto(field: &str, m: Option<&proto::RouteMatch>) -> Result<Self, ValidationError> {
+    fn from_proto(field: &str, m: Option<&proto::RouteMatch>) -> Result<Self, FieldError> {
         use proto::path_match::Kind;
         let Some(m) = m else {
             return Ok(Self::default());
@@ -82,29 +86,29 @@ impl RouteMatcher {
             let field = format!("{field}.paths[{i}]");
             paths.push(match &p.kind {
                 Some(Kind::Exact(path) | Kind::Prefix(path)) if !path.starts_with('/') => {
-                    return Err(ValidationError::OutOfRange {
+                    return Err(FieldError::out_of_range(
                         field,
-                        reason: "a path must start with /",
-                        value: format!("{path:?}"),
-                    });
+                        "a path must start with /",
+                        format!("{path:?}"),
+                    ));
                 }
                 Some(Kind::Exact(path)) => PathRule::Exact(path.clone()),
                 Some(Kind::Prefix(path)) => PathRule::Prefix(path.clone()),
                 Some(Kind::Regex(pattern)) => {
                     PathRule::Regex(anchored_regex(&format!("{field}.regex"), pattern)?)
                 }
-                None => return Err(ValidationError::Empty { field }),
+                None => return Err(FieldError::new(field, Problem::Empty)),
             });
         }
         let mut methods = Vec::with_capacity(m.methods.len());
         for (i, method) in m.methods.iter().enumerate() {
             methods.push(
                 Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-                    ValidationError::OutOfRange {
-                        field: format!("{field}.methods[{i}]"),
-                        reason: "must be an HTTP method",
-                        value: format!("{method:?}"),
-                    }
+                    FieldError::out_of_range(
+                        format!("{field}.methods[{i}]"),
+                        "must be an HTTP method",
+                        format!("{method:?}"),
+                    )
                 })?,
             );
         }
@@ -129,13 +133,10 @@ impl Fallback {
         rule: &Arc<str>,
         f: Option<&proto::Fallback>,
         default_status: StatusCode,
-    ) -> Result<Self, ValidationError> {
-        let out_of_range =
-            |what: &str, reason: &'static str, value: String| ValidationError::OutOfRange {
-                field: format!("{field}.{what}"),
-                reason,
-                value,
-            };
+    ) -> Result<Self, FieldError> {
+        let out_of_range = |what: &str, reason: &'static str, value: String| {
+            FieldError::out_of_range(format!("{field}.{what}"), reason, value)
+        };
         let mut headers = HeaderMap::new();
         let Some(f) = f else {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -150,8 +151,11 @@ impl Fallback {
             0 => default_status,
             s => u16::try_from(s)
                 .ok()
+                .filter(|s| (200..=599).contains(s))
                 .and_then(|s| StatusCode::from_u16(s).ok())
-                .ok_or_else(|| out_of_range("status", "must be an HTTP status", s.to_string()))?,
+                .ok_or_else(|| {
+                    out_of_range("status", "must be an HTTP status 200..=599", s.to_string())
+                })?,
         };
         for (name, value) in &f.headers {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -349,81 +353,67 @@ fn status(code: u32) -> StatusCode {
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-/// A non-negative, finite threshold as a whole count (fractions round down, as a token bucket
-/// holds whole tokens).
-fn count(threshold: f64) -> u64 {
-    if threshold.is_finite() && threshold > 0.0 {
-        threshold as u64
-    } else {
-        0
-    }
+/// A threshold as a whole count (fractions round down, as a token bucket holds whole tokens),
+/// refused when NaN, infinite or negative.
+fn count(field: &str, threshold: f64) -> Result<u64, FieldError> {
+    let threshold = policy(field, check_threshold("threshold", threshold))?;
+    Ok(threshold as u64)
 }
 
-fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, ValidationError> {
-    let source = proto::Source::try_from(h.source).map_err(|_| ValidationError::UnknownEnum {
-        field: format!("{field}.source"),
-        what: "source",
-        value: h.source,
-    })?;
-    let name_needed = || -> Result<&str, ValidationError> {
-        if h.name.is_empty() {
-            Err(ValidationError::Empty {
-                field: format!("{field}.name"),
-            })
-        } else {
-            Ok(&h.name)
-        }
-    };
-    let source = match source {
+fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, FieldError> {
+    let name = || non_empty(&format!("{field}.name"), &h.name);
+    let source = match known::<proto::Source>(&format!("{field}.source"), "source", h.source)? {
         proto::Source::Header => ParamSource::Header(
-            HeaderName::from_bytes(name_needed()?.to_ascii_lowercase().as_bytes()).map_err(
-                |_| ValidationError::OutOfRange {
-                    field: format!("{field}.name"),
-                    reason: "must be a header name",
-                    value: format!("{:?}", h.name),
-                },
-            )?,
+            HeaderName::from_bytes(name()?.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                FieldError::out_of_range(
+                    format!("{field}.name"),
+                    "must be a header name",
+                    format!("{:?}", h.name),
+                )
+            })?,
         ),
-        proto::Source::Query => ParamSource::Query(name_needed()?.to_owned()),
-        proto::Source::Cookie => ParamSource::Cookie(name_needed()?.to_owned()),
+        proto::Source::Query => ParamSource::Query(name()?.to_owned()),
+        proto::Source::Cookie => ParamSource::Cookie(name()?.to_owned()),
         proto::Source::ClientIp => ParamSource::ClientIp,
         proto::Source::Host => ParamSource::Host,
     };
     let mut config = HotParamConfig::new(
-        count(h.threshold),
+        count(field, h.threshold)?,
         duration(&format!("{field}.window"), h.window.as_ref())?.unwrap_or(DEFAULT_HOT_WINDOW),
     );
     config.burst = u64::from(h.burst);
     config.overrides = h
         .overrides
         .iter()
-        .map(|o| (o.value.clone(), count(o.threshold)))
-        .collect();
+        .enumerate()
+        .map(|(k, o)| {
+            Ok((
+                o.value.clone(),
+                count(&format!("{field}.overrides[{k}]"), o.threshold)?,
+            ))
+        })
+        .collect::<Result<_, FieldError>>()?;
     if h.max_tracked_values > 0 {
-        config.capacity = h.max_tracked_values as usize;
+        config.capacity = usize::try_from(h.max_tracked_values).unwrap_or(usize::MAX);
     }
+    policy(field, config.validate())?;
     Ok(HotParamSpec { source, config })
 }
 
-fn qps(field: &str, q: &proto::QpsLimit) -> Result<QpsSpec, ValidationError> {
-    let behavior = match proto::QpsBehavior::try_from(q.behavior) {
-        Ok(proto::QpsBehavior::Reject) => QpsBehavior::Reject,
-        Ok(proto::QpsBehavior::WarmUp) => QpsBehavior::WarmUp {
+fn qps(field: &str, q: &proto::QpsLimit) -> Result<QpsSpec, FieldError> {
+    known::<proto::Scope>(&format!("{field}.scope"), "scope", q.scope)?;
+    let behavior = match known(&format!("{field}.behavior"), "behavior", q.behavior)? {
+        proto::QpsBehavior::Reject => QpsBehavior::Reject,
+        proto::QpsBehavior::WarmUp => QpsBehavior::WarmUp {
             period: duration(&format!("{field}.warmUpPeriod"), q.warm_up_period.as_ref())?
                 .unwrap_or(DEFAULT_WARM_UP),
         },
-        Ok(proto::QpsBehavior::Queue) => QpsBehavior::Queue {
+        proto::QpsBehavior::Queue => QpsBehavior::Queue {
             max_queue_time: duration(&format!("{field}.maxQueueTime"), q.max_queue_time.as_ref())?
                 .unwrap_or(lanemesh_api::defaults::MAX_QUEUE_TIME),
         },
-        Err(_) => {
-            return Err(ValidationError::UnknownEnum {
-                field: format!("{field}.behavior"),
-                what: "behavior",
-                value: q.behavior,
-            });
-        }
     };
+    policy(field, QpsLimiter::validate(q.threshold, behavior))?;
     Ok(QpsSpec {
         threshold: q.threshold,
         behavior,
@@ -431,9 +421,11 @@ fn qps(field: &str, q: &proto::QpsLimit) -> Result<QpsSpec, ValidationError> {
 }
 
 impl TryFrom<&proto::InboundPolicy> for InboundRules {
-    type Error = ValidationError;
+    type Error = FieldError;
 
-    fn try_from(p: &proto::InboundPolicy) -> Result<Self, ValidationError> {
+    fn try_from(p: &proto::InboundPolicy) -> Result<Self, FieldError> {
+        non_empty("name", &p.name)?;
+        non_empty("app", &p.app)?;
         let limit_status = status(lanemesh_api::defaults::LIMIT_STATUS);
         let mut rules = Vec::with_capacity(p.rules.len());
         for (i, r) in p.rules.iter().enumerate() {
@@ -466,36 +458,32 @@ impl TryFrom<&proto::InboundPolicy> for InboundRules {
         }
         let overload = match &p.overload {
             Some(o) => {
-                let mode = match proto::OverloadMode::try_from(o.mode) {
-                    Ok(proto::OverloadMode::Off) => None,
-                    Ok(proto::OverloadMode::DryRun) => Some(OverloadMode::DryRun),
-                    Ok(proto::OverloadMode::On) => Some(OverloadMode::On),
-                    Err(_) => {
-                        return Err(ValidationError::UnknownEnum {
-                            field: "overload.mode".into(),
-                            what: "overload mode",
-                            value: o.mode,
-                        });
-                    }
+                known::<proto::OverloadStrategy>("overload.strategy", "strategy", o.strategy)?;
+                let mode = match known("overload.mode", "overload mode", o.mode)? {
+                    proto::OverloadMode::Off => None,
+                    proto::OverloadMode::DryRun => Some(OverloadMode::DryRun),
+                    proto::OverloadMode::On => Some(OverloadMode::On),
                 };
                 let name: Arc<str> = if o.name.is_empty() {
                     Arc::from(format!("{}/overload", p.app))
                 } else {
                     Arc::from(o.name.as_str())
                 };
-                mode.map(|mode| -> Result<_, ValidationError> {
-                    Ok(Arc::new(OverloadRule {
-                        config: OverloadConfig::new(mode, o.cpu_threshold),
-                        fallback: Fallback::from_proto(
-                            "overload.fallback",
-                            &name,
-                            o.fallback.as_ref(),
-                            status(lanemesh_api::defaults::SHED_STATUS),
-                        )?,
+                let config = OverloadConfig::new(mode.unwrap_or_default(), o.cpu_threshold);
+                policy("overload", config.validate())?;
+                let fallback = Fallback::from_proto(
+                    "overload.fallback",
+                    &name,
+                    o.fallback.as_ref(),
+                    status(lanemesh_api::defaults::SHED_STATUS),
+                )?;
+                mode.map(|mode| {
+                    Arc::new(OverloadRule {
+                        config: OverloadConfig { mode, ..config },
+                        fallback,
                         name,
-                    }))
+                    })
                 })
-                .transpose()?
             }
             None => None,
         };
@@ -504,15 +492,17 @@ impl TryFrom<&proto::InboundPolicy> for InboundRules {
 }
 
 impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
-    type Error = ValidationError;
+    type Error = FieldError;
 
-    fn try_from(p: &proto::OutboundPolicy) -> Result<Self, ValidationError> {
+    fn try_from(p: &proto::OutboundPolicy) -> Result<Self, FieldError> {
+        non_empty("name", &p.name)?;
+        non_empty("app", &p.app)?;
         let mut breakers = Vec::with_capacity(p.breakers.len());
         for (i, b) in p.breakers.iter().enumerate() {
             let field = format!("breakers[{i}]");
             let name: Arc<str> = Arc::from(b.name.as_str());
-            let strategy = match proto::BreakerStrategy::try_from(b.strategy) {
-                Ok(proto::BreakerStrategy::SlowRequestRatio) => BreakerStrategy::SlowRequestRatio {
+            let strategy = match known(&format!("{field}.strategy"), "strategy", b.strategy)? {
+                proto::BreakerStrategy::SlowRequestRatio => BreakerStrategy::SlowRequestRatio {
                     threshold: b.threshold,
                     slow_request_duration: duration(
                         &format!("{field}.slowRequestDuration"),
@@ -520,19 +510,12 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                     )?
                     .unwrap_or_default(),
                 },
-                Ok(proto::BreakerStrategy::ErrorRatio) => BreakerStrategy::ErrorRatio {
+                proto::BreakerStrategy::ErrorRatio => BreakerStrategy::ErrorRatio {
                     threshold: b.threshold,
                 },
-                Ok(proto::BreakerStrategy::ErrorCount) => BreakerStrategy::ErrorCount {
-                    threshold: count(b.threshold),
+                proto::BreakerStrategy::ErrorCount => BreakerStrategy::ErrorCount {
+                    threshold: count(&field, b.threshold)?,
                 },
-                Err(_) => {
-                    return Err(ValidationError::UnknownEnum {
-                        field: format!("{field}.strategy"),
-                        what: "strategy",
-                        value: b.strategy,
-                    });
-                }
             };
             let config = BreakerConfig {
                 strategy,
@@ -546,13 +529,7 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                 .unwrap_or_default(),
                 half_open_probes: b.half_open_probes,
             };
-            // Surfaces what the breaker itself refuses (zero window, ratio out of range, ...).
-            crate::policy::CircuitBreaker::new(config).map_err(|source| {
-                ValidationError::Policy {
-                    field: field.clone(),
-                    source,
-                }
-            })?;
+            policy(&field, config.validate())?;
             breakers.push(Arc::new(BreakerRule {
                 matcher: RouteMatcher::from_proto(&format!("{field}.match"), b.r#match.as_ref())?,
                 config,
@@ -566,10 +543,18 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                 name,
             }));
         }
+        let timeout = duration("timeout", p.timeout.as_ref())?;
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Err(FieldError::out_of_range(
+                "timeout",
+                "must be a positive duration",
+                "0s".to_owned(),
+            ));
+        }
         Ok(Self {
             app: Arc::from(p.app.as_str()),
             breakers,
-            timeout: duration("timeout", p.timeout.as_ref())?,
+            timeout,
         })
     }
 }
@@ -620,12 +605,12 @@ mod tests {
         let relative =
             RouteMatcher::from_proto("m", Some(&route(vec![Kind::Prefix("api".into())], &[])));
         assert!(
-            matches!(&relative, Err(ValidationError::OutOfRange { field, .. }) if field == "m.paths[0]"),
+            matches!(&relative, Err(FieldError { field, problem: Problem::OutOfRange { .. } }) if field == "m.paths[0]"),
             "{relative:?}"
         );
         let bad = RouteMatcher::from_proto("m", Some(&route(vec![Kind::Regex("(".into())], &[])));
         assert!(
-            matches!(&bad, Err(ValidationError::InvalidRegex { field, .. }) if field == "m.paths[0].regex"),
+            matches!(&bad, Err(FieldError { field, problem: Problem::InvalidRegex { .. } }) if field == "m.paths[0].regex"),
             "{bad:?}"
         );
     }

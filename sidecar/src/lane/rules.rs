@@ -27,6 +27,9 @@ pub const DEFAULT_TRACE_TTL: Duration = lanemesh_api::defaults::TRACE_TTL;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaneConfigError {
+    /// The group has no name.
+    #[error("lane group: name must not be empty")]
+    EmptyName,
     /// A header name (tag header, trace header, header condition) that HTTP does not allow.
     #[error("lane group {group}: invalid header name {name:?} in {field}")]
     InvalidHeaderName {
@@ -335,6 +338,9 @@ impl TryFrom<&proto::LaneGroup> for LaneGroupConfig {
     type Error = LaneConfigError;
 
     fn try_from(g: &proto::LaneGroup) -> Result<Self, Self::Error> {
+        if g.name.trim().is_empty() {
+            return Err(LaneConfigError::EmptyName);
+        }
         let group = || g.name.clone();
         let routing_mode = match proto::RoutingMode::try_from(g.routing_mode) {
             Ok(proto::RoutingMode::Content) => RoutingMode::Content,
@@ -519,12 +525,13 @@ fn condition(group: &str, lane: &str, c: &proto::Condition) -> Result<Condition,
         Ok(proto::Operator::NotIn) => Operator::NotIn(c.values.clone()),
         Ok(proto::Operator::Prefix) => Operator::Prefix(c.value.clone()),
         Ok(proto::Operator::Regex) => {
-            let anchored = format!("^(?:{})$", c.value);
-            let re = Regex::new(&anchored).map_err(|e| LaneConfigError::InvalidRegex {
-                group: group.to_owned(),
-                lane: lane.to_owned(),
-                pattern: c.value.clone(),
-                reason: e.to_string(),
+            let re = crate::field::anchored(&c.value).map_err(|reason| {
+                LaneConfigError::InvalidRegex {
+                    group: group.to_owned(),
+                    lane: lane.to_owned(),
+                    pattern: c.value.clone(),
+                    reason,
+                }
             })?;
             Operator::Regex(re)
         }

@@ -223,17 +223,11 @@ struct Counts {
     failures: u64,
 }
 
-impl Gated for CircuitBreaker {
-    fn gate_mut(&mut self) -> &mut Gate {
-        &mut self.gate
-    }
-}
-
-impl CircuitBreaker {
-    /// Validates the configuration (ratios in (0, 1], an error count of at least 1, positive
-    /// durations, at least one probe) and starts Closed.
-    pub fn new(config: BreakerConfig) -> Result<Self, PolicyError> {
-        match config.strategy {
+impl BreakerConfig {
+    /// What [`CircuitBreaker::new`] refuses; the one check of these fields, also used when a
+    /// rule is compiled (so a resource is refused with the same message it would fail with).
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        match self.strategy {
             BreakerStrategy::SlowRequestRatio {
                 threshold,
                 slow_request_duration,
@@ -248,9 +242,25 @@ impl CircuitBreaker {
                 check_min("threshold", threshold, 1)?;
             }
         }
-        let window = check_positive("window", config.window)?;
-        let open_duration = check_positive("openDuration", config.open_duration)?;
-        check_min("halfOpenProbes", u64::from(config.half_open_probes), 1)?;
+        check_positive("window", self.window)?;
+        check_positive("openDuration", self.open_duration)?;
+        check_min("halfOpenProbes", u64::from(self.half_open_probes), 1)?;
+        Ok(())
+    }
+}
+
+impl Gated for CircuitBreaker {
+    fn gate_mut(&mut self) -> &mut Gate {
+        &mut self.gate
+    }
+}
+
+impl CircuitBreaker {
+    /// Validates the configuration (ratios in (0, 1], an error count of at least 1, positive
+    /// durations, at least one probe) and starts Closed.
+    pub fn new(config: BreakerConfig) -> Result<Self, PolicyError> {
+        config.validate()?;
+        let (window, open_duration) = (config.window, config.open_duration);
         Ok(Self {
             strategy: config.strategy,
             min_requests: config.min_requests.max(1),

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use lru::LruCache;
 
-use super::error::{PolicyError, check_positive};
+use super::error::{PolicyError, check_min, check_positive};
 use super::{Decision, Enforcement, Gate, Gated, RejectReason, lock, nanos};
 
 /// Values tracked per rule unless configured otherwise (DESIGN §4).
@@ -81,6 +81,20 @@ pub struct HotParamLimiter {
     gate: Gate,
 }
 
+impl HotParamConfig {
+    /// What [`HotParamLimiter::new`] refuses; the one check of these fields, also used when a
+    /// rule is compiled.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        check_positive("window", self.window)?;
+        check_min(
+            "maxTrackedValues",
+            u64::try_from(self.capacity).unwrap_or(u64::MAX),
+            1,
+        )?;
+        Ok(())
+    }
+}
+
 impl Gated for HotParamLimiter {
     fn gate_mut(&mut self) -> &mut Gate {
         &mut self.gate
@@ -90,9 +104,10 @@ impl Gated for HotParamLimiter {
 impl HotParamLimiter {
     /// Validates the configuration: `window` must be positive and `capacity` at least 1.
     pub fn new(config: HotParamConfig) -> Result<Self, PolicyError> {
-        let window = check_positive("window", config.window)?;
+        config.validate()?;
+        let window = config.window;
         let capacity = NonZeroUsize::new(config.capacity).ok_or(PolicyError::TooSmall {
-            field: "capacity",
+            field: "maxTrackedValues",
             min: 1,
             value: 0,
         })?;
@@ -304,7 +319,7 @@ mod tests {
         config.capacity = 0;
         assert_eq!(
             HotParamLimiter::new(config).unwrap_err().to_string(),
-            "capacity must be at least 1, got 0"
+            "maxTrackedValues must be at least 1, got 0"
         );
     }
 }

@@ -145,6 +145,21 @@ struct Completions {
     rt_sum_ns: u64,
 }
 
+impl OverloadConfig {
+    /// What [`OverloadProtector::new`] refuses; the one check of these fields, also used when
+    /// a rule is compiled.
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        check_ratio("cpuThreshold", self.cpu_threshold)?;
+        check_positive("window", self.window)?;
+        check_min(
+            "buckets",
+            u64::try_from(self.buckets).unwrap_or(u64::MAX),
+            2,
+        )?;
+        Ok(())
+    }
+}
+
 impl Gated for OverloadProtector {
     fn gate_mut(&mut self) -> &mut Gate {
         &mut self.gate
@@ -155,13 +170,8 @@ impl OverloadProtector {
     /// Validates the configuration (`cpuThreshold` in (0, 1], positive window, at least two
     /// buckets).
     pub fn new(config: OverloadConfig, cpu: Arc<dyn CpuSource>) -> Result<Self, PolicyError> {
-        let cpu_threshold = check_ratio("cpuThreshold", config.cpu_threshold)?;
-        let window = check_positive("window", config.window)?;
-        check_min(
-            "buckets",
-            u64::try_from(config.buckets).unwrap_or(u64::MAX),
-            2,
-        )?;
+        config.validate()?;
+        let (cpu_threshold, window) = (config.cpu_threshold, config.window);
         let enforcement = match config.mode {
             OverloadMode::DryRun => Enforcement::DryRun,
             OverloadMode::Off | OverloadMode::On => Enforcement::Enforce,

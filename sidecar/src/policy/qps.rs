@@ -99,6 +99,18 @@ enum Engine {
     Throttle(Throttle),
 }
 
+impl QpsLimiter {
+    /// What [`QpsLimiter::new`] refuses; the one check of these fields, also used when a rule
+    /// is compiled.
+    pub fn validate(threshold: f64, behavior: QpsBehavior) -> Result<(), PolicyError> {
+        check_threshold("threshold", threshold)?;
+        if let QpsBehavior::WarmUp { period } = behavior {
+            check_positive("warmUpPeriod", period)?;
+        }
+        Ok(())
+    }
+}
+
 impl Gated for QpsLimiter {
     fn gate_mut(&mut self) -> &mut Gate {
         &mut self.gate
@@ -109,11 +121,10 @@ impl QpsLimiter {
     /// Validates the parameters: `threshold` must be finite and `>= 0` (0 rejects everything) and a
     /// warm-up period must be positive.
     pub fn new(threshold: f64, behavior: QpsBehavior) -> Result<Self, PolicyError> {
-        let threshold = check_threshold("threshold", threshold)?;
+        Self::validate(threshold, behavior)?;
         let engine = match behavior {
             QpsBehavior::Reject => Engine::Window(Mutex::new(WindowState::new(None))),
             QpsBehavior::WarmUp { period } => {
-                let period = check_positive("warmUpPeriod", period)?;
                 let warm_up = WarmUp::new(threshold, period);
                 Engine::Window(Mutex::new(WindowState::new(Some(warm_up))))
             }

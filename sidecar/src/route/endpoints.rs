@@ -23,6 +23,14 @@ use crate::lane::LaneTable;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceConfigError {
+    /// A required field is empty.
+    #[error("service {service:?}: {field} must not be empty")]
+    Empty {
+        /// `namespace/name`.
+        service: String,
+        /// The field.
+        field: &'static str,
+    },
     /// A cluster IP or endpoint IP that does not parse.
     #[error("service {service}: invalid IP address {value:?} in {field}")]
     InvalidIp {
@@ -130,6 +138,14 @@ impl TryFrom<&proto::Service> for ServiceSpec {
 
     fn try_from(s: &proto::Service) -> Result<Self, Self::Error> {
         let service = || s.name.clone();
+        for (field, value) in [("name", &s.name), ("namespace", &s.namespace)] {
+            if value.trim().is_empty() {
+                return Err(ServiceConfigError::Empty {
+                    service: service(),
+                    field,
+                });
+            }
+        }
         let ip = |field, value: &str| {
             value
                 .parse::<IpAddr>()

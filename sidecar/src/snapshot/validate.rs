@@ -1,27 +1,20 @@
-//! Per-resource checks made before a discovery resource enters the snapshot.
+//! The check made before a discovery resource enters the snapshot: its conversion into the
+//! runtime form the data plane uses.
 //!
-//! The control plane already validates what it sends (`lanemesh_api::convert`),
-//! but a sidecar must not trust the wire: a newer or buggy control plane may
-//! send an enum value this proxy does not know, or a pattern its regex engine
-//! refuses. A resource that fails here is NACKed by name and the last good copy
-//! stays in force.
-//!
-//! [`Compile`] is the seam for richer runtime conversions: today each resource
-//! compiles into the small structure the snapshot indexes need; the lane and
-//! route modules can replace an `Output` with their runtime rules without
-//! touching the discovery client.
+//! The control plane already validates what it sends (`lanemesh_api::convert`), but a sidecar
+//! must not trust the wire. Each runtime type's `TryFrom` (next to that type) is the one place
+//! its resource is checked; a resource it refuses is NACKed by name with the typed error, and the
+//! last good copy stays in force.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
+use crate::field::FieldError;
 use crate::govern::{InboundRules, OutboundRules};
-use crate::lane::rules::LaneGroupConfig;
-use crate::policy::PolicyError;
-use crate::policy::error::{check_min, check_positive, check_ratio, check_threshold};
-use crate::route::endpoints::ServiceSpec;
+use crate::lane::rules::{LaneConfigError, LaneGroupConfig};
+use crate::route::endpoints::{ServiceConfigError, ServiceSpec};
 
 /// Why a resource was refused; rendered into the NACK's `resource_errors`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -33,37 +26,19 @@ pub enum ValidationError {
     NameMismatch { outer: String, inner: String },
     #[error("cannot decode the resource: {0}")]
     Decode(String),
-    #[error("{field}: must not be empty")]
-    Empty { field: String },
-    #[error("{field}: invalid IP address {value:?}")]
-    InvalidIp { field: String, value: String },
-    #[error("{field}: unknown {what} value {value} (this proxy is older than the control plane?)")]
-    UnknownEnum {
-        field: String,
-        what: &'static str,
-        value: i32,
-    },
-    #[error("{field}: invalid regular expression {pattern:?}: {reason}")]
-    InvalidRegex {
-        field: String,
-        pattern: String,
-        reason: String,
-    },
-    #[error("{field}: {reason}, got {value}")]
-    OutOfRange {
-        field: String,
-        reason: &'static str,
-        value: String,
-    },
-    #[error("{field}: {source}")]
-    Policy { field: String, source: PolicyError },
-    /// For runtime conversions plugged into [`Compile`] by other modules.
-    #[error("{field}: {message}")]
-    Other { field: String, message: String },
+    /// A Service its conversion refused.
+    #[error(transparent)]
+    Service(#[from] ServiceConfigError),
+    /// A LaneGroup its conversion refused.
+    #[error(transparent)]
+    LaneGroup(#[from] LaneConfigError),
+    /// A policy field its conversion refused.
+    #[error(transparent)]
+    Field(#[from] FieldError),
 }
 
-/// A discovery resource that can be checked and turned into what the data
-/// plane uses at run time.
+/// A discovery resource that can be checked and turned into what the data plane uses at run
+/// time.
 pub trait Compile: DiscoveryResource + Send + Sync + 'static {
     /// The runtime form kept next to the resource in the snapshot.
     type Output: std::fmt::Debug + Send + Sync + 'static;
@@ -76,26 +51,15 @@ impl Compile for proto::Service {
     type Output = ServiceSpec;
 
     fn compile(&self) -> Result<ServiceSpec, ValidationError> {
-        non_empty("name", &self.name)?;
-        non_empty("namespace", &self.namespace)?;
-        ServiceSpec::try_from(self).map_err(|e| ValidationError::Other {
-            field: "service".to_owned(),
-            message: e.to_string(),
-        })
+        Ok(ServiceSpec::try_from(self)?)
     }
 }
 
-/// The lane module's runtime rules are the check: one conversion, made once
-/// per resource off the hot path.
 impl Compile for proto::LaneGroup {
     type Output = LaneGroupConfig;
 
     fn compile(&self) -> Result<LaneGroupConfig, ValidationError> {
-        non_empty("name", &self.name)?;
-        LaneGroupConfig::try_from(self).map_err(|e| ValidationError::Other {
-            field: "laneGroup".to_owned(),
-            message: e.to_string(),
-        })
+        Ok(LaneGroupConfig::try_from(self)?)
     }
 }
 
@@ -103,45 +67,7 @@ impl Compile for proto::InboundPolicy {
     type Output = Arc<InboundRules>;
 
     fn compile(&self) -> Result<Arc<InboundRules>, ValidationError> {
-        non_empty("name", &self.name)?;
-        non_empty("app", &self.app)?;
-        for (i, rule) in self.rules.iter().enumerate() {
-            let field = format!("rules[{i}]");
-            if let Some(qps) = &rule.qps {
-                let f = format!("{field}.qps");
-                policy(&f, check_threshold("threshold", qps.threshold))?;
-                known::<proto::QpsBehavior>(&format!("{f}.behavior"), "behavior", qps.behavior)?;
-                known::<proto::Scope>(&format!("{f}.scope"), "scope", qps.scope)?;
-                duration(&format!("{f}.warmUpPeriod"), qps.warm_up_period.as_ref())?;
-                duration(&format!("{f}.maxQueueTime"), qps.max_queue_time.as_ref())?;
-            }
-            for (j, hot) in rule.hot_params.iter().enumerate() {
-                let f = format!("{field}.hotParams[{j}]");
-                known::<proto::Source>(&format!("{f}.source"), "source", hot.source)?;
-                policy(&f, check_threshold("threshold", hot.threshold))?;
-                if let Some(window) = duration(&format!("{f}.window"), hot.window.as_ref())? {
-                    policy(&f, check_positive("window", window))?;
-                }
-                for (k, o) in hot.overrides.iter().enumerate() {
-                    policy(
-                        &format!("{f}.overrides[{k}]"),
-                        check_threshold("threshold", o.threshold),
-                    )?;
-                }
-            }
-            if let Some(fallback) = &rule.fallback {
-                self::fallback(&format!("{field}.fallback"), fallback)?;
-            }
-        }
-        if let Some(o) = &self.overload {
-            known::<proto::OverloadMode>("overload.mode", "overload mode", o.mode)?;
-            known::<proto::OverloadStrategy>("overload.strategy", "strategy", o.strategy)?;
-            policy("overload", check_ratio("cpuThreshold", o.cpu_threshold))?;
-            if let Some(fallback) = &o.fallback {
-                self::fallback("overload.fallback", fallback)?;
-            }
-        }
-        InboundRules::try_from(self).map(Arc::new)
+        Ok(Arc::new(InboundRules::try_from(self)?))
     }
 }
 
@@ -149,123 +75,8 @@ impl Compile for proto::OutboundPolicy {
     type Output = Arc<OutboundRules>;
 
     fn compile(&self) -> Result<Arc<OutboundRules>, ValidationError> {
-        non_empty("name", &self.name)?;
-        non_empty("app", &self.app)?;
-        if let Some(timeout) = duration("timeout", self.timeout.as_ref())? {
-            policy("", check_positive("timeout", timeout))?;
-        }
-        for (i, b) in self.breakers.iter().enumerate() {
-            let field = format!("breakers[{i}]");
-            let strategy = known::<proto::BreakerStrategy>(
-                &format!("{field}.strategy"),
-                "strategy",
-                b.strategy,
-            )?;
-            match strategy {
-                proto::BreakerStrategy::ErrorCount => {
-                    policy(&field, check_threshold("threshold", b.threshold))?;
-                    policy(&field, check_min("threshold", b.threshold as u64, 1))?;
-                }
-                proto::BreakerStrategy::SlowRequestRatio | proto::BreakerStrategy::ErrorRatio => {
-                    policy(&field, check_ratio("threshold", b.threshold))?;
-                }
-            }
-            duration(
-                &format!("{field}.slowRequestDuration"),
-                b.slow_request_duration.as_ref(),
-            )?;
-            let window = duration(&format!("{field}.window"), b.window.as_ref())?;
-            policy(&field, check_positive("window", window.unwrap_or_default()))?;
-            let open = duration(&format!("{field}.openDuration"), b.open_duration.as_ref())?;
-            policy(
-                &field,
-                check_positive("openDuration", open.unwrap_or_default()),
-            )?;
-            policy(
-                &field,
-                check_min("halfOpenProbes", u64::from(b.half_open_probes), 1),
-            )?;
-            if let Some(fallback) = &b.fallback {
-                self::fallback(&format!("{field}.fallback"), fallback)?;
-            }
-        }
-        OutboundRules::try_from(self).map(Arc::new)
+        Ok(Arc::new(OutboundRules::try_from(self)?))
     }
-}
-
-fn non_empty(field: &str, value: &str) -> Result<(), ValidationError> {
-    if value.trim().is_empty() {
-        return Err(ValidationError::Empty {
-            field: field.to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Prost keeps unknown enum numbers as plain `i32`; refuse them rather than
-/// silently falling back to the default variant.
-fn known<E: TryFrom<i32>>(
-    field: &str,
-    what: &'static str,
-    value: i32,
-) -> Result<E, ValidationError> {
-    E::try_from(value).map_err(|_| ValidationError::UnknownEnum {
-        field: field.to_owned(),
-        what,
-        value,
-    })
-}
-
-/// Compiles a pattern anchored as the control plane anchors it
-/// (`lanemesh_api::convert`), so a pattern is accepted here exactly when the
-/// matcher can use it.
-pub(crate) fn anchored_regex(field: &str, pattern: &str) -> Result<regex::Regex, ValidationError> {
-    regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| ValidationError::InvalidRegex {
-        field: field.to_owned(),
-        pattern: pattern.to_owned(),
-        // regex errors draw the pattern over several lines; the last says what is wrong.
-        reason: e
-            .to_string()
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-    })
-}
-
-fn fallback(field: &str, f: &proto::Fallback) -> Result<(), ValidationError> {
-    if !(200..=599).contains(&f.status) {
-        return Err(ValidationError::OutOfRange {
-            field: format!("{field}.status"),
-            reason: "must be an HTTP status 200..=599",
-            value: f.status.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// `None` when absent; refuses negative or denormalised durations.
-pub(crate) fn duration(
-    field: &str,
-    d: Option<&prost_types::Duration>,
-) -> Result<Option<Duration>, ValidationError> {
-    let Some(d) = d else { return Ok(None) };
-    Duration::try_from(*d)
-        .map(Some)
-        .map_err(|_| ValidationError::OutOfRange {
-            field: field.to_owned(),
-            reason: "must be a non-negative duration",
-            value: format!("{}s {}ns", d.seconds, d.nanos),
-        })
-}
-
-fn policy<T>(field: &str, result: Result<T, PolicyError>) -> Result<T, ValidationError> {
-    result.map_err(|source| ValidationError::Policy {
-        field: field.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]
@@ -380,7 +191,13 @@ mod tests {
         assert!(refusal(&s).contains("70000"));
         let mut s = service();
         s.name.clear();
-        assert!(matches!(s.compile(), Err(ValidationError::Empty { .. })));
+        assert!(matches!(
+            s.compile(),
+            Err(ValidationError::Service(ServiceConfigError::Empty {
+                field: "name",
+                ..
+            }))
+        ));
         let mut s = service();
         s.ports[0].protocol = 42;
         assert!(refusal(&s).contains("42"));
@@ -434,7 +251,7 @@ mod tests {
                 .compile()
                 .is_err()
         );
-        let mut no_window = breaker(proto::BreakerStrategy::SlowRequestRatio, 0.5);
+        let mut no_window = breaker(proto::BreakerStrategy::ErrorRatio, 0.5);
         no_window.breakers[0].window = None;
         assert!(
             no_window
@@ -491,13 +308,25 @@ mod tests {
         let err = rule(Kind::Exact("/".into()), -1.0, 429)
             .compile()
             .unwrap_err();
-        assert!(matches!(err, ValidationError::Policy { .. }), "{err}");
+        assert!(
+            matches!(
+                &err,
+                ValidationError::Field(FieldError {
+                    problem: crate::field::Problem::Policy(_),
+                    ..
+                })
+            ),
+            "{err}"
+        );
         assert!(
             rule(Kind::Exact("/".into()), f64::NAN, 429)
                 .compile()
                 .is_err()
         );
-        assert!(rule(Kind::Exact("/".into()), 1.0, 0).compile().is_err());
+        // Proto3's 0 is "not set": the default status.
+        assert!(rule(Kind::Exact("/".into()), 1.0, 0).compile().is_ok());
+        assert!(rule(Kind::Exact("/".into()), 1.0, 99).compile().is_err());
+        assert!(rule(Kind::Exact("/".into()), 1.0, 600).compile().is_err());
     }
 
     #[test]
