@@ -1,49 +1,45 @@
-//! Static proxy configuration: parsed once at start-up from flags (and their
-//! `LANEMESH_*` environment variables), validated, then immutable.
+//! The flags of `lanemesh-proxy run` (each also a `LANEMESH_*` environment variable, so the
+//! injected container needs no arguments): parsed once at start-up, turned into the proxy
+//! core's [`ProxyConfig`] and the app's other settings, then immutable.
 //!
-//! Live configuration (lanes, routes, policies) does not belong here: it
-//! arrives over the discovery stream as snapshots.
+//! Every default is a constant of [`crate::proxy::config::defaults`]; nothing here repeats one.
+//! Live configuration (lanes, routes, policies) does not belong here: it arrives over the
+//! discovery stream as snapshots.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
+use humantime::Duration as Human;
 
+use crate::admin::{HEALTH_ADDR, METRICS_ADDR};
 use crate::discovery::DiscoveryArgs;
-
-/// Ports whose protocols speak first (the server greets the client), so the
-/// proxy must not wait for client bytes to detect a protocol: MySQL, PostgreSQL,
-/// Redis, memcached, SMTP, POP3, IMAP, submission, MongoDB, Cassandra, NATS,
-/// FTP, SSH and ZooKeeper's admin ports are the usual suspects.
-pub const DEFAULT_SERVER_FIRST_PORTS: &[u16] = &[
-    21, 22, 25, 110, 143, 587, 3306, 4222, 5432, 6379, 9042, 11211, 27017,
-];
+use crate::proxy::config::{ProxyConfig, defaults};
 
 /// Flags of `lanemesh-proxy run`.
 #[derive(Debug, Clone, Args)]
-pub struct ProxyConfig {
+pub struct RunConfig {
     /// Port of the outbound capture listener (traffic the app sends out).
-    #[arg(long, env = "LANEMESH_OUTBOUND_PORT", default_value_t = 15001)]
+    #[arg(long, env = "LANEMESH_OUTBOUND_PORT", default_value_t = defaults::OUTBOUND_PORT)]
     pub outbound_port: u16,
 
     /// Port of the inbound capture listener (traffic sent to the app).
-    #[arg(long, env = "LANEMESH_INBOUND_PORT", default_value_t = 15006)]
+    #[arg(long, env = "LANEMESH_INBOUND_PORT", default_value_t = defaults::INBOUND_PORT)]
     pub inbound_port: u16,
 
     /// Admin listener (`/config_dump`, `/logging`, `POST /shutdown`); loopback only.
-    #[arg(long, env = "LANEMESH_ADMIN_ADDR", default_value = crate::admin::ADMIN_ADDR)]
+    #[arg(long, env = "LANEMESH_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)))]
     pub admin_addr: SocketAddr,
 
     /// Health listener (`/healthz/ready`).
-    #[arg(long, env = "LANEMESH_HEALTH_ADDR", default_value = crate::admin::HEALTH_ADDR)]
+    #[arg(long, env = "LANEMESH_HEALTH_ADDR", default_value = HEALTH_ADDR)]
     pub health_addr: SocketAddr,
 
     /// Metrics listener (`/metrics`).
-    #[arg(long, env = "LANEMESH_METRICS_ADDR", default_value = crate::admin::METRICS_ADDR)]
+    #[arg(long, env = "LANEMESH_METRICS_ADDR", default_value = METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
 
-    /// Address both capture listeners bind to.
+    /// Address both capture listeners bind to (on the IPv4 wildcard, `[::]` too).
     #[arg(long, env = "LANEMESH_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub bind_address: IpAddr,
 
@@ -55,52 +51,72 @@ pub struct ProxyConfig {
     pub app_address: Option<IpAddr>,
 
     /// How long in-flight requests may run after SIGTERM before the proxy exits.
-    #[arg(long, env = "LANEMESH_GRACE_PERIOD", default_value = "25s", value_parser = humantime::parse_duration)]
-    pub grace_period: Duration,
+    #[arg(long, env = "LANEMESH_GRACE_PERIOD", default_value_t = defaults::GRACE_PERIOD.into())]
+    pub grace_period: Human,
 
-    /// How long protocol detection waits for the client's first bytes; a client
-    /// that stays silent this long is forwarded as opaque TCP.
-    #[arg(long, env = "LANEMESH_DETECT_TIMEOUT", default_value = "200ms", value_parser = humantime::parse_duration)]
-    pub detect_timeout: Duration,
+    /// How long protocol detection waits for the client's first bytes; a client that stays
+    /// silent this long is forwarded as opaque TCP (and detected again if it speaks before
+    /// the server).
+    #[arg(long, env = "LANEMESH_DETECT_TIMEOUT", default_value_t = defaults::DETECT_TIMEOUT.into())]
+    pub detect_timeout: Human,
 
     /// Most bytes read while detecting the protocol.
-    #[arg(long, env = "LANEMESH_DETECT_MAX_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "LANEMESH_DETECT_MAX_BYTES", default_value_t = defaults::DETECT_MAX_BYTES)]
     pub detect_max_bytes: usize,
 
     /// Destination ports that skip detection (server-first protocols), comma separated.
-    #[arg(long, env = "LANEMESH_SERVER_FIRST_PORTS", value_delimiter = ',', default_values_t = DEFAULT_SERVER_FIRST_PORTS.to_vec())]
+    #[arg(long, env = "LANEMESH_SERVER_FIRST_PORTS", value_delimiter = ',', default_values_t = defaults::SERVER_FIRST_PORTS.to_vec())]
     pub server_first_ports: Vec<u16>,
 
     /// Time a client has to send a complete HTTP/1 request head (slowloris guard).
-    #[arg(long, env = "LANEMESH_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub header_read_timeout: Duration,
+    #[arg(long, env = "LANEMESH_HEADER_READ_TIMEOUT", default_value_t = defaults::HEADER_READ_TIMEOUT.into())]
+    pub header_read_timeout: Human,
 
-    /// Largest request head (HTTP/1) or header list (HTTP/2) accepted, in bytes;
-    /// larger ones get 431.
-    #[arg(long, env = "LANEMESH_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    /// Largest request head (HTTP/1) or header list (HTTP/2) accepted, in bytes; larger ones
+    /// get 431.
+    #[arg(long, env = "LANEMESH_MAX_HEADER_BYTES", default_value_t = defaults::MAX_HEADER_BYTES)]
     pub max_header_bytes: usize,
 
     /// How long an idle pooled upstream connection is kept.
-    #[arg(long, env = "LANEMESH_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
-    pub pool_idle_timeout: Duration,
+    #[arg(long, env = "LANEMESH_POOL_IDLE_TIMEOUT", default_value_t = defaults::POOL_IDLE_TIMEOUT.into())]
+    pub pool_idle_timeout: Human,
 
     /// TCP keepalive on client and upstream connections: idle time before the first probe, and
     /// the interval between probes. A peer that vanished without FIN or RST (node lost, cable
     /// cut) is noticed and its connection closed instead of being held forever; the same
     /// default as linkerd2-proxy.
-    #[arg(long, env = "LANEMESH_TCP_KEEPALIVE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub tcp_keepalive: Duration,
+    #[arg(long, env = "LANEMESH_TCP_KEEPALIVE", default_value_t = defaults::TCP_KEEPALIVE.into())]
+    pub tcp_keepalive: Human,
 
     /// Most connections each capture listener holds open at once; past it new connections are
     /// closed at once and the open ones keep being served (file descriptors and memory stay
     /// bounded whatever callers do).
-    #[arg(long, env = "LANEMESH_MAX_CONNECTIONS", default_value_t = 16_384)]
+    #[arg(long, env = "LANEMESH_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// An opaque TCP relay with no byte in either direction for this long is closed (Envoy's
     /// `tcp_proxy` default); TCP keepalive only notices peers that vanished.
-    #[arg(long, env = "LANEMESH_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub tcp_idle_timeout: Duration,
+    #[arg(long, env = "LANEMESH_TCP_IDLE_TIMEOUT", default_value_t = defaults::TCP_IDLE_TIMEOUT.into())]
+    pub tcp_idle_timeout: Human,
+
+    /// A keep-alive HTTP/1 client connection that sends no byte of a next request for this
+    /// long is closed.
+    #[arg(long, env = "LANEMESH_HTTP_IDLE_TIMEOUT", default_value_t = defaults::HTTP_IDLE_TIMEOUT.into())]
+    pub http_idle_timeout: Human,
+
+    /// A request body, response head or response body that makes no progress for this long
+    /// ends the exchange (Envoy's `stream_idle_timeout`).
+    #[arg(long, env = "LANEMESH_BODY_IDLE_TIMEOUT", default_value_t = defaults::BODY_IDLE_TIMEOUT.into())]
+    pub body_idle_timeout: Human,
+
+    /// HTTP/2 keepalive: a PING after this much silence on a client or upstream connection; a
+    /// connection whose PING is not answered within the same time is closed.
+    #[arg(long, env = "LANEMESH_HTTP2_KEEPALIVE", default_value_t = defaults::HTTP2_KEEPALIVE.into())]
+    pub http2_keepalive: Human,
+
+    /// Concurrent streams a client may open on one HTTP/2 connection.
+    #[arg(long, env = "LANEMESH_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = defaults::HTTP2_MAX_CONCURRENT_STREAMS)]
+    pub http2_max_concurrent_streams: u32,
 
     /// Proxies in front of this pod (ingress, load balancer) whose `X-Forwarded-For` entries
     /// are trusted, as Envoy's `xff_num_trusted_hops`: the `ClientIP` hot-parameter source then
@@ -110,8 +126,8 @@ pub struct ProxyConfig {
     pub trusted_proxy_hops: usize,
 
     /// Timeout for connecting to an upstream.
-    #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
+    #[arg(long, env = "LANEMESH_CONNECT_TIMEOUT", default_value_t = defaults::CONNECT_TIMEOUT.into())]
+    pub connect_timeout: Human,
 
     /// The pod's cgroup v2 directory, whose `cpu.stat` and `cpu.max` overload protection
     /// samples; when it has no `cpu.stat` the host's `/proc/stat` is used instead.
@@ -136,49 +152,9 @@ fn workers_for_quota(cpus: f64) -> Option<usize> {
     (cpus.is_finite() && cpus > 0.0).then(|| cpus.ceil().max(1.0) as usize)
 }
 
-/// A flag combination the proxy cannot run with.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// A runtime needs at least one worker.
-    #[error("--worker-threads must be at least 1")]
-    ZeroWorkers,
-    /// Both listeners would bind the same port.
-    #[error("--outbound-port and --inbound-port must differ (both are {0})")]
-    SamePort(u16),
-    /// A listener that may hold no connection serves nothing.
-    #[error("--max-connections must be at least 1")]
-    ZeroConnections,
-    /// A duration that must be positive is zero.
-    #[error("--{0} must be greater than zero")]
-    ZeroDuration(&'static str),
-    /// The detection buffer cannot hold the HTTP/2 preface.
-    #[error("--detect-max-bytes must be at least {min} (got {got})")]
-    DetectBufferTooSmall {
-        /// Smallest usable value.
-        min: usize,
-        /// Configured value.
-        got: usize,
-    },
-    /// The header limit is below what hyper can enforce or above what HTTP/2 can express.
-    #[error("--max-header-bytes must be between {min} and {max} (got {got})")]
-    HeaderLimitOutOfRange {
-        /// Smallest usable value.
-        min: usize,
-        /// Largest usable value.
-        max: usize,
-        /// Configured value.
-        got: usize,
-    },
-}
-
-/// hyper refuses HTTP/1 read buffers below 8 KiB.
-const MIN_HEADER_BYTES: usize = 8 * 1024;
-const MAX_HEADER_BYTES: usize = u32::MAX as usize;
-const PREFACE_LEN: usize = 24;
-
-impl ProxyConfig {
+impl RunConfig {
     /// The runtime's worker threads: `--worker-threads`, else the cgroup's CPU limit rounded
-    /// up, else `None` (the runtime's default, one per host CPU).
+    /// up, else `None` (one per host CPU).
     pub fn workers(&self) -> Option<usize> {
         self.worker_threads.or_else(|| {
             let cpu_max = std::fs::read_to_string(self.cgroup_dir.join("cpu.max")).ok()?;
@@ -186,72 +162,30 @@ impl ProxyConfig {
         })
     }
 
-    /// Checks what clap's types cannot; call once before starting the proxy.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.worker_threads == Some(0) {
-            return Err(ConfigError::ZeroWorkers);
-        }
-        if self.outbound_port == self.inbound_port && self.outbound_port != 0 {
-            return Err(ConfigError::SamePort(self.outbound_port));
-        }
-        for (name, value) in [
-            ("grace-period", self.grace_period),
-            ("detect-timeout", self.detect_timeout),
-            ("header-read-timeout", self.header_read_timeout),
-            ("connect-timeout", self.connect_timeout),
-            ("tcp-keepalive", self.tcp_keepalive),
-            ("tcp-idle-timeout", self.tcp_idle_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::ZeroDuration(name));
-            }
-        }
-        if self.max_connections == 0 {
-            return Err(ConfigError::ZeroConnections);
-        }
-        if self.detect_max_bytes < PREFACE_LEN {
-            return Err(ConfigError::DetectBufferTooSmall {
-                min: PREFACE_LEN,
-                got: self.detect_max_bytes,
-            });
-        }
-        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&self.max_header_bytes) {
-            return Err(ConfigError::HeaderLimitOutOfRange {
-                min: MIN_HEADER_BYTES,
-                max: MAX_HEADER_BYTES,
-                got: self.max_header_bytes,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl Default for ProxyConfig {
-    /// The documented flag defaults, for embedding the proxy in-process.
-    fn default() -> Self {
-        Self {
-            outbound_port: 15001,
-            inbound_port: 15006,
-            admin_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 15000)),
-            health_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15021)),
-            metrics_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 15020)),
-            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            app_address: None,
-            grace_period: Duration::from_secs(25),
-            detect_timeout: Duration::from_millis(200),
-            detect_max_bytes: 4096,
-            server_first_ports: DEFAULT_SERVER_FIRST_PORTS.to_vec(),
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 * 1024,
-            pool_idle_timeout: Duration::from_secs(90),
-            connect_timeout: Duration::from_secs(5),
-            tcp_keepalive: Duration::from_secs(10),
-            max_connections: 16_384,
-            tcp_idle_timeout: Duration::from_secs(3600),
-            trusted_proxy_hops: 0,
-            cgroup_dir: PathBuf::from("/sys/fs/cgroup"),
-            worker_threads: None,
-            discovery: DiscoveryArgs::default(),
+    /// The proxy core's settings.
+    pub fn proxy(&self) -> ProxyConfig {
+        ProxyConfig {
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            reserved_ports: vec![self.admin_addr.port()],
+            bind_address: self.bind_address,
+            app_address: self.app_address,
+            workers: self.workers(),
+            grace_period: *self.grace_period,
+            detect_timeout: *self.detect_timeout,
+            detect_max_bytes: self.detect_max_bytes,
+            server_first_ports: self.server_first_ports.clone(),
+            header_read_timeout: *self.header_read_timeout,
+            max_header_bytes: self.max_header_bytes,
+            pool_idle_timeout: *self.pool_idle_timeout,
+            tcp_keepalive: *self.tcp_keepalive,
+            max_connections: self.max_connections,
+            tcp_idle_timeout: *self.tcp_idle_timeout,
+            http_idle_timeout: *self.http_idle_timeout,
+            body_idle_timeout: *self.body_idle_timeout,
+            connect_timeout: *self.connect_timeout,
+            http2_keepalive: *self.http2_keepalive,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
         }
     }
 }
@@ -260,12 +194,20 @@ impl Default for ProxyConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::proxy::config::ConfigError;
     use clap::Parser;
+    use std::time::Duration;
 
     #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
-        config: ProxyConfig,
+        config: RunConfig,
+    }
+
+    fn parse(args: &[&str]) -> RunConfig {
+        Cli::try_parse_from(std::iter::once("lanemesh-proxy").chain(args.iter().copied()))
+            .unwrap()
+            .config
     }
 
     #[test]
@@ -275,42 +217,44 @@ mod tests {
         assert_eq!(workers_for_quota(2.5), Some(3));
         assert_eq!(workers_for_quota(0.0), None);
         let dir = tempfile::tempdir().unwrap();
-        let mut config = ProxyConfig {
-            cgroup_dir: dir.path().to_owned(),
-            ..ProxyConfig::default()
-        };
-        assert_eq!(config.workers(), None, "no cpu.max: the runtime's default");
+        let cgroup = dir.path().to_str().unwrap();
+        let config = parse(&["--cgroup-dir", cgroup]);
+        assert_eq!(config.workers(), None, "no cpu.max: one per host CPU");
         std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
-        assert_eq!(config.workers(), None, "unlimited: the runtime's default");
+        assert_eq!(config.workers(), None, "unlimited: one per host CPU");
         std::fs::write(dir.path().join("cpu.max"), "150000 100000\n").unwrap();
         assert_eq!(config.workers(), Some(2));
-        config.worker_threads = Some(1);
+        assert_eq!(config.proxy().workers, Some(2));
+        let config = parse(&["--cgroup-dir", cgroup, "--worker-threads", "1"]);
         assert_eq!(config.workers(), Some(1), "the flag wins");
-        config.worker_threads = Some(0);
-        assert_eq!(config.validate(), Err(ConfigError::ZeroWorkers));
+        let config = parse(&["--worker-threads", "0"]);
+        assert_eq!(config.proxy().validate(), Err(ConfigError::ZeroWorkers));
     }
 
     #[test]
-    fn flag_defaults_match_default_impl_and_design_ports() {
-        let parsed = Cli::try_parse_from(["lanemesh-proxy"]).unwrap().config;
+    fn no_flags_give_the_proxy_cores_defaults_and_the_design_ports() {
+        let parsed = parse(&[]).proxy();
         let default = ProxyConfig::default();
-        // DESIGN §5 fixes the capture ports.
-        assert_eq!(parsed.outbound_port, 15001);
-        assert_eq!(parsed.inbound_port, 15006);
+        // DESIGN §5 fixes the ports.
+        assert_eq!((parsed.outbound_port, parsed.inbound_port), (15001, 15006));
+        assert_eq!(parsed.reserved_ports, vec![15000]);
         assert_eq!(parsed.grace_period, default.grace_period);
         assert_eq!(parsed.detect_timeout, default.detect_timeout);
         assert_eq!(parsed.server_first_ports, default.server_first_ports);
         assert_eq!(parsed.max_header_bytes, default.max_header_bytes);
         assert_eq!(parsed.max_connections, default.max_connections);
         assert_eq!(parsed.tcp_idle_timeout, default.tcp_idle_timeout);
+        assert_eq!(parsed.http_idle_timeout, default.http_idle_timeout);
+        assert_eq!(parsed.body_idle_timeout, default.body_idle_timeout);
+        assert_eq!(parsed.http2_keepalive, default.http2_keepalive);
+        assert_eq!(parsed.app_address, None);
         assert!(parsed.server_first_ports.contains(&5432));
         parsed.validate().unwrap();
     }
 
     #[test]
     fn server_first_ports_and_durations_parse() {
-        let parsed = Cli::try_parse_from([
-            "lanemesh-proxy",
+        let parsed = parse(&[
             "--server-first-ports",
             "3306,6379",
             "--detect-timeout",
@@ -318,8 +262,7 @@ mod tests {
             "--grace-period",
             "3s",
         ])
-        .unwrap()
-        .config;
+        .proxy();
         assert_eq!(parsed.server_first_ports, vec![3306, 6379]);
         assert_eq!(parsed.detect_timeout, Duration::from_millis(150));
         assert_eq!(parsed.grace_period, Duration::from_secs(3));
@@ -327,24 +270,20 @@ mod tests {
 
     #[test]
     fn discovery_flags_are_part_of_run() {
-        let parsed = Cli::try_parse_from([
-            "lanemesh-proxy",
+        let parsed = parse(&[
             "--discovery-addr",
             "pilot:15010",
             "--app-name",
             "b",
             "--lane-tag",
             "gray",
-        ])
-        .unwrap()
-        .config;
+        ]);
         assert_eq!(
             parsed.discovery.discovery_addr.as_deref(),
             Some("pilot:15010")
         );
         assert_eq!(parsed.discovery.app_name, "b");
         assert_eq!(parsed.discovery.lane_tag, "gray");
-        // The placeholder flag of the proxy core is gone: one set of flags.
         assert!(Cli::try_parse_from(["lanemesh-proxy", "--discovery-address", "x:1"]).is_err());
     }
 
@@ -352,25 +291,12 @@ mod tests {
     fn bad_values_fail_fast() {
         assert!(Cli::try_parse_from(["lanemesh-proxy", "--outbound-port", "70000"]).is_err());
         assert!(Cli::try_parse_from(["lanemesh-proxy", "--grace-period", "soon"]).is_err());
-        let same = Cli::try_parse_from(["lanemesh-proxy", "--inbound-port", "15001"])
-            .unwrap()
-            .config;
+        let same = parse(&["--inbound-port", "15001"]).proxy();
         assert_eq!(same.validate(), Err(ConfigError::SamePort(15001)));
-        let zero = ProxyConfig {
-            detect_timeout: Duration::ZERO,
-            ..ProxyConfig::default()
-        };
+        let zero = parse(&["--tcp-idle-timeout", "0s"]).proxy();
         assert_eq!(
             zero.validate(),
-            Err(ConfigError::ZeroDuration("detect-timeout"))
+            Err(ConfigError::ZeroDuration("tcp-idle-timeout"))
         );
-        let tiny = ProxyConfig {
-            max_header_bytes: 100,
-            ..ProxyConfig::default()
-        };
-        assert!(matches!(
-            tiny.validate(),
-            Err(ConfigError::HeaderLimitOutOfRange { got: 100, .. })
-        ));
     }
 }

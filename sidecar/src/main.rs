@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lanemesh_sidecar::admin::{self, AdminState, logging::LogControl};
-use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::config::RunConfig;
 use lanemesh_sidecar::discovery::{self, ConfigSource, DiscoveryClient};
 use lanemesh_sidecar::init::InitArgs;
 use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
@@ -23,13 +23,13 @@ struct Cli {
     command: Option<Command>,
     /// Flags of `run` (also accepted without the subcommand).
     #[command(flatten)]
-    run: ProxyConfig,
+    run: RunConfig,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the data plane (the default).
-    Run(Box<ProxyConfig>),
+    Run(Box<RunConfig>),
     /// Install (or with --uninstall remove) the iptables capture rules; run as root in the pod's network namespace.
     Init(InitArgs),
 }
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     };
     let filter = std::env::var("LANEMESH_LOG").unwrap_or_else(|_| "info".to_owned());
     let logging = admin::logging::init(&filter).context("LANEMESH_LOG")?;
-    config.validate()?;
+    config.proxy().validate()?;
     // This runtime runs discovery, admin, health and metrics; the data plane runs on its own
     // worker threads (`Proxy::run`), so one thread is plenty here.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -61,7 +61,7 @@ fn run_init(init: &InitArgs) -> anyhow::Result<()> {
     init.apply().context("lanemesh-proxy init")
 }
 
-async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
+async fn run(config: RunConfig, logging: LogControl) -> anyhow::Result<()> {
     let args = &config.discovery;
     let source = match args.source() {
         Ok(source) => Some(source),
@@ -93,7 +93,7 @@ async fn run(config: ProxyConfig, logging: LogControl) -> anyhow::Result<()> {
     // Until the first complete snapshot the router passes everything through.
     let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
 
-    let proxy = Proxy::bind(config.clone(), router, Arc::new(SoOriginalDst)).await?;
+    let proxy = Proxy::bind(config.proxy(), router, Arc::new(SoOriginalDst)).await?;
     let handle = proxy.shutdown_handle();
 
     // Admin, health and metrics: `POST /shutdown` and the proxy's own

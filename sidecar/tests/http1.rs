@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::proxy::ProxyConfig;
 use lanemesh_sidecar::proxy::h1::Http1Relay;
 use lanemesh_sidecar::proxy::{
     ConnContext, Direction, LocalResponse, PassthroughRouter, PeerMap, Proxy, RouteDecision,
@@ -1636,8 +1636,11 @@ async fn a_request_head_dribbled_byte_by_byte_is_parsed() {
 async fn an_idle_keep_alive_client_connection_is_closed_after_the_idle_timeout() {
     const IDLE: Duration = Duration::from_millis(400);
     let up = AutoUpstream::start(|_, _| Reply::send(ok(b"ok"))).await;
-    let relay =
-        Http1Relay::new(&test_config(), Arc::new(PassthroughRouter)).with_client_idle_timeout(IDLE);
+    let config = ProxyConfig {
+        http_idle_timeout: IDLE,
+        ..test_config()
+    };
+    let relay = Http1Relay::new(&config, Arc::new(PassthroughRouter));
     let addr = start_relay(relay, up.addr).await;
     let mut client = connect_to(addr).await;
     let resp = client
@@ -1657,8 +1660,11 @@ async fn an_idle_keep_alive_client_connection_is_closed_after_the_idle_timeout()
 #[tokio::test]
 async fn a_stalled_request_body_ends_the_exchange() {
     let up = RawUpstream::bind().await;
-    let relay = Http1Relay::new(&test_config(), Arc::new(PassthroughRouter))
-        .with_body_idle_timeout(Duration::from_millis(300));
+    let config = ProxyConfig {
+        body_idle_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let relay = Http1Relay::new(&config, Arc::new(PassthroughRouter));
     let addr = start_relay(relay, up.addr).await;
     let mut client = connect_to(addr).await;
     client
@@ -1682,8 +1688,11 @@ async fn a_stalled_request_body_ends_the_exchange() {
 #[tokio::test]
 async fn a_stalled_response_body_ends_the_exchange() {
     let up = RawUpstream::bind().await;
-    let relay = Http1Relay::new(&test_config(), Arc::new(PassthroughRouter))
-        .with_body_idle_timeout(Duration::from_millis(300));
+    let config = ProxyConfig {
+        body_idle_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let relay = Http1Relay::new(&config, Arc::new(PassthroughRouter));
     let addr = start_relay(relay, up.addr).await;
     let mut client = connect_to(addr).await;
     client

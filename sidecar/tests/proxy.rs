@@ -22,7 +22,7 @@ use lanemesh_api::proto::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use lanemesh_api::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::proxy::ProxyConfig;
 use lanemesh_sidecar::proxy::{
     ConnContext, DrainReport, Fixed, HttpOutcome, LocalResponse, OriginalDst, PassthroughRouter,
     PeerMap, PortProtocol, Proxy, RouteDecision, Routed, Router, ShutdownHandle, TcpDecision,
@@ -332,7 +332,7 @@ async fn http1_keep_alive_serves_two_requests_on_one_connection_and_pools_upstre
     // Pools are per worker and the kernel spreads client connections over the workers'
     // sockets: with one worker both client connections share its pool.
     let config = ProxyConfig {
-        worker_threads: Some(1),
+        workers: Some(1),
         ..test_config()
     };
     let harness = Harness::start(config).await;
@@ -1282,7 +1282,7 @@ async fn past_the_connection_limit_new_connections_close_and_open_ones_keep_work
     let upstream = http_upstream().await;
     let harness = Harness::start(ProxyConfig {
         max_connections: 2,
-        worker_threads: Some(1),
+        workers: Some(1),
         ..test_config()
     })
     .await;

@@ -1,5 +1,5 @@
 //! The runtime form of `InboundPolicy` and `OutboundPolicy`: immutable rule specifications,
-//! compiled once per resource off the hot path (see [`Compile`](crate::snapshot::Compile)).
+//! compiled once per resource off the hot path, when a snapshot takes them in.
 //!
 //! The `TryFrom` conversions here are the one place where a policy resource is checked: every
 //! field, with the limiters' and breakers' own validation for their parameters, refused with a

@@ -19,7 +19,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::config::ProxyConfig;
+use super::config::ProxyConfig;
 
 use super::grpc;
 use super::h1::Http1Relay;
@@ -145,7 +145,11 @@ impl HttpProxy {
         server
             .timer(TokioTimer::new())
             // Validated in ProxyConfig::validate to fit in u32.
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(config.http2_max_concurrent_streams)
+            // A client that vanished, or stopped reading, is noticed and its connection closed.
+            .keep_alive_interval(Some(config.http2_keepalive))
+            .keep_alive_timeout(config.http2_keepalive);
 
         Self {
             server,

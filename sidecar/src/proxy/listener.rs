@@ -21,8 +21,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{ConfigError, ProxyConfig};
-
+use super::config::{ConfigError, ProxyConfig};
 use super::detect::{self, Protocol};
 use super::http::HttpProxy;
 use super::orig_dst::OriginalDst;
@@ -70,7 +69,7 @@ struct Shared {
     config: ProxyConfig,
     server_first_ports: Vec<u16>,
     /// The proxy's own ports that inbound traffic must never reach (see [`Shared::refusal`]).
-    own_ports: [u16; 3],
+    own_ports: Vec<u16>,
     /// Open connections per listener (outbound, inbound), across workers.
     open: [AtomicUsize; 2],
     orig_dst: Arc<dyn OriginalDst>,
@@ -154,7 +153,7 @@ impl Proxy {
         orig_dst: Arc<dyn OriginalDst>,
     ) -> Result<Self, ProxyError> {
         config.validate()?;
-        let count = config.workers().unwrap_or_else(|| {
+        let count = config.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
         let outbound = listen_group(
@@ -212,11 +211,10 @@ impl Proxy {
         let (shutdown, signal) = shutdown::channel();
         Ok(Self {
             shared: Arc::new(Shared {
-                own_ports: [
-                    outbound_addr.port(),
-                    inbound_addr.port(),
-                    config.admin_addr.port(),
-                ],
+                own_ports: [outbound_addr.port(), inbound_addr.port()]
+                    .into_iter()
+                    .chain(config.reserved_ports.iter().copied())
+                    .collect(),
                 open: [AtomicUsize::new(0), AtomicUsize::new(0)],
                 config,
                 server_first_ports,

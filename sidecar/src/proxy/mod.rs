@@ -3,6 +3,7 @@
 //! delegated to a [`Router`]; the lane/route/policy logic plugs in there.
 //!
 //! # Layout
+//! - [`config`]: the core's own settings and their documented defaults (no flags here).
 //! - [`listener`]: the outbound/inbound capture listeners and the
 //!   per-connection pipeline ([`Proxy`]).
 //! - [`orig_dst`]: where a captured connection was going (`SO_ORIGINAL_DST`,
@@ -17,6 +18,7 @@
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
 
+pub mod config;
 pub mod detect;
 pub mod grpc;
 pub mod h1;
@@ -29,6 +31,7 @@ pub mod router;
 pub mod shutdown;
 pub mod tcp;
 
+pub use config::{ConfigError, ProxyConfig};
 pub use listener::{DrainReport, Proxy, ProxyError};
 pub use orig_dst::{Fixed, OriginalDst, PeerMap, SoOriginalDst};
 pub use router::{

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use lanemesh_api::proto;
-use lanemesh_sidecar::config::ProxyConfig;
+use lanemesh_sidecar::proxy::ProxyConfig;
 
 /// Proxy settings for in-process tests: capture listeners on free loopback ports, short
 /// timeouts (a 600 ms header-read timeout for the slowloris cases), 16 KiB heads.

@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::ProxyConfig;
+use super::config::ProxyConfig;
 
 use super::http::error_local;
 use super::pool::{Http1Pool, PoolError, Upstream};
@@ -53,17 +53,6 @@ use head::{ClientSide, HeadError, RequestHead, ResponseHead, strip_hop_by_hop};
 
 /// Smallest free space a read buffer gets before a read.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// How long a keep-alive client connection may sit idle between requests. Longer than the
-/// idle timeouts of common client pools (Go 90 s, OkHttp 5 min), so the client, which knows
-/// whether it is about to send, is the one that closes: a proxy closing first races the
-/// client's next request. Bounded so idle connections cannot pile up forever.
-pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// How long a body (either way) or the wait for a response head may go without a single byte
-/// of progress: Envoy's `stream_idle_timeout` default, long enough for long polls and quiet
-/// streams, short enough that a stalled peer does not hold two connections forever.
-pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The HTTP/1 relay of one data-plane worker.
 #[derive(Debug)]
@@ -256,32 +245,16 @@ struct Answer {
 }
 
 impl Http1Relay {
-    /// A relay with its own (empty) upstream pool, and the default idle timeouts
-    /// ([`DEFAULT_CLIENT_IDLE_TIMEOUT`], [`DEFAULT_BODY_IDLE_TIMEOUT`]).
+    /// A relay with its own (empty) upstream pool and `config`'s limits.
     pub fn new(config: &ProxyConfig, router: Arc<dyn Router>) -> Self {
         Self {
             router,
             pool: Http1Pool::new(config.into()),
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
-            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
-            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
+            client_idle_timeout: config.http_idle_timeout,
+            body_idle_timeout: config.body_idle_timeout,
         }
-    }
-
-    /// Closes a keep-alive client connection that sent no byte of a next request for `limit`.
-    #[must_use]
-    pub fn with_client_idle_timeout(mut self, limit: Duration) -> Self {
-        self.client_idle_timeout = limit;
-        self
-    }
-
-    /// Ends an exchange whose request body, response head or response body made no progress
-    /// for `limit`.
-    #[must_use]
-    pub fn with_body_idle_timeout(mut self, limit: Duration) -> Self {
-        self.body_idle_timeout = limit;
-        self
     }
 
     /// Serves one HTTP/1 client connection; `buf` holds the bytes protocol detection read.

@@ -130,8 +130,12 @@ impl Http2Pool {
 
     async fn connect(&self, target: SocketAddr) -> Result<Sender, Http2Error> {
         let stream = connect(target, self.inner.settings).await?;
+        let keepalive = self.inner.settings.http2_keepalive;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            // An upstream that stops answering is noticed, and its streams fail over.
+            .keep_alive_interval(keepalive)
+            .keep_alive_timeout(keepalive)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| Http2Error::Handshake { target, source })?;

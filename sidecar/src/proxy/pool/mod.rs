@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::ProxyConfig;
+use super::config::ProxyConfig;
 
 pub use http1::{Http1Pool, Upstream};
 pub use http2::{Http2Error, Http2Pool};
@@ -47,6 +47,8 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// `--tcp-keepalive`.
     pub keepalive: Duration,
+    /// `--http2-keepalive`: PING interval and answer timeout on HTTP/2 upstream connections.
+    pub http2_keepalive: Duration,
 }
 
 impl From<&ProxyConfig> for PoolSettings {
@@ -55,6 +57,7 @@ impl From<&ProxyConfig> for PoolSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.pool_idle_timeout,
             keepalive: config.tcp_keepalive,
+            http2_keepalive: config.http2_keepalive,
         }
     }
 }
@@ -117,6 +120,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(90),
             keepalive: Duration::from_secs(7),
+            http2_keepalive: Duration::from_secs(20),
         };
         let stream = connect(listener.local_addr().unwrap(), settings)
             .await
@@ -142,6 +146,7 @@ mod tests {
             connect_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(90),
             keepalive: Duration::from_secs(10),
+            http2_keepalive: Duration::from_secs(20),
         };
         let error = connect(addr, settings).await.unwrap_err();
         assert!(matches!(error, PoolError::Connect { target, .. } if target == addr));
