@@ -9,7 +9,7 @@ use lanemesh_sidecar::config::RunConfig;
 use lanemesh_sidecar::discovery::{self, ConfigSource, DiscoveryClient};
 use lanemesh_sidecar::init::InitArgs;
 use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
-use lanemesh_sidecar::metrics::ProxyMetrics;
+use lanemesh_sidecar::metrics::{ProxyMetrics, ScrapeSource};
 use lanemesh_sidecar::proxy::{Proxy, SoOriginalDst, shutdown};
 use lanemesh_sidecar::snapshot::SnapshotStore;
 use tokio::net::TcpListener;
@@ -76,7 +76,7 @@ async fn run(config: RunConfig, logging: LogControl) -> anyhow::Result<()> {
     let local = args.node().context("discovery settings")?.local_app();
     let store = Arc::new(SnapshotStore::new(local));
     let metrics = Arc::new(ProxyMetrics::new());
-    metrics.attach_snapshot(Arc::clone(&store));
+    metrics.attach(Arc::clone(&store) as Arc<dyn ScrapeSource>);
     let router = Arc::new(
         MeshRouter::new(LocalPod {
             app: args.app_name.clone(),
@@ -113,7 +113,7 @@ async fn run(config: RunConfig, logging: LogControl) -> anyhow::Result<()> {
             tracing::info!(addr = %client.addr, "connecting to the control plane");
             let mut signal = handle.signal();
             let client = DiscoveryClient::new(client, Arc::clone(&store));
-            metrics.attach_discovery(client.state());
+            metrics.attach(client.state() as Arc<dyn ScrapeSource>);
             admin_state = admin_state.with_discovery(client.state());
             Some(tokio::spawn(async move {
                 client.run(async move { signal.triggered().await }).await;

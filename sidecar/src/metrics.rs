@@ -22,7 +22,7 @@
 //! series takes the write lock once.
 
 use std::fmt::{self, Write as _};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -35,12 +35,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::discovery::DiscoveryState;
 use crate::lane::DecisionReason;
 use crate::lane::propagate::PropagationRule;
 use crate::policy::RejectReason;
 use crate::policy::breaker::BreakerState;
-use crate::snapshot::SnapshotStore;
 
 /// The `Content-Type` of [`ProxyMetrics::encode`]'s output; Prometheus
 /// negotiates and parses it.
@@ -377,16 +375,14 @@ impl ProxyMetrics {
         }
     }
 
-    /// Reads the discovery client's counters on every scrape. Only the first
-    /// call takes effect (there is one client per process).
-    pub fn attach_discovery(&self, state: Arc<DiscoveryState>) {
-        let _ = self.sources.discovery.set(state);
-    }
-
-    /// Reads readiness and the snapshot generation on every scrape. Only the
-    /// first call takes effect.
-    pub fn attach_snapshot(&self, store: Arc<SnapshotStore>) {
-        let _ = self.sources.snapshot.set(store);
+    /// Reports `source`'s values on every scrape (the discovery client's counters, the
+    /// snapshot's readiness and generation).
+    pub fn attach(&self, source: Arc<dyn ScrapeSource>) {
+        self.sources
+            .sources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(source);
     }
 
     /// One finished request (or a failed attempt, with [`StatusClass::Error`]).
@@ -524,68 +520,39 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// State owned elsewhere, read at scrape time.
+/// One value read at scrape time from state another module owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// A gauge: name (without prefix), help, value.
+    Gauge(&'static str, &'static str, i64),
+    /// A counter: name (without prefix and `_total`), help, value.
+    Counter(&'static str, &'static str, u64),
+}
+
+/// State owned elsewhere (the discovery client, the snapshot store) that reports its own
+/// values at scrape time; the metrics module knows nothing of what they mean.
+pub trait ScrapeSource: fmt::Debug + Send + Sync {
+    /// The current values.
+    fn samples(&self) -> Vec<Sample>;
+}
+
+/// The attached [`ScrapeSource`]s, in attachment order.
 #[derive(Debug, Default)]
 struct ScrapeSources {
-    discovery: OnceLock<Arc<DiscoveryState>>,
-    snapshot: OnceLock<Arc<SnapshotStore>>,
+    sources: RwLock<Vec<Arc<dyn ScrapeSource>>>,
 }
 
 impl Collector for ScrapeSources {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        if let Some(state) = self.discovery.get() {
-            let stats = state.stats();
-            gauge(
-                &mut encoder,
-                "discovery_connected",
-                "1 while a discovery stream to the control plane is open",
-                i64::from(stats.connected),
-            )?;
-            counter(
-                &mut encoder,
-                "discovery_connects",
-                "Discovery streams opened",
-                stats.connects,
-            )?;
-            counter(
-                &mut encoder,
-                "discovery_reconnects",
-                "Waits before a new discovery attempt after a failure or a closed stream",
-                stats.reconnect_attempts,
-            )?;
-            counter(
-                &mut encoder,
-                "discovery_acks",
-                "Discovery responses fully applied",
-                stats.acks,
-            )?;
-            counter(
-                &mut encoder,
-                "discovery_nacks",
-                "Discovery responses with at least one refused resource",
-                stats.nacks,
-            )?;
-            counter(
-                &mut encoder,
-                "discovery_rejected_resources",
-                "Resources refused, summed over all NACKs",
-                stats.rejected_resources,
-            )?;
-        }
-        if let Some(store) = self.snapshot.get() {
-            let snapshot = store.load();
-            gauge(
-                &mut encoder,
-                "config_ready",
-                "1 once a first snapshot of every resource type is applied",
-                i64::from(snapshot.is_ready()),
-            )?;
-            gauge(
-                &mut encoder,
-                "config_generation",
-                "Snapshots applied since start",
-                i64::try_from(snapshot.generation()).unwrap_or(i64::MAX),
-            )?;
+        let sources = self
+            .sources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for sample in sources.iter().flat_map(|source| source.samples()) {
+            match sample {
+                Sample::Gauge(name, help, value) => gauge(&mut encoder, name, help, value)?,
+                Sample::Counter(name, help, value) => counter(&mut encoder, name, help, value)?,
+            }
         }
         Ok(())
     }
@@ -707,37 +674,27 @@ mod tests {
     }
 
     #[test]
-    fn discovery_counters_are_read_at_scrape_time() {
+    fn attached_sources_are_read_at_scrape_time() {
+        #[derive(Debug, Default)]
+        struct Source(std::sync::atomic::AtomicU64);
+        impl ScrapeSource for Source {
+            fn samples(&self) -> Vec<Sample> {
+                let n = self.0.load(std::sync::atomic::Ordering::Relaxed);
+                vec![
+                    Sample::Gauge("thing_up", "1 while up", 1),
+                    Sample::Counter("things", "Things seen", n),
+                ]
+            }
+        }
         let metrics = ProxyMetrics::new();
-        assert!(!metrics.encode().contains("lanemesh_discovery_connected"));
-        metrics.attach_discovery(Arc::new(DiscoveryState::default()));
+        assert!(!metrics.encode().contains("lanemesh_thing_up"));
+        let source = Arc::new(Source::default());
+        metrics.attach(Arc::clone(&source) as Arc<dyn ScrapeSource>);
+        source.0.store(7, std::sync::atomic::Ordering::Relaxed);
         let text = metrics.encode();
-        assert!(
-            text.contains("# TYPE lanemesh_discovery_connected gauge\n"),
-            "{text}"
-        );
-        assert!(text.contains("lanemesh_discovery_connected 0\n"), "{text}");
-        assert!(
-            text.contains("# TYPE lanemesh_discovery_acks counter\n"),
-            "{text}"
-        );
-        assert!(text.contains("lanemesh_discovery_acks_total 0\n"), "{text}");
-    }
-
-    #[test]
-    fn readiness_and_generation_are_read_at_scrape_time() {
-        use crate::snapshot::{LocalApp, Snapshot};
-
-        let metrics = ProxyMetrics::new();
-        let store = Arc::new(SnapshotStore::new(LocalApp::default()));
-        metrics.attach_snapshot(Arc::clone(&store));
-        let text = metrics.encode();
-        assert!(text.contains("lanemesh_config_ready 0\n"), "{text}");
-        assert!(text.contains("lanemesh_config_generation 0\n"), "{text}");
-        let complete = Snapshot::from_resources(LocalApp::default(), [], [], [], []);
-        store.store(complete.unwrap());
-        let text = metrics.encode();
-        assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
-        assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");
+        assert!(text.contains("# TYPE lanemesh_thing_up gauge\n"), "{text}");
+        assert!(text.contains("lanemesh_thing_up 1\n"), "{text}");
+        assert!(text.contains("# TYPE lanemesh_things counter\n"), "{text}");
+        assert!(text.contains("lanemesh_things_total 7\n"), "{text}");
     }
 }

@@ -110,6 +110,46 @@ pub struct DiscoveryState {
     rejected_resources: AtomicU64,
 }
 
+/// The client's counters on every `/metrics` scrape.
+impl crate::metrics::ScrapeSource for DiscoveryState {
+    fn samples(&self) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::Sample::{Counter, Gauge};
+        let stats = self.stats();
+        vec![
+            Gauge(
+                "discovery_connected",
+                "1 while a discovery stream to the control plane is open",
+                i64::from(stats.connected),
+            ),
+            Counter(
+                "discovery_connects",
+                "Discovery streams opened",
+                stats.connects,
+            ),
+            Counter(
+                "discovery_reconnects",
+                "Waits before a new discovery attempt after a failure or a closed stream",
+                stats.reconnect_attempts,
+            ),
+            Counter(
+                "discovery_acks",
+                "Discovery responses fully applied",
+                stats.acks,
+            ),
+            Counter(
+                "discovery_nacks",
+                "Discovery responses with at least one refused resource",
+                stats.nacks,
+            ),
+            Counter(
+                "discovery_rejected_resources",
+                "Resources refused, summed over all NACKs",
+                stats.rejected_resources,
+            ),
+        ]
+    }
+}
+
 /// A copy of [`DiscoveryState`] at one instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DiscoveryStats {

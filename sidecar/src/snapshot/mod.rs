@@ -574,5 +574,25 @@ impl SnapshotStore {
     }
 }
 
+/// Readiness and the generation on every `/metrics` scrape.
+impl crate::metrics::ScrapeSource for SnapshotStore {
+    fn samples(&self) -> Vec<crate::metrics::Sample> {
+        use crate::metrics::Sample::Gauge;
+        let snapshot = self.load();
+        vec![
+            Gauge(
+                "config_ready",
+                "1 once a first snapshot of every resource type is applied",
+                i64::from(snapshot.is_ready()),
+            ),
+            Gauge(
+                "config_generation",
+                "Snapshots applied since start",
+                i64::try_from(snapshot.generation()).unwrap_or(i64::MAX),
+            ),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -327,3 +327,26 @@ async fn readers_see_only_complete_snapshots_during_rapid_swaps() {
     assert_eq!(store.load().generation(), 101);
     assert_eq!(store.load().services().len(), 100 % 7 + 1);
 }
+
+#[test]
+fn the_store_reports_readiness_and_generation_to_metrics() {
+    use crate::metrics::{ProxyMetrics, Sample, ScrapeSource};
+    let store = Arc::new(SnapshotStore::new(LocalApp::default()));
+    assert_eq!(
+        store.samples()[..2],
+        [
+            Sample::Gauge(
+                "config_ready",
+                "1 once a first snapshot of every resource type is applied",
+                0
+            ),
+            Sample::Gauge("config_generation", "Snapshots applied since start", 0),
+        ]
+    );
+    let metrics = ProxyMetrics::new();
+    metrics.attach(Arc::clone(&store) as Arc<dyn ScrapeSource>);
+    store.store(Snapshot::from_resources(LocalApp::default(), [], [], [], []).unwrap());
+    let text = metrics.encode();
+    assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
+    assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");
+}
