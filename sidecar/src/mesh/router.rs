@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
 use http::StatusCode;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use rand::Rng;
 
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
@@ -15,11 +14,11 @@ use crate::metrics::ProxyMetrics;
 use crate::policy::SampledCpu;
 use crate::policy::clock::{Clock, MonotonicClock};
 use crate::proxy::grpc;
-use crate::proxy::http::ERROR_HEADER;
+use crate::proxy::local;
 use crate::proxy::router::ResponseEnd;
 use crate::proxy::{
-    ConnContext, Direction, HttpOutcome, LocalResponse, PortProtocol, RequestState, RouteDecision,
-    Routed, Router, TcpDecision,
+    ConnContext, Direction, HttpOutcome, PortProtocol, RequestState, RouteDecision, Routed, Router,
+    TcpDecision,
 };
 use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
 use crate::snapshot::Snapshot;
@@ -316,15 +315,11 @@ impl MeshRouter {
             Err(no_endpoint) => {
                 tracing::debug!(%no_endpoint, "no endpoint");
                 recorder.local(StatusCode::SERVICE_UNAVAILABLE);
-                let mut headers = HeaderMap::new();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                headers.insert(ERROR_HEADER, HeaderValue::from_static("no_endpoint"));
-                RouteDecision::Respond(LocalResponse {
-                    status: StatusCode::SERVICE_UNAVAILABLE,
-                    headers,
-                    body: Bytes::from(format!("lanemesh: {no_endpoint}\n")),
-                    grpc_status: None,
-                })
+                RouteDecision::Respond(local::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_endpoint",
+                    &no_endpoint.to_string(),
+                ))
                 .into()
             }
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -23,7 +23,9 @@ use super::config::ProxyConfig;
 
 use super::grpc;
 use super::h1::Http1Relay;
-use super::pool::{Http2Error, Http2Pool};
+use super::headers::strip_hop_by_hop;
+use super::local::NoResponse;
+use super::pool::Http2Pool;
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router, UpstreamFailure,
@@ -125,10 +127,6 @@ impl Body for ProxyBody {
     }
 }
 
-/// Header on locally generated error responses naming the proxy's reason,
-/// so operators can tell a proxy 502 from an app 502.
-pub const ERROR_HEADER: &str = "x-lanemesh-error";
-
 /// A worker's HTTP machinery: the HTTP/1 relay and the HTTP/2 server settings and client pool.
 #[derive(Debug)]
 pub struct HttpProxy {
@@ -226,27 +224,27 @@ impl HttpProxy {
             tokio::time::sleep(delay).await;
         }
         let started = tokio::time::Instant::now();
-        let sent = async {
-            self.http2
-                .send(target, upstream_req)
-                .await
-                .map_err(Failure::Client)
-        };
+        let sent = self.http2.send(target, upstream_req);
         let result = match timeout {
-            None => sent.await,
+            None => sent.await.map_err(Some),
             Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(result) => result,
-                Err(_) => Err(Failure::Timeout(limit)),
+                Ok(result) => result.map_err(Some),
+                Err(_) => Err(None),
             },
         };
+        // `None`: the route's timeout passed.
+        let failure = result.as_ref().err().map(|error| match error {
+            Some(error) if error.is_connect() => NoResponse::Connect,
+            Some(_) => NoResponse::Reset,
+            None => NoResponse::Timeout(timeout.unwrap_or_default()),
+        });
         let response_grpc = result.as_ref().is_ok_and(|r| grpc::is_grpc(r.headers()));
         let outcome = HttpOutcome {
             target,
-            result: match &result {
-                Ok(resp) => Ok(resp.status()),
-                Err(failure) if failure.is_connect() => Err(UpstreamFailure::Connect),
-                Err(Failure::Client(_)) => Err(UpstreamFailure::Reset),
-                Err(Failure::Timeout(_)) => Err(UpstreamFailure::Timeout),
+            result: match (&result, failure) {
+                (Ok(resp), _) => Ok(resp.status()),
+                (Err(_), Some(failure)) => Err(failure.outcome()),
+                (Err(_), None) => Err(UpstreamFailure::Reset),
             },
             elapsed: started.elapsed(),
             grpc: response_grpc,
@@ -259,37 +257,17 @@ impl HttpProxy {
             state.on_outcome(&outcome);
         }
         self.router.on_http_outcome(&conn, &outcome);
-        let mut resp = match result {
-            Ok(ok) => ok,
-            Err(Failure::Timeout(limit)) => {
-                tracing::debug!(%target, ?limit, "upstream request timed out");
-                let mut local = error_local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream_timeout",
-                    &format!("no response from {target} within {limit:?}"),
-                );
-                local.grpc_status = Some(grpc::code::DEADLINE_EXCEEDED);
-                return respond(local, None, grpc, head);
-            }
-            Err(failure @ Failure::Client(_)) => {
-                if let Some(error) = failure.error() {
-                    tracing::warn!(%target, error = %error_chain(error), "upstream request failed");
+        let mut resp = match (result, failure) {
+            (Ok(ok), _) => ok,
+            (Err(error), failure) => {
+                let failure = failure.unwrap_or(NoResponse::Reset);
+                match error {
+                    Some(error) => {
+                        tracing::warn!(%target, error = %error_chain(&error), "upstream request failed");
+                    }
+                    None => tracing::debug!(%target, ?timeout, "upstream request timed out"),
                 }
-                let (reason, text) = if failure.is_connect() {
-                    ("upstream_connect", "upstream connect error")
-                } else {
-                    (
-                        "upstream_reset",
-                        "upstream connection failed before a response",
-                    )
-                };
-                return error_response(
-                    StatusCode::BAD_GATEWAY,
-                    reason,
-                    &format!("{text} ({target})"),
-                    grpc,
-                    head,
-                );
+                return respond(failure.local(target), None, grpc, head);
             }
         };
         strip_hop_by_hop(resp.headers_mut(), false);
@@ -299,31 +277,6 @@ impl HttpProxy {
             resp.body_mut().end(ResponseEnd::Complete);
         }
         resp
-    }
-}
-
-/// Why the upstream exchange produced no response.
-enum Failure {
-    /// HTTP/2 client.
-    Client(Http2Error),
-    Timeout(std::time::Duration),
-}
-
-impl Failure {
-    /// No connection to the endpoint could be established.
-    fn is_connect(&self) -> bool {
-        match self {
-            Self::Client(error) => error.is_connect(),
-            Self::Timeout(_) => false,
-        }
-    }
-
-    /// The client's error, for the log.
-    fn error(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Client(error) => Some(error),
-            Self::Timeout(_) => None,
-        }
     }
 }
 
@@ -386,67 +339,6 @@ fn absolute_uri(
     .build()
 }
 
-const HOP_BY_HOP: [HeaderName; 4] = [
-    header::CONNECTION,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// A header [`strip_hop_by_hop`] may have to remove or rewrite.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-        || name == header::TE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
-
-/// The comma-separated tokens of a list-valued field (`Connection`, `TE`, `Transfer-Encoding`),
-/// trimmed, empty ones skipped.
-pub(super) fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes headers that describe one connection (RFC 9110 §7.6.1), keeping
-/// `TE: trailers` (gRPC needs it) and, for upgrades, `Connection`/`Upgrade`.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Runs twice per request. Most messages carry none of these headers, and without `Connection`
-    // there are no further names to remove: one pass over the few names present is cheaper than
-    // a hashed lookup per candidate.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if !upgrade {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| list_tokens(v.as_bytes()))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-    }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| list_tokens(v.as_bytes()).any(|t| t.eq_ignore_ascii_case(b"trailers")));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
-
 /// A local answer as a response. To a HEAD request it carries the length its body would have
 /// and no body: hyper's HTTP/2 server sends whatever body it is given, even after HEAD.
 fn local_response(
@@ -470,14 +362,6 @@ fn local_response(
     resp
 }
 
-pub(super) fn error_local(status: StatusCode, reason: &'static str, text: &str) -> LocalResponse {
-    let mut local = LocalResponse::text(status, format!("lanemesh: {text}\n"));
-    local
-        .headers
-        .insert(ERROR_HEADER, HeaderValue::from_static(reason));
-    local
-}
-
 fn error_response(
     status: StatusCode,
     reason: &'static str,
@@ -485,7 +369,7 @@ fn error_response(
     grpc: bool,
     head: bool,
 ) -> Response<ProxyBody> {
-    respond(error_local(status, reason, text), None, grpc, head)
+    respond(super::local::error(status, reason, text), None, grpc, head)
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

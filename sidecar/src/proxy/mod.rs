@@ -12,6 +12,8 @@
 //! - [`rewind`]: replays the detection bytes in front of the socket.
 //! - [`router`]: the [`Router`] trait, decisions and [`PassthroughRouter`].
 //! - [`h1`]: the HTTP/1 relay (own head parsing, bodies relayed verbatim, upgrades).
+//! - [`headers`]: header rules both HTTP versions share (list fields, hop-by-hop fields).
+//! - [`local`]: the proxy's own answers and the one upstream-failure -> status mapping.
 //! - [`http`]: HTTP/2: hyper server per connection, hyper client streams upstream.
 //! - [`pool`]: upstream connection pools per worker (HTTP/1 sockets, HTTP/2 connections).
 //! - [`grpc`]: recognising gRPC calls, their status, local gRPC answers.
@@ -22,8 +24,10 @@ pub mod config;
 pub mod detect;
 pub mod grpc;
 pub mod h1;
+pub mod headers;
 pub mod http;
 pub mod listener;
+pub mod local;
 pub mod orig_dst;
 pub mod pool;
 pub mod rewind;

@@ -11,7 +11,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use super::body::Framing;
-use crate::proxy::http::list_tokens as tokens;
+use crate::proxy::headers::list_tokens as tokens;
 
 /// Most header fields in one head; more get 431.
 pub const MAX_HEADERS: usize = 128;
@@ -214,65 +214,6 @@ pub fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
         Framing::Empty | Framing::UntilClose => {}
     }
     dst.put_slice(b"\r\n");
-}
-
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
-
-/// Removes a request's connection-scoped fields (RFC 9110 §7.6.1) and those its `Connection`
-/// names, keeping `TE: trailers` and, for an upgrade, `Upgrade` with `connection: upgrade`.
-/// Runs before the router sees the request, so a client cannot name a field the router adds
-/// (the lane tag) and have it removed on the way out; `Host` is never removed this way.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most requests carry none of these: one pass over the names present, nothing else.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // Values share the head's buffer, so holding them is a reference count, not a copy; a
-    // second `Connection` field is rare enough to pay for a Vec.
-    let mut connection = headers.get_all(header::CONNECTION).iter();
-    let first = connection.next().cloned();
-    let more: Vec<HeaderValue> = connection.cloned().collect();
-    for value in first.iter().chain(&more) {
-        for token in tokens(value.as_bytes()) {
-            if token.eq_ignore_ascii_case(b"host") || token.eq_ignore_ascii_case(b"upgrade") {
-                continue;
-            }
-            // Not a field name (not UTF-8 or not a token): nothing can carry it.
-            if let Ok(name) = std::str::from_utf8(token) {
-                headers.remove(name);
-            }
-        }
-    }
-    headers.remove(header::CONNECTION);
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .flat_map(|v| tokens(v.as_bytes()))
-        .any(|t| t.eq_ignore_ascii_case(b"trailers"));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
 }
 
 /// What the client connection does after a response.

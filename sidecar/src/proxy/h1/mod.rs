@@ -41,15 +41,16 @@ use tokio::time::Instant;
 
 use super::config::ProxyConfig;
 
-use super::http::error_local;
+use super::headers::strip_hop_by_hop;
+use super::local::{self, NoResponse};
 use super::pool::{Http1Pool, PoolError, Upstream};
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
-    Router, UpstreamFailure,
+    Router,
 };
 use super::shutdown::ShutdownSignal;
 use body::{Chunked, ChunkedError, Framing};
-use head::{ClientSide, HeadError, RequestHead, ResponseHead, strip_hop_by_hop};
+use head::{ClientSide, HeadError, RequestHead, ResponseHead};
 
 /// Smallest free space a read buffer gets before a read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -91,6 +92,19 @@ enum Failure {
     /// upstream's.
     #[error("request body: {0}")]
     Client(BodyError),
+}
+
+impl Failure {
+    /// What the router and the client are told.
+    fn no_response(&self) -> NoResponse {
+        match self {
+            Self::Connect(_) => NoResponse::Connect,
+            Self::Timeout(limit) | Self::Unread { limit, .. } => NoResponse::Timeout(*limit),
+            Self::Io { .. } | Self::Closed { .. } | Self::Response { .. } | Self::Client(_) => {
+                NoResponse::Reset
+            }
+        }
+    }
 }
 
 /// A body that could not be relayed.
@@ -275,7 +289,7 @@ impl Http1Relay {
                 Ok(None) => return,
                 Err(Refusal(status, reason, text)) => {
                     tracing::debug!(%status, reason, "refusing request head");
-                    let local = error_local(status, reason, text);
+                    let local = local::error(status, reason, text);
                     write_local(&mut client, &mut resp_out, &local, CLOSING).await;
                     return;
                 }
@@ -434,12 +448,12 @@ impl Http1Relay {
         if let Err(Failure::Client(error)) = &result {
             tracing::debug!(%error, "client request body failed");
             let local = match error {
-                BodyError::Chunked(_) => Some(error_local(
+                BodyError::Chunked(_) => Some(local::error(
                     StatusCode::BAD_REQUEST,
                     "bad_request_body",
                     "malformed chunked request body",
                 )),
-                BodyError::Stalled(_) => Some(error_local(
+                BodyError::Stalled(_) => Some(local::error(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_body_timeout",
                     "request body made no progress within the body idle timeout",
@@ -451,13 +465,12 @@ impl Http1Relay {
             }
             return Next::Close;
         }
+        let failure = result.as_ref().err().map(Failure::no_response);
         let outcome = HttpOutcome {
             target,
-            result: match &result {
-                Ok(answer) => Ok(answer.head.status),
-                Err(Failure::Connect(_)) => Err(UpstreamFailure::Connect),
-                Err(Failure::Timeout(_) | Failure::Unread { .. }) => Err(UpstreamFailure::Timeout),
-                Err(_) => Err(UpstreamFailure::Reset),
+            result: match (&result, failure) {
+                (Ok(answer), _) => Ok(answer.head.status),
+                (Err(_), failure) => Err(failure.unwrap_or(NoResponse::Reset).outcome()),
             },
             elapsed: started.elapsed(),
             grpc: result.as_ref().is_ok_and(|a| a.head.grpc),
@@ -474,32 +487,14 @@ impl Http1Relay {
         } = match result {
             Ok(answer) => answer,
             Err(failure) => {
-                let local = match &failure {
-                    Failure::Timeout(limit) | Failure::Unread { limit, .. } => {
+                let kind = failure.no_response();
+                match kind {
+                    NoResponse::Timeout(limit) => {
                         tracing::debug!(%target, ?limit, "upstream request timed out");
-                        error_local(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "upstream_timeout",
-                            &format!("no response from {target} within {limit:?}"),
-                        )
                     }
-                    Failure::Connect(_) => {
-                        tracing::warn!(%target, error = %failure, "upstream request failed");
-                        error_local(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_connect",
-                            &format!("upstream connect error ({target})"),
-                        )
-                    }
-                    _ => {
-                        tracing::warn!(%target, error = %failure, "upstream request failed");
-                        error_local(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_reset",
-                            &format!("upstream connection failed before a response ({target})"),
-                        )
-                    }
-                };
+                    _ => tracing::warn!(%target, error = %failure, "upstream request failed"),
+                }
+                let local = kind.local(target);
                 // Whether the request body was read to its end is unknown here: close.
                 let keep = client_keep_alive
                     && Remaining::new(head.framing).is_done()

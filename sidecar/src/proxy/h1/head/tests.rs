@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used)]
 use super::*;
+use crate::proxy::headers::strip_hop_by_hop;
 
 fn request(raw: &str) -> Result<Option<RequestHead>, HeadError> {
     parse_request(&mut BytesMut::from(raw))
