@@ -8,13 +8,14 @@
 //! and [`Balancer`](crate::route::Balancer) it owns outlive every swap.
 //!
 //! # Layout
-//! - [`runtime`]: the per-snapshot [`Runtime`] and the task that builds and swaps it.
+//! - [`runtime`]: the per-snapshot [`Runtime`].
 //! - [`observe`]: per-request metrics recorded by the router's request state.
-//! - [`router`]: [`MeshRouter`], the inbound lane decision and the outbound endpoint choice.
+//! - [`router`]: [`MeshRouter`], the inbound lane decision and the outbound endpoint choice,
+//!   and [`run_builder`], the task that builds each runtime and swaps it in.
 
 pub mod observe;
 pub mod router;
 pub mod runtime;
 
-pub use router::{LocalPod, MeshRouter};
-pub use runtime::{Runtime, run_builder};
+pub use router::{LocalPod, MeshRouter, run_builder};
+pub use runtime::Runtime;

@@ -21,7 +21,7 @@ use crate::proxy::{
     TcpDecision,
 };
 use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, SnapshotStore};
 
 use super::observe::Recorder;
 use super::runtime::Runtime;
@@ -390,6 +390,24 @@ impl Router for MeshRouter {
                 tracing::debug!(%no_endpoint, "no endpoint for tcp connection");
                 TcpDecision::Reject
             }
+        }
+    }
+}
+
+/// Keeps `router`'s runtime in step with `store`, for ever (abort the task to stop it): for every
+/// ready snapshot (a first response of every resource type applied) it builds the next
+/// [`Runtime`] and swaps it in. Until the first ready snapshot the router passes everything
+/// through. Run exactly one per router.
+pub async fn run_builder(store: Arc<SnapshotStore>, router: Arc<MeshRouter>) {
+    let mut changes = store.subscribe();
+    loop {
+        let snapshot = store.load_full();
+        if snapshot.is_ready() && router.generation() != Some(snapshot.generation()) {
+            router.install(&snapshot);
+        }
+        // Marks the current value seen, so a swap during the build above wakes us again.
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use crate::govern::{GovernContext, InboundGovernor, OutboundGovernor};
 use crate::lane::{LaneTable, PropagationSettings};
 use crate::route::{Balancer, RouteTable};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::snapshot::Snapshot;
 
 use super::observe::LabelNames;
-use super::router::MeshRouter;
 
 /// What the router needs from one snapshot, compiled once off the hot path.
 #[derive(Debug)]
@@ -105,22 +104,4 @@ fn outbound_rules(snapshot: &Snapshot) -> Vec<&Arc<crate::govern::OutboundRules>
     apps.into_iter()
         .filter_map(|app| snapshot.outbound_policy(app).map(|e| &e.compiled))
         .collect()
-}
-
-/// Keeps `router`'s runtime in step with `store`, for ever (abort the task to stop it): for every
-/// ready snapshot (a first response of every resource type applied) it builds the next
-/// [`Runtime`] and swaps it in. Until the first ready snapshot the router passes everything
-/// through. Run exactly one per router.
-pub async fn run_builder(store: Arc<SnapshotStore>, router: Arc<MeshRouter>) {
-    let mut changes = store.subscribe();
-    loop {
-        let snapshot = store.load_full();
-        if snapshot.is_ready() && router.generation() != Some(snapshot.generation()) {
-            router.install(&snapshot);
-        }
-        // Marks the current value seen, so a swap during the build above wakes us again.
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -322,23 +322,27 @@ async fn serve_worker(
             return DrainReport { abandoned: 0 };
         }
     };
-    let http = Arc::new(HttpProxy::new(&shared.config, Arc::clone(&shared.router)));
     // Connections wait for the shutdown on a signal of their own worker: every idle HTTP/1
     // connection registers with it between requests, and a signal shared by all workers would
     // make those registrations contend across threads.
     let (stop_connections, connection_signal) = shutdown::channel();
+    let mut conns = Connections {
+        http: Arc::new(HttpProxy::new(&shared.config, Arc::clone(&shared.router))),
+        shared: Arc::clone(&shared),
+        signal: connection_signal,
+        tasks: JoinSet::new(),
+    };
     let graceful = GracefulShutdown::new();
-    let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             () = signal.triggered() => break,
             accepted = accept_any(&outbound) => {
-                spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Outbound, accepted).await;
+                conns.spawn(&graceful, Direction::Outbound, accepted).await;
             }
             accepted = accept_any(&inbound) => {
-                spawn_conn(&shared, &http, &connection_signal, &graceful, &mut conns, Direction::Inbound, accepted).await;
+                conns.spawn(&graceful, Direction::Inbound, accepted).await;
             }
-            Some(done) = conns.join_next(), if !conns.is_empty() => {
+            Some(done) = conns.tasks.join_next(), if !conns.tasks.is_empty() => {
                 if let Err(error) = done
                     && error.is_panic()
                 {
@@ -354,7 +358,11 @@ async fn serve_worker(
     // same moment), and those calls must not be refused.
     drop(inbound);
     let grace = shared.config.grace_period;
-    tracing::info!(in_flight = conns.len(), ?grace, "draining connections");
+    tracing::info!(
+        in_flight = conns.tasks.len(),
+        ?grace,
+        "draining connections"
+    );
     let deadline = tokio::time::Instant::now() + grace;
     // Connections accepted during the drain are watched by a shutdown of their own that never
     // fires: the drain waits for them like for any other, up to the grace period.
@@ -363,16 +371,16 @@ async fn serve_worker(
     tokio::pin!(announced);
     let mut announced_done = false;
     let abandoned = loop {
-        if announced_done && conns.is_empty() {
+        if announced_done && conns.tasks.is_empty() {
             break 0;
         }
         tokio::select! {
             () = &mut announced, if !announced_done => announced_done = true,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.tasks.join_next(), if !conns.tasks.is_empty() => {}
             accepted = accept_any(&outbound) => {
-                spawn_conn(&shared, &http, &connection_signal, &late, &mut conns, Direction::Outbound, accepted).await;
+                conns.spawn(&late, Direction::Outbound, accepted).await;
             }
-            () = tokio::time::sleep_until(deadline) => break conns.len(),
+            () = tokio::time::sleep_until(deadline) => break conns.tasks.len(),
         }
     };
     drop(outbound);
@@ -382,7 +390,7 @@ async fn serve_worker(
             "grace period over; closing remaining connections"
         );
     }
-    conns.shutdown().await;
+    conns.tasks.shutdown().await;
     DrainReport { abandoned }
 }
 
@@ -490,50 +498,59 @@ fn local_addr(group: &[std::net::TcpListener]) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn spawn_conn(
-    shared: &Arc<Shared>,
-    http: &Arc<HttpProxy>,
-    signal: &ShutdownSignal,
-    graceful: &GracefulShutdown,
-    conns: &mut JoinSet<()>,
-    direction: Direction,
-    accepted: std::io::Result<(TcpStream, SocketAddr)>,
-) {
-    match accepted {
-        Ok((stream, peer)) => {
-            let Some(slot) = ConnSlot::take(shared, direction) else {
-                // Closed at once: the connections already open keep their share of the proxy.
-                tracing::debug!(direction = direction.as_str(), %peer, "connection limit reached");
-                drop(stream);
-                return;
-            };
-            let span = tracing::debug_span!("conn", direction = direction.as_str(), %peer);
-            // The watcher is taken now, so a shutdown that fires while this
-            // connection is still detecting its protocol is not missed.
-            let watcher = graceful.watcher();
-            let (http, signal) = (Arc::clone(http), signal.clone());
-            conns.spawn(
-                async move {
-                    handle_conn(
-                        Arc::clone(&slot.shared),
-                        http,
-                        signal,
-                        direction,
-                        stream,
-                        peer,
-                        watcher,
-                    )
-                    .await;
-                    drop(slot);
-                }
-                .instrument(span),
-            );
-        }
-        Err(error) => {
-            // Usually EMFILE/ENFILE: back off instead of spinning on accept.
-            tracing::warn!(%error, direction = direction.as_str(), "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// A worker's connection tasks and what each new one is handed.
+struct Connections {
+    shared: Arc<Shared>,
+    http: Arc<HttpProxy>,
+    /// The worker's own shutdown signal for its connections.
+    signal: ShutdownSignal,
+    tasks: JoinSet<()>,
+}
+
+impl Connections {
+    /// Serves an accepted connection in a task of its own (or closes it at once past
+    /// `--max-connections`); `graceful` tells its HTTP/2 server when to stop.
+    async fn spawn(
+        &mut self,
+        graceful: &GracefulShutdown,
+        direction: Direction,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    ) {
+        match accepted {
+            Ok((stream, peer)) => {
+                let Some(slot) = ConnSlot::take(&self.shared, direction) else {
+                    // Closed at once: the connections already open keep their share of the proxy.
+                    tracing::debug!(direction = direction.as_str(), %peer, "connection limit reached");
+                    drop(stream);
+                    return;
+                };
+                let span = tracing::debug_span!("conn", direction = direction.as_str(), %peer);
+                // The watcher is taken now, so a shutdown that fires while this
+                // connection is still detecting its protocol is not missed.
+                let watcher = graceful.watcher();
+                let (http, signal) = (Arc::clone(&self.http), self.signal.clone());
+                self.tasks.spawn(
+                    async move {
+                        handle_conn(
+                            Arc::clone(&slot.shared),
+                            http,
+                            signal,
+                            direction,
+                            stream,
+                            peer,
+                            watcher,
+                        )
+                        .await;
+                        drop(slot);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(error) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning on accept.
+                tracing::warn!(%error, direction = direction.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }

@@ -243,6 +243,23 @@ impl BodyRelay {
     }
 }
 
+/// One client connection with its scratch buffers, reused by every exchange on it.
+struct ClientConn {
+    conn: ConnContext,
+    stream: TcpStream,
+    /// Bytes read from the client and not consumed yet (detection's bytes first).
+    buf: BytesMut,
+    out: Scratch,
+}
+
+/// Buffers for what the relay writes, kept across exchanges so a connection allocates them once.
+struct Scratch {
+    /// The request head re-encoded for the upstream, plus the body bytes already in hand.
+    req_out: BytesMut,
+    /// Response heads and local answers on their way to the client.
+    resp_out: BytesMut,
+}
+
 /// What the client connection does after an exchange.
 enum Next {
     KeepAlive,
@@ -277,35 +294,31 @@ impl Http1Relay {
     pub async fn serve(
         &self,
         conn: ConnContext,
-        mut client: TcpStream,
-        mut buf: BytesMut,
+        client: TcpStream,
+        buf: BytesMut,
         mut signal: ShutdownSignal,
     ) {
-        let mut req_out = BytesMut::with_capacity(1024);
-        let mut resp_out = BytesMut::with_capacity(1024);
+        let mut c = ClientConn {
+            conn,
+            stream: client,
+            buf,
+            out: Scratch {
+                req_out: BytesMut::with_capacity(1024),
+                resp_out: BytesMut::with_capacity(1024),
+            },
+        };
         loop {
-            let head = match self.read_head(&mut client, &mut buf, &mut signal).await {
+            let head = match self.read_head(&mut c.stream, &mut c.buf, &mut signal).await {
                 Ok(Some(head)) => head,
                 Ok(None) => return,
                 Err(Refusal(status, reason, text)) => {
                     tracing::debug!(%status, reason, "refusing request head");
                     let local = local::error(status, reason, text);
-                    write_local(&mut client, &mut resp_out, &local, CLOSING).await;
+                    write_local(&mut c.stream, &mut c.out.resp_out, &local, CLOSING).await;
                     return;
                 }
             };
-            let next = self
-                .exchange(
-                    &conn,
-                    &mut client,
-                    &mut buf,
-                    &mut req_out,
-                    &mut resp_out,
-                    head,
-                    &signal,
-                )
-                .await;
-            match next {
+            match self.exchange(&mut c, head, &signal).await {
                 Next::KeepAlive if !signal.is_triggered() => {}
                 _ => return,
             }
@@ -387,17 +400,19 @@ impl Http1Relay {
     }
 
     /// One request/response exchange.
-    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
-        conn: &ConnContext,
-        client: &mut TcpStream,
-        buf: &mut BytesMut,
-        req_out: &mut BytesMut,
-        resp_out: &mut BytesMut,
+        c: &mut ClientConn,
         mut head: RequestHead,
         signal: &ShutdownSignal,
     ) -> Next {
+        let ClientConn {
+            conn,
+            stream: client,
+            buf,
+            out,
+        } = c;
+        let conn = &*conn;
         // Before routing: a field the client names in `Connection` must not take away what the
         // router adds (the lane tag).
         strip_hop_by_hop(&mut head.parts.headers, head.upgrade);
@@ -425,7 +440,8 @@ impl Http1Relay {
             RouteDecision::Respond(local) => {
                 // The request body is not read: the connection can only go on without one.
                 let keep = client_keep_alive && Remaining::new(head.framing).is_done();
-                let written = write_local(client, resp_out, &local, local_side(keep)).await;
+                let written =
+                    write_local(client, &mut out.resp_out, &local, local_side(keep)).await;
                 drop(state);
                 return if keep && written {
                     Next::KeepAlive
@@ -438,7 +454,7 @@ impl Http1Relay {
             tokio::time::sleep(delay).await;
         }
         let started = Instant::now();
-        let sent = self.send(target, client, buf, req_out, resp_out, &head, client_side);
+        let sent = self.send(target, client, buf, out, &head, client_side);
         let result = match timeout {
             None => sent.await,
             Some(limit) => tokio::time::timeout(limit, sent)
@@ -461,7 +477,7 @@ impl Http1Relay {
                 _ => None,
             };
             if let Some(local) = local {
-                write_local(client, resp_out, &local, local_side(false)).await;
+                write_local(client, &mut out.resp_out, &local, local_side(false)).await;
             }
             return Next::Close;
         }
@@ -499,7 +515,8 @@ impl Http1Relay {
                 let keep = client_keep_alive
                     && Remaining::new(head.framing).is_done()
                     && !matches!(failure, Failure::Timeout(_) | Failure::Unread { .. });
-                let written = write_local(client, resp_out, &local, local_side(keep)).await;
+                let written =
+                    write_local(client, &mut out.resp_out, &local, local_side(keep)).await;
                 return if keep && written {
                     Next::KeepAlive
                 } else {
@@ -517,7 +534,7 @@ impl Http1Relay {
             }
             end(&mut state, ResponseEnd::Complete);
             drop(state);
-            tunnel(client, buf, resp_out, upstream).await;
+            tunnel(client, buf, &mut out.resp_out, upstream).await;
             return Next::Close;
         }
 
@@ -528,13 +545,13 @@ impl Http1Relay {
         };
         let relayed = if request_body.is_done() {
             let Upstream { stream, buf, .. } = &mut upstream;
-            relay_response(stream, buf, client, resp_out, body).await
+            relay_response(stream, buf, client, &mut out.resp_out, body).await
         } else {
             relay_duplex(
                 client,
                 buf,
                 &mut upstream,
-                resp_out,
+                &mut out.resp_out,
                 body,
                 &mut request_body,
             )
@@ -566,17 +583,16 @@ impl Http1Relay {
     /// response byte is retried on another connection only when it is complete in hand and its
     /// method is safe to replay (see [`replayable`]): the upstream may have processed it before
     /// the connection broke.
-    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         target: SocketAddr,
         client: &mut TcpStream,
         buf: &mut BytesMut,
-        req_out: &mut BytesMut,
-        resp_out: &mut BytesMut,
+        out: &mut Scratch,
         head: &RequestHead,
         client_side: ClientSide,
     ) -> Result<Answer, Failure> {
+        let Scratch { req_out, resp_out } = out;
         req_out.clear();
         head::encode_request(head, req_out);
         let mut remaining = Remaining::new(head.framing);
