@@ -118,6 +118,12 @@ pub struct RunConfig {
     #[arg(long, env = "LANEMESH_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = defaults::HTTP2_MAX_CONCURRENT_STREAMS)]
     pub http2_max_concurrent_streams: u32,
 
+    /// Protocols an HTTP/1.1 `Upgrade` may switch a connection to, comma separated; any other
+    /// upgrade (e.g. `h2c`, which would make the connection a tunnel past routing and
+    /// governance) is forwarded as a plain request without its upgrade headers.
+    #[arg(long, env = "LANEMESH_UPGRADE_PROTOCOLS", value_delimiter = ',', default_values_t = defaults::UPGRADE_PROTOCOLS.iter().map(|p| (*p).to_owned()))]
+    pub upgrade_protocols: Vec<String>,
+
     /// Proxies in front of this pod (ingress, load balancer) whose `X-Forwarded-For` entries
     /// are trusted, as Envoy's `xff_num_trusted_hops`: the `ClientIP` hot-parameter source then
     /// reads the entry this many places from the right. 0 (the default): the connection's peer
@@ -186,6 +192,11 @@ impl RunConfig {
             connect_timeout: *self.connect_timeout,
             http2_keepalive: *self.http2_keepalive,
             http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            upgrade_protocols: self
+                .upgrade_protocols
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
         }
     }
 }

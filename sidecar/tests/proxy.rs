@@ -1357,3 +1357,84 @@ async fn an_idle_opaque_relay_is_closed_and_a_busy_one_is_not() {
         "closed too early: {waited:?}"
     );
 }
+
+/// Switches to whatever protocol a request asks for (an h2c-capable server), echoing raw bytes
+/// after the 101; answers a request without `Upgrade` with `200 plain` and the head it saw.
+async fn any_upgrade_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut stream).await.to_ascii_lowercase();
+                if head.contains("\r\nupgrade:") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+                        .await;
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = stream.read(&mut buf).await {
+                        if n == 0 || stream.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                } else {
+                    let body = format!("plain\n{head}");
+                    let _ = stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+const H2C_UPGRADE: &[u8] =
+    b"GET / HTTP/1.1\r\nHost: svc.test\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_allowed_to_turn_the_connection_into_a_tunnel() {
+    let upstream = any_upgrade_upstream().await;
+    let harness = Harness::start(test_config()).await;
+    let mut stream = harness.connect(upstream).await;
+    stream.write_all(H2C_UPGRADE).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let mut body = vec![0u8; length];
+    timeout(STEP, stream.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8(body).unwrap();
+    assert!(answer.contains("plain\n"), "{answer}");
+    // The upstream never saw the upgrade request.
+    assert!(!answer.contains("upgrade: h2c"), "{answer}");
+    assert!(!answer.contains("http2-settings"), "{answer}");
+
+    // Allowed explicitly, the same request switches protocols.
+    let harness = Harness::start(ProxyConfig {
+        upgrade_protocols: vec!["websocket".into(), "h2c".into()],
+        ..test_config()
+    })
+    .await;
+    let mut stream = harness.connect(upstream).await;
+    stream.write_all(H2C_UPGRADE).await.unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}

@@ -52,6 +52,11 @@ pub mod defaults {
     /// Concurrent streams a client may open on one HTTP/2 connection.
     pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
+    /// Protocols an HTTP/1.1 `Upgrade` may switch a connection to. Every other upgrade (above
+    /// all `h2c`, which would turn the connection into a tunnel that skips per-request routing
+    /// and governance) is forwarded as a plain request without its upgrade headers.
+    pub const UPGRADE_PROTOCOLS: &[&str] = &["websocket"];
+
     /// Ports whose protocols speak first (the server greets the client), so the proxy must not
     /// wait for client bytes to detect a protocol: MySQL, PostgreSQL, Redis, memcached, SMTP,
     /// POP3, IMAP, submission, MongoDB, Cassandra, NATS, FTP, SSH.
@@ -106,6 +111,9 @@ pub struct ProxyConfig {
     pub http2_keepalive: Duration,
     /// Concurrent streams a client may open on one HTTP/2 connection.
     pub http2_max_concurrent_streams: u32,
+    /// Protocols an HTTP/1.1 upgrade may switch to (lower case, e.g. `websocket`); see
+    /// [`defaults::UPGRADE_PROTOCOLS`].
+    pub upgrade_protocols: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -132,6 +140,10 @@ impl Default for ProxyConfig {
             connect_timeout: defaults::CONNECT_TIMEOUT,
             http2_keepalive: defaults::HTTP2_KEEPALIVE,
             http2_max_concurrent_streams: defaults::HTTP2_MAX_CONCURRENT_STREAMS,
+            upgrade_protocols: defaults::UPGRADE_PROTOCOLS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
         }
     }
 }

@@ -484,6 +484,23 @@ fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether every protocol the request's `Upgrade` names (`websocket`, `h2c`, `TLS/1.0`, by its
+/// name before any `/version`) is in `allowed` (lower case).
+pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut named = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .map(|t| t.split(|&b| b == b'/').next().unwrap_or(t))
+        .peekable();
+    named.peek().is_some()
+        && named.all(|name| {
+            allowed
+                .iter()
+                .any(|a| name.eq_ignore_ascii_case(a.as_bytes()))
+        })
+}
+
 /// `Connection: upgrade` plus an `Upgrade` field (WebSocket and friends).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -64,6 +64,8 @@ pub struct Http1Relay {
     max_header_bytes: usize,
     client_idle_timeout: Duration,
     body_idle_timeout: Duration,
+    /// `--upgrade-protocols`, lower case.
+    upgrade_protocols: Vec<String>,
 }
 
 /// Why an exchange with the upstream produced no response head.
@@ -285,6 +287,7 @@ impl Http1Relay {
             max_header_bytes: config.max_header_bytes,
             client_idle_timeout: config.http_idle_timeout,
             body_idle_timeout: config.body_idle_timeout,
+            upgrade_protocols: config.upgrade_protocols.clone(),
         }
     }
 
@@ -413,6 +416,13 @@ impl Http1Relay {
             out,
         } = c;
         let conn = &*conn;
+        // Only allowed upgrades switch protocols: any other (h2c above all) would turn the
+        // connection into a tunnel past routing and governance, so it goes out as a plain
+        // request whose upgrade headers the stripping below removes.
+        if head.upgrade && !head::upgrade_allowed(&head.parts.headers, &self.upgrade_protocols) {
+            tracing::debug!("upgrade not allowed; forwarding as a plain request");
+            head.upgrade = false;
+        }
         // Before routing: a field the client names in `Connection` must not take away what the
         // router adds (the lane tag).
         strip_hop_by_hop(&mut head.parts.headers, head.upgrade);
