@@ -52,6 +52,9 @@ cargo fmt --all --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "structure (no import cycles between sibling modules, no too_many_arguments)"
+python3 scripts/check-structure.py sidecar/src control-plane/src api/src e2e/src
+
 step "CRDs in sync with the Rust types"
 cargo run --quiet --locked -p lanemesh-api --bin crdgen -- --check
 
