@@ -20,11 +20,12 @@ use lanemesh_api::proto;
 use lanemesh_sidecar::govern::{
     CallResult, GovernContext, InboundGovernor, InboundRules, OutboundGovernor, OutboundRules,
 };
-use lanemesh_sidecar::mesh::{LocalPod, MeshRouter};
+use lanemesh_sidecar::identity::PodIdentity;
+use lanemesh_sidecar::mesh::MeshRouter;
 use lanemesh_sidecar::metrics::ProxyMetrics;
 use lanemesh_sidecar::policy::{Clock, MonotonicClock, SampledCpu};
 use lanemesh_sidecar::proxy::{ConnContext, Direction, Router};
-use lanemesh_sidecar::snapshot::{LocalApp, Snapshot};
+use lanemesh_sidecar::snapshot::Snapshot;
 
 fn dur(ms: u64) -> Option<prost_types::Duration> {
     Some(Duration::from_millis(ms).try_into().unwrap())
@@ -136,10 +137,7 @@ fn governors(c: &mut Criterion) {
 }
 
 fn mesh_router(c: &mut Criterion) {
-    let local = LocalApp {
-        namespace: "demo".into(),
-        app: "a".into(),
-    };
+    let local = PodIdentity::app("demo", "a");
     let snapshot = Snapshot::from_resources(
         local,
         [
@@ -159,10 +157,7 @@ fn mesh_router(c: &mut Criterion) {
         [outbound_policy()],
     )
     .unwrap();
-    let router = MeshRouter::new(LocalPod {
-        app: "a".into(),
-        lane_tag: None,
-    });
+    let router = MeshRouter::new(PodIdentity::app("demo", "a"));
     router.install(&snapshot);
     let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
     let app = Some("127.0.0.1".parse().unwrap());

@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use clap::Args;
 use humantime::Duration as Human;
 
-use crate::admin::{HEALTH_ADDR, METRICS_ADDR};
-use crate::discovery::DiscoveryArgs;
+use crate::admin::{HEALTH_ADDR, LogControl, METRICS_ADDR};
+use crate::app::{AppConfig, Listeners};
+use crate::discovery::{self, DiscoveryArgs};
 use crate::proxy::config::{ProxyConfig, defaults};
 
 /// Flags of `lanemesh-proxy run`.
@@ -165,6 +166,35 @@ impl RunConfig {
         self.worker_threads.or_else(|| {
             let cpu_max = std::fs::read_to_string(self.cgroup_dir.join("cpu.max")).ok()?;
             workers_for_quota(crate::govern::cpu::parse_cpu_max(&cpu_max)?)
+        })
+    }
+
+    /// Everything [`crate::app::App::build`] needs. Neither `--discovery-addr` nor
+    /// `--config-file` is allowed (everything then passes through, with a warning); a token file
+    /// that cannot be read is not.
+    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, discovery::ConfigError> {
+        let source = match self.discovery.source() {
+            Ok(source) => Some(source),
+            Err(discovery::ConfigError::NoSource) => {
+                tracing::warn!(
+                    "neither --discovery-addr nor --config-file given; passing all traffic through"
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(AppConfig {
+            proxy: self.proxy(),
+            identity: self.discovery.identity(),
+            source,
+            listeners: Some(Listeners {
+                admin: self.admin_addr,
+                health: self.health_addr,
+                metrics: self.metrics_addr,
+            }),
+            trusted_proxy_hops: self.trusted_proxy_hops,
+            cgroup_dir: Some(self.cgroup_dir.clone()),
+            logging,
         })
     }
 

@@ -1,37 +1,46 @@
 //! lanemesh data plane: the per-pod proxy that captures, routes and governs traffic.
 //!
 //! # Layout
-//! - [`config`]: static proxy flags (`lanemesh-proxy run`), parsed once and validated.
-//! - [`proxy`]: capture listeners, protocol detection, HTTP/1.1, HTTP/2/gRPC
-//!   and TCP forwarding, graceful shutdown; routing behind the `Router` trait.
-//! - [`admin`]: the admin (`127.0.0.1:15000`: `/config_dump`, `/logging`,
-//!   `/shutdown`), health (`15021`: `/healthz/ready`) and metrics (`15020`:
-//!   `/metrics`) listeners, and the reloadable log filter.
-//! - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
-//! - [`field`]: field-level refusals of discovery resources, shared by every conversion.
-//! - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and
-//!   overload protection as pure state machines (no I/O, injectable clock).
-//! - [`lane`]: lane groups, the lane decision at entry apps and gateways, and carrying the lane
-//!   across a hop (pure; injectable clock and random source).
-//! - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
-//!   destination lookup, and peak-EWMA power-of-two-choices balancing (pure).
-//! - [`snapshot`]: the live configuration, an immutable snapshot of the
-//!   discovery resources with indexes, validated per resource and swapped
-//!   atomically.
-//! - [`discovery`]: the discovery client (delta ADS stream with ACK/NACK and
-//!   reconnect backoff) and the `--config-file` loader that fill the snapshot.
-//! - [`metrics`]: the proxy's Prometheus registry (requests, durations,
-//!   connections, lanes, governance, discovery), shared through an `Arc`.
-//! - [`govern`]: the policy engine on the request path: rules compiled from `InboundPolicy` /
-//!   `OutboundPolicy`, inbound limit chain, outbound breakers, fallbacks, CPU sampling.
-//! - [`mesh`]: lane-aware routing, the proxy's `Router` fed from the live snapshot
-//!   (lane decision, propagation, endpoint choice with base fallback).
+//! Layers, each importing only from the ones above it in this list (`make test` checks that
+//! sibling modules never import each other in a cycle):
+//!
+//! 1. Proxy core, knowing nothing of lanes or policies:
+//!    - [`proxy`]: capture listeners, protocol detection, HTTP/1.1 (own relay), HTTP/2 and gRPC
+//!      (hyper), opaque TCP, graceful shutdown, its own plain [`proxy::ProxyConfig`]; routing
+//!      is asked through the [`proxy::Router`] trait.
+//!    - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
+//! 2. Domain logic, pure (no I/O, injectable clocks):
+//!    - [`identity`]: [`identity::PodIdentity`], who the sidecar serves.
+//!    - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and overload
+//!      protection as state machines.
+//!    - [`field`]: field-level refusals shared by every proto -> runtime conversion.
+//!    - [`lane`]: lane groups, the lane decision at entry apps and gateways, and carrying the
+//!      lane across a hop.
+//!    - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
+//!      destination lookup, peak-EWMA power-of-two-choices balancing.
+//!    - [`metrics`]: the Prometheus registry; other modules attach what they report.
+//!    - [`govern`]: rules compiled from `InboundPolicy` / `OutboundPolicy` (their `TryFrom` is
+//!      the one check of each field), the inbound chain, outbound breakers, fallbacks.
+//! 3. Live configuration:
+//!    - [`snapshot`]: the immutable snapshot of the discovery resources, each compiled into
+//!      its runtime form when it arrives, swapped atomically by one writer.
+//!    - [`discovery`]: the delta ADS client (ACK/NACK, reconnect backoff) and the
+//!      `--config-file` loader that fill the snapshot.
+//!    - [`mesh`]: the proxy's [`proxy::Router`] built from the snapshot.
+//!    - [`admin`]: the admin (`127.0.0.1:15000`), health (`15021`) and metrics (`15020`)
+//!      listeners and the reloadable log filter.
+//! 4. Wiring:
+//!    - [`app`]: [`app::App`], the one builder `main` and the integration tests share.
+//!    - [`config`]: the flags of `lanemesh-proxy run`, parsed once into an
+//!      [`app::AppConfig`].
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod field;
 pub mod govern;
+pub mod identity;
 pub mod init;
 pub mod lane;
 pub mod mesh;

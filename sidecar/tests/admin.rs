@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use lanemesh_api::proto;
 use lanemesh_sidecar::admin::{self, AdminState};
-use lanemesh_sidecar::discovery::{DiscoveryState, NodeIdentity};
+use lanemesh_sidecar::discovery::DiscoveryState;
+use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::metrics::{Direction, ProxyMetrics, RequestLabels, StatusClass};
-use lanemesh_sidecar::snapshot::{
-    LocalApp, ResourceKind, Snapshot, SnapshotBuilder, SnapshotStore,
-};
+use lanemesh_sidecar::snapshot::{ResourceKind, Snapshot, SnapshotBuilder, SnapshotStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -82,11 +81,8 @@ async fn stops(task: JoinHandle<()>) {
         .unwrap();
 }
 
-fn local() -> LocalApp {
-    LocalApp {
-        namespace: "demo".into(),
-        app: "orders".into(),
-    }
+fn local() -> PodIdentity {
+    PodIdentity::app("demo", "orders")
 }
 
 fn service(name: &str, cluster_ip: &str, pod_ip: &str) -> proto::Service {
@@ -271,14 +267,10 @@ async fn config_dump_lists_names_versions_and_node() {
     builder.mark_received(ResourceKind::Service);
     builder.mark_received(ResourceKind::LaneGroup);
     store.store(builder.build());
-    let node = NodeIdentity {
+    let node = PodIdentity {
         pod_name: "orders-0".into(),
-        namespace: "demo".into(),
-        app: "orders".into(),
-        lane_tag: "gray".into(),
         ip: "10.1.0.9".into(),
-        proxy_version: "0.1.0".into(),
-        token: "secret-token".into(),
+        ..PodIdentity::app("demo", "orders").with_lane("gray")
     };
     let (state, _shutdown_rx) = admin_state(Arc::clone(&store));
     let discovery = Arc::new(DiscoveryState::default());

@@ -16,8 +16,9 @@ use lanemesh_api::proto::aggregated_discovery_service_server::{
 };
 use lanemesh_api::resource::DiscoveryResource;
 use lanemesh_sidecar::discovery::{
-    BackoffConfig, ClientConfig, DiscoveryClient, DiscoveryState, NodeIdentity,
+    BackoffConfig, ClientConfig, DiscoveryClient, DiscoveryState, node,
 };
+use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::snapshot::{ResourceKind, SnapshotStore};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -131,9 +132,14 @@ struct Harness {
     streams: mpsc::UnboundedReceiver<FakeStream>,
     store: Arc<SnapshotStore>,
     state: Arc<DiscoveryState>,
-    node: NodeIdentity,
+    node: PodIdentity,
     shutdown: Option<oneshot::Sender<()>>,
     client: JoinHandle<()>,
+}
+
+/// The node the harness's client claims.
+fn node_of(identity: &PodIdentity) -> lanemesh_api::proto::Node {
+    node(identity, "token-123")
 }
 
 impl Harness {
@@ -142,17 +148,14 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let (streams_tx, streams) = mpsc::unbounded_channel();
         let server = serve(listener, streams_tx.clone());
-        let node = NodeIdentity {
+        let node = PodIdentity {
             pod_name: "a-7d9f-x1".into(),
-            namespace: "demo".into(),
-            app: "a".into(),
-            lane_tag: "gray".into(),
             ip: "10.0.0.5".into(),
-            proxy_version: "0.1.0-test".into(),
-            token: "token-123".into(),
+            ..PodIdentity::app("demo", "a").with_lane("gray")
         };
-        let store = Arc::new(SnapshotStore::new(node.local_app()));
-        let mut config = ClientConfig::new(format!("http://{addr}"), node.clone());
+        let store = Arc::new(SnapshotStore::new(node.clone()));
+        let mut config =
+            ClientConfig::new(format!("http://{addr}"), node.clone(), "token-123".into());
         config.backoff = BackoffConfig {
             base: Duration::from_millis(20),
             max: Duration::from_millis(200),
@@ -271,7 +274,7 @@ async fn first_request_carries_the_node_identity_and_one_request_per_type() {
     let mut h = Harness::start().await;
     let mut stream = h.next_stream().await;
     let (node, by_kind) = stream.initial().await;
-    assert_eq!(node, Some(h.node.to_proto()));
+    assert_eq!(node, Some(node_of(&h.node)));
     assert_eq!(node.unwrap().token, "token-123");
     assert_eq!(by_kind.len(), 4);
     assert!(
@@ -532,7 +535,7 @@ async fn losing_the_control_plane_keeps_the_snapshot_and_reconnects_with_held_ve
     let (node, by_kind) = stream.initial().await;
     assert_eq!(
         node,
-        Some(h.node.to_proto()),
+        Some(node_of(&h.node)),
         "a new stream identifies the node again"
     );
     assert_eq!(

@@ -19,7 +19,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lanemesh_api::proto;
-use lanemesh_sidecar::snapshot::{LocalApp, Snapshot};
+use lanemesh_sidecar::identity::PodIdentity;
+use lanemesh_sidecar::snapshot::Snapshot;
 use support::pod::{STEP, Sidecar};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
@@ -179,10 +180,7 @@ fn snapshot(
         ));
     }
     Snapshot::from_resources(
-        LocalApp {
-            namespace: "demo".into(),
-            app: "a".into(),
-        },
+        PodIdentity::app("demo", "a"),
         services,
         [],
         inbound,

@@ -20,8 +20,9 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use lanemesh_api::proto;
+use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::lane::{PropagationRule, PropagationSettings};
-use lanemesh_sidecar::snapshot::{LocalApp, Snapshot, SnapshotStore};
+use lanemesh_sidecar::snapshot::Snapshot;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -110,17 +111,7 @@ fn lane_group(inflight: bool, color_by_node: bool) -> proto::LaneGroup {
 }
 
 fn snapshot(app: &str, services: Vec<proto::Service>, group: proto::LaneGroup) -> Snapshot {
-    Snapshot::from_resources(
-        LocalApp {
-            namespace: "demo".into(),
-            app: app.into(),
-        },
-        services,
-        [group],
-        [],
-        [],
-    )
-    .unwrap()
+    Snapshot::from_resources(PodIdentity::app("demo", app), services, [group], [], []).unwrap()
 }
 
 fn traceparent(i: usize) -> String {
@@ -543,7 +534,7 @@ mod fake_control_plane {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_continues_on_the_last_snapshot_when_the_control_plane_is_gone() {
-    use lanemesh_sidecar::discovery::{BackoffConfig, ClientConfig, DiscoveryClient, NodeIdentity};
+    use lanemesh_sidecar::discovery::{BackoffConfig, ClientConfig, DiscoveryClient};
 
     let c_base = bare_app(21, "c-base", Duration::ZERO).await;
     let c_gray = bare_app(22, "c-gray", Duration::ZERO).await;
@@ -560,23 +551,19 @@ async fn routing_continues_on_the_last_snapshot_when_the_control_plane_is_gone()
     let cp_addr = listener.local_addr().unwrap();
     let server = fake_control_plane::serve(listener, fake.clone());
 
-    let node = NodeIdentity {
+    let node = PodIdentity {
         pod_name: "a-0".into(),
-        namespace: "demo".into(),
-        app: "a".into(),
-        lane_tag: String::new(),
         ip: "127.0.0.23".into(),
-        proxy_version: "test".into(),
-        token: String::new(),
+        ..PodIdentity::app("demo", "a")
     };
-    let store = Arc::new(SnapshotStore::new(node.local_app()));
-    let (a, _) = Sidecar::start_with_store(23, "a", None, Arc::clone(&store)).await;
+    let (a, _) = Sidecar::start(23, "a", None).await;
+    let store = Arc::clone(&a.store);
     assert!(
         a.router.generation().is_none(),
         "no runtime before the first snapshot"
     );
 
-    let mut config = ClientConfig::new(format!("http://{cp_addr}"), node);
+    let mut config = ClientConfig::new(format!("http://{cp_addr}"), node, String::new());
     config.backoff = BackoffConfig {
         base: Duration::from_millis(20),
         max: Duration::from_millis(100),

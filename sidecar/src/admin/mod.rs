@@ -17,7 +17,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::discovery::{DiscoveryState, NodeIdentity};
+use crate::discovery::DiscoveryState;
+use crate::identity::PodIdentity;
 use crate::metrics::ProxyMetrics;
 use crate::snapshot::SnapshotStore;
 
@@ -34,7 +35,7 @@ pub const HEALTH_ADDR: &str = "0.0.0.0:15021";
 pub struct AdminState {
     store: Arc<SnapshotStore>,
     shutdown: watch::Sender<bool>,
-    node: Option<NodeIdentity>,
+    node: Option<PodIdentity>,
     logging: Option<LogControl>,
     discovery: Option<Arc<DiscoveryState>>,
 }
@@ -51,11 +52,9 @@ impl AdminState {
         }
     }
 
-    /// Shown in `/config_dump` (the token is never shown).
+    /// Shown in `/config_dump` (the identity only: the admin never holds the token).
     #[must_use]
-    pub fn with_node(mut self, mut node: NodeIdentity) -> Self {
-        // A credential: not kept where a dump or a Debug print could show it.
-        node.token.clear();
+    pub fn with_node(mut self, node: PodIdentity) -> Self {
         self.node = Some(node);
         self
     }

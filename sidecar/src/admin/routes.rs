@@ -160,9 +160,9 @@ fn config_dump_json(state: &AdminState, snapshot: &Snapshot) -> Value {
                 "pod_name": node.pod_name,
                 "namespace": node.namespace,
                 "app": node.app,
-                "lane_tag": node.lane_tag,
+                "lane_tag": node.lane().unwrap_or_default(),
                 "ip": node.ip,
-                "proxy_version": node.proxy_version,
+                "proxy_version": env!("CARGO_PKG_VERSION"),
             })
         },
     );

@@ -22,59 +22,62 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 
 use super::backoff::{Backoff, BackoffConfig};
-use crate::snapshot::{LocalApp, ResourceKind, SnapshotBuilder, SnapshotStore};
+use crate::identity::PodIdentity;
+use crate::snapshot::{ResourceKind, SnapshotBuilder, SnapshotStore};
 
-/// Who this sidecar is; sent in the first request of each stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeIdentity {
-    pub pod_name: String,
-    pub namespace: String,
-    pub app: String,
-    /// Empty = base.
-    pub lane_tag: String,
-    pub ip: String,
-    pub proxy_version: String,
-    /// Projected service-account token; empty outside Kubernetes.
-    pub token: String,
-}
-
-impl NodeIdentity {
-    pub fn to_proto(&self) -> proto::Node {
-        proto::Node {
-            pod_name: self.pod_name.clone(),
-            namespace: self.namespace.clone(),
-            app: self.app.clone(),
-            lane_tag: self.lane_tag.clone(),
-            ip: self.ip.clone(),
-            proxy_version: self.proxy_version.clone(),
-            token: self.token.clone(),
-        }
-    }
-
-    /// The app whose InboundPolicy this sidecar enforces.
-    pub fn local_app(&self) -> LocalApp {
-        LocalApp {
-            namespace: self.namespace.clone(),
-            app: self.app.clone(),
-        }
+/// The node a stream claims, sent in its first request: who the sidecar serves, this proxy's
+/// version and the pod's credential (empty outside Kubernetes).
+pub fn node(identity: &PodIdentity, token: &str) -> proto::Node {
+    proto::Node {
+        pod_name: identity.pod_name.clone(),
+        namespace: identity.namespace.clone(),
+        app: identity.app.clone(),
+        lane_tag: identity.lane().unwrap_or_default().to_owned(),
+        ip: identity.ip.clone(),
+        proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+        token: token.to_owned(),
     }
 }
 
 /// How to reach the control plane.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `http://host:port` of the discovery service (port 15010 by default).
     pub addr: String,
-    pub node: NodeIdentity,
+    /// Who the sidecar serves.
+    pub identity: PodIdentity,
+    /// Projected service-account token; empty outside Kubernetes. Never shown or logged.
+    pub token: String,
     pub backoff: BackoffConfig,
     pub connect_timeout: Duration,
 }
 
+/// The token is a credential: a Debug print says only whether there is one.
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("addr", &self.addr)
+            .field("identity", &self.identity)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("backoff", &self.backoff)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
 impl ClientConfig {
-    pub fn new(addr: impl Into<String>, node: NodeIdentity) -> Self {
+    pub fn new(addr: impl Into<String>, identity: PodIdentity, token: String) -> Self {
         Self {
             addr: addr.into(),
-            node,
+            identity,
+            token,
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_secs(5),
         }
@@ -268,7 +271,7 @@ impl DiscoveryClient {
         let held = self.store.load_full();
         for (i, kind) in ResourceKind::ALL.into_iter().enumerate() {
             let request = proto::DeltaDiscoveryRequest {
-                node: (i == 0).then(|| self.config.node.to_proto()),
+                node: (i == 0).then(|| node(&self.config.identity, &self.config.token)),
                 type_url: kind.type_url().to_owned(),
                 initial_resource_versions: held.versions(kind),
                 ..Default::default()

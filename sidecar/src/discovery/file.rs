@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use lanemesh_api::convert::{self, Invalid};
 use lanemesh_api::manifest::{Manifest, ManifestError};
 
-use crate::snapshot::{LocalApp, RefusedResource, Snapshot, SnapshotStore};
+use crate::identity::PodIdentity;
+use crate::snapshot::{RefusedResource, Snapshot, SnapshotStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -57,7 +58,7 @@ fn list(objects: &[Invalid]) -> String {
 }
 
 /// Reads `path` into a complete snapshot (every type marked received).
-pub fn load(path: &Path, local: LocalApp) -> Result<Snapshot, FileError> {
+pub fn load(path: &Path, local: PodIdentity) -> Result<Snapshot, FileError> {
     let yaml = std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.to_owned(),
         source,
@@ -72,7 +73,7 @@ pub fn load_into(path: &Path, store: &SnapshotStore) -> Result<u64, FileError> {
 }
 
 /// The snapshot of a YAML text; `path` only labels the errors.
-pub fn from_yaml(path: &Path, yaml: &str, local: LocalApp) -> Result<Snapshot, FileError> {
+pub fn from_yaml(path: &Path, yaml: &str, local: PodIdentity) -> Result<Snapshot, FileError> {
     let manifest = Manifest::from_yaml(yaml).map_err(|source| FileError::Manifest {
         path: path.to_owned(),
         source,
@@ -174,11 +175,8 @@ metadata: {name: b, namespace: demo}
 spec: {selector: {matchLabels: {app: b}}, template: {metadata: {labels: {app: b}}, spec: {containers: [{name: app, image: b}]}}}
 "#;
 
-    fn local() -> LocalApp {
-        LocalApp {
-            namespace: "demo".into(),
-            app: "a".into(),
-        }
+    fn local() -> PodIdentity {
+        PodIdentity::app("demo", "a")
     }
 
     #[test]

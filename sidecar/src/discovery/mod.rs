@@ -19,10 +19,10 @@ use std::path::PathBuf;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{
-    ClientConfig, ClientError, DiscoveryClient, DiscoveryState, DiscoveryStats, NodeIdentity,
+    ClientConfig, ClientError, DiscoveryClient, DiscoveryState, DiscoveryStats, node,
 };
 
-use crate::snapshot::LocalApp;
+use crate::identity::PodIdentity;
 
 /// Discovery flags of `lanemesh-proxy`; each also reads an environment
 /// variable so the injected container needs no arguments.
@@ -57,8 +57,8 @@ pub struct DiscoveryArgs {
 /// What fills the snapshot.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {
-    ControlPlane(ClientConfig),
-    File { path: PathBuf, local: LocalApp },
+    ControlPlane(Box<ClientConfig>),
+    File { path: PathBuf },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,45 +75,46 @@ pub enum ConfigError {
 }
 
 impl DiscoveryArgs {
-    pub fn node(&self) -> Result<NodeIdentity, ConfigError> {
-        let token = match &self.token_file {
-            Some(path) => std::fs::read_to_string(path)
+    /// Who the sidecar serves, from the flags (the downward API's env vars in Kubernetes).
+    pub fn identity(&self) -> PodIdentity {
+        PodIdentity {
+            namespace: self.pod_namespace.clone(),
+            pod_name: self.pod_name.clone(),
+            app: self.app_name.clone(),
+            lane_tag: None,
+            ip: self.pod_ip.clone(),
+        }
+        .with_lane(self.lane_tag.clone())
+    }
+
+    /// The projected service-account token (`--token-file`), empty without one.
+    pub fn token(&self) -> Result<String, ConfigError> {
+        match &self.token_file {
+            Some(path) => Ok(std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Token {
                     path: path.clone(),
                     source,
                 })?
                 .trim()
-                .to_owned(),
-            None => String::new(),
-        };
-        Ok(NodeIdentity {
-            pod_name: self.pod_name.clone(),
-            namespace: self.pod_namespace.clone(),
-            app: self.app_name.clone(),
-            lane_tag: self.lane_tag.clone(),
-            ip: self.pod_ip.clone(),
-            proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
-            token,
-        })
+                .to_owned()),
+            None => Ok(String::new()),
+        }
     }
 
     /// The configured source; a file wins when both are somehow set.
     pub fn source(&self) -> Result<ConfigSource, ConfigError> {
-        let node = self.node()?;
         if let Some(path) = &self.config_file {
-            return Ok(ConfigSource::File {
-                path: path.clone(),
-                local: node.local_app(),
-            });
+            return Ok(ConfigSource::File { path: path.clone() });
         }
         let addr = self
             .discovery_addr
             .as_deref()
             .ok_or(ConfigError::NoSource)?;
-        Ok(ConfigSource::ControlPlane(ClientConfig::new(
+        Ok(ConfigSource::ControlPlane(Box::new(ClientConfig::new(
             with_scheme(addr),
-            node,
-        )))
+            self.identity(),
+            self.token()?,
+        ))))
     }
 }
 
@@ -164,13 +165,22 @@ mod tests {
             panic!("expected a control plane source");
         };
         assert_eq!(config.addr, "http://pilot.lanemesh-system:15010");
-        assert_eq!(config.node.pod_name, "a-1");
-        assert_eq!(config.node.namespace, "demo");
-        assert_eq!(config.node.app, "a");
-        assert_eq!(config.node.lane_tag, "gray");
-        assert_eq!(config.node.ip, "10.0.0.5");
-        assert_eq!(config.node.token, "secret-token");
-        assert!(!config.node.proxy_version.is_empty());
+        assert_eq!(config.identity.pod_name, "a-1");
+        assert_eq!(config.identity.namespace, "demo");
+        assert_eq!(config.identity.app, "a");
+        assert_eq!(config.identity.lane(), Some("gray"));
+        assert_eq!(config.identity.ip, "10.0.0.5");
+        assert_eq!(config.token, "secret-token");
+        assert!(
+            !format!("{config:?}").contains("secret-token"),
+            "the token is redacted"
+        );
+        let node = node(&config.identity, &config.token);
+        assert_eq!(
+            (node.lane_tag.as_str(), node.token.as_str()),
+            ("gray", "secret-token")
+        );
+        assert!(!node.proxy_version.is_empty());
     }
 
     #[test]
@@ -184,9 +194,9 @@ mod tests {
         ])
         .unwrap();
         match cli.discovery.source().unwrap() {
-            ConfigSource::File { path, local } => {
+            ConfigSource::File { path } => {
                 assert_eq!(path, PathBuf::from("/etc/lanemesh.yaml"));
-                assert_eq!(local.app, "a");
+                assert_eq!(cli.discovery.identity().app, "a");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -17,5 +17,5 @@ pub mod observe;
 pub mod router;
 pub mod runtime;
 
-pub use router::{LocalPod, MeshRouter, run_builder};
+pub use router::{MeshRouter, run_builder};
 pub use runtime::Runtime;

@@ -9,6 +9,7 @@ use http::header::{HeaderMap, HeaderValue};
 use rand::Rng;
 
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
+use crate::identity::PodIdentity;
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
 use crate::policy::SampledCpu;
@@ -26,19 +27,10 @@ use crate::snapshot::{Snapshot, SnapshotStore};
 use super::observe::Recorder;
 use super::runtime::Runtime;
 
-/// Who this sidecar serves.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalPod {
-    /// The pod's app (label `msePilotCreateAppName`); lane groups and services refer to it.
-    pub app: String,
-    /// The pod's lane tag; `None` = base pod.
-    pub lane_tag: Option<String>,
-}
-
 /// Routes by lane: see the [module](super) documentation.
 #[derive(Debug)]
 pub struct MeshRouter {
-    local: LocalPod,
+    local: PodIdentity,
     pod_tag: Option<Arc<str>>,
     runtime: ArcSwapOption<Runtime>,
     propagator: Propagator,
@@ -56,13 +48,13 @@ pub struct MeshRouter {
 impl MeshRouter {
     /// A router for `local` on the monotonic clock; it passes everything through until the first
     /// [`MeshRouter::install`].
-    pub fn new(local: LocalPod) -> Self {
+    pub fn new(local: PodIdentity) -> Self {
         Self::with_clock(local, Arc::new(MonotonicClock::new()))
     }
 
     /// A router reading time (trace TTLs, latencies) from `clock`.
-    pub fn with_clock(local: LocalPod, clock: Arc<dyn Clock>) -> Self {
-        let lane_tag = local.lane_tag.as_deref().filter(|t| !t.is_empty());
+    pub fn with_clock(local: PodIdentity, clock: Arc<dyn Clock>) -> Self {
+        let lane_tag = local.lane().filter(|t| !t.is_empty());
         let propagator = Propagator::new(lane_tag, &Default::default(), Arc::clone(&clock));
         Self {
             pod_tag: lane_tag.map(Arc::from),

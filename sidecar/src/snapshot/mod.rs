@@ -123,12 +123,7 @@ snapshot_resource!(LaneGroup, lane_groups);
 snapshot_resource!(InboundPolicy, inbound_policies);
 snapshot_resource!(OutboundPolicy, outbound_policies);
 
-/// Whose sidecar this is: selects the InboundPolicy that applies here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LocalApp {
-    pub namespace: String,
-    pub app: String,
-}
+use crate::identity::PodIdentity;
 
 /// What the data plane knows about a pod IP from the Services it backs.
 #[derive(Debug, Clone)]
@@ -151,7 +146,7 @@ struct Index {
 }
 
 impl Index {
-    fn build(tables: &Tables, local: &LocalApp) -> Self {
+    fn build(tables: &Tables, local: &PodIdentity) -> Self {
         let mut index = Self::default();
         for entry in tables.services.values() {
             for ip in &entry.compiled.cluster_ips {
@@ -214,7 +209,7 @@ impl Index {
 #[derive(Debug)]
 pub struct Snapshot {
     generation: u64,
-    local: LocalApp,
+    local: PodIdentity,
     received: [bool; 4],
     tables: Tables,
     index: Index,
@@ -222,7 +217,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Nothing held, nothing received: not ready.
-    pub fn empty(local: LocalApp) -> Self {
+    pub fn empty(local: PodIdentity) -> Self {
         SnapshotBuilder::new(local).build()
     }
 
@@ -230,7 +225,7 @@ impl Snapshot {
     /// received; for in-process tests and the file loader. Refuses the first
     /// invalid resource.
     pub fn from_resources(
-        local: LocalApp,
+        local: PodIdentity,
         services: impl IntoIterator<Item = proto::Service>,
         lane_groups: impl IntoIterator<Item = proto::LaneGroup>,
         inbound_policies: impl IntoIterator<Item = proto::InboundPolicy>,
@@ -250,7 +245,7 @@ impl Snapshot {
         self.generation
     }
 
-    pub const fn local(&self) -> &LocalApp {
+    pub const fn local(&self) -> &PodIdentity {
         &self.local
     }
 
@@ -351,13 +346,13 @@ impl RefusedResource {
 /// Builds the next snapshot from the current one, off the hot path.
 #[derive(Debug, Clone)]
 pub struct SnapshotBuilder {
-    local: LocalApp,
+    local: PodIdentity,
     received: [bool; 4],
     tables: Tables,
 }
 
 impl SnapshotBuilder {
-    pub fn new(local: LocalApp) -> Self {
+    pub fn new(local: PodIdentity) -> Self {
         Self {
             local,
             received: [false; 4],
@@ -525,7 +520,7 @@ pub struct SnapshotStore {
 }
 
 impl SnapshotStore {
-    pub fn new(local: LocalApp) -> Self {
+    pub fn new(local: PodIdentity) -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::empty(local)),
             generation: watch::Sender::new(0),

@@ -3,11 +3,8 @@ use std::time::Duration;
 
 use super::*;
 
-fn local() -> LocalApp {
-    LocalApp {
-        namespace: "default".into(),
-        app: "a".into(),
-    }
+fn local() -> PodIdentity {
+    PodIdentity::app("default", "a")
 }
 
 fn service(name: &str, app: &str, cluster_ip: &str, pod_ips: &[(&str, &str)]) -> proto::Service {
@@ -331,7 +328,7 @@ async fn readers_see_only_complete_snapshots_during_rapid_swaps() {
 #[test]
 fn the_store_reports_readiness_and_generation_to_metrics() {
     use crate::metrics::{ProxyMetrics, Sample, ScrapeSource};
-    let store = Arc::new(SnapshotStore::new(LocalApp::default()));
+    let store = Arc::new(SnapshotStore::new(PodIdentity::default()));
     assert_eq!(
         store.samples()[..2],
         [
@@ -345,7 +342,7 @@ fn the_store_reports_readiness_and_generation_to_metrics() {
     );
     let metrics = ProxyMetrics::new();
     metrics.attach(Arc::clone(&store) as Arc<dyn ScrapeSource>);
-    store.store(Snapshot::from_resources(LocalApp::default(), [], [], [], []).unwrap());
+    store.store(Snapshot::from_resources(PodIdentity::default(), [], [], [], []).unwrap());
     let text = metrics.encode();
     assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
     assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");

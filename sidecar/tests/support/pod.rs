@@ -11,12 +11,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use lanemesh_sidecar::app::{App, AppConfig};
+use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::lane::PropagationRule;
-use lanemesh_sidecar::mesh::{LocalPod, MeshRouter, run_builder};
+use lanemesh_sidecar::mesh::MeshRouter;
 use lanemesh_sidecar::proxy::ProxyConfig;
 use lanemesh_sidecar::proxy::orig_dst::OrigDstError;
-use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, Proxy, ShutdownHandle};
-use lanemesh_sidecar::snapshot::{LocalApp, Snapshot, SnapshotStore};
+use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, ShutdownHandle};
+use lanemesh_sidecar::snapshot::{Snapshot, SnapshotStore};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -54,31 +56,17 @@ pub(crate) struct Sidecar {
     pub(crate) store: Arc<SnapshotStore>,
     pub(crate) shutdown: ShutdownHandle,
     pub(crate) run: JoinHandle<lanemesh_sidecar::proxy::DrainReport>,
-    pub(crate) builder: JoinHandle<()>,
 }
 
 impl Sidecar {
-    /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, and the
-    /// listener its app must serve on.
+    /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, built by
+    /// the same [`App`] as `lanemesh-proxy`, and the listener its app must serve on.
     pub(crate) async fn start(n: u8, app: &str, tag: Option<&str>) -> (Self, TcpListener) {
-        let store = Arc::new(SnapshotStore::new(LocalApp {
-            namespace: "demo".into(),
-            app: app.into(),
-        }));
-        Self::start_with_store(n, app, tag, store).await
-    }
-
-    pub(crate) async fn start_with_store(
-        n: u8,
-        app: &str,
-        tag: Option<&str>,
-        store: Arc<SnapshotStore>,
-    ) -> (Self, TcpListener) {
         let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
         let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
         let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
         let app_port = app_listener.local_addr().unwrap().port();
-        let config = ProxyConfig {
+        let proxy = ProxyConfig {
             outbound_port: 0,
             inbound_port: 0,
             bind_address: pod_ip,
@@ -87,15 +75,10 @@ impl Sidecar {
             connect_timeout: Duration::from_secs(2),
             ..ProxyConfig::default()
         };
-        let router = Arc::new(MeshRouter::new(LocalPod {
-            app: app.into(),
-            lane_tag: tag.map(str::to_owned),
-        }));
-        let builder = tokio::spawn(run_builder(Arc::clone(&store), Arc::clone(&router)));
+        let identity = PodIdentity::app("demo", app).with_lane(tag.unwrap_or_default());
         let map = PeerMap::new();
-        let proxy = Proxy::bind(
-            config,
-            router.clone(),
+        let built = App::build(
+            AppConfig::new(proxy, identity),
             Arc::new(TestDst {
                 map: map.clone(),
                 app_port,
@@ -103,20 +86,15 @@ impl Sidecar {
         )
         .await
         .unwrap();
-        let pod = proxy.inbound_addr();
-        let outbound = proxy.outbound_addr();
-        let shutdown = proxy.shutdown_handle();
-        let run = tokio::spawn(proxy.run());
         let sidecar = Self {
-            pod,
-            outbound,
+            pod: built.inbound_addr(),
+            outbound: built.outbound_addr(),
             app_ip,
             map,
-            router,
-            store,
-            shutdown,
-            run,
-            builder,
+            router: Arc::clone(&built.router),
+            store: Arc::clone(&built.store),
+            shutdown: built.shutdown_handle(),
+            run: tokio::spawn(built.run()),
         };
         (sidecar, app_listener)
     }
@@ -167,7 +145,6 @@ impl Sidecar {
     pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         timeout(STEP, self.run).await.unwrap().unwrap();
-        self.builder.abort();
     }
 }
 
