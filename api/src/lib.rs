@@ -6,6 +6,7 @@
 //! - [`crd`]: the `lanemesh.io/v1alpha1` custom resources with their schema and CEL rules.
 //! - [`convert`]: CRD spec -> discovery resource, with the checks CEL cannot express.
 //! - [`defaults`]: the documented values of fields users may leave out.
+//! - [`hash`]: FNV-1a 64, for the `Percentage` operator and resource versions.
 //! - [`limits`]: upper bounds on user-supplied numbers (schema and conversion).
 //! - [`labels`]: the MSE onboarding labels and what they say about a pod.
 //! - [`manifest`]: reading multi-document YAML of lanemesh objects (examples, local source).
@@ -16,6 +17,7 @@ pub mod convert;
 #[allow(unreachable_pub)]
 pub mod crd;
 pub mod defaults;
+pub mod hash;
 pub mod labels;
 pub mod limits;
 pub mod manifest;

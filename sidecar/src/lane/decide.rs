@@ -18,19 +18,7 @@ use rand::Rng;
 
 use super::rules::{Condition, LaneGroupConfig, LaneMatch, Logic, Operator, RoutingMode, Source};
 
-/// FNV-1a, 64 bit (offset basis `0xcbf29ce484222325`, prime `0x100000001b3`): the hash of the
-/// `Percentage` operator, chosen because every language has it, so other tools can predict which
-/// users land in a lane.
-pub const fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
-}
+use lanemesh_api::hash::fnv1a64;
 
 /// The parts of a request the decision reads.
 #[derive(Debug, Clone, Copy)]
@@ -326,16 +314,6 @@ mod tests {
         let mut c = cond(Src::Header, "u", op, "");
         c.values = values.iter().map(|v| (*v).to_owned()).collect();
         config(proto::Logic::All, vec![c])
-    }
-
-    #[test]
-    fn fnv1a64_matches_the_published_vectors() {
-        // DESIGN §4: Percentage is fnv1a64(value) % 100; vectors from the FNV reference
-        // (isthe.com/chongo/tech/comp/fnv, test vectors of FNV-1a 64).
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"b"), 0xaf63_df4c_8601_f1a5);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-pub use decide::{DecisionReason, LaneDecision, RequestView, fnv1a64};
+pub use decide::{DecisionReason, LaneDecision, RequestView};
 pub use propagate::{
     InboundGuard, OutboundLane, PropagationRule, PropagationSettings, Propagator, TraceTable,
 };

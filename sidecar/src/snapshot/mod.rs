@@ -501,15 +501,10 @@ impl SnapshotBuilder {
     }
 }
 
-/// A version that changes whenever the content does (FNV-1a 64 of the
-/// encoding), for resources that come without one.
+/// A version that changes whenever the content does (as the control plane computes it), for
+/// resources that come without one.
 pub fn content_version<T: Message>(resource: &T) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in resource.encode_to_vec() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
+    lanemesh_api::hash::version_of(&resource.encode_to_vec())
 }
 
 /// The current snapshot, swapped atomically by its one writer.
