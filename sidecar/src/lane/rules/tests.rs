@@ -15,12 +15,7 @@ pub(crate) fn cond(
     }
 }
 
-pub(crate) fn lane(
-    name: &str,
-    tag: &str,
-    enabled: bool,
-    m: Option<proto::Match>,
-) -> proto::Lane {
+pub(crate) fn lane(name: &str, tag: &str, enabled: bool, m: Option<proto::Match>) -> proto::Lane {
     proto::Lane {
         name: name.to_owned(),
         tag: tag.to_owned(),
@@ -94,9 +89,8 @@ fn regexes_are_anchored() {
             "ab+",
         )],
     };
-    let c =
-        LaneGroupConfig::try_from(&group("d/g", &["a"], vec![lane("l", "t", true, Some(m))]))
-            .unwrap();
+    let c = LaneGroupConfig::try_from(&group("d/g", &["a"], vec![lane("l", "t", true, Some(m))]))
+        .unwrap();
     let Operator::Regex(re) = &c.lanes[0].lane_match.as_ref().unwrap().conditions[0].operator
     else {
         panic!("not a regex")

@@ -181,29 +181,28 @@ fn breaker_ratios_are_checked_with_the_policy_constructors() {
 
 #[test]
 fn inbound_rules_check_paths_thresholds_and_fallbacks() {
-    let rule =
-        |path: proto::path_match::Kind, threshold: f64, status: u32| proto::InboundPolicy {
-            name: "default/a".into(),
-            namespace: "default".into(),
-            app: "a".into(),
-            rules: vec![proto::RateLimitRule {
-                name: "rl/r1".into(),
-                r#match: Some(proto::RouteMatch {
-                    paths: vec![proto::PathMatch { kind: Some(path) }],
-                    methods: vec!["GET".into()],
-                }),
-                qps: Some(proto::QpsLimit {
-                    threshold,
-                    ..Default::default()
-                }),
-                fallback: Some(proto::Fallback {
-                    status,
-                    ..Default::default()
-                }),
+    let rule = |path: proto::path_match::Kind, threshold: f64, status: u32| proto::InboundPolicy {
+        name: "default/a".into(),
+        namespace: "default".into(),
+        app: "a".into(),
+        rules: vec![proto::RateLimitRule {
+            name: "rl/r1".into(),
+            r#match: Some(proto::RouteMatch {
+                paths: vec![proto::PathMatch { kind: Some(path) }],
+                methods: vec!["GET".into()],
+            }),
+            qps: Some(proto::QpsLimit {
+                threshold,
                 ..Default::default()
-            }],
-            overload: None,
-        };
+            }),
+            fallback: Some(proto::Fallback {
+                status,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        overload: None,
+    };
     use proto::path_match::Kind;
     assert!(
         rule(Kind::Exact("/greet".into()), 1.0, 429)
