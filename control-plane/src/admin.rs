@@ -1,38 +1,89 @@
-//! The admin server (port 15014): `/healthz`, `/readyz`, `/metrics`,
-//! `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`), `/debug/rejected`.
+//! The admin server (port 15014): `/healthz`, `/readyz`, `/metrics`, and
+//! the debug endpoints `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`)
+//! and `/debug/rejected`.
+//!
+//! Other pods reach this port (Prometheus scrapes it), while a snapshot shows
+//! any node's configuration: the debug endpoints are served only where
+//! [`DebugEndpoints`] allows (by default only on a loopback-bound listener).
+//! HTTP/1 only; a connection must send its request head within
+//! [`AdminOptions::header_read_timeout`] (no slowloris), and at most
+//! [`MAX_CONNECTIONS`] are served at once.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::metrics::Metrics;
+use crate::run::Health;
 use crate::snapshot::{self, NodeKey, Resources, World};
 
 /// Default admin address.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:15014";
+/// Default time a client has to send a request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Where `/debug/*` is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DebugEndpoints {
+    /// Only when the admin listener is bound to a loopback address (reached
+    /// from inside the pod, or with `kubectl port-forward`).
+    #[default]
+    Loopback,
+    /// On every address: anyone who reaches the port sees every node's snapshot.
+    On,
+    Off,
+}
+
+/// How the admin server behaves.
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    pub header_read_timeout: Duration,
+    pub debug_endpoints: DebugEndpoints,
+}
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            debug_endpoints: DebugEndpoints::default(),
+        }
+    }
+}
 
 /// What the admin endpoints read.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub worlds: watch::Receiver<Arc<World>>,
     pub metrics: Arc<Metrics>,
+    pub health: Health,
+    pub options: AdminOptions,
 }
 
 impl Admin {
     /// Serves until `shutdown` turns `true`.
     pub async fn serve(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
-        tracing::info!(addr = ?listener.local_addr().ok(), "admin server listening");
+        let local = listener.local_addr().ok();
+        let serve_debug = match self.options.debug_endpoints {
+            DebugEndpoints::On => true,
+            DebugEndpoints::Off => false,
+            DebugEndpoints::Loopback => local.is_some_and(|a| a.ip().is_loopback()),
+        };
+        tracing::info!(addr = ?local, debug_endpoints = serve_debug, "admin server listening");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, _) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -45,13 +96,21 @@ impl Admin {
                 },
                 () = crate::stopped(shutdown.clone()) => return,
             };
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                tracing::debug!("admin: too many connections; closing a new one");
+                continue;
+            };
             let admin = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
+                let timeout = admin.options.header_read_timeout;
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(&req)) }
+                    async move { Ok::<_, Infallible>(admin.handle(&req, serve_debug)) }
                 });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                if let Err(e) = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(timeout)
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
@@ -61,12 +120,24 @@ impl Admin {
         }
     }
 
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn handle(&self, req: &Request<Incoming>, debug: bool) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         let world = Arc::clone(&self.worlds.borrow());
-        match req.uri().path() {
+        let path = req.uri().path();
+        if path.starts_with("/debug/") && !debug {
+            return text(
+                StatusCode::NOT_FOUND,
+                "debug endpoints are off on this address (see --debug-endpoints)\n".into(),
+            );
+        }
+        let failure = self.health.failure();
+        match path {
+            "/healthz" | "/readyz" if failure.is_some() => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {}\n", failure.unwrap_or_default()),
+            ),
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" if world.ready => text(StatusCode::OK, "ready\n".into()),
             "/readyz" => text(

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
-use lanemesh_control_plane::run::ControlPlane;
+use lanemesh_control_plane::discovery::DiscoveryLimits;
+use lanemesh_control_plane::run::{ControlPlane, Options};
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_control_plane::source::local::LocalSource;
 use lanemesh_control_plane::{admin, discovery, status};
@@ -40,6 +41,36 @@ struct Args {
     /// Admin address: /healthz, /readyz, /metrics, /debug/snapshot.
     #[arg(long, default_value = admin::DEFAULT_ADDR, env = "LANEMESH_ADMIN_ADDR")]
     admin_addr: String,
+    /// Where /debug/* (every node's snapshot) is served: `loopback` = only when
+    /// --admin-addr is a loopback address; `on` = to anyone reaching the port.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "loopback",
+        env = "LANEMESH_DEBUG_ENDPOINTS"
+    )]
+    debug_endpoints: admin::DebugEndpoints,
+    /// Time an admin client has to send its request head.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    admin_header_timeout: Duration,
+    /// HTTP/2 streams one discovery connection may open at once.
+    #[arg(long, default_value_t = 16)]
+    max_streams_per_connection: u32,
+    /// HTTP/2 PING interval on discovery connections.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grpc_keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grpc_keepalive_timeout: Duration,
+    /// TCP keepalive idle time (and probe interval) on discovery connections.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    tcp_keepalive: Duration,
+    /// A discovery stream whose first request does not arrive within this is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    first_request_timeout: Duration,
+    /// A discovery stream whose sidecar does not read a response within this is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    send_timeout: Duration,
     /// Quiet time after a change before snapshots are rebuilt.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     debounce: Duration,
@@ -130,15 +161,57 @@ async fn main() -> anyhow::Result<()> {
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
     };
-    let mut plane = ControlPlane::start(source, grpc, admin, args.debounce);
+    for (flag, d) in [
+        ("--admin-header-timeout", args.admin_header_timeout),
+        ("--grpc-keepalive-interval", args.grpc_keepalive_interval),
+        ("--grpc-keepalive-timeout", args.grpc_keepalive_timeout),
+        ("--tcp-keepalive", args.tcp_keepalive),
+        ("--first-request-timeout", args.first_request_timeout),
+        ("--send-timeout", args.send_timeout),
+    ] {
+        anyhow::ensure!(!d.is_zero(), "{flag} must be greater than zero");
+    }
+    anyhow::ensure!(
+        args.max_streams_per_connection > 0,
+        "--max-streams-per-connection must be at least 1"
+    );
+    let options = Options {
+        debounce: args.debounce,
+        discovery: DiscoveryLimits {
+            max_concurrent_streams: args.max_streams_per_connection,
+            keepalive_interval: args.grpc_keepalive_interval,
+            keepalive_timeout: args.grpc_keepalive_timeout,
+            tcp_keepalive: args.tcp_keepalive,
+            first_request_timeout: args.first_request_timeout,
+            send_timeout: args.send_timeout,
+            ..DiscoveryLimits::default()
+        },
+        admin: admin::AdminOptions {
+            header_read_timeout: args.admin_header_timeout,
+            debug_endpoints: args.debug_endpoints,
+        },
+    };
+    let mut plane = ControlPlane::start_with(source, grpc, admin, options);
     if let Some(client) = status_client {
         tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "writing CRD status while holding the lease");
         plane.start_status_writer(client, lease);
     }
-    shutdown_signal().await?;
+    // A dead task (index, source, servers, status writer) ends the process
+    // with an error, so Kubernetes restarts it rather than keep a replica
+    // that serves stale configuration.
+    let failure = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            None
+        }
+        failure = plane.failed() => Some(failure),
+    };
     tracing::info!("stopping");
     plane.stop(args.grace).await;
-    Ok(())
+    match failure {
+        Some(failure) => anyhow::bail!("{failure}"),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

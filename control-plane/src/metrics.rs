@@ -21,6 +21,9 @@ pub struct Metrics {
     pub push_latency: Histogram,
     /// NACKed responses, by type.
     pub nacks: TypeFamily,
+    /// NACKed resources ignored: not sent on that stream (or at another
+    /// version), or beyond the stream's bound.
+    pub nacks_ignored: TypeFamily,
     /// Objects refused by the latest build.
     pub rejected_objects: Gauge,
     /// Status writes, by `kind` and `result` (`ok` | `error`).
@@ -37,6 +40,7 @@ impl Default for Metrics {
         // 1 ms .. ~8 s.
         let push_latency = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let nacks = TypeFamily::default();
+        let nacks_ignored = TypeFamily::default();
         let rejected_objects = Gauge::default();
         let status_writes = Family::<Vec<(&'static str, String)>, Counter>::default();
         let leader = Gauge::default();
@@ -55,6 +59,11 @@ impl Default for Metrics {
             "nacks",
             "Discovery responses NACKed by sidecars",
             nacks.clone(),
+        );
+        registry.register(
+            "nacks_ignored",
+            "NACKed resources ignored: not sent on that stream at that version, or over the per-stream bound",
+            nacks_ignored.clone(),
         );
         registry.register(
             "rejected_objects",
@@ -77,6 +86,7 @@ impl Default for Metrics {
             pushes,
             push_latency,
             nacks,
+            nacks_ignored,
             rejected_objects,
             status_writes,
             leader,

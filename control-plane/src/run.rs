@@ -8,8 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::admin::Admin;
-use crate::discovery::Discovery;
+use crate::admin::{Admin, AdminOptions};
+use crate::discovery::{Discovery, DiscoveryLimits};
 use crate::metrics::Metrics;
 use crate::snapshot::World;
 use crate::source::SourceEvent;
@@ -17,18 +17,126 @@ use crate::source::SourceEvent;
 /// Events a source may queue before it waits for the index.
 const SOURCE_BUFFER: usize = 64;
 
+type BoxedTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How a control plane runs; `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Quiet time after a change before snapshots are rebuilt.
+    pub debounce: Duration,
+    pub discovery: DiscoveryLimits,
+    pub admin: AdminOptions,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            debounce: crate::index::DEFAULT_DEBOUNCE,
+            discovery: DiscoveryLimits::default(),
+            admin: AdminOptions::default(),
+        }
+    }
+}
+
+/// The first task of the control plane that ended while it should still
+/// run, and why. Shared with the admin server, so `/readyz` and `/healthz`
+/// say so, and with `lanemesh-pilot`, which then exits non-zero.
+#[derive(Debug, Clone)]
+pub struct Health(Arc<watch::Sender<Option<String>>>);
+
+impl Default for Health {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl Health {
+    /// Records that `task` stopped; only the first failure is kept (the
+    /// others usually follow from it: the index ends when its source does).
+    pub fn fail(&self, task: &str, why: &str) {
+        let message = format!("the {task} task {why}");
+        self.0.send_if_modified(|failure| {
+            if failure.is_some() {
+                return false;
+            }
+            tracing::error!(%message, "control plane task failed; this replica is no longer healthy");
+            *failure = Some(message.clone());
+            true
+        });
+    }
+
+    /// The failure, if any task failed.
+    pub fn failure(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves with the first failure.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.0.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone().unwrap_or_default(),
+            // The sender lives in `self`: cannot happen while we wait.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Aborts the task it guards when dropped (when its supervisor is aborted).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs `task` and reports to `health` if it ends, by returning or by
+/// panicking, before `shutdown`: a dead index or source would otherwise
+/// leave a replica that answers `/readyz` but serves stale configuration.
+fn supervise<F>(
+    name: &'static str,
+    task: F,
+    health: Health,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut inner = tokio::spawn(task);
+    tokio::spawn(async move {
+        let _guard = AbortOnDrop(inner.abort_handle());
+        let outcome = (&mut inner).await;
+        if *shutdown.borrow() {
+            return;
+        }
+        let why = match outcome {
+            Ok(()) => "ended".to_owned(),
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let text = (panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("panicked: {text}")
+            }
+            Err(_) => "was cancelled".to_owned(),
+        };
+        health.fail(name, &why);
+    })
+}
+
 /// A running control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
     pub worlds: watch::Receiver<Arc<World>>,
     pub discovery: Discovery,
     pub metrics: Arc<Metrics>,
+    pub health: Health,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl ControlPlane {
-    /// Starts everything. `source` gets the sender it feeds the index with.
+    /// Starts everything with the default [`Options`] but `debounce`.
     pub fn start<F, Fut>(
         source: F,
         grpc: TcpListener,
@@ -39,33 +147,71 @@ impl ControlPlane {
         F: FnOnce(mpsc::Sender<SourceEvent>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
+        let options = Options {
+            debounce,
+            ..Options::default()
+        };
+        Self::start_with(source, grpc, admin_listener, options)
+    }
+
+    /// Starts everything. `source` gets the sender it feeds the index with.
+    pub fn start_with<F, Fut>(
+        source: F,
+        grpc: TcpListener,
+        admin_listener: TcpListener,
+        options: Options,
+    ) -> Self
+    where
+        F: FnOnce(mpsc::Sender<SourceEvent>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (events_tx, events_rx) = mpsc::channel(SOURCE_BUFFER);
         let (worlds_tx, worlds) = watch::channel(Arc::new(World::default()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
-        let discovery = Discovery::new(worlds.clone(), Arc::clone(&metrics), shutdown_rx.clone());
+        let health = Health::default();
+        let discovery = Discovery::new(worlds.clone(), Arc::clone(&metrics), shutdown_rx.clone())
+            .with_limits(options.discovery);
         let admin = Admin {
             worlds: worlds.clone(),
             metrics: Arc::clone(&metrics),
+            health: health.clone(),
+            options: options.admin,
         };
         let serving = discovery.clone();
+        let spawn = |name, task| supervise(name, task, health.clone(), shutdown_rx.clone());
         let tasks = vec![
-            tokio::spawn(source(events_tx)),
-            tokio::spawn(crate::index::run(events_rx, worlds_tx, debounce)),
-            tokio::spawn(async move {
-                if let Err(e) = serving.serve(grpc).await {
-                    tracing::error!(error = %e, "discovery server failed");
-                }
-            }),
-            tokio::spawn(admin.serve(admin_listener, shutdown_rx)),
+            spawn("source", Box::pin(source(events_tx)) as BoxedTask),
+            spawn(
+                "index",
+                Box::pin(crate::index::run(events_rx, worlds_tx, options.debounce)),
+            ),
+            spawn(
+                "discovery server",
+                Box::pin(async move {
+                    if let Err(e) = serving.serve(grpc).await {
+                        tracing::error!(error = %e, "discovery server failed");
+                    }
+                }),
+            ),
+            spawn(
+                "admin server",
+                Box::pin(admin.serve(admin_listener, shutdown_rx.clone())),
+            ),
         ];
         Self {
             worlds,
             discovery,
             metrics,
+            health,
             shutdown,
             tasks,
         }
+    }
+
+    /// Resolves when a task failed (see [`Health`]), with the reason.
+    pub async fn failed(&self) -> String {
+        self.health.failed().await
     }
 
     /// Starts writing CRD status (Kubernetes source only) whenever this
@@ -78,8 +224,13 @@ impl ControlPlane {
             discovery: self.discovery.clone(),
             metrics: Arc::clone(&self.metrics),
         };
-        self.tasks
-            .push(tokio::spawn(writer.run(self.shutdown.subscribe())));
+        let task = supervise(
+            "status writer",
+            writer.run(self.shutdown.subscribe()),
+            self.health.clone(),
+            self.shutdown.subscribe(),
+        );
+        self.tasks.push(task);
     }
 
     /// Ends every stream and stops serving; waits at most `grace`.

@@ -7,6 +7,11 @@
 //! task waits on its own bounded send buffer and, once unblocked, sends the
 //! newest state, skipping whatever changed in between.
 //!
+//! Any pod may connect, so nothing a client sends is trusted beyond its own
+//! stream: a stream may NACK only what it was sent, its NACKs are bounded
+//! and forgotten when it ends, and [`DiscoveryLimits`] bound streams per
+//! connection, the wait for a first request and for a client to read.
+//!
 //! # Layout
 //! - `stream`: the per-stream protocol state (subscriptions, nonces, ACK/NACK).
 
@@ -15,9 +20,11 @@ mod stream;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lanemesh_api::proto::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -35,6 +42,43 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:15010";
 /// Responses a stream may have queued before its task waits for the sidecar.
 const SEND_BUFFER: usize = 4;
 
+/// Bounds on what one client can make the server hold or wait for; the
+/// flags of `lanemesh-pilot` set them.
+#[derive(Debug, Clone)]
+pub struct DiscoveryLimits {
+    /// HTTP/2 streams one connection may have open (a sidecar needs one).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 PING interval, and how long a PING may go unanswered before
+    /// the connection is closed (a peer that vanished without a FIN).
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// TCP keepalive idle time (probes then follow at this interval).
+    pub tcp_keepalive: Duration,
+    /// A stream whose first request does not arrive within this is closed.
+    pub first_request_timeout: Duration,
+    /// A stream whose client does not take a response within this is
+    /// closed, so it holds neither its task nor an old snapshot.
+    pub send_timeout: Duration,
+    /// NACKed resources remembered per stream, and the longest message kept.
+    pub max_nacks_per_stream: usize,
+    pub max_nack_message: usize,
+}
+
+impl Default for DiscoveryLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 16,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            first_request_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(30),
+            max_nacks_per_stream: 64,
+            max_nack_message: 1024,
+        }
+    }
+}
+
 /// A NACK as reported by a sidecar, kept for status reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nack {
@@ -44,15 +88,20 @@ pub struct Nack {
     pub node: String,
 }
 
-/// The latest NACK per (type URL, resource name).
+/// NACKs per (type URL, resource name).
 pub type Nacks = BTreeMap<(String, String), Nack>;
+
+/// The NACKs of each open stream, by stream id.
+type StreamNacks = BTreeMap<u64, Nacks>;
 
 /// Shared by every stream.
 #[derive(Debug, Clone)]
 pub struct Discovery {
     worlds: watch::Receiver<Arc<World>>,
     metrics: Arc<Metrics>,
-    nacks: Arc<Mutex<Nacks>>,
+    nacks: Arc<Mutex<StreamNacks>>,
+    next_stream: Arc<AtomicU64>,
+    limits: Arc<DiscoveryLimits>,
     /// Bumped after every NACK, so status writing can react to it.
     nacks_changed: Arc<watch::Sender<u64>>,
     shutdown: watch::Receiver<bool>,
@@ -69,19 +118,36 @@ impl Discovery {
             worlds,
             metrics,
             nacks: Arc::default(),
+            next_stream: Arc::default(),
+            limits: Arc::default(),
             nacks_changed: Arc::new(watch::channel(0).0),
             shutdown,
         }
     }
 
-    /// The NACKs seen so far.
+    pub fn with_limits(mut self, limits: DiscoveryLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// The NACKs of the open streams; of several streams refusing one
+    /// resource, the longest-connected one's.
     pub fn nacks(&self) -> Nacks {
+        let mut out = Nacks::new();
+        for nacks in self.lock_nacks().values() {
+            for (key, nack) in nacks {
+                out.entry(key.clone()).or_insert_with(|| nack.clone());
+            }
+        }
+        out
+    }
+
+    fn lock_nacks(&self) -> std::sync::MutexGuard<'_, StreamNacks> {
         // A poisoned lock only means a stream task panicked mid-insert; the
         // map itself is still usable.
         self.nacks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     /// Changes after every NACK (the value counts them).
@@ -93,11 +159,25 @@ impl Discovery {
     pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
         let shutdown = self.shutdown.clone();
         let addr: Option<SocketAddr> = listener.local_addr().ok();
-        tracing::info!(?addr, "discovery server listening");
+        let limits = Arc::clone(&self.limits);
+        tracing::info!(?addr, ?limits, "discovery server listening");
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(limits.tcp_keepalive)
+            .with_interval(limits.tcp_keepalive);
+        // tonic applies its own TCP settings only to listeners it binds.
+        let incoming = TcpListenerStream::new(listener).map(move |accepted| {
+            accepted.inspect(|stream| {
+                if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(error = %e, "cannot set TCP keepalive");
+                }
+            })
+        });
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             .add_service(AggregatedDiscoveryServiceServer::new(self))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 crate::stopped(shutdown).await;
             })
             .await
@@ -116,9 +196,10 @@ impl AggregatedDiscoveryService for Discovery {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let peer = request.remote_addr();
         let mut requests = request.into_inner();
-        let first = requests
-            .message()
-            .await?
+        let wait = self.limits.first_request_timeout;
+        let first = tokio::time::timeout(wait, requests.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("no first request within {wait:?}")))??
             .ok_or_else(|| Status::invalid_argument("the stream ended before its first request"))?;
         let node = first
             .node
@@ -136,7 +217,8 @@ impl AggregatedDiscoveryService for Discovery {
             "sidecar connected"
         );
         let (tx, rx) = mpsc::channel(SEND_BUFFER);
-        let task = stream::StreamTask::new(node, self.clone(), tx);
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let task = stream::StreamTask::new(id, node, self.clone(), tx);
         tokio::spawn(task.run(first, requests));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -35,6 +35,7 @@ struct TypeState {
 struct Gone;
 
 pub(super) struct StreamTask {
+    id: u64,
     node: Node,
     key: NodeKey,
     shared: Discovery,
@@ -44,17 +45,40 @@ pub(super) struct StreamTask {
     cached: Option<Arc<NodeSnapshot>>,
 }
 
-struct Connected(Arc<crate::metrics::Metrics>);
+/// Counts the stream as connected and, when it ends, forgets its NACKs:
+/// they describe what this client refused, and nobody vouches for them
+/// once it is gone.
+struct Connected {
+    id: u64,
+    shared: Discovery,
+}
 
 impl Drop for Connected {
     fn drop(&mut self) {
-        self.0.connected.dec();
+        self.shared.metrics.connected.dec();
+        if self.shared.lock_nacks().remove(&self.id).is_some() {
+            self.shared.nacks_changed.send_modify(|n| *n += 1);
+        }
     }
 }
 
+/// `message` cut to at most `max` bytes, on a character boundary.
+fn truncated(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let mut end = max;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 impl StreamTask {
-    pub(super) fn new(node: Node, shared: Discovery, out: Out) -> Self {
+    pub(super) fn new(id: u64, node: Node, shared: Discovery, out: Out) -> Self {
         Self {
+            id,
             key: NodeKey::from(&node),
             node,
             shared,
@@ -75,7 +99,10 @@ impl StreamTask {
         mut requests: Streaming<DeltaDiscoveryRequest>,
     ) {
         self.shared.metrics.connected.inc();
-        let _connected = Connected(Arc::clone(&self.shared.metrics));
+        let _connected = Connected {
+            id: self.id,
+            shared: self.shared.clone(),
+        };
         let mut worlds = self.shared.worlds.clone();
         let shutdown = self.shared.shutdown.clone();
         let mut next = Some(first);
@@ -83,7 +110,8 @@ impl StreamTask {
             if let Some(request) = next.take()
                 && let Err(status) = self.handle(request)
             {
-                let _ = self.out.send(Err(status)).await;
+                let wait = self.shared.limits.send_timeout;
+                let _ = tokio::time::timeout(wait, self.out.send(Err(status))).await;
                 return;
             }
             let world = Arc::clone(&worlds.borrow_and_update());
@@ -147,46 +175,67 @@ impl StreamTask {
             .nacks
             .get_or_create(&type_label(&type_url))
             .inc();
-        // Without per-resource errors the whole response was refused.
+        // Only what this stream was sent in the answered response counts, at
+        // the version sent: a client cannot blame resources (or versions) it
+        // never received. Without per-resource errors the whole response
+        // was refused.
+        let limits = &self.shared.limits;
+        let mut ignored = 0_u64;
         let refused: Vec<(String, String, String)> = if error.resource_errors.is_empty() {
+            let message = truncated(error.message, limits.max_nack_message);
             sent.into_iter()
-                .map(|(name, version)| (name, version, error.message.clone()))
+                .map(|(name, version)| (name, version, message.clone()))
                 .collect()
         } else {
-            error
-                .resource_errors
-                .into_iter()
-                .map(|e| {
-                    let version = if e.version.is_empty() {
-                        sent.iter()
-                            .find(|(n, _)| *n == e.name)
-                            .map(|(_, v)| v.clone())
-                            .unwrap_or_default()
-                    } else {
-                        e.version
-                    };
-                    (e.name, version, e.message)
-                })
-                .collect()
+            let mut refused = Vec::new();
+            for e in error.resource_errors {
+                let version = sent.iter().find(|(n, _)| *n == e.name).map(|(_, v)| v);
+                match version {
+                    Some(v) if e.version.is_empty() || e.version == *v => refused.push((
+                        e.name,
+                        v.clone(),
+                        truncated(e.message, limits.max_nack_message),
+                    )),
+                    _ => ignored += 1,
+                }
+            }
+            refused
         };
-        let mut nacks = self
-            .shared
-            .nacks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut recorded = false;
+        let mut all = self.shared.lock_nacks();
+        let nacks = all.entry(self.id).or_default();
         for (name, version, message) in refused {
-            tracing::warn!(%node, %type_url, resource = %name, %version, %message, "NACK");
+            let key = (type_url.clone(), name);
+            if !nacks.contains_key(&key) && nacks.len() >= limits.max_nacks_per_stream {
+                ignored += 1;
+                continue;
+            }
+            tracing::warn!(%node, %type_url, resource = %key.1, %version, %message, "NACK");
             nacks.insert(
-                (type_url.clone(), name),
+                key,
                 Nack {
                     version,
                     message,
                     node: node.clone(),
                 },
             );
+            recorded = true;
         }
-        drop(nacks);
-        self.shared.nacks_changed.send_modify(|n| *n += 1);
+        if nacks.is_empty() {
+            all.remove(&self.id);
+        }
+        drop(all);
+        if ignored > 0 {
+            tracing::debug!(%node, %type_url, ignored, "NACKs of resources not sent on this stream (or over its bound) ignored");
+            self.shared
+                .metrics
+                .nacks_ignored
+                .get_or_create(&type_label(&type_url))
+                .inc_by(ignored);
+        }
+        if recorded {
+            self.shared.nacks_changed.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -271,10 +320,19 @@ impl StreamTask {
                     .push_latency
                     .observe(world.built_at.elapsed().as_secs_f64());
             }
-            // A stuck sidecar parks only this task; shutdown still ends it.
+            // A stuck sidecar parks only this task, and only for the send
+            // timeout: then the stream ends, releasing the task and the
+            // snapshot it holds. Shutdown ends it at once.
             let shutdown = self.shared.shutdown.clone();
+            let wait = self.shared.limits.send_timeout;
             tokio::select! {
-                sent = self.out.send(Ok(response)) => sent.map_err(|_| Gone)?,
+                sent = tokio::time::timeout(wait, self.out.send(Ok(response))) => match sent {
+                    Ok(sent) => sent.map_err(|_| Gone)?,
+                    Err(_) => {
+                        tracing::warn!(node = %self.node_name(), timeout = ?wait, "sidecar does not read its responses; closing the stream");
+                        return Err(Gone);
+                    }
+                },
                 () = crate::stopped(shutdown.clone()) => return Err(Gone),
             }
         }

@@ -1,5 +1,7 @@
 //! The `kubernetes` source: one kube-rs watcher per kind, with kube's
-//! default exponential backoff on errors.
+//! default exponential backoff on errors. Objects are watched untyped and
+//! decoded one by one, so an object the Rust types cannot hold (stored
+//! before the schema bounded it, say) is skipped instead of stalling its kind.
 //!
 //! Each (re)list is sent as `ReplaceKind` (so objects deleted while the
 //! watch was down disappear), later changes as `Apply`/`Delete`; `Synced`
@@ -13,8 +15,10 @@ use std::fmt::Debug;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use lanemesh_api::convert::DEFAULT_NAMESPACE;
 use lanemesh_api::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
 };
@@ -22,7 +26,7 @@ use lanemesh_api::labels::GOVERNED_SELECTOR;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::{Kind, Object, SourceEvent};
+use super::{Kind, Object, ObjectKey, SourceEvent};
 
 /// Watches the whole cluster (all namespaces).
 #[derive(Clone)]
@@ -48,57 +52,57 @@ impl KubernetesSource {
         let c = &self.client;
         let all = watcher::Config::default();
         let mut watches = vec![
-            tokio::spawn(watch(
-                Api::<LaneGroup>::all(c.clone()),
+            tokio::spawn(watch::<LaneGroup>(
+                c.clone(),
                 all.clone(),
                 |o| Object::LaneGroup(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<Lane>::all(c.clone()),
+            tokio::spawn(watch::<Lane>(
+                c.clone(),
                 all.clone(),
                 |o| Object::Lane(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<RateLimitPolicy>::all(c.clone()),
+            tokio::spawn(watch::<RateLimitPolicy>(
+                c.clone(),
                 all.clone(),
                 |o| Object::RateLimitPolicy(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<CircuitBreakerPolicy>::all(c.clone()),
+            tokio::spawn(watch::<CircuitBreakerPolicy>(
+                c.clone(),
                 all.clone(),
                 |o| Object::CircuitBreakerPolicy(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<OverloadProtectionPolicy>::all(c.clone()),
+            tokio::spawn(watch::<OverloadProtectionPolicy>(
+                c.clone(),
                 all.clone(),
                 |o| Object::OverloadProtectionPolicy(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<Service>::all(c.clone()),
+            tokio::spawn(watch::<Service>(
+                c.clone(),
                 all.clone(),
                 |o| Object::Service(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<EndpointSlice>::all(c.clone()),
+            tokio::spawn(watch::<EndpointSlice>(
+                c.clone(),
                 all.clone(),
                 |o| Object::EndpointSlice(Box::new(o)),
                 tx.clone(),
                 listed_tx.clone(),
             )),
-            tokio::spawn(watch(
-                Api::<Pod>::all(c.clone()),
+            tokio::spawn(watch::<Pod>(
+                c.clone(),
                 all.labels(GOVERNED_SELECTOR),
                 |o| Object::Pod(Box::new(o)),
                 tx.clone(),
@@ -125,24 +129,76 @@ impl KubernetesSource {
     }
 }
 
+/// Why one object of a watched kind could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {namespace}/{name} does not decode: {source}")]
+pub struct Undecodable {
+    kind: String,
+    namespace: String,
+    name: String,
+    source: kube::core::dynamic::ParseDynamicObjectError,
+}
+
+/// Decodes one object of the watched kind. Watching `DynamicObject`s and
+/// decoding each here (instead of a typed watcher) keeps one bad object
+/// from failing the whole list: kube's typed watcher would fail the list,
+/// retry with backoff and never deliver that kind again.
+pub fn decode<K>(mut object: DynamicObject) -> Result<K, Undecodable>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    // List items of core kinds carry no apiVersion/kind.
+    object.types = Some(TypeMeta {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+    });
+    let kind = K::kind(&()).into_owned();
+    let namespace = object.metadata.namespace.clone().unwrap_or_default();
+    let name = object.metadata.name.clone().unwrap_or_default();
+    object.try_parse::<K>().map_err(|source| Undecodable {
+        kind,
+        namespace,
+        name,
+        source,
+    })
+}
+
+fn key_of(kind: Kind, object: &DynamicObject) -> ObjectKey {
+    ObjectKey {
+        kind,
+        namespace: (object.metadata.namespace.clone())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        name: object.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
 async fn watch<K>(
-    api: Api<K>,
+    client: Client,
     config: watcher::Config,
     wrap: fn(K) -> Object,
     tx: mpsc::Sender<SourceEvent>,
     listed: mpsc::Sender<Kind>,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let kind_name = K::kind(&K::DynamicType::default()).into_owned();
+    let kind_name = K::kind(&()).into_owned();
     let Some(kind) = Kind::parse(&kind_name) else {
         tracing::error!(kind = %kind_name, "kubernetes source: unexpected kind");
         return;
     };
+    let api = Api::<DynamicObject>::all_with(client, &ApiResource::erase::<K>(&()));
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut buffer = Vec::new();
     let mut first = true;
+    // An undecodable object is skipped: on a (re)list it is left out, on a
+    // change its previous version stays indexed. Its deletion still works.
+    let usable = |o: DynamicObject| match decode::<K>(o) {
+        Ok(o) => Some(wrap(o)),
+        Err(e) => {
+            tracing::warn!(error = %e, "kubernetes source: object skipped");
+            None
+        }
+    };
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
@@ -159,14 +215,17 @@ async fn watch<K>(
                 continue;
             }
             Some(Ok(watcher::Event::InitApply(o))) => {
-                buffer.push(wrap(o));
+                buffer.extend(usable(o));
                 continue;
             }
             Some(Ok(watcher::Event::InitDone)) => {
                 SourceEvent::ReplaceKind(kind, std::mem::take(&mut buffer))
             }
-            Some(Ok(watcher::Event::Apply(o))) => SourceEvent::Apply(wrap(o)),
-            Some(Ok(watcher::Event::Delete(o))) => SourceEvent::Delete(wrap(o).key()),
+            Some(Ok(watcher::Event::Apply(o))) => match usable(o) {
+                Some(o) => SourceEvent::Apply(o),
+                None => continue,
+            },
+            Some(Ok(watcher::Event::Delete(o))) => SourceEvent::Delete(key_of(kind, &o)),
         };
         let was_list = matches!(send, SourceEvent::ReplaceKind(..));
         if tx.send(send).await.is_err() {
@@ -176,5 +235,47 @@ async fn watch<K>(
             first = false;
             let _ = listed.send(kind).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(json: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn an_object_outside_the_rust_types_is_an_error_not_a_failed_list() {
+        let bad = object(serde_json::json!({
+            "apiVersion": "lanemesh.io/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": "big", "namespace": "shop"},
+            "spec": {"app": "a", "rules": [{"name": "r", "concurrency": {"max": 4_294_967_296_u64}}]},
+        }));
+        let err = decode::<RateLimitPolicy>(bad).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("RateLimitPolicy shop/big does not decode"),
+            "{err}"
+        );
+
+        // A core list item, without apiVersion and kind, decodes.
+        let pod = object(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}}));
+        let pod: Pod = decode(pod).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn a_deleted_object_is_keyed_without_decoding_it() {
+        let bad = object(serde_json::json!({
+            "apiVersion": "lanemesh.io/v1alpha1", "kind": "RateLimitPolicy",
+            "metadata": {"name": "big"}, "spec": "garbage",
+        }));
+        let key = key_of(Kind::RateLimitPolicy, &bad);
+        assert_eq!(
+            (key.namespace.as_str(), key.name.as_str()),
+            ("default", "big")
+        );
     }
 }

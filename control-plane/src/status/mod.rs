@@ -10,9 +10,11 @@
 //! # Layout
 //! - `desired`: the status each object should have (pure).
 //! - `nack`: sidecar NACKs traced back to objects (pure).
+//! - `limit`: at most one write per object per second (pure).
 //! - `writer`: leader election (kube-lease-manager) and the writes (I/O).
 
 pub mod desired;
+pub mod limit;
 pub mod nack;
 pub mod writer;
 

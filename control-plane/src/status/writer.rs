@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use super::desired::{self, Desired, OwnedStatus};
+use super::limit::{DEFAULT_MIN_INTERVAL, PerObjectLimit};
 use super::{LeaseConfig, nack};
 use crate::discovery::Discovery;
 use crate::metrics::Metrics;
@@ -60,11 +61,12 @@ impl StatusWriter {
         let (mut leading, lease_task) = manager.watch().await;
         let mut nacks = self.discovery.nack_updates();
         let mut written = Written::new();
+        let mut limit = PerObjectLimit::new(DEFAULT_MIN_INTERVAL);
         let mut leader = *leading.borrow_and_update();
         let mut retry_at: Option<tokio::time::Instant> = None;
         self.set_leader(leader);
         if leader {
-            retry_at = self.sync(&mut written).await;
+            retry_at = self.sync(&mut written, &mut limit).await;
         }
         loop {
             let retry = async {
@@ -94,7 +96,7 @@ impl StatusWriter {
                 () = retry => {}
             }
             retry_at = if leader {
-                self.sync(&mut written).await
+                self.sync(&mut written, &mut limit).await
             } else {
                 None
             };
@@ -153,8 +155,13 @@ impl StatusWriter {
     }
 
     /// Writes every status that differs from what the object has (or what
-    /// this leader last wrote). Returns when to retry failed writes.
-    async fn sync(&self, written: &mut Written) -> Option<tokio::time::Instant> {
+    /// this leader last wrote), each object at most once per `limit`'s
+    /// interval. Returns when to retry failed or postponed writes.
+    async fn sync(
+        &self,
+        written: &mut Written,
+        limit: &mut PerObjectLimit<ObjectKey>,
+    ) -> Option<tokio::time::Instant> {
         let world = Arc::clone(&self.worlds.borrow());
         if !world.ready {
             return None;
@@ -167,7 +174,10 @@ impl StatusWriter {
             .map(|d| (d.key.clone(), d.uid.clone()))
             .collect();
         written.retain(|k, _| live.contains(k));
+        let live_keys: HashSet<&ObjectKey> = live.iter().map(|(k, _)| k).collect();
+        limit.retain(|k| live_keys.contains(k));
         let mut failed = false;
+        let mut postponed: Option<tokio::time::Instant> = None;
         for d in wanted {
             let id = (d.key.clone(), d.uid.clone());
             // The watch may not have delivered our last write yet: compare
@@ -183,6 +193,10 @@ impl StatusWriter {
                 None if d.next == d.current => continue,
                 None => d.next,
             };
+            if let Err(at) = limit.admit(d.key.clone(), tokio::time::Instant::now()) {
+                postponed = Some(postponed.map_or(at, |p| p.min(at)));
+                continue;
+            }
             let kind = d.key.kind.as_str();
             match self.apply(&d.key, &next).await {
                 Ok(()) => {
@@ -201,7 +215,11 @@ impl StatusWriter {
                 }
             }
         }
-        failed.then(|| tokio::time::Instant::now() + RETRY)
+        let retry = failed.then(|| tokio::time::Instant::now() + RETRY);
+        match (retry, postponed) {
+            (Some(r), Some(p)) => Some(r.min(p)),
+            (r, p) => r.or(p),
+        }
     }
 
     fn count(&self, kind: &str, result: &str) {
