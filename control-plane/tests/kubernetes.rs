@@ -185,3 +185,150 @@ async fn cluster_objects_reach_the_index_and_deletions_leave_it() {
     .await
     .expect("test exceeded its time bound");
 }
+
+/// A RateLimitPolicy the Rust types cannot hold (`concurrency.max` beyond
+/// u32), as an API server stores it under a CRD without `maximum` (CRDs
+/// from before the bound: the API server ignores `format: uint32`).
+const UNDECODABLE: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: huge, namespace: shop}
+spec:
+  app: a
+  rules: [{name: r, concurrency: {max: 4294967296}}]
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: good, namespace: shop}
+spec:
+  app: b
+  rules: [{name: r, concurrency: {max: 4}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_object_is_skipped_without_stalling_its_kind() {
+    if cluster::skip_requested("an_undecodable_object_is_skipped_without_stalling_its_kind") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = TestCluster::start().await.unwrap();
+        // The generated CRDs, less every `maximum`.
+        let crds = tempfile::tempdir().unwrap();
+        let generated = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/lanemesh/crds");
+        for entry in std::fs::read_dir(&generated).unwrap() {
+            let path = entry.unwrap().path();
+            let yaml = std::fs::read_to_string(&path).unwrap();
+            let unbounded: Vec<&str> = yaml
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("maximum:"))
+                .collect();
+            std::fs::write(
+                crds.path().join(path.file_name().unwrap()),
+                unbounded.join("\n") + "\n",
+            )
+            .unwrap();
+        }
+        cluster.install_crds(crds.path()).await.unwrap();
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], UNDECODABLE)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let stored = cluster
+            .kubectl([
+                "get",
+                "-n",
+                "shop",
+                "ratelimitpolicy/huge",
+                "-o",
+                "jsonpath={.spec.rules[0].concurrency.max}",
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&stored.stdout),
+            "4294967296",
+            "{}",
+            String::from_utf8_lossy(&stored.stderr)
+        );
+
+        // What a typed watcher sees: the whole list fails to decode.
+        let typed = kube::Api::<lanemesh_api::crd::RateLimitPolicy>::all(cluster.client())
+            .list(&Default::default())
+            .await;
+        assert!(typed.is_err(), "{typed:?}");
+
+        let (tx, rx) = mpsc::channel(64);
+        let (worlds_tx, mut worlds) = watch::channel(Arc::new(World::default()));
+        let source = tokio::spawn(KubernetesSource::new(cluster.client()).run(tx));
+        let index = tokio::spawn(index::run(rx, worlds_tx, index::DEFAULT_DEBOUNCE));
+        // Before: the list failed to decode and was retried forever, so the
+        // source never became ready and `good` never arrived.
+        wait_for(
+            &mut worlds,
+            "the first full load without the bad object",
+            |w| w.ready && w.inbound.contains_key("shop/b") && !w.inbound.contains_key("shop/a"),
+        )
+        .await;
+
+        // Later changes of the kind still arrive.
+        let later = UNDECODABLE
+            .replace("name: good", "name: later")
+            .replace("app: b", "app: c");
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], &later)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(&mut worlds, "a later policy", |w| {
+            w.inbound.contains_key("shop/c")
+        })
+        .await;
+
+        // A good object changed into an undecodable one keeps its last
+        // decodable version, and the kind keeps flowing.
+        let broken = UNDECODABLE.replace("max: 4}", "max: 4294967297}");
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], &broken)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let after = UNDECODABLE
+            .replace("name: good", "name: after")
+            .replace("app: b", "app: d");
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], &after)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(&mut worlds, "a policy after the broken change", |w| {
+            w.inbound.contains_key("shop/d") && w.inbound.contains_key("shop/b")
+        })
+        .await;
+        source.abort();
+        index.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}
