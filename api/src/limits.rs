@@ -26,3 +26,7 @@ pub const MAX_THRESHOLD: f64 = 1e9;
 
 /// The largest count users give (concurrency, burst, minimum requests).
 pub const MAX_COUNT: u32 = 1_000_000_000;
+
+/// The most hot-parameter values one rule tracks: the sidecar sizes the rule's table for it
+/// up front, so this bounds its memory (tens of MB at most).
+pub const MAX_TRACKED_VALUES: u32 = 1_000_000;

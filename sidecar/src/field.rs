@@ -120,19 +120,45 @@ pub fn anchored(pattern: &str) -> Result<regex::Regex, String> {
     })
 }
 
-/// `None` when absent; refuses negative or denormalised durations.
+/// `None` when absent; refuses negative or denormalised durations, and those above the
+/// control plane's own bound (`lanemesh_api::limits::MAX_DURATION`), which the limiters'
+/// arithmetic relies on whatever sent the resource.
 pub fn duration(
     field: &str,
     d: Option<&prost_types::Duration>,
 ) -> Result<Option<Duration>, FieldError> {
     let Some(d) = d else { return Ok(None) };
-    Duration::try_from(*d).map(Some).map_err(|_| {
-        FieldError::out_of_range(
+    let refused =
+        |reason| FieldError::out_of_range(field, reason, format!("{}s {}ns", d.seconds, d.nanos));
+    let parsed = Duration::try_from(*d).map_err(|_| refused("must be a non-negative duration"))?;
+    if parsed > lanemesh_api::limits::MAX_DURATION {
+        return Err(refused("must be at most 24h"));
+    }
+    Ok(Some(parsed))
+}
+
+/// Refuses a threshold above the control plane's own bound (`lanemesh_api::limits`).
+pub fn threshold(field: &str, value: f64) -> Result<f64, FieldError> {
+    if value > lanemesh_api::limits::MAX_THRESHOLD {
+        return Err(FieldError::out_of_range(
             field,
-            "must be a non-negative duration",
-            format!("{}s {}ns", d.seconds, d.nanos),
-        )
-    })
+            "must be at most 1e9",
+            value.to_string(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Refuses a count above the control plane's own bound (`lanemesh_api::limits`).
+pub fn count(field: &str, value: u32) -> Result<u32, FieldError> {
+    if value > lanemesh_api::limits::MAX_COUNT {
+        return Err(FieldError::out_of_range(
+            field,
+            "must be at most 1000000000",
+            value.to_string(),
+        ));
+    }
+    Ok(value)
 }
 
 /// Names the field of a parameter a limiter or breaker refused. `scope` is the path of the
@@ -167,6 +193,14 @@ mod tests {
             nanos: 0,
         };
         assert!(duration("window", Some(&negative)).is_err());
+        let two_days = prost_types::Duration {
+            seconds: 48 * 3600,
+            nanos: 0,
+        };
+        assert!(duration("window", Some(&two_days)).is_err());
+        assert!(threshold("qps.threshold", 2e9).is_err());
+        assert_eq!(threshold("qps.threshold", 5.0), Ok(5.0));
+        assert!(count("concurrency.max", 2_000_000_000).is_err());
         assert_eq!(duration("window", None), Ok(None));
     }
 }

@@ -274,14 +274,22 @@ fn hot_param(field: &Field, h: &HotParam, errors: &mut Errors) -> proto::HotPara
             ),
         });
     let overrides = overrides.collect();
-    if h.max_tracked_values == Some(0) {
-        errors.push(
+    match h.max_tracked_values {
+        Some(0) => errors.push(
             &field.key("maxTrackedValues"),
             Violation::TooSmall {
                 min: 1.0,
                 value: 0.0,
             },
-        );
+        ),
+        Some(n) if n > crate::limits::MAX_TRACKED_VALUES => errors.push(
+            &field.key("maxTrackedValues"),
+            Violation::TooLarge {
+                max: f64::from(crate::limits::MAX_TRACKED_VALUES),
+                value: f64::from(n),
+            },
+        ),
+        _ => {}
     }
     proto::HotParam {
         source: source as i32,

@@ -348,6 +348,7 @@ fn bad_inputs() -> Vec<(
         ("burst over the maximum", base().set(RATE, "/spec/rules/0/hotParams/0/burst", json!(2_000_000_000u32)), "RateLimitPolicy", "spec.rules[0].hotParams[0].burst", "must be <= 1000000000"),
         ("concurrency over the maximum", base().set(RATE, "/spec/rules/0/concurrency", json!({"max": 4_000_000_000u32})), "RateLimitPolicy", "spec.rules[0].concurrency.max", "must be <= 1000000000"),
         ("minRequests over the maximum", base().set(BREAKER, "/spec/rules/0/minRequests", json!(u32::MAX)), "CircuitBreakerPolicy", "spec.rules[0].minRequests", "must be <= 1000000000"),
+        ("maxTrackedValues over the maximum", base().set(RATE, "/spec/rules/0/hotParams/0/maxTrackedValues", json!(1_000_000_000u32)), "RateLimitPolicy", "spec.rules[0].hotParams[0].maxTrackedValues", "must be <= 1000000"),
         ("concurrency beyond u32", base().set(RATE, "/spec/rules/0/concurrency", json!({"max": 4_294_967_296u64})), "", "", ""),
         ("maxQueueTime without Queue", base().set(RATE, "/spec/rules/0/qps/maxQueueTime", json!("1s")), "RateLimitPolicy", "spec.rules[0].qps.maxQueueTime", "only with behavior Queue"),
         ("header hot param without name", base().remove(RATE, "/spec/rules/0/hotParams/0/name"), "RateLimitPolicy", "spec.rules[0].hotParams[0].name", "required"),

@@ -133,7 +133,7 @@ pub struct HotParam {
     pub overrides: Vec<HotParamOverride>,
     /// Values tracked at once (least recently seen are forgotten).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = 1, max = crate::limits::MAX_TRACKED_VALUES))]
     pub max_tracked_values: Option<u32>,
 }
 

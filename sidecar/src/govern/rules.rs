@@ -17,7 +17,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use lanemesh_api::proto;
 
-use crate::field::{FieldError, Problem, anchored_regex, duration, known, non_empty, policy};
+use crate::field::{
+    FieldError, Problem, anchored_regex, count, duration, known, non_empty, policy,
+};
 use crate::policy::error::check_threshold;
 use crate::policy::{
     BreakerConfig, BreakerStrategy, HotParamConfig, OverloadConfig, OverloadMode, QpsBehavior,
@@ -355,9 +357,9 @@ fn status(code: u32) -> StatusCode {
 
 /// A threshold as a whole count (fractions round down, as a token bucket holds whole tokens),
 /// refused when NaN, infinite or negative.
-fn count(field: &str, threshold: f64) -> Result<u64, FieldError> {
+fn whole(field: &str, threshold: f64) -> Result<u64, FieldError> {
     let threshold = policy(field, check_threshold("threshold", threshold))?;
-    Ok(threshold as u64)
+    Ok(crate::field::threshold(&format!("{field}.threshold"), threshold)? as u64)
 }
 
 fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, FieldError> {
@@ -378,10 +380,10 @@ fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, FieldErro
         proto::Source::Host => ParamSource::Host,
     };
     let mut config = HotParamConfig::new(
-        count(field, h.threshold)?,
+        whole(field, h.threshold)?,
         duration(&format!("{field}.window"), h.window.as_ref())?.unwrap_or(DEFAULT_HOT_WINDOW),
     );
-    config.burst = u64::from(h.burst);
+    config.burst = u64::from(count(&format!("{field}.burst"), h.burst)?);
     config.overrides = h
         .overrides
         .iter()
@@ -389,11 +391,19 @@ fn hot_param(field: &str, h: &proto::HotParam) -> Result<HotParamSpec, FieldErro
         .map(|(k, o)| {
             Ok((
                 o.value.clone(),
-                count(&format!("{field}.overrides[{k}]"), o.threshold)?,
+                whole(&format!("{field}.overrides[{k}]"), o.threshold)?,
             ))
         })
         .collect::<Result<_, FieldError>>()?;
     if h.max_tracked_values > 0 {
+        // The table is sized for it up front: bounded as the control plane bounds it.
+        if h.max_tracked_values > lanemesh_api::limits::MAX_TRACKED_VALUES {
+            return Err(FieldError::out_of_range(
+                format!("{field}.maxTrackedValues"),
+                "must be at most 1000000",
+                h.max_tracked_values.to_string(),
+            ));
+        }
         config.capacity = usize::try_from(h.max_tracked_values).unwrap_or(usize::MAX);
     }
     policy(field, config.validate())?;
@@ -413,6 +423,7 @@ fn qps(field: &str, q: &proto::QpsLimit) -> Result<QpsSpec, FieldError> {
                 .unwrap_or(lanemesh_api::defaults::MAX_QUEUE_TIME),
         },
     };
+    crate::field::threshold(&format!("{field}.threshold"), q.threshold)?;
     policy(field, QpsLimiter::validate(q.threshold, behavior))?;
     Ok(QpsSpec {
         threshold: q.threshold,
@@ -444,7 +455,11 @@ impl TryFrom<&proto::InboundPolicy> for InboundRules {
                     .as_ref()
                     .map(|q| qps(&format!("{field}.qps"), q))
                     .transpose()?,
-                concurrency: r.concurrency.as_ref().map(|c| c.max),
+                concurrency: r
+                    .concurrency
+                    .as_ref()
+                    .map(|c| count(&format!("{field}.concurrency.max"), c.max))
+                    .transpose()?,
                 hot_params,
                 fallback: Fallback::from_proto(
                     &format!("{field}.fallback"),
@@ -514,14 +529,14 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                     threshold: b.threshold,
                 },
                 proto::BreakerStrategy::ErrorCount => BreakerStrategy::ErrorCount {
-                    threshold: count(&field, b.threshold)?,
+                    threshold: whole(&field, b.threshold)?,
                 },
             };
             let config = BreakerConfig {
                 strategy,
                 window: duration(&format!("{field}.window"), b.window.as_ref())?
                     .unwrap_or_default(),
-                min_requests: u64::from(b.min_requests),
+                min_requests: u64::from(count(&format!("{field}.minRequests"), b.min_requests)?),
                 open_duration: duration(
                     &format!("{field}.openDuration"),
                     b.open_duration.as_ref(),

@@ -281,7 +281,10 @@ async fn readers_see_only_complete_snapshots_during_rapid_swaps() {
         readers.push(tokio::spawn(async move {
             let mut seen = 0u64;
             let mut last_generation = 0;
-            while !done.load(std::sync::atomic::Ordering::Acquire) {
+            // Every reader checks at least once more after the last swap, however the tasks
+            // happen to be scheduled.
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::Acquire);
                 let snap = store.load();
                 assert!(
                     snap.generation() >= last_generation,
@@ -302,6 +305,9 @@ async fn readers_see_only_complete_snapshots_during_rapid_swaps() {
                     assert_eq!(owner.services[0].version, e.version);
                 }
                 seen += 1;
+                if finished {
+                    break;
+                }
                 tokio::task::yield_now().await;
             }
             seen

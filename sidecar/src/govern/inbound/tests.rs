@@ -297,3 +297,34 @@ fn overload_runs_first_and_uses_its_own_fallback() {
         "cpu below threshold"
     );
 }
+
+#[test]
+fn numbers_beyond_the_control_planes_bounds_are_refused() {
+    // Whatever sent the resource: a huge table would be allocated up front, and huge thresholds
+    // and durations are what the limiters' arithmetic is bounded for.
+    let mut rule = qps_rule("p/u", "/u", 1.0);
+    rule.hot_params = vec![proto::HotParam {
+        source: proto::Source::Header as i32,
+        name: "x-user-id".into(),
+        threshold: 1.0,
+        max_tracked_values: 1_000_000_000,
+        ..Default::default()
+    }];
+    let policy = |rule: proto::RateLimitRule| proto::InboundPolicy {
+        name: "shop/a".into(),
+        namespace: "shop".into(),
+        app: "a".into(),
+        rules: vec![rule],
+        overload: None,
+    };
+    let err = InboundRules::try_from(&policy(rule.clone())).unwrap_err();
+    assert_eq!(err.field, "rules[0].hotParams[0].maxTrackedValues");
+    rule.hot_params.clear();
+    rule.qps.as_mut().unwrap().threshold = 1e12;
+    let err = InboundRules::try_from(&policy(rule.clone())).unwrap_err();
+    assert_eq!(err.field, "rules[0].qps.threshold");
+    rule.qps.as_mut().unwrap().threshold = 1.0;
+    rule.concurrency = Some(proto::ConcurrencyLimit { max: 2_000_000_000 });
+    let err = InboundRules::try_from(&policy(rule)).unwrap_err();
+    assert_eq!(err.field, "rules[0].concurrency.max");
+}
