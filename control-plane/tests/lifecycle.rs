@@ -206,12 +206,13 @@ async fn two_replicas_serve_and_only_the_lease_holder_writes_status() {
         let client = cluster.client();
         ready_pod(&client, "shop", "a-1", "a", None, "10.0.0.1").await;
         const LEASE: &str = "pilot-replicas";
-        // Longer than `short_lease`: the test asserts who wrote what, and with a 2 s lease a
-        // loaded machine (three API servers of this file run at once) can miss a renewal and
-        // move the lease mid-test.
+        // Longer than `short_lease`: the test asserts who wrote what, and a loaded machine
+        // (three API servers of this file run at once, builds beside them) can miss a renewal
+        // and move the lease mid-test; with 4 s that still happened. The takeover below is by
+        // release, so a long lease costs no time.
         let steady = |identity: &str| LeaseConfig {
-            duration: Duration::from_secs(4),
-            grace: Duration::from_secs(2),
+            duration: Duration::from_secs(10),
+            grace: Duration::from_secs(4),
             ..short_lease(LEASE, identity)
         };
         let lease = steady("x");

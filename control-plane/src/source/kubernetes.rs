@@ -49,66 +49,27 @@ impl KubernetesSource {
     /// retried with backoff; they never end the source.
     pub async fn run(self, tx: mpsc::Sender<SourceEvent>) {
         let (listed_tx, mut listed) = mpsc::channel::<Kind>(Kind::ALL.len());
-        let c = &self.client;
         let all = watcher::Config::default();
-        let mut watches = vec![
-            tokio::spawn(watch::<LaneGroup>(
-                c.clone(),
-                all.clone(),
-                |o| Object::LaneGroup(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<Lane>(
-                c.clone(),
-                all.clone(),
-                |o| Object::Lane(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<RateLimitPolicy>(
-                c.clone(),
-                all.clone(),
-                |o| Object::RateLimitPolicy(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<CircuitBreakerPolicy>(
-                c.clone(),
-                all.clone(),
-                |o| Object::CircuitBreakerPolicy(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<OverloadProtectionPolicy>(
-                c.clone(),
-                all.clone(),
-                |o| Object::OverloadProtectionPolicy(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<Service>(
-                c.clone(),
-                all.clone(),
-                |o| Object::Service(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<EndpointSlice>(
-                c.clone(),
-                all.clone(),
-                |o| Object::EndpointSlice(Box::new(o)),
-                tx.clone(),
-                listed_tx.clone(),
-            )),
-            tokio::spawn(watch::<Pod>(
-                c.clone(),
-                all.labels(GOVERNED_SELECTOR),
-                |o| Object::Pod(Box::new(o)),
-                tx.clone(),
-                listed_tx,
-            )),
-        ];
+        let mut watches = Watches {
+            client: &self.client,
+            tx: &tx,
+            listed: &listed_tx,
+            handles: Vec::with_capacity(Kind::ALL.len()),
+        };
+        watches.add::<LaneGroup>(all.clone(), |o| Object::LaneGroup(Box::new(o)));
+        watches.add::<Lane>(all.clone(), |o| Object::Lane(Box::new(o)));
+        watches.add::<RateLimitPolicy>(all.clone(), |o| Object::RateLimitPolicy(Box::new(o)));
+        watches.add::<CircuitBreakerPolicy>(all.clone(), |o| {
+            Object::CircuitBreakerPolicy(Box::new(o))
+        });
+        watches.add::<OverloadProtectionPolicy>(all.clone(), |o| {
+            Object::OverloadProtectionPolicy(Box::new(o))
+        });
+        watches.add::<Service>(all.clone(), |o| Object::Service(Box::new(o)));
+        watches.add::<EndpointSlice>(all.clone(), |o| Object::EndpointSlice(Box::new(o)));
+        watches.add::<Pod>(all.labels(GOVERNED_SELECTOR), |o| Object::Pod(Box::new(o)));
+        let mut watches = watches.handles;
+        drop(listed_tx);
         let mut seen = HashSet::new();
         while seen.len() < Kind::ALL.len() {
             let Some(kind) = listed.recv().await else {
@@ -126,6 +87,30 @@ impl KubernetesSource {
         for w in &mut watches {
             w.abort();
         }
+    }
+}
+
+/// The watcher tasks of one source, one per kind.
+struct Watches<'a> {
+    client: &'a Client,
+    tx: &'a mpsc::Sender<SourceEvent>,
+    listed: &'a mpsc::Sender<Kind>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watches<'_> {
+    /// Watches kind `K` with `config`, wrapping each object with `wrap`.
+    fn add<K>(&mut self, config: watcher::Config, wrap: fn(K) -> Object)
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        self.handles.push(tokio::spawn(watch::<K>(
+            self.client.clone(),
+            config,
+            wrap,
+            self.tx.clone(),
+            self.listed.clone(),
+        )));
     }
 }
 
