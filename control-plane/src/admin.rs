@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::run::Health;
 use crate::snapshot::{self, NodeKey, Resources, World};
 
 /// Default admin address.

@@ -1,17 +1,20 @@
 //! lanemesh control plane: sources -> index -> per-node snapshots -> discovery streams to sidecars.
 //!
 //! # Layout
-//! - [`source`]: where objects come from (`local` directory); the [`source::SourceEvent`] interface.
+//! - [`source`]: where objects come from (`local` directory, `kubernetes` watchers); the
+//!   [`source::SourceEvent`] interface.
 //! - [`index`]: every object, converted (debounced) into one immutable [`snapshot::World`].
 //! - [`snapshot`]: the encoded world and the part of it each node receives.
 //! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
 //! - [`status`]: CRD status (`Accepted`, `Lane.status.matchedPods`), written by the Lease holder.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot` (port 15014).
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`health`]: whether every task of the replica still runs (the admin server reports it).
 //! - [`run`]: wiring of all the above, used by `lanemesh-pilot` and tests.
 
 pub mod admin;
 pub mod discovery;
+pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod run;

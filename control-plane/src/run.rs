@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{Admin, AdminOptions};
 use crate::discovery::{Discovery, DiscoveryLimits};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::snapshot::World;
 use crate::source::SourceEvent;
@@ -34,49 +35,6 @@ impl Default for Options {
             debounce: crate::index::DEFAULT_DEBOUNCE,
             discovery: DiscoveryLimits::default(),
             admin: AdminOptions::default(),
-        }
-    }
-}
-
-/// The first task of the control plane that ended while it should still
-/// run, and why. Shared with the admin server, so `/readyz` and `/healthz`
-/// say so, and with `lanemesh-pilot`, which then exits non-zero.
-#[derive(Debug, Clone)]
-pub struct Health(Arc<watch::Sender<Option<String>>>);
-
-impl Default for Health {
-    fn default() -> Self {
-        Self(Arc::new(watch::channel(None).0))
-    }
-}
-
-impl Health {
-    /// Records that `task` stopped; only the first failure is kept (the
-    /// others usually follow from it: the index ends when its source does).
-    pub fn fail(&self, task: &str, why: &str) {
-        let message = format!("the {task} task {why}");
-        self.0.send_if_modified(|failure| {
-            if failure.is_some() {
-                return false;
-            }
-            tracing::error!(%message, "control plane task failed; this replica is no longer healthy");
-            *failure = Some(message.clone());
-            true
-        });
-    }
-
-    /// The failure, if any task failed.
-    pub fn failure(&self) -> Option<String> {
-        self.0.borrow().clone()
-    }
-
-    /// Resolves with the first failure.
-    pub async fn failed(&self) -> String {
-        let mut rx = self.0.subscribe();
-        match rx.wait_for(Option::is_some).await {
-            Ok(failure) => failure.clone().unwrap_or_default(),
-            // The sender lives in `self`: cannot happen while we wait.
-            Err(_) => std::future::pending().await,
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! These are the Kubernetes-facing shapes: what users write. They carry the
 //! OpenAPI constraints and CEL rules the API server enforces; what CEL cannot
-//! say (a Lane naming a missing group, weight sums) is checked by
-//! [`crate::convert`].
+//! say (a Lane naming a missing group, weight sums) is checked by the
+//! `convert` module.
 
 pub mod circuit_breaker;
 pub mod common;
