@@ -788,6 +788,15 @@ async fn close_delimited_response_to_a_keep_alive_client_is_framed_or_closed() {
 
 const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: svc.test\r\n\r\n";
 
+/// `head` (request line and fields, without the blank line) then a chunked body of one chunk
+/// holding [`SMUGGLED`]: a second request for any hop that reads the framing differently.
+fn chunked_smuggle(head: &str) -> Vec<u8> {
+    let mut request = format!("{head}\r\n{:x}\r\n", SMUGGLED.len()).into_bytes();
+    request.extend_from_slice(SMUGGLED);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    request
+}
+
 fn smuggle_upstream() -> impl std::future::Future<Output = AutoUpstream> {
     AutoUpstream::start(|_, _| Reply::send(ok(b"ok")))
 }
@@ -841,13 +850,7 @@ async fn content_length_with_chunked_is_not_smuggled() {
         } else {
             "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n"
         };
-        let mut request = format!(
-            "POST /a HTTP/1.1\r\nHost: svc.test\r\n{framing}\r\n{:x}\r\n",
-            SMUGGLED.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(SMUGGLED);
-        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        let request = chunked_smuggle(&format!("POST /a HTTP/1.1\r\nHost: svc.test\r\n{framing}"));
         client.send(&request).await;
         let status = assert_not_smuggled(&mut client, &up).await;
         // RFC 9112 §6.3: whatever it does with such a request, a server closes the connection
@@ -1267,13 +1270,7 @@ async fn transfer_encoding_other_than_one_chunked_is_refused() {
         "Transfer-Encoding: \r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: xchunked\r\n",
     ] {
-        let mut request = format!(
-            "POST /a HTTP/1.1\r\nHost: svc.test\r\n{framing}\r\n{:x}\r\n",
-            SMUGGLED.len()
-        )
-        .into_bytes();
-        request.extend_from_slice(SMUGGLED);
-        request.extend_from_slice(b"\r\n0\r\n\r\n");
+        let request = chunked_smuggle(&format!("POST /a HTTP/1.1\r\nHost: svc.test\r\n{framing}"));
         assert_refused(&request).await;
     }
 }
@@ -1281,13 +1278,7 @@ async fn transfer_encoding_other_than_one_chunked_is_refused() {
 /// RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing.
 #[tokio::test]
 async fn transfer_encoding_in_an_http10_request_is_refused() {
-    let mut request = format!(
-        "POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
-        SMUGGLED.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(SMUGGLED);
-    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let request = chunked_smuggle("POST /a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n");
     assert_refused(&request).await;
 }
 
