@@ -56,8 +56,8 @@ fn is_normal(path: &str) -> bool {
 }
 
 /// Decodes `%XX` of unreserved characters (RFC 3986 §2.3: `A-Z a-z 0-9 - . _ ~`), which mean
-/// the same encoded or not; every other escape (`%2F` above all) stays as it is. A backslash
-/// counts as a slash, as several servers treat it.
+/// the same encoded or not; every other escape (`%2F` above all) stays as it is, and a `%` that
+/// starts no escape becomes `%25`. A backslash counts as a slash, as several servers treat it.
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len() + 1);
@@ -67,16 +67,30 @@ fn decode_unreserved(path: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
-        if b == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).and_then(|h| (*h as char).to_digit(16)),
-                bytes.get(i + 2).and_then(|l| (*l as char).to_digit(16)),
-            )
-            && let Some(c) = char::from_u32(hi * 16 + lo)
-            && (c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'))
-        {
-            out.push(c);
-            i += 3;
+        if b == b'%' {
+            let hex = |at: usize| bytes.get(at).and_then(|d| char::from(*d).to_digit(16));
+            match (hex(i + 1), hex(i + 2)) {
+                (Some(hi), Some(lo)) => {
+                    match char::from_u32(hi * 16 + lo) {
+                        Some(c)
+                            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~') =>
+                        {
+                            out.push(c);
+                        }
+                        // Another escape (`%2F` above all) means something else than its
+                        // character: kept.
+                        _ => out.push_str(path.get(i..i + 3).unwrap_or("")),
+                    }
+                    i += 3;
+                }
+                // Not an escape: a literal '%' (invalid in a URI). Written as its own escape,
+                // so a decoded character after it cannot complete a new one (`%7%61` must not
+                // become `%7a`, then `z` on a second look): normalising twice changes nothing.
+                _ => {
+                    out.push_str("%25");
+                    i += 1;
+                }
+            }
             continue;
         }
         let c = if b == b'\\' { '/' } else { char::from(b) };
@@ -136,8 +150,26 @@ mod tests {
         assert_eq!(normalize("/.."), "/");
         // An encoded slash is data, not a separator.
         assert_eq!(normalize("/api%2Fpay"), "/api%2Fpay");
-        assert_eq!(normalize("/a%zz"), "/a%zz");
+        assert_eq!(normalize("/a%zz"), "/a%25zz", "a stray % is escaped");
         assert_eq!(normalize("/caf%C3%A9"), "/caf%C3%A9");
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        // Found by the path-normalize fuzz target: a decoded character completed the escape
+        // a stray '%' had started.
+        for path in [
+            "/61%7%61%F",
+            "/api/%7%61%",
+            "/;x/api/%70%6%61",
+            "/api%61%7%61%\u{5}70%7%6279%\"2",
+            "/%%61",
+            "/%",
+        ] {
+            let once = normalize(path);
+            assert_eq!(normalize(&once), once, "{path:?}");
+        }
+        assert_eq!(normalize("/api/%7%61"), "/api/%257a");
     }
 
     #[test]
