@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane
+.PHONY: demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane fuzz fuzz-smoke
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -41,3 +41,14 @@ bench-control-plane:
 	cargo build --release --locked -p lanemesh-control-plane --bin lanemesh-pilot
 	ulimit -n 8192 2>/dev/null || true; \
 	cargo run --release --locked -p lanemesh-e2e --bin lanemesh-scale-bench -- $(BENCH_ARGS)
+
+## fuzz: coverage-guided fuzzing (cargo-afl, AFL++) of every parser of hostile input, FUZZ_SECONDS (600)
+## per target, FUZZ_JOBS (1) at a time; exit 1 on a crash, findings in ~/.cache/lanemesh/fuzz-out
+FUZZ_SECONDS ?= 600
+FUZZ_JOBS ?= 1
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(FUZZ_JOBS) bash scripts/fuzz.sh
+
+## fuzz-smoke: every fuzz target for 15 s (part of `make test`)
+fuzz-smoke:
+	bash scripts/fuzz.sh smoke

@@ -58,5 +58,8 @@ python3 scripts/check-structure.py sidecar/src control-plane/src api/src e2e/src
 step "CRDs in sync with the Rust types"
 cargo run --quiet --locked -p lanemesh-api --bin crdgen -- --check
 
+step "fuzz smoke (every fuzz target 15 s, instrumented build cached)"
+bash scripts/fuzz.sh smoke
+
 step "tests (unit, integration, local cluster)"
 cargo test --workspace --locked --no-fail-fast
