@@ -184,15 +184,18 @@ pub fn encode_request(head: &RequestHead, dst: &mut BytesMut) {
         let authority = parts.uri.authority().map_or("", |a| a.as_str());
         dst.put_slice(authority.as_bytes());
     } else {
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str);
-        dst.put_slice(if target.is_empty() {
+        // Origin form: an absolute-form target (`http://host?q`) may have no path at all, and
+        // `?q` alone is no request target.
+        let path = parts.uri.path();
+        dst.put_slice(if path.is_empty() {
             b"/"
         } else {
-            target.as_bytes()
+            path.as_bytes()
         });
+        if let Some(query) = parts.uri.query() {
+            dst.put_u8(b'?');
+            dst.put_slice(query.as_bytes());
+        }
     }
     dst.put_slice(if parts.version == Version::HTTP_10 {
         b" HTTP/1.0\r\n"

@@ -412,3 +412,28 @@ fn chunked_response_to_an_http10_client_is_dechunked_and_closed() {
     );
     assert!(!plain.dechunk);
 }
+
+#[test]
+fn an_absolute_form_target_without_a_path_goes_out_in_origin_form() {
+    // Found by the h1-request fuzz target: `GET http://host?q` went upstream as `GET ?q`.
+    for (raw, sent) in [
+        (
+            "GET http://example.test?y=1 HTTP/1.1\r\nHost: example.test\r\n\r\n",
+            "GET /?y=1 HTTP/1.1\r\n",
+        ),
+        (
+            "GET http://example.test HTTP/1.1\r\nHost: example.test\r\n\r\n",
+            "GET / HTTP/1.1\r\n",
+        ),
+        (
+            "GET /a/b?c=d HTTP/1.1\r\nHost: example.test\r\n\r\n",
+            "GET /a/b?c=d HTTP/1.1\r\n",
+        ),
+    ] {
+        let head = request(raw).unwrap().unwrap();
+        let mut out = BytesMut::new();
+        encode_request(&head, &mut out);
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(out.starts_with(sent), "{raw:?} -> {out:?}");
+    }
+}
