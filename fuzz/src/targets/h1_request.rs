@@ -53,9 +53,15 @@ fn summary(head: &RequestHead) -> Summary {
     let target = if parts.method == Method::CONNECT {
         parts.uri.authority().map_or("", |a| a.as_str()).to_owned()
     } else {
-        match parts.uri.path_and_query().map(|p| p.as_str()) {
-            None | Some("") => "/".to_owned(),
-            Some(p) => p.to_owned(),
+        // The origin form the request goes upstream in: an absolute-form target may have no
+        // path (`http://host?q` is `/?q`).
+        let path = match parts.uri.path() {
+            "" => "/",
+            path => path,
+        };
+        match parts.uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
         }
     };
     Summary {
