@@ -73,12 +73,28 @@ pub struct RequestHead {
     pub upgrade: bool,
 }
 
+/// Most CR/LF bytes accepted before a request line (four empty lines).
+const MAX_LEADING_EMPTY: usize = 8;
+
 /// Finds the end of a request head (one past the LF of its empty line) in `buf`, looking only
 /// at the bytes from `*scanned` on and moving `*scanned` past them: a head that arrives in many
 /// small reads is searched once in total, and httparse runs only on a complete head.
 /// Every LF must follow a CR (RFC 9112 §2.2 lets a recipient choose; the stricter choice keeps
 /// the proxy and whatever parses the request after it in agreement).
 pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, HeadError> {
+    // Empty lines before the request line (RFC 9112 §2.2 lets a server ignore them) are not
+    // the end of a head: counted as one, httparse would parse the rest of the buffer past the
+    // bare-LF check. Few are tolerated, so counting them stays cheap on every read.
+    let lead = buf
+        .iter()
+        .take(MAX_LEADING_EMPTY + 1)
+        .take_while(|&&b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if lead > MAX_LEADING_EMPTY {
+        return Err(HeadError::Invalid(
+            "request: too many empty lines before it",
+        ));
+    }
     let from = (*scanned).min(buf.len());
     let mut at = from;
     while let Some(offset) = buf[at..].iter().position(|&b| b == b'\n') {
@@ -86,7 +102,7 @@ pub fn find_head_end(buf: &[u8], scanned: &mut usize) -> Result<Option<usize>, H
         if lf == 0 || buf[lf - 1] != b'\r' {
             return Err(HeadError::BareLf);
         }
-        if lf >= 3 && buf[lf - 3] == b'\r' && buf[lf - 2] == b'\n' {
+        if lf >= 3 && lf - 3 >= lead && buf[lf - 3] == b'\r' && buf[lf - 2] == b'\n' {
             *scanned = lf + 1;
             return Ok(Some(lf + 1));
         }

@@ -437,3 +437,19 @@ fn an_absolute_form_target_without_a_path_goes_out_in_origin_form() {
         assert!(out.starts_with(sent), "{raw:?} -> {out:?}");
     }
 }
+
+#[test]
+fn empty_lines_before_the_request_line_do_not_end_the_head() {
+    // Found by the h1-request fuzz target: leading empty lines counted as the end of the head
+    // let httparse parse the rest past the bare-LF check, so the verdict depended on how the
+    // bytes were split into reads.
+    let raw = b"\r\n\r\nGET /a HTTP/1.1\r\nHost: svc.test-\nX-A: 1\r\n\r\n";
+    let mut scanned = 0;
+    assert_eq!(find_head_end(raw, &mut scanned), Err(HeadError::BareLf));
+    let raw = b"\r\n\r\nGET /a HTTP/1.1\r\nHost: svc.test\r\n\r\n";
+    let mut scanned = 0;
+    assert_eq!(find_head_end(&raw[..4], &mut scanned), Ok(None));
+    assert_eq!(find_head_end(raw, &mut scanned), Ok(Some(raw.len())));
+    let mut scanned = 0;
+    assert!(find_head_end(&[b'\r', b'\n'].repeat(5), &mut scanned).is_err());
+}
