@@ -10,7 +10,8 @@
 # target dir: the instrumented flags would rebuild the shared one), runs each for
 # FUZZ_SECONDS (600; 15 with `smoke`) on fuzz/corpus/<target>, FUZZ_JOBS (1) at a time,
 # prints target / seconds / execs / paths / crashes / hangs and exits 1 if any target
-# crashed or could not run. Findings stay in fuzz-out/<target>/default/{crashes,hangs}
+# crashed or could not run. Findings stay in fuzz-out/<target>/default/{crashes,hangs}, the
+# afl-fuzz output in fuzz-out/<target>.log,
 # until the next run of that target; reproduce one without afl with
 #   cargo run -p lanemesh-fuzz --bin TARGET -- FILE
 set -euo pipefail
@@ -78,6 +79,16 @@ fi
 afl_bin="$home/afl/bin"
 [ -x "$afl_bin/afl-fuzz" ] || { echo "fuzz.sh: afl-fuzz missing after cargo afl config --build" >&2; exit 1; }
 
+# One run at a time: a second one (another shell's `make test`) would build into the same
+# target dir and delete the output directories the first is writing to. It waits its turn.
+out_root="$LANEMESH_CACHE/fuzz-out"
+mkdir -p "$out_root"
+exec 9>"$out_root/.lock"
+if ! flock -n 9; then
+  log "another fuzz.sh holds $out_root/.lock; waiting for it"
+  flock 9
+fi
+
 # --- build -------------------------------------------------------------------------------
 fuzz_target="$LANEMESH_CACHE/fuzz-target"
 log "building the fuzz targets instrumented (into $fuzz_target)"
@@ -91,19 +102,16 @@ export AFL_SKIP_CPUFREQ=1
 export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 # The machine is shared: do not pin to a core another build is using.
 export AFL_NO_AFFINITY=1
-out_root="$LANEMESH_CACHE/fuzz-out"
-mkdir -p "$out_root"
 
 run_one() {
   local t="$1" out="$out_root/$1"
-  rm -rf "$out"
-  mkdir -p "$out"
+  rm -rf "$out" "$out.log" "$out.status"
   # -V: stop after the time; -t: a parser taking over a second on one input is a hang.
   if "$afl_bin/afl-fuzz" -V "$seconds" -t 1000 -i "fuzz/corpus/$t" -o "$out" \
-    -- "$fuzz_target/debug/$t" >"$out/afl-fuzz.log" 2>&1; then
-    echo ok >"$out/status"
+    -- "$fuzz_target/debug/$t" >"$out.log" 2>&1; then
+    echo ok >"$out.status"
   else
-    echo "afl-fuzz exited $?" >"$out/status"
+    echo "afl-fuzz exited $?" >"$out.status"
   fi
 }
 
@@ -126,10 +134,10 @@ printf '|%s|%s|%s|%s|%s|%s|\n' ----------------- --------- -------------- ------
 for t in "${targets[@]}"; do
   out="$out_root/$t"
   stats="$out/default/fuzzer_stats"
-  status="$(cat "$out/status" 2>/dev/null || echo 'not run')"
+  status="$(cat "$out.status" 2>/dev/null || echo 'not run')"
   if [ "$status" != ok ] || [ ! -f "$stats" ]; then
-    printf '| %-15s | %s: see %s |\n' "$t" "$status" "$out/afl-fuzz.log"
-    tail -n 15 "$out/afl-fuzz.log" >&2 2>/dev/null || true
+    printf '| %-15s | %s: see %s |\n' "$t" "$status" "$out.log"
+    tail -n 15 "$out.log" >&2 2>/dev/null || true
     failed=1
     continue
   fi
