@@ -4,8 +4,8 @@
 //!
 //! Input: one byte choosing how the rest is cut into reads, then the bytes a client sends.
 //! Invariants:
-//! - how the bytes are cut into reads changes nothing (verdict, head, bytes consumed): a
-//!   client must not get a different parse by pacing its writes;
+//! - how the bytes are cut into reads changes nothing (the head and bytes consumed, or the
+//!   refusal's status): a client must not get a different parse by pacing its writes;
 //! - the head written upstream passes the relay's own checks and parses back to the same
 //!   head (method, target, version, fields, framing, keep-alive, upgrade), and encoding that
 //!   gives the same bytes: the upstream sees the request the proxy routed;
@@ -28,7 +28,9 @@ use super::split_point;
 enum Verdict {
     /// No complete head yet: the relay would read more.
     Incomplete,
-    Refused(HeadError),
+    /// The status of the relay's refusal: which error it was does not reach the client, and
+    /// may depend on which check saw the bad bytes first.
+    Refused(u16),
     Head {
         consumed: usize,
         head: Summary,
@@ -82,6 +84,14 @@ fn fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// The status `Http1Relay` answers a refused head with.
+fn refusal(error: &HeadError) -> u16 {
+    match error {
+        HeadError::TooManyHeaders => 431,
+        _ => 400,
+    }
+}
+
 /// The loop of `Http1Relay::read_request_head`, fed `reads` one after the other.
 fn relay_read<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Verdict, Option<RequestHead>) {
     let mut buf = BytesMut::new();
@@ -92,11 +102,11 @@ fn relay_read<'a>(reads: impl IntoIterator<Item = &'a [u8]>) -> (Verdict, Option
         fed += read.len();
         loop {
             match find_head_end(&buf, &mut scanned) {
-                Err(error) => return (Verdict::Refused(error), None),
+                Err(error) => return (Verdict::Refused(refusal(&error)), None),
                 Ok(None) => break,
                 // Only empty lines before the request line so far: look for the next end.
                 Ok(Some(_)) => match parse_request(&mut buf) {
-                    Err(error) => return (Verdict::Refused(error), None),
+                    Err(error) => return (Verdict::Refused(refusal(&error)), None),
                     Ok(None) => {}
                     Ok(Some(head)) => {
                         let consumed = fed - buf.len();
