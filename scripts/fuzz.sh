@@ -10,9 +10,9 @@
 # target dir: the instrumented flags would rebuild the shared one), runs each for
 # FUZZ_SECONDS (600; 15 with `smoke`) on fuzz/corpus/<target>, FUZZ_JOBS (1) at a time,
 # prints target / seconds / execs / paths / crashes / hangs and exits 1 if any target
-# crashed or could not run. Findings stay in fuzz-out/<target>/default/{crashes,hangs}, the
-# afl-fuzz output in fuzz-out/<target>.log,
-# until the next run of that target; reproduce one without afl with
+# crashed or could not run. Findings stay in fuzz-out/<target>/default/{crashes,hangs} and
+# afl-fuzz's output in fuzz-out/<target>.log until the next run of that target (runs take
+# turns on fuzz-out/.lock); reproduce a finding without afl with
 #   cargo run -p lanemesh-fuzz --bin TARGET -- FILE
 set -euo pipefail
 
