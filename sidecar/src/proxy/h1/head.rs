@@ -371,8 +371,14 @@ pub fn parse_response(
         && if http10 { keep_alive_token } else { !close };
     let upgrade = status == StatusCode::SWITCHING_PROTOCOLS && client.upgrade;
     let dechunk = framing == Framing::Chunked && client.http10;
-    let client_keep_alive =
-        client.keep_alive && framing != Framing::UntilClose && !upgrade && !dechunk;
+    // A Transfer-Encoding whose last coding is not chunked means "until close" to any reader,
+    // also where this response has no body (HEAD): the client cannot reuse the connection.
+    let close_delimited = chunked == Some(false);
+    let client_keep_alive = client.keep_alive
+        && framing != Framing::UntilClose
+        && !upgrade
+        && !dechunk
+        && !close_delimited;
 
     // Second pass: the head for the client.
     out.put_slice(b"HTTP/1.1 ");
@@ -386,7 +392,10 @@ pub fn parse_response(
             || name.eq_ignore_ascii_case(b"keep-alive")
             || name.eq_ignore_ascii_case(b"proxy-connection")
             || (name.eq_ignore_ascii_case(b"upgrade") && !upgrade)
-            || (name.eq_ignore_ascii_case(b"content-length") && framing == Framing::Chunked)
+            // A sender must not send both (RFC 9112 §6.1): with Transfer-Encoding present,
+            // Content-Length goes, whatever the framing (a HEAD answer has no body either way).
+            || (name.eq_ignore_ascii_case(b"content-length")
+                && (framing == Framing::Chunked || transfer_encoding))
             || (name.eq_ignore_ascii_case(b"transfer-encoding") && dechunk)
             || named.iter().any(|n| n.eq_ignore_ascii_case(name));
         if !hop_by_hop {

@@ -453,3 +453,35 @@ fn empty_lines_before_the_request_line_do_not_end_the_head() {
     let mut scanned = 0;
     assert!(find_head_end(&[b'\r', b'\n'].repeat(5), &mut scanned).is_err());
 }
+
+#[test]
+fn a_response_with_transfer_encoding_never_carries_content_length_to_the_client() {
+    // Found by the h1-response fuzz target: to a HEAD request the framing is "no body", and the
+    // head went out with both fields (RFC 9112 §6.1: a sender must not send both).
+    let head_request = ClientSide {
+        head_request: true,
+        ..client()
+    };
+    let mut buf = BytesMut::from(
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n"[..],
+    );
+    let mut out = BytesMut::new();
+    let head = parse_response(&mut buf, head_request, &mut out)
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out.to_vec())
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(!text.contains("content-length"), "{text}");
+    assert!(
+        !head.upstream_keep_alive,
+        "both framings end the upstream connection"
+    );
+    // A coding other than chunked means "until close" to the client, body or not.
+    let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"[..]);
+    let mut out = BytesMut::new();
+    let head = parse_response(&mut buf, head_request, &mut out)
+        .unwrap()
+        .unwrap();
+    assert!(!head.client_keep_alive);
+}
