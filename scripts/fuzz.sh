@@ -11,8 +11,8 @@
 # FUZZ_SECONDS (600; 15 with `smoke`) on fuzz/corpus/<target>, FUZZ_JOBS (1) at a time,
 # prints target / seconds / execs / paths / crashes / hangs and exits 1 if any target
 # crashed or could not run. Findings stay in fuzz-out/<target>/default/{crashes,hangs} and
-# afl-fuzz's output in fuzz-out/<target>.log until the next run of that target (runs take
-# turns on fuzz-out/.lock); reproduce a finding without afl with
+# afl-fuzz's output in fuzz-out/<target>.log until the next run of that target moves them to
+# fuzz-out/<target>.prev (runs take turns on fuzz-out/.lock); reproduce a finding with
 #   cargo run -p lanemesh-fuzz --bin TARGET -- FILE
 set -euo pipefail
 
@@ -105,7 +105,10 @@ export AFL_NO_AFFINITY=1
 
 run_one() {
   local t="$1" out="$out_root/$1"
-  rm -rf "$out" "$out.log" "$out.status"
+  # The previous run's findings are kept one run longer: a smoke right after a long run must
+  # not delete what the long run found before anyone looked.
+  rm -rf "$out.prev" "$out.log" "$out.status"
+  if [ -d "$out" ]; then mv "$out" "$out.prev"; fi
   # -V: stop after the time; -t: a parser taking over a second on one input is a hang.
   if "$afl_bin/afl-fuzz" -V "$seconds" -t 1000 -i "fuzz/corpus/$t" -o "$out" \
     -- "$fuzz_target/debug/$t" >"$out.log" 2>&1; then
