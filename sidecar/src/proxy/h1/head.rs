@@ -140,6 +140,15 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, HeadErro
 
     let method = Method::from_bytes(&head[method]).map_err(|_| HeadError::Invalid("method"))?;
     let uri = Uri::from_maybe_shared(head.slice(path)).map_err(|_| HeadError::Invalid("target"))?;
+    // CONNECT takes exactly `host:port` (RFC 9110 §9.3.6): anything else would go upstream
+    // as a request line without a target.
+    if method == Method::CONNECT
+        && (uri.scheme().is_some()
+            || uri.path_and_query().is_some_and(|p| !p.as_str().is_empty())
+            || uri.authority().is_none_or(|a| a.port_u16().is_none()))
+    {
+        return Err(HeadError::Invalid("CONNECT target (must be host:port)"));
+    }
     let mut headers = HeaderMap::with_capacity(fields.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;

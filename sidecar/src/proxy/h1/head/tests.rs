@@ -485,3 +485,21 @@ fn a_response_with_transfer_encoding_never_carries_content_length_to_the_client(
         .unwrap();
     assert!(!head.client_keep_alive);
 }
+
+#[test]
+fn connect_takes_only_host_and_port() {
+    // Found by the h1-request fuzz target: `CONNECT /x` went upstream as `CONNECT  HTTP/1.1`.
+    for bad in ["/x", "example.test", "http://example.test:443/"] {
+        let raw = format!("CONNECT {bad} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(
+            matches!(request(&raw), Err(HeadError::Invalid(_))),
+            "{bad} accepted"
+        );
+    }
+    let head = request("CONNECT example.test:443 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    let mut out = BytesMut::new();
+    encode_request(&head, &mut out);
+    assert!(out.starts_with(b"CONNECT example.test:443 HTTP/1.1\r\n"));
+}
