@@ -13,6 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // Map fields as BTreeMaps: prost encodes a HashMap in its iteration order, so the same
+    // resource would encode to different bytes (and versions) on every build of it.
+    config.btree_map(["."]);
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         .build_client(true)

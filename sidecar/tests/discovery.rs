@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -540,11 +540,11 @@ async fn losing_the_control_plane_keeps_the_snapshot_and_reconnects_with_held_ve
     );
     assert_eq!(
         by_kind[&ResourceKind::Service].initial_resource_versions,
-        HashMap::from([("demo/b".to_owned(), "v7".to_owned())])
+        BTreeMap::from([("demo/b".to_owned(), "v7".to_owned())])
     );
     assert_eq!(
         by_kind[&ResourceKind::LaneGroup].initial_resource_versions,
-        HashMap::from([("demo/flow".to_owned(), "g3".to_owned())])
+        BTreeMap::from([("demo/flow".to_owned(), "g3".to_owned())])
     );
     assert!(
         by_kind[&ResourceKind::InboundPolicy]

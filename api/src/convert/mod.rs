@@ -355,7 +355,7 @@ fn fallback(
     if let Some(url) = &f.redirect {
         non_empty(&field.key("redirect"), url, errors);
     }
-    let mut headers = std::collections::HashMap::with_capacity(f.headers.len());
+    let mut headers = std::collections::BTreeMap::new();
     for (name, value) in &f.headers {
         let field = field.key("headers").key(name);
         let name = header_name(&field, name, errors);

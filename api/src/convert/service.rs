@@ -313,7 +313,7 @@ fn selected_endpoints(
             && status
                 .and_then(|s| s.conditions.as_ref())
                 .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let mut endpoint_ports = HashMap::new();
+        let mut endpoint_ports = BTreeMap::new();
         for p in ports {
             let number = match &p.target_port {
                 None => Some(p.port),

@@ -144,7 +144,7 @@ impl StreamTask {
         }
         if request.response_nonce.is_empty() {
             let state = self.types.entry(type_url).or_default();
-            state.known = request.initial_resource_versions;
+            state.known = request.initial_resource_versions.into_iter().collect();
             state.needs_response = true;
             state.pending.clear();
             return Ok(());

@@ -2,7 +2,7 @@
 //! that acts as a sidecar (the generated tonic client on a real socket).
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -31,7 +31,7 @@ pub struct Sidecar {
     pub rx: tonic::Streaming<DeltaDiscoveryResponse>,
 }
 
-pub type Versions = HashMap<String, HashMap<String, String>>;
+pub type Versions = HashMap<String, BTreeMap<String, String>>;
 
 impl Sidecar {
     pub async fn connect(

@@ -305,8 +305,8 @@ impl Snapshot {
 
     /// name -> version of every held resource of a type; sent as
     /// `initial_resource_versions` on reconnect.
-    pub fn versions(&self, kind: ResourceKind) -> HashMap<String, String> {
-        fn of<T: SnapshotResource>(t: &Tables) -> HashMap<String, String> {
+    pub fn versions(&self, kind: ResourceKind) -> BTreeMap<String, String> {
+        fn of<T: SnapshotResource>(t: &Tables) -> BTreeMap<String, String> {
             T::map(t)
                 .iter()
                 .map(|(name, e)| (name.clone(), e.version.clone()))

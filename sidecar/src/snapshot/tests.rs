@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -26,7 +26,7 @@ fn service(name: &str, app: &str, cluster_ip: &str, pod_ips: &[(&str, &str)]) ->
                 pod_name: format!("{app}-{ip}"),
                 lane_tag: (*tag).into(),
                 ready: true,
-                ports: HashMap::from([("http".into(), 8080)]),
+                ports: BTreeMap::from([("http".into(), 8080)]),
             })
             .collect(),
     }

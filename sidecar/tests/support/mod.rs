@@ -7,7 +7,7 @@
 pub(crate) mod pod;
 pub(crate) mod root;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use lanemesh_api::proto;
@@ -56,7 +56,7 @@ pub(crate) fn service(
                 pod_name: format!("{name}-{i}"),
                 lane_tag: (*tag).into(),
                 ready: *ready,
-                ports: HashMap::from([("http".into(), u32::from(addr.port()))]),
+                ports: BTreeMap::from([("http".into(), u32::from(addr.port()))]),
             })
             .collect(),
     }

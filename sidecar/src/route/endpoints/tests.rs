@@ -11,7 +11,7 @@ fn ep(ip: &str, tag: &str, ready: bool) -> proto::Endpoint {
         pod_name: format!("pod-{ip}"),
         lane_tag: tag.to_owned(),
         ready,
-        ports: HashMap::from([("http".to_owned(), 8080)]),
+        ports: std::collections::BTreeMap::from([("http".to_owned(), 8080)]),
     }
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 fn service() -> proto::Service {
@@ -19,7 +19,7 @@ fn service() -> proto::Service {
             pod_name: "b-1".into(),
             lane_tag: "gray".into(),
             ready: true,
-            ports: HashMap::from([("http".into(), 8080)]),
+            ports: BTreeMap::from([("http".into(), 8080)]),
         }],
     }
 }
