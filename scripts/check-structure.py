@@ -6,7 +6,10 @@
    Paths are read as text, as rustc would resolve them: `crate::a::b`, `super::x` and
    `self::x`, grouped imports (`use crate::{a, b::c}`) included; test modules
    (`#[cfg(test)]` to the end of a file) and comments are skipped.
-2. No `#[allow(clippy::too_many_arguments)]`: group what travels together in a struct.
+2. Declared layers: when `src/lib.rs` lists its top-level modules in numbered layers under
+   `# Layout` (`//! 1. ...` then `//!    - [`module`]: ...`), a module imports only from its own
+   layer or the ones listed before it, and every top-level module is listed.
+3. No `#[allow(clippy::too_many_arguments)]`: group what travels together in a struct.
 
 usage: check-structure.py CRATE_SRC_DIR...
 """
@@ -85,6 +88,51 @@ def cycles(nodes, edges):
     return found
 
 
+LAYER = re.compile(r"^//! (\d+)\. ")
+LAYER_MODULE = re.compile(r"^//!\s+- \[`(\w+)`\]")
+
+
+def declared_layers(src):
+    """module -> layer number, from the `# Layout` list of `src/lib.rs` (empty if none)."""
+    lib = os.path.join(src, "lib.rs")
+    if not os.path.exists(lib):
+        return {}
+    layers, current = {}, None
+    for line in open(lib, encoding="utf-8"):
+        if not line.startswith("//!"):
+            break
+        m = LAYER.match(line)
+        if m:
+            current = int(m.group(1))
+            continue
+        m = LAYER_MODULE.match(line)
+        if m and current is not None:
+            layers[m.group(1)] = current
+    return layers
+
+
+def check_layers(src, files, refs):
+    layers = declared_layers(src)
+    if not layers:
+        return []
+    problems = []
+    top = {module_path(src, f)[0] for f in files if module_path(src, f) and os.path.basename(f) != "main.rs"}
+    for module in sorted(top - set(layers)):
+        problems.append(f"{src}/lib.rs: module {module} is in no layer of the # Layout list")
+    seen = set()
+    for here, paths in refs:
+        if not here or here[0] not in layers:
+            continue
+        for p in paths:
+            if p and p[0] in layers and layers[p[0]] > layers[here[0]] and (here[0], p[0]) not in seen:
+                seen.add((here[0], p[0]))
+                problems.append(
+                    f"{src}: {here[0]} (layer {layers[here[0]]}) imports {p[0]} (layer {layers[p[0]]}); "
+                    "a layer imports only from itself and the layers before it"
+                )
+    return problems
+
+
 def check_crate(src):
     problems = []
     files = []
@@ -114,6 +162,7 @@ def check_crate(src):
             lines = [f"{src}: import cycle among the children of {where}: {' '.join(comp)}"]
             lines += [f"    {a} -> {', '.join(sorted(b for b in edges[a] if b in comp))}" for a in comp]
             problems.append("\n".join(lines))
+    problems += check_layers(src, files, refs)
     for f in files:
         for i, line in enumerate(open(f, encoding="utf-8"), 1):
             if "clippy::too_many_arguments" in line:
@@ -128,7 +177,7 @@ def main():
     if problems:
         print("\n".join(problems))
         return 1
-    print(f"structure: no import cycles, no too_many_arguments in {', '.join(sys.argv[1:])}")
+    print(f"structure: no import cycles, layers as declared, no too_many_arguments in {', '.join(sys.argv[1:])}")
     return 0
 
 

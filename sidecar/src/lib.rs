@@ -1,14 +1,16 @@
 //! lanemesh data plane: the per-pod proxy that captures, routes and governs traffic.
 //!
 //! # Layout
-//! Layers, each importing only from the ones above it in this list (`make test` checks that
-//! sibling modules never import each other in a cycle):
+//! Layers, each importing only from itself and the ones above it in this list (`make test`
+//! checks that, and that sibling modules never import each other in a cycle):
 //!
-//! 1. Proxy core, knowing nothing of lanes or policies:
+//! 1. Proxy core and its instruments, knowing nothing of lanes or policies:
 //!    - [`proxy`]: capture listeners, protocol detection, HTTP/1.1 (own relay), HTTP/2 and gRPC
 //!      (hyper), opaque TCP, graceful shutdown, its own plain [`proxy::ProxyConfig`]; routing
 //!      is asked through the [`proxy::Router`] trait.
 //!    - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
+//!    - [`metrics`]: the Prometheus registry. It names no domain type: the domains' label enums
+//!      implement [`metrics::LabelValue`], and other modules attach what they report.
 //! 2. Domain logic, pure (no I/O, injectable clocks):
 //!    - [`identity`]: [`identity::PodIdentity`], who the sidecar serves.
 //!    - [`policy`]: rate limits, concurrency, hot parameters, circuit breakers and overload
@@ -18,7 +20,6 @@
 //!      lane across a hop.
 //!    - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
 //!      destination lookup, peak-EWMA power-of-two-choices balancing.
-//!    - [`metrics`]: the Prometheus registry; other modules attach what they report.
 //!    - [`govern`]: rules compiled from `InboundPolicy` / `OutboundPolicy` (their `TryFrom` is
 //!      the one check of each field), the inbound chain, outbound breakers, fallbacks.
 //! 3. Live configuration:

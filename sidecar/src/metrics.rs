@@ -35,11 +35,6 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::lane::DecisionReason;
-use crate::lane::propagate::PropagationRule;
-use crate::policy::RejectReason;
-use crate::policy::breaker::BreakerState;
-
 /// The `Content-Type` of [`ProxyMetrics::encode`]'s output; Prometheus
 /// negotiates and parses it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -47,6 +42,24 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Request duration buckets: 0.5 ms doubling 16 times, up to ~16 s.
 const DURATION_BUCKET_START: f64 = 0.0005;
 const DURATION_BUCKET_COUNT: u16 = 16;
+
+/// A label value from a small closed set a domain module defines (a lane decision's reason, a
+/// propagation rule, a rejection reason): metrics name no domain type, the domains' enums
+/// implement this next to their definition.
+pub trait LabelValue: Copy + 'static {
+    /// Every value, so a family can export each series at 0 before its first count.
+    const ALL: &'static [Self];
+
+    /// The label value.
+    fn label(self) -> &'static str;
+}
+
+/// A state exported both as a gauge and as the `to` label of a transition counter (a circuit
+/// breaker's state).
+pub trait StateValue: LabelValue {
+    /// The gauge value; larger lets less traffic through.
+    fn gauge(self) -> i64;
+}
 
 /// Which side of the pod a request or connection is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,15 +75,6 @@ impl Direction {
         match self {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
-        }
-    }
-}
-
-impl From<crate::proxy::Direction> for Direction {
-    fn from(direction: crate::proxy::Direction) -> Self {
-        match direction {
-            crate::proxy::Direction::Inbound => Self::Inbound,
-            crate::proxy::Direction::Outbound => Self::Outbound,
         }
     }
 }
@@ -191,9 +195,9 @@ pub struct RejectionLabels {
 }
 
 impl RejectionLabels {
-    pub fn new(reason: RejectReason, rule: impl Into<Arc<str>>) -> Self {
+    pub fn new(reason: impl LabelValue, rule: impl Into<Arc<str>>) -> Self {
         Self {
-            reason: reason.as_str(),
+            reason: reason.label(),
             rule: rule.into(),
         }
     }
@@ -221,35 +225,6 @@ struct TransitionLabels {
     rule: Arc<str>,
     to: &'static str,
 }
-
-/// The value of `lanemesh_breaker_state`: ordered by how much traffic the
-/// breaker lets through less.
-pub const fn breaker_state_value(state: BreakerState) -> i64 {
-    match state {
-        BreakerState::Closed => 0,
-        BreakerState::HalfOpen => 1,
-        BreakerState::Open => 2,
-    }
-}
-
-/// The label value of an entry lane decision's reason.
-pub const fn decision_reason_label(reason: DecisionReason) -> &'static str {
-    match reason {
-        DecisionReason::TagHeader => "tag_header",
-        DecisionReason::Baggage => "baggage",
-        DecisionReason::Matched => "matched",
-        DecisionReason::Weighted => "weighted",
-        DecisionReason::NoMatch => "no_match",
-    }
-}
-
-const DECISION_REASONS: [DecisionReason; 5] = [
-    DecisionReason::TagHeader,
-    DecisionReason::Baggage,
-    DecisionReason::Matched,
-    DecisionReason::Weighted,
-    DecisionReason::NoMatch,
-];
 
 type DurationFamily = Family<DurationLabels, Histogram, fn() -> Histogram>;
 
@@ -349,16 +324,6 @@ impl ProxyMetrics {
         for direction in [Direction::Inbound, Direction::Outbound] {
             drop(open_connections.get_or_create(&DirectionLabels { direction }));
         }
-        for rule in PropagationRule::ALL {
-            drop(lane_propagations.get_or_create(&RuleLabels {
-                rule: rule.as_str(),
-            }));
-        }
-        for reason in DECISION_REASONS {
-            drop(lane_entry_decisions.get_or_create(&ReasonLabels {
-                reason: decision_reason_label(reason),
-            }));
-        }
 
         Self {
             registry,
@@ -407,29 +372,43 @@ impl ProxyMetrics {
         ConnectionGuard { gauge }
     }
 
+    /// Exports every value of `R` (the propagation rules) in `lane_propagations` at 0.
+    pub fn declare_propagation_rules<R: LabelValue>(&self) {
+        for rule in R::ALL {
+            let _ = self
+                .lane_propagations
+                .get_or_create(&RuleLabels { rule: rule.label() });
+        }
+    }
+
     /// An outbound lane choice and the rule that made it.
-    pub fn record_propagation(&self, rule: PropagationRule) {
+    pub fn record_propagation(&self, rule: impl LabelValue) {
         self.lane_propagations
-            .get_or_create(&RuleLabels {
-                rule: rule.as_str(),
-            })
+            .get_or_create(&RuleLabels { rule: rule.label() })
             .inc();
     }
 
     /// Outbound lane choices made by `rule` so far.
-    pub fn propagation_count(&self, rule: PropagationRule) -> u64 {
+    pub fn propagation_count(&self, rule: impl LabelValue) -> u64 {
         self.lane_propagations
-            .get_or_create(&RuleLabels {
-                rule: rule.as_str(),
-            })
+            .get_or_create(&RuleLabels { rule: rule.label() })
             .get()
     }
 
+    /// Exports every value of `R` (the entry decision reasons) in `lane_entry_decisions` at 0.
+    pub fn declare_entry_decisions<R: LabelValue>(&self) {
+        for reason in R::ALL {
+            let _ = self.lane_entry_decisions.get_or_create(&ReasonLabels {
+                reason: reason.label(),
+            });
+        }
+    }
+
     /// A lane decision at an entry app or gateway.
-    pub fn record_entry_decision(&self, reason: DecisionReason) {
+    pub fn record_entry_decision(&self, reason: impl LabelValue) {
         self.lane_entry_decisions
             .get_or_create(&ReasonLabels {
-                reason: decision_reason_label(reason),
+                reason: reason.label(),
             })
             .inc();
     }
@@ -457,37 +436,33 @@ impl ProxyMetrics {
     }
 
     /// A breaker moved to `to`: sets its state gauge and counts the change.
-    pub fn record_breaker_transition(&self, labels: &BreakerLabels, to: BreakerState) {
-        self.breaker_state
-            .get_or_create(labels)
-            .set(breaker_state_value(to));
+    pub fn record_breaker_transition(&self, labels: &BreakerLabels, to: impl StateValue) {
+        self.breaker_state.get_or_create(labels).set(to.gauge());
         self.breaker_transitions
             .get_or_create(&TransitionLabels {
                 app: Arc::clone(&labels.app),
                 rule: Arc::clone(&labels.rule),
-                to: to.as_str(),
+                to: to.label(),
             })
             .inc();
     }
 
     /// `n` changes of a breaker into `to` (counted from its transition
     /// counters, which also see the changes made while admitting requests).
-    pub fn record_breaker_transitions(&self, labels: &BreakerLabels, to: BreakerState, n: u64) {
+    pub fn record_breaker_transitions(&self, labels: &BreakerLabels, to: impl StateValue, n: u64) {
         self.breaker_transitions
             .get_or_create(&TransitionLabels {
                 app: Arc::clone(&labels.app),
                 rule: Arc::clone(&labels.rule),
-                to: to.as_str(),
+                to: to.label(),
             })
             .inc_by(n);
     }
 
     /// Sets a breaker's state gauge without counting a transition (e.g. a
     /// newly created breaker, closed).
-    pub fn set_breaker_state(&self, labels: &BreakerLabels, state: BreakerState) {
-        self.breaker_state
-            .get_or_create(labels)
-            .set(breaker_state_value(state));
+    pub fn set_breaker_state(&self, labels: &BreakerLabels, state: impl StateValue) {
+        self.breaker_state.get_or_create(labels).set(state.gauge());
     }
 
     /// Forgets a breaker whose rule is gone, so its series stops being exported.
@@ -574,6 +549,33 @@ fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u
 mod tests {
     use super::*;
 
+    /// A two-state label type, standing in for a domain's enum.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Light {
+        Green,
+        Red,
+    }
+
+    impl LabelValue for Light {
+        const ALL: &'static [Self] = &[Self::Green, Self::Red];
+
+        fn label(self) -> &'static str {
+            match self {
+                Self::Green => "green",
+                Self::Red => "red",
+            }
+        }
+    }
+
+    impl StateValue for Light {
+        fn gauge(self) -> i64 {
+            match self {
+                Self::Green => 0,
+                Self::Red => 2,
+            }
+        }
+    }
+
     #[test]
     fn status_classes_follow_the_first_digit() {
         assert_eq!(StatusClass::from_code(101).as_str(), "1xx");
@@ -611,65 +613,58 @@ mod tests {
     fn breaker_transition_sets_the_gauge_and_counts() {
         let metrics = ProxyMetrics::new();
         let labels = BreakerLabels::new("orders", "slow-calls");
-        metrics.record_breaker_transition(&labels, BreakerState::Open);
-        metrics.record_breaker_transition(&labels, BreakerState::HalfOpen);
+        metrics.record_breaker_transition(&labels, Light::Green);
+        metrics.record_breaker_transition(&labels, Light::Red);
+        metrics.record_breaker_transitions(&labels, Light::Red, 2);
         let text = metrics.encode();
         assert!(
-            text.contains("lanemesh_breaker_state{app=\"orders\",rule=\"slow-calls\"} 1\n"),
+            text.contains("lanemesh_breaker_state{app=\"orders\",rule=\"slow-calls\"} 2\n"),
             "{text}"
         );
         assert!(
             text.contains(
-                "lanemesh_breaker_transitions_total{app=\"orders\",rule=\"slow-calls\",to=\"open\"} 1\n"
+                "lanemesh_breaker_transitions_total{app=\"orders\",rule=\"slow-calls\",to=\"red\"} 3\n"
             ),
             "{text}"
+        );
+        metrics.set_breaker_state(&labels, Light::Green);
+        assert!(
+            metrics
+                .encode()
+                .contains("lanemesh_breaker_state{app=\"orders\",rule=\"slow-calls\"} 0\n")
         );
         metrics.remove_breaker(&labels);
         assert!(!metrics.encode().contains("lanemesh_breaker_state{"));
     }
 
     #[test]
-    fn every_propagation_rule_and_rejection_reason_is_labelled() {
+    fn declared_values_are_exported_at_zero_and_recorded_by_label() {
         let metrics = ProxyMetrics::new();
-        metrics.record_propagation(PropagationRule::Baggage);
-        for reason in RejectReason::ALL {
-            metrics.record_rejection(&RejectionLabels::new(reason, "r1"));
-        }
-        metrics.record_dry_run_rejection(&RejectionLabels::new(RejectReason::Flow, "dry"));
-        let text = metrics.encode();
-        for rule in [
-            "tag_header",
-            "baggage",
-            "trace_id",
-            "inflight",
-            "color_by_node",
-            "base",
-        ] {
-            assert!(
-                text.contains(&format!(
-                    "lanemesh_lane_propagations_total{{rule=\"{rule}\"}}"
-                )),
-                "{rule}: {text}"
-            );
-        }
-        assert!(text.contains("lanemesh_lane_propagations_total{rule=\"baggage\"} 1\n"));
-        for reason in [
-            "flow",
-            "concurrency",
-            "hot_param",
-            "circuit_breaking",
-            "system",
-        ] {
-            assert!(
-                text.contains(&format!(
-                    "lanemesh_rejections_total{{reason=\"{reason}\",rule=\"r1\"}} 1\n"
-                )),
-                "{reason}: {text}"
-            );
-        }
         assert!(
-            text.contains("lanemesh_dry_run_rejections_total{reason=\"flow\",rule=\"dry\"} 1\n")
+            !metrics
+                .encode()
+                .contains("lanemesh_lane_propagations_total{")
         );
+        metrics.declare_propagation_rules::<Light>();
+        metrics.declare_entry_decisions::<Light>();
+        metrics.record_propagation(Light::Red);
+        metrics.record_entry_decision(Light::Green);
+        metrics.record_rejection(&RejectionLabels::new(Light::Red, "r1"));
+        metrics.record_dry_run_rejection(&RejectionLabels::new(Light::Green, "dry"));
+        metrics.declare_rejections(&RejectionLabels::new(Light::Green, "quiet"), false);
+        let text = metrics.encode();
+        for line in [
+            "lanemesh_lane_propagations_total{rule=\"green\"} 0\n",
+            "lanemesh_lane_propagations_total{rule=\"red\"} 1\n",
+            "lanemesh_lane_entry_decisions_total{reason=\"green\"} 1\n",
+            "lanemesh_lane_entry_decisions_total{reason=\"red\"} 0\n",
+            "lanemesh_rejections_total{reason=\"red\",rule=\"r1\"} 1\n",
+            "lanemesh_rejections_total{reason=\"green\",rule=\"quiet\"} 0\n",
+            "lanemesh_dry_run_rejections_total{reason=\"green\",rule=\"dry\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        assert_eq!(metrics.propagation_count(Light::Red), 1);
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -638,6 +638,17 @@ async fn entry_app_inbound_gets_the_lane_decision_and_keeps_an_existing_tag() {
             "{headers:?}"
         );
     }
+    // Each decision is counted by its reason; the reason no request had stays exported at 0.
+    let text = a.router.metrics().encode();
+    for (reason, n) in [
+        ("matched", 1),
+        ("tag_header", 1),
+        ("no_match", 1),
+        ("weighted", 0),
+    ] {
+        let line = format!("lanemesh_lane_entry_decisions_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(text.contains(&line), "{line}: {text}");
+    }
     a.stop().await;
 }
 

@@ -144,6 +144,36 @@ pub enum DecisionReason {
     NoMatch,
 }
 
+impl DecisionReason {
+    /// Every reason, for pre-registering metric label values.
+    pub const ALL: [Self; 5] = [
+        Self::TagHeader,
+        Self::Baggage,
+        Self::Matched,
+        Self::Weighted,
+        Self::NoMatch,
+    ];
+
+    /// The stable metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TagHeader => "tag_header",
+            Self::Baggage => "baggage",
+            Self::Matched => "matched",
+            Self::Weighted => "weighted",
+            Self::NoMatch => "no_match",
+        }
+    }
+}
+
+impl crate::metrics::LabelValue for DecisionReason {
+    const ALL: &'static [Self] = &Self::ALL;
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 /// The lane decision for one request in one group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaneDecision<'a> {

@@ -160,6 +160,14 @@ impl PropagationRule {
     }
 }
 
+impl crate::metrics::LabelValue for PropagationRule {
+    const ALL: &'static [Self] = &Self::ALL;
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
 impl std::fmt::Display for PropagationRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -9,8 +9,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::lane::DecisionReason;
+use crate::lane::propagate::PropagationRule;
 use crate::metrics::{self, ProxyMetrics, RequestLabels, StatusClass};
 use crate::proxy::{Direction, HttpOutcome};
+
+impl From<Direction> for metrics::Direction {
+    fn from(direction: Direction) -> Self {
+        match direction {
+            Direction::Inbound => Self::Inbound,
+            Direction::Outbound => Self::Outbound,
+        }
+    }
+}
 
 /// Interned label values of one runtime.
 #[derive(Debug)]
@@ -38,6 +49,13 @@ impl LabelNames {
             .and_then(|v| self.names.get(v))
             .map_or_else(|| Arc::clone(&self.empty), Arc::clone)
     }
+}
+
+/// Exports the lane series (every propagation rule, every entry decision reason) at 0, so a
+/// dashboard sees zeros rather than missing series before the first request.
+pub fn declare_lane_series(metrics: &ProxyMetrics) {
+    metrics.declare_propagation_rules::<PropagationRule>();
+    metrics.declare_entry_decisions::<DecisionReason>();
 }
 
 /// Records one request when dropped: the proxy core drops the router's state when the response

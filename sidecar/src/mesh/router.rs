@@ -24,7 +24,7 @@ use crate::proxy::{
 use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
 use crate::snapshot::{Snapshot, SnapshotStore};
 
-use super::observe::Recorder;
+use super::observe::{Recorder, declare_lane_series};
 use super::runtime::Runtime;
 
 /// Routes by lane: see the [module](super) documentation.
@@ -62,7 +62,11 @@ impl MeshRouter {
             runtime: ArcSwapOption::empty(),
             propagator,
             balancer: Balancer::new(Arc::clone(&clock), BalancerConfig::default()),
-            metrics: Arc::new(ProxyMetrics::new()),
+            metrics: {
+                let metrics = Arc::new(ProxyMetrics::new());
+                declare_lane_series(&metrics);
+                metrics
+            },
             clock,
             // No reading yet: overload protection sees no evidence of overload.
             cpu: Arc::new(SampledCpu::new(f64::NAN)),
@@ -90,6 +94,7 @@ impl MeshRouter {
 
     /// Records into the proxy's shared registry instead of a private one.
     pub fn with_metrics(mut self, metrics: Arc<ProxyMetrics>) -> Self {
+        declare_lane_series(&metrics);
         self.metrics = metrics;
         self
     }
@@ -191,6 +196,7 @@ impl MeshRouter {
             let decided = rt
                 .lanes
                 .decide_entry(&self.local.app, &view, &mut rand::rng())
+                .inspect(|d| self.metrics.record_entry_decision(d.reason))
                 .filter(|d| d.sets_tag_header())
                 .and_then(|d| {
                     let value = HeaderValue::from_str(d.tag.as_deref()?).ok()?;

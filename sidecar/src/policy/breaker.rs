@@ -121,6 +121,25 @@ impl BreakerState {
     }
 }
 
+impl crate::metrics::LabelValue for BreakerState {
+    const ALL: &'static [Self] = &[Self::Closed, Self::HalfOpen, Self::Open];
+
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// `lanemesh_breaker_state`: ordered by how much traffic the breaker holds back.
+impl crate::metrics::StateValue for BreakerState {
+    fn gauge(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::HalfOpen => 1,
+            Self::Open => 2,
+        }
+    }
+}
+
 impl fmt::Display for BreakerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -1,4 +1,5 @@
 use super::*;
+use lanemesh_api::proto;
 
 pub(crate) fn cond(
     source: proto::Source,

@@ -3,6 +3,7 @@ use crate::lane::rules::tests::{cond, group, lane};
 use crate::lane::{LaneGroupConfig, PropagationRule, PropagationSettings, Propagator};
 use crate::policy::clock::ManualClock;
 use http::{HeaderMap, HeaderValue};
+use lanemesh_api::proto;
 use std::time::Duration;
 
 fn ep(ip: &str, tag: &str, ready: bool) -> proto::Endpoint {
