@@ -7,6 +7,7 @@
 //! - [`snapshot`]: the encoded world and the part of it each node receives.
 //! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
 //! - [`status`]: CRD status (`Accepted`, `Lane.status.matchedPods`), written by the Lease holder.
+//! - [`inject`]: sidecar injection and its mutating admission webhook (port 15017).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot` (port 15014).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`health`]: whether every task of the replica still runs (the admin server reports it).
@@ -16,6 +17,7 @@ pub mod admin;
 pub mod discovery;
 pub mod health;
 pub mod index;
+pub mod inject;
 pub mod metrics;
 pub mod run;
 pub mod snapshot;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
 use lanemesh_control_plane::discovery::DiscoveryLimits;
+use lanemesh_control_plane::inject::{self, InjectConfig, SidecarMode};
 use lanemesh_control_plane::run::{ControlPlane, Options};
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_control_plane::source::local::LocalSource;
@@ -90,12 +91,70 @@ struct Args {
     /// `<hostname>-<pid>`.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Sidecar injection webhook address (HTTPS; served when --webhook-cert is given).
+    #[arg(long, default_value = inject::webhook::DEFAULT_ADDR, env = "LANEMESH_WEBHOOK_ADDR")]
+    webhook_addr: String,
+    /// PEM certificate (chain) of the webhook.
+    #[arg(long, env = "LANEMESH_WEBHOOK_CERT", requires = "webhook_key")]
+    webhook_cert: Option<PathBuf>,
+    /// PEM private key of the webhook.
+    #[arg(long, env = "LANEMESH_WEBHOOK_KEY", requires = "webhook_cert")]
+    webhook_key: Option<PathBuf>,
+    /// The image of the injected init and proxy containers.
+    #[arg(
+        long,
+        env = "LANEMESH_PROXY_IMAGE",
+        default_value = "lanemesh/proxy:latest"
+    )]
+    proxy_image: String,
+    /// Pull policy of the injected containers.
+    #[arg(
+        long,
+        env = "LANEMESH_PROXY_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    proxy_image_pull_policy: String,
+    /// How the proxy is injected: `auto` = native sidecar when the API server is 1.29 or
+    /// newer, else a first container held by a postStart hook.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "LANEMESH_SIDECAR_MODE"
+    )]
+    sidecar_mode: SidecarModeArg,
+    /// The discovery address injected sidecars connect to.
+    #[arg(
+        long,
+        env = "LANEMESH_INJECT_DISCOVERY_ADDR",
+        default_value = "lanemesh-pilot.lanemesh-system.svc:15010"
+    )]
+    inject_discovery_addr: String,
+    /// PEM of the CA injected sidecars verify the discovery server with.
+    #[arg(long, env = "LANEMESH_INJECT_DISCOVERY_CA")]
+    inject_discovery_ca: Option<PathBuf>,
+    /// The proxy container's default CPU and memory requests and limits (annotations override).
+    #[arg(long, default_value = "100m")]
+    proxy_cpu: String,
+    #[arg(long, default_value = "64Mi")]
+    proxy_memory: String,
+    #[arg(long, default_value = "2")]
+    proxy_cpu_limit: String,
+    #[arg(long, default_value = "1Gi")]
+    proxy_memory_limit: String,
     /// How long a Lease stays valid without renewal (whole seconds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
     /// The holder renews this long before expiry (whole seconds, < duration).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     lease_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SidecarModeArg {
+    Auto,
+    Native,
+    Classic,
 }
 
 fn default_identity() -> String {
@@ -130,6 +189,7 @@ async fn main() -> anyhow::Result<()> {
         grace: args.lease_grace,
     };
     let mut status_client = None;
+    let mut server_version = None;
     let source: Box<dyn FnOnce(_) -> _> = match args.source {
         SourceKind::Local => {
             let dir = args.dir.context("--dir is required with --source local")?;
@@ -157,6 +217,12 @@ async fn main() -> anyhow::Result<()> {
                     .context("invalid --lease-duration / --lease-grace")?;
                 status_client = Some(client.clone());
             }
+            server_version = Some(
+                client
+                    .apiserver_version()
+                    .await
+                    .context("reading the API server's version")?,
+            );
             let source = KubernetesSource::new(client);
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
@@ -191,7 +257,59 @@ async fn main() -> anyhow::Result<()> {
             debug_endpoints: args.debug_endpoints,
         },
     };
+    let webhook = match (&args.webhook_cert, &args.webhook_key) {
+        (Some(cert), Some(key)) => {
+            let tls =
+                inject::webhook::tls_config(cert, key).context("--webhook-cert/--webhook-key")?;
+            let listener = TcpListener::bind(&args.webhook_addr)
+                .await
+                .with_context(|| {
+                    format!("binding the injection webhook on {}", args.webhook_addr)
+                })?;
+            let sidecar_mode = match (args.sidecar_mode, &server_version) {
+                (SidecarModeArg::Native, _) => SidecarMode::Native,
+                (SidecarModeArg::Classic, _) => SidecarMode::Classic,
+                (SidecarModeArg::Auto, Some(v)) => SidecarMode::for_server(&v.major, &v.minor),
+                // Outside Kubernetes there is no server to ask; 1.29+ is what is supported.
+                (SidecarModeArg::Auto, None) => SidecarMode::Native,
+            };
+            let discovery_ca = match &args.inject_discovery_ca {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("--inject-discovery-ca {}", path.display()))?,
+                None => String::new(),
+            };
+            for (flag, value) in [
+                ("--proxy-cpu", &args.proxy_cpu),
+                ("--proxy-memory", &args.proxy_memory),
+                ("--proxy-cpu-limit", &args.proxy_cpu_limit),
+                ("--proxy-memory-limit", &args.proxy_memory_limit),
+            ] {
+                anyhow::ensure!(
+                    inject::annotations::Quantity::parse(value).is_some(),
+                    "{flag} {value:?} is not a Kubernetes quantity (e.g. 100m, 0.5, 128Mi)"
+                );
+            }
+            let config = InjectConfig {
+                proxy_image: args.proxy_image.clone(),
+                image_pull_policy: args.proxy_image_pull_policy.clone(),
+                discovery_addr: args.inject_discovery_addr.clone(),
+                discovery_ca,
+                sidecar_mode,
+                cpu: args.proxy_cpu.clone(),
+                memory: args.proxy_memory.clone(),
+                cpu_limit: args.proxy_cpu_limit.clone(),
+                memory_limit: args.proxy_memory_limit.clone(),
+                ..InjectConfig::default()
+            };
+            tracing::info!(addr = %args.webhook_addr, ?sidecar_mode, image = %config.proxy_image, "serving the injection webhook");
+            Some((listener, tls, config))
+        }
+        _ => None,
+    };
     let mut plane = ControlPlane::start_with(source, grpc, admin, options);
+    if let Some((listener, tls, config)) = webhook {
+        plane.start_webhook(listener, tls, config);
+    }
     if let Some(client) = status_client {
         tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "writing CRD status while holding the lease");
         plane.start_status_writer(client, lease);

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub status_writes: Family<Vec<(&'static str, String)>, Counter>,
     /// 1 while this replica holds the status Lease.
     pub leader: Gauge,
+    /// Admission reviews answered by the injection webhook, by `outcome` (`injected`,
+    /// `skipped`, `refused`, `invalid`, `no object`, `error`).
+    pub injections: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -44,6 +47,7 @@ impl Default for Metrics {
         let rejected_objects = Gauge::default();
         let status_writes = Family::<Vec<(&'static str, String)>, Counter>::default();
         let leader = Gauge::default();
+        let injections = Family::<Vec<(&'static str, String)>, Counter>::default();
         registry.register(
             "connected_proxies",
             "Open discovery streams",
@@ -80,6 +84,11 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and writes CRD status",
             leader.clone(),
         );
+        registry.register(
+            "injections",
+            "Pod admission reviews answered by the injection webhook, by outcome",
+            injections.clone(),
+        );
         Self {
             registry,
             connected,
@@ -90,6 +99,7 @@ impl Default for Metrics {
             rejected_objects,
             status_writes,
             leader,
+            injections,
         }
     }
 }

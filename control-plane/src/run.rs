@@ -191,6 +191,29 @@ impl ControlPlane {
         self.tasks.push(task);
     }
 
+    /// Serves the sidecar injection webhook on `listener` (HTTPS with `tls`); stops with the
+    /// rest.
+    pub fn start_webhook(
+        &mut self,
+        listener: TcpListener,
+        tls: Arc<tokio_rustls::rustls::ServerConfig>,
+        config: crate::inject::InjectConfig,
+    ) {
+        let task = supervise(
+            "injection webhook",
+            crate::inject::webhook::serve(
+                listener,
+                tls,
+                Arc::new(config),
+                Arc::clone(&self.metrics),
+                self.shutdown.subscribe(),
+            ),
+            self.health.clone(),
+            self.shutdown.subscribe(),
+        );
+        self.tasks.push(task);
+    }
+
     /// Ends every stream and stops serving; waits at most `grace`.
     pub async fn stop(self, grace: Duration) {
         self.shutdown.send_replace(true);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, etcd and kubectl for the local cluster test tier from
-# the Go modules pinned in e2e/cluster/go (no prebuilt downloads, no Docker).
+# the Go modules pinned in e2e/cluster/go, and helm from e2e/cluster/helm (no
+# prebuilt downloads, no Docker).
 #
-# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/bin/{kube-apiserver,etcd,kubectl}
+# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/bin/{kube-apiserver,etcd,kubectl,helm}
 # Idempotent: skips the build when the binaries exist and the stamp file says
 # they were built from the same go.mod/go.sum and recipe. --force rebuilds.
 #
@@ -107,7 +108,27 @@ else
   echo "build.sh: built in $(($(date +%s) - start))s"
 fi
 
-for b in "${binaries[@]}"; do
+# helm: its own module (Helm brings newer k8s.io modules than the cluster's), its own stamp.
+cd "$here/helm"
+helm_version="$(go list -m -f '{{.Version}}' helm.sh/helm/v4)"
+helm_ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
+helm_stamp="$bin_dir/.stamp-helm"
+want_helm_stamp="$(cat go.mod go.sum <(echo "trimpath cgo=0 ldflags=$helm_ldflags") | sha256sum | cut -d' ' -f1)"
+if [[ $force == 0 && -x "$bin_dir/helm" && -f "$helm_stamp" && "$(cat "$helm_stamp")" == "$want_helm_stamp" ]]; then
+  echo "build.sh: up to date (helm $helm_version)"
+else
+  echo "build.sh: building helm $helm_version into $bin_dir"
+  start=$(date +%s)
+  out="$(mktemp -d "$bin_dir/.build.XXXXXX")"
+  trap 'rm -rf "$out"' EXIT
+  go build -trimpath -ldflags="$helm_ldflags" -o "$out/helm" helm.sh/helm/v4/cmd/helm
+  rm -f "$helm_stamp"
+  mv -f "$out/helm" "$bin_dir/helm"
+  echo "$want_helm_stamp" >"$helm_stamp"
+  echo "build.sh: built helm in $(($(date +%s) - start))s"
+fi
+
+for b in "${binaries[@]}" helm; do
   printf '  %-15s %s (%s)\n' "$b" "$bin_dir/$b" "$(du -h "$bin_dir/$b" | cut -f1)"
 done
 echo "LANEMESH_CLUSTER_BIN=$bin_dir"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use lanemesh_sidecar::admin::logging::{self, LogControl};
+use lanemesh_sidecar::admin::wait::{self, WaitArgs};
 use lanemesh_sidecar::app::App;
 use lanemesh_sidecar::config::RunConfig;
 use lanemesh_sidecar::init::InitArgs;
@@ -27,6 +28,8 @@ enum Command {
     Run(Box<RunConfig>),
     /// Install (or with --uninstall remove) the iptables capture rules; run as root in the pod's network namespace.
     Init(InitArgs),
+    /// Wait until the proxy is ready (the postStart hook of a non-native sidecar); exit 1 on timeout.
+    Wait(WaitArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Run(config)) => *config,
         None => cli.run,
         Some(Command::Init(init)) => return run_init(&init),
+        Some(Command::Wait(args)) => return Ok(wait::wait(&args)?),
     };
     let filter = std::env::var("LANEMESH_LOG").unwrap_or_else(|_| "info".to_owned());
     let logging = logging::init(&filter).context("LANEMESH_LOG")?;

@@ -1,4 +1,5 @@
-//! Locating the `etcd`, `kube-apiserver` and `kubectl` binaries built by `e2e/cluster/build.sh`.
+//! Locating the `etcd`, `kube-apiserver`, `kubectl` and `helm` binaries built by
+//! `e2e/cluster/build.sh`.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,7 @@ use anyhow::{Result, bail};
 /// The script that builds the binaries; named in every "not found" error.
 pub(crate) const BUILD_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/build.sh");
 
-/// Absolute paths of the three binaries the cluster tier runs.
+/// Absolute paths of the binaries the cluster tier runs.
 #[derive(Debug, Clone)]
 pub struct Binaries {
     /// `etcd` (from `go.etcd.io/etcd/server/v3`).
@@ -17,6 +18,8 @@ pub struct Binaries {
     /// `kubectl` (from `k8s.io/kubernetes/cmd/kubectl`); used instead of any `kubectl` on `PATH`
     /// so the client version always matches the server.
     pub kubectl: PathBuf,
+    /// `helm` (from `helm.sh/helm/v4/cmd/helm`), for the chart's tests.
+    pub helm: PathBuf,
 }
 
 impl Binaries {
@@ -46,8 +49,9 @@ impl Binaries {
             etcd: dir.join("etcd"),
             kube_apiserver: dir.join("kube-apiserver"),
             kubectl: dir.join("kubectl"),
+            helm: dir.join("helm"),
         };
-        let missing: Vec<String> = [&bins.etcd, &bins.kube_apiserver, &bins.kubectl]
+        let missing: Vec<String> = [&bins.etcd, &bins.kube_apiserver, &bins.kubectl, &bins.helm]
             .into_iter()
             .filter(|p| !p.is_file())
             .map(|p| p.display().to_string())

@@ -35,6 +35,7 @@ use kube::{Api, Client, Config};
 use tempfile::TempDir;
 
 pub use binaries::Binaries;
+pub use pki::ServingPki;
 use process::{Started, Supervisor};
 
 /// Set to `1` to skip tests that need a [`TestCluster`] (see [`skip_requested`]).

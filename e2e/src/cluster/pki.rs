@@ -40,35 +40,57 @@ fn serving_names(first_service_ip: &str) -> Vec<String> {
     .to_vec()
 }
 
-pub(crate) fn write(dir: &Path, first_service_ip: &str) -> Result<Pki> {
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "lanemesh-test-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA")?;
-    let ca = Issuer::new(ca_params, ca_key);
+/// A fresh CA and a serving certificate it signed, as PEM: what a test needs to serve TLS that
+/// a client (the API server calling a webhook, a sidecar) verifies.
+#[derive(Debug, Clone)]
+pub struct ServingPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
 
-    let serving_key = KeyPair::generate().context("generating the serving key")?;
-    let mut serving_params = CertificateParams::new(serving_names(first_service_ip))?;
-    serving_params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving_params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    serving_params.use_authority_key_identifier_extension = true;
-    let serving_cert = serving_params
-        .signed_by(&serving_key, &ca)
-        .context("signing the serving certificate")?;
+impl ServingPki {
+    /// A CA named `lanemesh-test-ca` and a certificate for `names` (DNS names or IP addresses)
+    /// with common name `common_name`.
+    pub fn new(names: &[String], common_name: &str) -> Result<Self> {
+        let ca_key = KeyPair::generate().context("generating the CA key")?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "lanemesh-test-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA")?;
+        let ca = Issuer::new(ca_params, ca_key);
+
+        let serving_key = KeyPair::generate().context("generating the serving key")?;
+        let mut serving_params = CertificateParams::new(names.to_vec())?;
+        serving_params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        serving_params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        serving_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        serving_params.use_authority_key_identifier_extension = true;
+        let serving_cert = serving_params
+            .signed_by(&serving_key, &ca)
+            .context("signing the serving certificate")?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            cert_pem: serving_cert.pem(),
+            key_pem: serving_key.serialize_pem(),
+        })
+    }
+}
+
+pub(crate) fn write(dir: &Path, first_service_ip: &str) -> Result<Pki> {
+    let serving = ServingPki::new(&serving_names(first_service_ip), "kube-apiserver")?;
 
     // ECDSA P-256 (rcgen's default) is accepted by kube-apiserver and signs tokens as ES256.
     let sa_key = KeyPair::generate().context("generating the service-account key")?;
@@ -88,9 +110,9 @@ pub(crate) fn write(dir: &Path, first_service_ip: &str) -> Result<Pki> {
         token_file: dir.join("tokens.csv"),
         admin_token,
     };
-    write_file(&pki.ca_cert, &ca_cert.pem())?;
-    write_file(&pki.serving_cert, &serving_cert.pem())?;
-    write_file(&pki.serving_key, &serving_key.serialize_pem())?;
+    write_file(&pki.ca_cert, &serving.ca_pem)?;
+    write_file(&pki.serving_cert, &serving.cert_pem)?;
+    write_file(&pki.serving_key, &serving.key_pem)?;
     write_file(&pki.sa_public_key, &sa_key.public_key_pem())?;
     write_file(&pki.sa_signing_key, &sa_key.serialize_pem())?;
     // token,user,uid,"group1,group2" — system:masters bypasses RBAC entirely.

@@ -2,7 +2,8 @@
 //! - admin on `127.0.0.1:15000`: `GET /config_dump`, `GET|POST /logging`, `POST /shutdown`;
 //! - health on `15021`: `GET /healthz/ready`, 200 once a first snapshot of every
 //!   resource type is applied, 503 again once the proxy drains;
-//! - metrics on `15020`: `GET /metrics`, OpenMetrics text.
+//! - metrics on `15020`: `GET /metrics`, OpenMetrics text;
+//! - [`wait`]: `lanemesh-proxy wait`, the client that blocks until health says ready.
 //!
 //! Each `serve_*` takes a bound listener (tests bind port 0) and a shutdown
 //! receiver: when it turns `true` the listener closes and open connections
@@ -11,6 +12,7 @@
 pub mod logging;
 mod routes;
 mod server;
+pub mod wait;
 
 use std::sync::Arc;
 

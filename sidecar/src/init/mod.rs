@@ -38,6 +38,9 @@ pub struct InitArgs {
     /// Inbound ports left alone (comma-separated); 15020 and 15021 always are.
     #[arg(long, value_delimiter = ',')]
     pub inbound_exclude_ports: Vec<u16>,
+    /// The only inbound ports captured (comma-separated); absent = every port.
+    #[arg(long, value_delimiter = ',')]
+    pub inbound_include_ports: Vec<u16>,
     /// Outbound destination ports left alone (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub outbound_exclude_ports: Vec<u16>,
@@ -77,6 +80,7 @@ impl InitArgs {
             proxy_uid: self.proxy_uid,
             proxy_gid: self.proxy_gid,
             inbound_exclude_ports: self.inbound_exclude_ports.clone(),
+            inbound_include_ports: self.inbound_include_ports.clone(),
             outbound_exclude_ports: self.outbound_exclude_ports.clone(),
             outbound_exclude_cidrs: self.outbound_exclude_cidrs.clone(),
         }

@@ -111,6 +111,8 @@ pub struct Capture {
     pub proxy_uid: u32,
     pub proxy_gid: u32,
     pub inbound_exclude_ports: Vec<u16>,
+    /// Only these inbound ports are captured; empty = every port.
+    pub inbound_include_ports: Vec<u16>,
     pub outbound_exclude_ports: Vec<u16>,
     pub outbound_exclude_cidrs: Vec<Cidr>,
 }
@@ -123,6 +125,7 @@ impl Default for Capture {
             proxy_uid: 1337,
             proxy_gid: 1337,
             inbound_exclude_ports: Vec::new(),
+            inbound_include_ports: Vec::new(),
             outbound_exclude_ports: Vec::new(),
             outbound_exclude_cidrs: Vec::new(),
         }
@@ -154,7 +157,18 @@ impl Capture {
         for port in inbound_skip {
             let _ = writeln!(r, "-A LANEMESH_INBOUND -p tcp --dport {port} -j RETURN");
         }
-        r.push_str("-A LANEMESH_INBOUND -p tcp -j LANEMESH_IN_REDIRECT\n");
+        if self.inbound_include_ports.is_empty() {
+            r.push_str("-A LANEMESH_INBOUND -p tcp -j LANEMESH_IN_REDIRECT\n");
+        } else {
+            // Exclusions (and the sidecar's own ports) returned above; the rest falls through
+            // to the built-in chain, uncaptured.
+            for port in &self.inbound_include_ports {
+                let _ = writeln!(
+                    r,
+                    "-A LANEMESH_INBOUND -p tcp --dport {port} -j LANEMESH_IN_REDIRECT"
+                );
+            }
+        }
         let _ = writeln!(
             r,
             "-A LANEMESH_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
@@ -283,5 +297,31 @@ mod tests {
             .find("-A LANEMESH_OUTPUT -j LANEMESH_REDIRECT")
             .unwrap();
         assert!(uid < redirect);
+    }
+
+    #[test]
+    fn included_inbound_ports_are_the_only_ones_redirected() {
+        let capture = Capture {
+            inbound_include_ports: vec![8080, 9090],
+            inbound_exclude_ports: vec![9090],
+            ..Capture::default()
+        };
+        let rules = capture.rules(Family::V4).restore;
+        let inbound: Vec<_> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A LANEMESH_INBOUND "))
+            .collect();
+        assert_eq!(
+            inbound,
+            [
+                "-A LANEMESH_INBOUND -p tcp --dport 15020 -j RETURN",
+                "-A LANEMESH_INBOUND -p tcp --dport 15021 -j RETURN",
+                "-A LANEMESH_INBOUND -p tcp --dport 9090 -j RETURN",
+                "-A LANEMESH_INBOUND -p tcp --dport 8080 -j LANEMESH_IN_REDIRECT",
+                "-A LANEMESH_INBOUND -p tcp --dport 9090 -j LANEMESH_IN_REDIRECT",
+            ]
+        );
+        // No catch-all: any other port falls through uncaptured.
+        assert!(!rules.contains("-A LANEMESH_INBOUND -p tcp -j LANEMESH_IN_REDIRECT"));
     }
 }

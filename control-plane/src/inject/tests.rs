@@ -1,0 +1,290 @@
+#![allow(clippy::unwrap_used, clippy::needless_pass_by_value)]
+use super::*;
+use serde_json::json;
+
+fn pod(labels: serde_json::Value, annotations: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "a-1", "namespace": "demo", "labels": labels, "annotations": annotations},
+        "spec": {
+            "initContainers": [{"name": "migrate", "image": "migrate:1"}],
+            "containers": [{"name": "app", "image": "app:1"}],
+        }
+    }))
+    .unwrap()
+}
+
+fn governed() -> serde_json::Value {
+    json!({"msePilotAutoEnable": "on", "msePilotCreateAppName": "a", "alicloud.service.tag": "gray"})
+}
+
+fn injected(pod: &Pod, config: &InjectConfig) -> Pod {
+    match inject(pod, config).unwrap() {
+        Injection::Injected(pod) => *pod,
+        Injection::Skipped(reason) => panic!("skipped: {reason:?}"),
+    }
+}
+
+fn env<'a>(c: &'a Container, name: &str) -> Option<&'a EnvVar> {
+    c.env.iter().flatten().find(|e| e.name == name)
+}
+
+fn field_path(e: &EnvVar) -> &str {
+    &e.value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap()
+        .field_path
+}
+
+#[test]
+fn a_governed_pod_gets_init_native_sidecar_token_and_status() {
+    let out = injected(&pod(governed(), json!({})), &InjectConfig::default());
+    let spec = out.spec.as_ref().unwrap();
+    let inits = spec.init_containers.as_ref().unwrap();
+    let names: Vec<_> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, [INIT_CONTAINER, PROXY_CONTAINER, "migrate"]);
+    assert_eq!(
+        spec.containers.len(),
+        1,
+        "the app's containers are untouched"
+    );
+
+    let init = &inits[0];
+    assert_eq!(init.args.as_deref().unwrap(), ["init"]);
+    let sc = init.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, Some(0));
+    assert_eq!(sc.run_as_non_root, Some(false));
+    assert_eq!(sc.privileged, Some(false));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+
+    let proxy = &inits[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    let startup = proxy
+        .startup_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(startup.port, IntOrString::Int(15021));
+    assert_eq!(startup.path.as_deref(), Some("/healthz/ready"));
+    assert!(proxy.lifecycle.is_none());
+    let sc = proxy.security_context.as_ref().unwrap();
+    assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1337), Some(1337)));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let caps = sc.capabilities.as_ref().unwrap();
+    assert!(caps.add.is_none());
+    assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
+
+    assert_eq!(field_path(env(proxy, "POD_NAME").unwrap()), "metadata.name");
+    assert_eq!(
+        field_path(env(proxy, "POD_NAMESPACE").unwrap()),
+        "metadata.namespace"
+    );
+    assert_eq!(field_path(env(proxy, "POD_IP").unwrap()), "status.podIP");
+    assert_eq!(
+        field_path(env(proxy, "LANEMESH_APP").unwrap()),
+        "metadata.labels['msePilotCreateAppName']"
+    );
+    assert_eq!(
+        field_path(env(proxy, "LANEMESH_LANE_TAG").unwrap()),
+        "metadata.labels['alicloud.service.tag']"
+    );
+    assert_eq!(
+        env(proxy, "LANEMESH_TOKEN_FILE").unwrap().value.as_deref(),
+        Some("/var/run/secrets/lanemesh/tokens/lanemesh-token")
+    );
+    assert!(env(proxy, "LANEMESH_DISCOVERY_CA").is_none());
+    let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(mount.mount_path, TOKEN_DIR);
+    assert_eq!(mount.read_only, Some(true));
+
+    let volume = &spec.volumes.as_ref().unwrap()[0];
+    assert_eq!(volume.name, mount.name);
+    let token = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("lanemesh"));
+    assert_eq!(token.path, TOKEN_FILE);
+
+    assert_eq!(spec.service_account_name.as_deref(), Some("default"));
+    for c in inits {
+        for port in c.ports.iter().flatten() {
+            // The API server's limit for a port name (an IANA service name).
+            assert!(port.name.as_ref().unwrap().len() <= 15, "{port:?}");
+        }
+    }
+
+    let annotations = out.metadata.annotations.as_ref().unwrap();
+    assert_eq!(annotations[annotations::STATUS], "injected");
+    assert_eq!(
+        annotations["kubectl.kubernetes.io/default-container"],
+        "app"
+    );
+}
+
+#[test]
+fn classic_mode_puts_the_proxy_first_with_a_post_start_wait() {
+    let config = InjectConfig {
+        sidecar_mode: SidecarMode::Classic,
+        ..InjectConfig::default()
+    };
+    let out = injected(&pod(governed(), json!({})), &config);
+    let spec = out.spec.unwrap();
+    let inits: Vec<_> = spec
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(inits, [INIT_CONTAINER, "migrate"]);
+    let proxy = &spec.containers[0];
+    assert_eq!(proxy.name, PROXY_CONTAINER);
+    assert_eq!(spec.containers[1].name, "app");
+    assert!(proxy.restart_policy.is_none());
+    let command = proxy
+        .lifecycle
+        .as_ref()
+        .unwrap()
+        .post_start
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap()
+        .command
+        .clone()
+        .unwrap();
+    assert_eq!(command[..2], ["lanemesh-proxy", "wait"]);
+}
+
+#[test]
+fn annotations_become_init_flags_and_proxy_resources() {
+    let out = injected(
+        &pod(
+            governed(),
+            json!({
+                "traffic.lanemesh.io/exclude-inbound-ports": "8081",
+                "traffic.lanemesh.io/include-inbound-ports": "8080,8081",
+                "traffic.lanemesh.io/exclude-outbound-ports": "3306,6379",
+                "traffic.lanemesh.io/exclude-outbound-cidrs": "169.254.169.254/32",
+                "sidecar.lanemesh.io/proxyCPU": "250m",
+                "sidecar.lanemesh.io/proxyMemoryLimit": "256Mi",
+            }),
+        ),
+        &InjectConfig::default(),
+    );
+    let inits = out.spec.unwrap().init_containers.unwrap();
+    assert_eq!(
+        inits[0].args.as_deref().unwrap(),
+        [
+            "init",
+            "--inbound-exclude-ports=8081",
+            "--inbound-include-ports=8080,8081",
+            "--outbound-exclude-ports=3306,6379",
+            "--outbound-exclude-cidrs=169.254.169.254/32",
+        ]
+    );
+    let resources = inits[1].resources.as_ref().unwrap();
+    let requests = resources.requests.as_ref().unwrap();
+    let limits = resources.limits.as_ref().unwrap();
+    assert_eq!(requests["cpu"].0, "250m");
+    assert_eq!(requests["memory"].0, InjectConfig::default().memory);
+    assert_eq!(limits["memory"].0, "256Mi");
+}
+
+#[test]
+fn injection_is_idempotent() {
+    let config = InjectConfig::default();
+    let once = injected(&pod(governed(), json!({})), &config);
+    assert_eq!(
+        inject(&once, &config).unwrap(),
+        Injection::Skipped(SkipReason::AlreadyInjected)
+    );
+    // Our containers without the annotation (removed by hand) are not added twice either.
+    let mut stripped = once.clone();
+    stripped.metadata.annotations = None;
+    assert_eq!(
+        inject(&stripped, &config).unwrap(),
+        Injection::Skipped(SkipReason::AlreadyInjected)
+    );
+}
+
+#[test]
+fn unlabelled_opted_out_and_host_network_pods_are_left_alone() {
+    let config = InjectConfig::default();
+    for labels in [json!({}), json!({"msePilotAutoEnable": "off"})] {
+        assert_eq!(
+            inject(&pod(labels, json!({})), &config).unwrap(),
+            Injection::Skipped(SkipReason::NotGoverned)
+        );
+    }
+    assert_eq!(
+        inject(
+            &pod(governed(), json!({"sidecar.lanemesh.io/inject": "false"})),
+            &config
+        )
+        .unwrap(),
+        Injection::Skipped(SkipReason::OptedOut)
+    );
+    let mut host = pod(governed(), json!({}));
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    assert_eq!(
+        inject(&host, &config).unwrap(),
+        Injection::Skipped(SkipReason::HostNetwork)
+    );
+}
+
+#[test]
+fn a_bad_annotation_is_an_error_naming_it() {
+    let error = inject(
+        &pod(
+            governed(),
+            json!({"traffic.lanemesh.io/exclude-outbound-ports": "mysql"}),
+        ),
+        &InjectConfig::default(),
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("annotation traffic.lanemesh.io/exclude-outbound-ports: \"mysql\""),
+        "{error}"
+    );
+}
+
+#[test]
+fn app_label_falls_back_and_a_base_pod_has_no_lane_env() {
+    let out = injected(
+        &pod(json!({"msePilotAutoEnable": "on", "app": "b"}), json!({})),
+        &InjectConfig {
+            discovery_ca: "-----BEGIN CERTIFICATE-----".into(),
+            ..InjectConfig::default()
+        },
+    );
+    let proxy = &out.spec.unwrap().init_containers.unwrap()[1];
+    assert_eq!(
+        field_path(env(proxy, "LANEMESH_APP").unwrap()),
+        "metadata.labels['app']"
+    );
+    assert!(env(proxy, "LANEMESH_LANE_TAG").is_none());
+    assert!(env(proxy, "LANEMESH_DISCOVERY_CA").is_some());
+}
+
+#[test]
+fn native_sidecars_from_kubernetes_1_29() {
+    assert_eq!(SidecarMode::for_server("1", "28"), SidecarMode::Classic);
+    assert_eq!(SidecarMode::for_server("1", "29"), SidecarMode::Native);
+    assert_eq!(SidecarMode::for_server("1", "34+"), SidecarMode::Native);
+    assert_eq!(SidecarMode::for_server("1", ""), SidecarMode::Classic);
+}

@@ -1,0 +1,432 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The Helm chart (`charts/lanemesh`): `helm lint`, the security-relevant fields of `helm
+//! template`, and `helm install` / `helm upgrade` into the local API server with the RBAC it
+//! grants checked by `kubectl auth can-i`.
+//!
+//! `helm` is built from Go modules by `e2e/cluster/build.sh` (with the cluster binaries); set
+//! `LANEMESH_SKIP_CLUSTER=1` to skip.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanemesh_e2e::cluster::{self, Binaries, TestCluster};
+use serde_yaml::Value;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::ServerCertVerifier as _;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(240);
+const NAMESPACE: &str = "lanemesh-system";
+const SERVICE_HOST: &str = "lanemesh-pilot.lanemesh-system.svc";
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/lanemesh")
+}
+
+/// Runs helm with its caches and config in `home` (never the user's).
+fn helm(home: &Path, args: &[&str]) -> Output {
+    let bins = Binaries::locate().unwrap();
+    std::process::Command::new(&bins.helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+/// Verifies `cert_pem` for the pilot's Service name against `ca_pem` as a TLS client would.
+fn verify(ca_pem: &[u8], cert_pem: &[u8]) -> Result<(), rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .unwrap();
+    let leaf = CertificateDer::from_pem_slice(cert_pem).unwrap();
+    verifier
+        .verify_server_cert(
+            &leaf,
+            &[],
+            &ServerName::try_from(SERVICE_HOST).unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn helm_lint_passes_and_the_schema_refuses_bad_values() {
+    if cluster::skip_requested("helm_lint_passes_and_the_schema_refuses_bad_values") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    ok(&helm(home.path(), &["lint", "--strict", chart]));
+    for bad in [
+        "proxy.sidecarMode=sometimes",
+        "webhook.failurePolicy=Maybe",
+        "pilot.replicas=0",
+        "proxy.resources.requests.cpu=lots",
+        "pilot.unknownKey=1",
+    ] {
+        let out = helm(home.path(), &["lint", chart, "--set", bad]);
+        assert!(!out.status.success(), "{bad} passed lint");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("schema"), "{bad}: {text}");
+    }
+}
+
+#[test]
+fn helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook() {
+    if cluster::skip_requested(
+        "helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook",
+    ) {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let chart = chart();
+    let out = ok(&helm(
+        home.path(),
+        &[
+            "template",
+            "lanemesh",
+            chart.to_str().unwrap(),
+            "-n",
+            NAMESPACE,
+        ],
+    ));
+    let docs = documents(&out);
+
+    // The pilot: 2 replicas, probes on 15014, non-root, read-only, no capabilities.
+    let deploy = find(&docs, "Deployment", "lanemesh-pilot");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    let sc = &container["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["port"], "http-admin", "{probe}");
+    }
+    let ports: Vec<_> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [15010, 15014, 15017]);
+    let args = strings(&container["args"]);
+    assert!(args.contains(&"--source=kubernetes".to_owned()), "{args:?}");
+    assert!(pod["affinity"]["podAntiAffinity"].is_mapping());
+    let pdb = find(&docs, "PodDisruptionBudget", "lanemesh-pilot");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    let service = find(&docs, "Service", "lanemesh-pilot");
+    let service_ports: Vec<_> = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    for port in [15010, 15014, 15017] {
+        assert!(
+            service_ports.contains(&port),
+            "{port} not in {service_ports:?}"
+        );
+    }
+
+    // RBAC: reads, status writes and TokenReviews cluster-wide; Leases in its namespace only;
+    // no wildcard, no Secrets, no writes to specs.
+    let role = find(&docs, "ClusterRole", "lanemesh-pilot");
+    for rule in role["rules"].as_sequence().unwrap() {
+        let resources = strings(&rule["resources"]);
+        let verbs = strings(&rule["verbs"]);
+        assert!(
+            !resources.iter().any(|r| r == "*" || r == "secrets"),
+            "{rule:?}"
+        );
+        assert!(!verbs.iter().any(|v| v == "*" || v == "delete"), "{rule:?}");
+        let writes = verbs
+            .iter()
+            .any(|v| ["create", "update", "patch"].contains(&v.as_str()));
+        if writes {
+            assert!(
+                resources
+                    .iter()
+                    .all(|r| r.ends_with("/status") || r == "tokenreviews"),
+                "a write outside status/tokenreviews: {rule:?}"
+            );
+        }
+    }
+    let leases = find(&docs, "Role", "lanemesh-pilot");
+    assert_eq!(leases["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(strings(&leases["rules"][0]["resources"]), ["leases"]);
+
+    // The webhook: only labelled pods, no side effects, Fail, and a CA bundle that verifies
+    // the certificate the pilot serves.
+    let hook = &find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "lanemesh-sidecar-injector",
+    )["webhooks"][0];
+    assert_eq!(
+        hook["objectSelector"]["matchLabels"]["msePilotAutoEnable"],
+        "on"
+    );
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/inject");
+    let secret = find(&docs, "Secret", "lanemesh-pilot-tls");
+    let ca = b64(hook["clientConfig"]["caBundle"].as_str().unwrap());
+    let cert = b64(secret["data"]["tls.crt"].as_str().unwrap());
+    assert_eq!(ca, b64(secret["data"]["ca.crt"].as_str().unwrap()));
+    verify(&ca, &cert).unwrap();
+    // And it does not verify under another CA (the check can fail).
+    let other = lanemesh_e2e::cluster::ServingPki::new(&[SERVICE_HOST.to_owned()], "x").unwrap();
+    assert!(verify(other.ca_pem.as_bytes(), &cert).is_err());
+
+    // failurePolicy is a value.
+    let ignore = ok(&helm(
+        home.path(),
+        &[
+            "template",
+            "lanemesh",
+            chart.to_str().unwrap(),
+            "-n",
+            NAMESPACE,
+            "--set",
+            "webhook.failurePolicy=Ignore",
+        ],
+    ));
+    let docs = documents(&ignore);
+    let hook = &find(
+        &docs,
+        "MutatingWebhookConfiguration",
+        "lanemesh-sidecar-injector",
+    )["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+}
+
+/// `resource` may end in `/status`: the subresource.
+async fn can_i(cluster: &TestCluster, verb: &str, resource: &str, namespace: &str) -> bool {
+    let user = format!("system:serviceaccount:{NAMESPACE}:lanemesh-pilot");
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((resource, sub)) => (resource, format!("--subresource={sub}")),
+        None => (resource, "--subresource=".to_owned()),
+    };
+    let out = cluster
+        .kubectl([
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            &subresource,
+            "-n",
+            namespace,
+            "--as",
+            &user,
+        ])
+        .await
+        .unwrap();
+    // Exit 0 = yes, 1 = no; the answer is on stdout either way.
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_and_upgrade_into_the_cluster_keep_a_valid_certificate_chain() {
+    if cluster::skip_requested(
+        "helm_install_and_upgrade_into_the_cluster_keep_a_valid_certificate_chain",
+    ) {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = TestCluster::start().await.unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let chart = chart();
+        let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_owned();
+        let install = |verb: &'static str| {
+            let chart = chart.clone();
+            let kubeconfig = kubeconfig.clone();
+            let home = home.path().to_owned();
+            move || {
+                helm(
+                    &home,
+                    &[
+                        verb,
+                        "lanemesh",
+                        chart.to_str().unwrap(),
+                        "-n",
+                        NAMESPACE,
+                        "--create-namespace",
+                        "--kubeconfig",
+                        &kubeconfig,
+                    ],
+                )
+            }
+        };
+        ok(&tokio::task::spawn_blocking(install("install"))
+            .await
+            .unwrap());
+
+        let get = |args: Vec<&'static str>| {
+            let cluster = &cluster;
+            async move {
+                let out = cluster.kubectl(args).await.unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+            }
+        };
+        let deploy = get(vec![
+            "get",
+            "deployment",
+            "lanemesh-pilot",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])
+        .await;
+        assert_eq!(deploy["spec"]["replicas"], 2);
+        let crd = get(vec!["get", "crd", "lanegroups.lanemesh.io", "-o", "json"]).await;
+        assert_eq!(crd["spec"]["group"], "lanemesh.io");
+        let chain = |secret: &serde_json::Value, hook: &serde_json::Value| {
+            let ca = b64(hook["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .unwrap());
+            let cert = b64(secret["data"]["tls.crt"].as_str().unwrap());
+            verify(&ca, &cert).unwrap();
+            (ca, cert)
+        };
+        let secret = get(vec![
+            "get",
+            "secret",
+            "lanemesh-pilot-tls",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])
+        .await;
+        let hook = get(vec![
+            "get",
+            "mutatingwebhookconfiguration",
+            "lanemesh-sidecar-injector",
+            "-o",
+            "json",
+        ])
+        .await;
+        let first = chain(&secret, &hook);
+
+        // RBAC, both directions.
+        for (verb, resource, namespace, want) in [
+            ("list", "pods", "default", true),
+            ("watch", "endpointslices.discovery.k8s.io", "shop", true),
+            ("watch", "lanes.lanemesh.io", "shop", true),
+            ("patch", "lanes.lanemesh.io/status", "shop", true),
+            (
+                "patch",
+                "ratelimitpolicies.lanemesh.io/status",
+                "shop",
+                true,
+            ),
+            (
+                "create",
+                "tokenreviews.authentication.k8s.io",
+                "default",
+                true,
+            ),
+            ("update", "leases.coordination.k8s.io", NAMESPACE, true),
+            ("update", "leases.coordination.k8s.io", "default", false),
+            ("patch", "lanes.lanemesh.io", "shop", false),
+            ("get", "secrets", "default", false),
+            ("create", "pods", "default", false),
+            ("delete", "pods", "default", false),
+            ("list", "configmaps", "default", false),
+        ] {
+            assert_eq!(
+                can_i(&cluster, verb, resource, namespace).await,
+                want,
+                "can-i {verb} {resource} -n {namespace}"
+            );
+        }
+
+        // An upgrade keeps the certificate chain (and so every injected sidecar's CA).
+        ok(&tokio::task::spawn_blocking(install("upgrade"))
+            .await
+            .unwrap());
+        let secret = get(vec![
+            "get",
+            "secret",
+            "lanemesh-pilot-tls",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ])
+        .await;
+        let hook = get(vec![
+            "get",
+            "mutatingwebhookconfiguration",
+            "lanemesh-sidecar-injector",
+            "-o",
+            "json",
+        ])
+        .await;
+        assert_eq!(
+            chain(&secret, &hook),
+            first,
+            "the upgrade replaced the certificates"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
