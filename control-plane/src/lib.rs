@@ -5,6 +5,7 @@
 //!   [`source::SourceEvent`] interface.
 //! - [`index`]: every object, converted (debounced) into one immutable [`snapshot::World`].
 //! - [`snapshot`]: the encoded world and the part of it each node receives.
+//! - [`auth`]: who may open a discovery stream for which pod (TokenReview).
 //! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
 //! - [`status`]: CRD status (`Accepted`, `Lane.status.matchedPods`), written by the Lease holder.
 //! - [`inject`]: sidecar injection and its mutating admission webhook (port 15017).
@@ -14,6 +15,7 @@
 //! - [`run`]: wiring of all the above, used by `lanemesh-pilot` and tests.
 
 pub mod admin;
+pub mod auth;
 pub mod discovery;
 pub mod health;
 pub mod index;

@@ -1,11 +1,13 @@
 //! `lanemesh-pilot`: the control plane binary.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
+use lanemesh_control_plane::auth::{AllowAll, Authenticator, TokenReviewer};
 use lanemesh_control_plane::discovery::DiscoveryLimits;
 use lanemesh_control_plane::inject::{self, InjectConfig, SidecarMode};
 use lanemesh_control_plane::run::{ControlPlane, Options};
@@ -190,6 +192,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut status_client = None;
     let mut server_version = None;
+    let mut authenticator: Option<Arc<dyn Authenticator>> = None;
     let source: Box<dyn FnOnce(_) -> _> = match args.source {
         SourceKind::Local => {
             let dir = args.dir.context("--dir is required with --source local")?;
@@ -223,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .context("reading the API server's version")?,
             );
+            authenticator = Some(Arc::new(TokenReviewer::new(client.clone())));
             let source = KubernetesSource::new(client);
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
@@ -256,6 +260,9 @@ async fn main() -> anyhow::Result<()> {
             header_read_timeout: args.admin_header_timeout,
             debug_endpoints: args.debug_endpoints,
         },
+        // Kubernetes: every stream proves its pod with a TokenReview. Local: claims are
+        // believed (no API server to ask).
+        authenticator: authenticator.unwrap_or_else(|| Arc::new(AllowAll)),
     };
     let webhook = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Admission reviews answered by the injection webhook, by `outcome` (`injected`,
     /// `skipped`, `refused`, `invalid`, `no object`, `error`).
     pub injections: Family<Vec<(&'static str, String)>, Counter>,
+    /// Discovery streams refused by authentication, by `reason`.
+    pub streams_refused: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,6 +50,7 @@ impl Default for Metrics {
         let status_writes = Family::<Vec<(&'static str, String)>, Counter>::default();
         let leader = Gauge::default();
         let injections = Family::<Vec<(&'static str, String)>, Counter>::default();
+        let streams_refused = Family::<Vec<(&'static str, String)>, Counter>::default();
         registry.register(
             "connected_proxies",
             "Open discovery streams",
@@ -89,6 +92,11 @@ impl Default for Metrics {
             "Pod admission reviews answered by the injection webhook, by outcome",
             injections.clone(),
         );
+        registry.register(
+            "streams_refused",
+            "Discovery streams refused because their token did not prove the claimed pod, by reason",
+            streams_refused.clone(),
+        );
         Self {
             registry,
             connected,
@@ -100,6 +108,7 @@ impl Default for Metrics {
             status_writes,
             leader,
             injections,
+            streams_refused,
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct Options {
     pub debounce: Duration,
     pub discovery: DiscoveryLimits,
     pub admin: AdminOptions,
+    /// Who may open a stream for which pod: [`crate::auth::AllowAll`] (local mode) or
+    /// [`crate::auth::TokenReviewer`].
+    pub authenticator: Arc<dyn crate::auth::Authenticator>,
 }
 
 impl Default for Options {
@@ -35,6 +38,7 @@ impl Default for Options {
             debounce: crate::index::DEFAULT_DEBOUNCE,
             discovery: DiscoveryLimits::default(),
             admin: AdminOptions::default(),
+            authenticator: Arc::new(crate::auth::AllowAll),
         }
     }
 }
@@ -129,7 +133,8 @@ impl ControlPlane {
         let metrics = Arc::new(Metrics::default());
         let health = Health::default();
         let discovery = Discovery::new(worlds.clone(), Arc::clone(&metrics), shutdown_rx.clone())
-            .with_limits(options.discovery);
+            .with_limits(options.discovery)
+            .with_authenticator(options.authenticator);
         let admin = Admin {
             worlds: worlds.clone(),
             metrics: Arc::clone(&metrics),

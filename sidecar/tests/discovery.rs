@@ -144,6 +144,10 @@ fn node_of(identity: &PodIdentity) -> lanemesh_api::proto::Node {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with_token_file(None).await
+    }
+
+    async fn start_with_token_file(token_file: Option<std::path::PathBuf>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (streams_tx, streams) = mpsc::unbounded_channel();
@@ -162,6 +166,7 @@ impl Harness {
             stable_after: Duration::from_secs(10),
         };
         config.connect_timeout = Duration::from_secs(1);
+        config.token_file = token_file;
         let client = DiscoveryClient::new(config, Arc::clone(&store));
         let state = client.state();
         let (shutdown, stop) = oneshot::channel::<()>();
@@ -560,6 +565,30 @@ async fn losing_the_control_plane_keeps_the_snapshot_and_reconnects_with_held_ve
         .await;
     assert!(ack.error_detail.is_none());
     assert!(h.store.load().services().is_empty());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_token_file_is_read_again_on_reconnect() {
+    // The kubelet rewrites a projected token before it expires; a new stream must present the
+    // current one, not the one read at start.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "token-A\n").unwrap();
+    let mut h = Harness::start_with_token_file(Some(file.clone())).await;
+    let mut stream = h.next_stream().await;
+    let (node, _) = stream.initial().await;
+    assert_eq!(node.unwrap().token, "token-A");
+
+    std::fs::write(&file, "token-B\n").unwrap();
+    h.server.abort();
+    let _ = (&mut h.server).await;
+    drop(stream);
+    let listener = TcpListener::bind(h.addr).await.unwrap();
+    h.server = serve(listener, h.streams_tx.clone());
+    let mut stream = h.next_stream().await;
+    let (node, _) = stream.initial().await;
+    assert_eq!(node.unwrap().token, "token-B");
     h.stop().await;
 }
 

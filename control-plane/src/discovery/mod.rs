@@ -34,6 +34,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::{AllowAll, Authenticator};
+
 use crate::metrics::Metrics;
 use crate::snapshot::World;
 
@@ -105,6 +107,7 @@ pub struct Discovery {
     /// Bumped after every NACK, so status writing can react to it.
     nacks_changed: Arc<watch::Sender<u64>>,
     shutdown: watch::Receiver<bool>,
+    auth: Arc<dyn Authenticator>,
 }
 
 impl Discovery {
@@ -122,7 +125,14 @@ impl Discovery {
             limits: Arc::default(),
             nacks_changed: Arc::new(watch::channel(0).0),
             shutdown,
+            auth: Arc::new(AllowAll),
         }
+    }
+
+    /// Checks every stream's claimed node with `auth` (TokenReview in Kubernetes mode).
+    pub fn with_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.auth = auth;
+        self
     }
 
     pub fn with_limits(mut self, limits: DiscoveryLimits) -> Self {
@@ -210,6 +220,19 @@ impl AggregatedDiscoveryService for Discovery {
                     "the first request must carry node with pod_name and namespace",
                 )
             })?;
+        if let Err(error) = self.auth.authenticate(&node).await {
+            let claimed = format!("{}/{}", node.namespace, node.pod_name);
+            tracing::warn!(node = %claimed, ?peer, %error, "discovery stream refused");
+            self.metrics
+                .streams_refused
+                .get_or_create(&vec![("reason", error.reason().to_owned())])
+                .inc();
+            return Err(if error.is_denial() {
+                Status::permission_denied(error.to_string())
+            } else {
+                Status::unavailable(error.to_string())
+            });
+        }
         tracing::info!(
             node = %format!("{}/{}", node.namespace, node.pod_name),
             app = %node.app,

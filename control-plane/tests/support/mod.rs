@@ -40,6 +40,19 @@ impl Sidecar {
         namespace: &str,
         initial: &Versions,
     ) -> Self {
+        Self::try_connect(addr, pod, namespace, "", initial)
+            .await
+            .unwrap()
+    }
+
+    /// Opens a stream presenting `token`; the server's refusal (the first answer) is the error.
+    pub async fn try_connect(
+        addr: std::net::SocketAddr,
+        pod: &str,
+        namespace: &str,
+        token: &str,
+        initial: &Versions,
+    ) -> Result<Self, tonic::Status> {
         // A small HTTP/2 window, so that a sidecar that stops reading
         // pushes back on the server soon (hyper's default is 2 MiB).
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -55,6 +68,7 @@ impl Sidecar {
             let node = (i == 0).then(|| Node {
                 pod_name: pod.into(),
                 namespace: namespace.into(),
+                token: token.into(),
                 ..Default::default()
             });
             tx.send(DeltaDiscoveryRequest {
@@ -71,10 +85,9 @@ impl Sidecar {
             client.delta_aggregated_resources(ReceiverStream::new(rx)),
         )
         .await
-        .unwrap()
-        .unwrap()
+        .unwrap()?
         .into_inner();
-        Self { tx, rx }
+        Ok(Self { tx, rx })
     }
 
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {

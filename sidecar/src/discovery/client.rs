@@ -48,6 +48,9 @@ pub struct ClientConfig {
     pub identity: PodIdentity,
     /// Projected service-account token; empty outside Kubernetes. Never shown or logged.
     pub token: String,
+    /// Where the token is re-read on every connect (the kubelet rewrites a projected token
+    /// before it expires); `token` is used when unset.
+    pub token_file: Option<std::path::PathBuf>,
     pub backoff: BackoffConfig,
     pub connect_timeout: Duration,
 }
@@ -66,6 +69,7 @@ impl std::fmt::Debug for ClientConfig {
                     "<redacted>"
                 },
             )
+            .field("token_file", &self.token_file)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -78,6 +82,7 @@ impl ClientConfig {
             addr: addr.into(),
             identity,
             token,
+            token_file: None,
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_secs(5),
         }
@@ -98,6 +103,11 @@ pub enum ClientError {
     },
     #[error("discovery stream failed: {0}")]
     Stream(#[from] tonic::Status),
+    #[error("cannot read the token file {}: {source}", .path.display())]
+    Token {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the discovery request stream closed")]
     RequestsClosed,
 }
@@ -267,11 +277,21 @@ impl DiscoveryClient {
             })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
 
+        let token = match &self.config.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|source| ClientError::Token {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+            None => self.config.token.clone(),
+        };
         let (requests, rx) = mpsc::channel(ResourceKind::ALL.len() * 2);
         let held = self.store.load_full();
         for (i, kind) in ResourceKind::ALL.into_iter().enumerate() {
             let request = proto::DeltaDiscoveryRequest {
-                node: (i == 0).then(|| node(&self.config.identity, &self.config.token)),
+                node: (i == 0).then(|| node(&self.config.identity, &token)),
                 type_url: kind.type_url().to_owned(),
                 initial_resource_versions: held.versions(kind),
                 ..Default::default()

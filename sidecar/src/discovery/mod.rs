@@ -110,11 +110,11 @@ impl DiscoveryArgs {
             .discovery_addr
             .as_deref()
             .ok_or(ConfigError::NoSource)?;
-        Ok(ConfigSource::ControlPlane(Box::new(ClientConfig::new(
-            with_scheme(addr),
-            self.identity(),
-            self.token()?,
-        ))))
+        // Read once here so a missing file fails the start; the client re-reads it on every
+        // connect, as the kubelet rotates it.
+        let mut config = ClientConfig::new(with_scheme(addr), self.identity(), self.token()?);
+        config.token_file = self.token_file.clone();
+        Ok(ConfigSource::ControlPlane(Box::new(config)))
     }
 }
 
