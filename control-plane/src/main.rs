@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
 use lanemesh_control_plane::auth::{AllowAll, Authenticator, TokenReviewer};
-use lanemesh_control_plane::discovery::DiscoveryLimits;
+use lanemesh_control_plane::discovery::{DiscoveryLimits, DiscoveryTls};
 use lanemesh_control_plane::inject::{self, InjectConfig, SidecarMode};
 use lanemesh_control_plane::run::{ControlPlane, Options};
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
@@ -41,6 +41,13 @@ struct Args {
     /// gRPC discovery address.
     #[arg(long, default_value = discovery::DEFAULT_ADDR, env = "LANEMESH_GRPC_ADDR")]
     grpc_addr: String,
+    /// PEM certificate (chain) the discovery server presents; with --grpc-tls-key, discovery
+    /// is served over TLS (required with --source kubernetes).
+    #[arg(long, env = "LANEMESH_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of the discovery server.
+    #[arg(long, env = "LANEMESH_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
     /// Admin address: /healthz, /readyz, /metrics, /debug/snapshot.
     #[arg(long, default_value = admin::DEFAULT_ADDR, env = "LANEMESH_ADMIN_ADDR")]
     admin_addr: String,
@@ -245,6 +252,23 @@ async fn main() -> anyhow::Result<()> {
         args.max_streams_per_connection > 0,
         "--max-streams-per-connection must be at least 1"
     );
+    let discovery_tls = match (&args.grpc_tls_cert, &args.grpc_tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &PathBuf| {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+            };
+            Some(DiscoveryTls {
+                cert_pem: read(cert)?,
+                key_pem: read(key)?,
+            })
+        }
+        _ => None,
+    };
+    // Plaintext discovery would hand every pod's token to anyone on the path.
+    anyhow::ensure!(
+        discovery_tls.is_some() || !matches!(args.source, SourceKind::Kubernetes),
+        "--source kubernetes serves discovery over TLS only: set --grpc-tls-cert and --grpc-tls-key"
+    );
     let options = Options {
         debounce: args.debounce,
         discovery: DiscoveryLimits {
@@ -263,6 +287,7 @@ async fn main() -> anyhow::Result<()> {
         // Kubernetes: every stream proves its pod with a TokenReview. Local: claims are
         // believed (no API server to ask).
         authenticator: authenticator.unwrap_or_else(|| Arc::new(AllowAll)),
+        discovery_tls,
     };
     let webhook = match (&args.webhook_cert, &args.webhook_key) {
         (Some(cert), Some(key)) => {

@@ -30,6 +30,8 @@ pub struct Options {
     /// Who may open a stream for which pod: [`crate::auth::AllowAll`] (local mode) or
     /// [`crate::auth::TokenReviewer`].
     pub authenticator: Arc<dyn crate::auth::Authenticator>,
+    /// Serve discovery over TLS with this certificate (required in Kubernetes mode).
+    pub discovery_tls: Option<crate::discovery::DiscoveryTls>,
 }
 
 impl Default for Options {
@@ -39,6 +41,7 @@ impl Default for Options {
             discovery: DiscoveryLimits::default(),
             admin: AdminOptions::default(),
             authenticator: Arc::new(crate::auth::AllowAll),
+            discovery_tls: None,
         }
     }
 }
@@ -134,7 +137,8 @@ impl ControlPlane {
         let health = Health::default();
         let discovery = Discovery::new(worlds.clone(), Arc::clone(&metrics), shutdown_rx.clone())
             .with_limits(options.discovery)
-            .with_authenticator(options.authenticator);
+            .with_authenticator(options.authenticator)
+            .with_tls(options.discovery_tls);
         let admin = Admin {
             worlds: worlds.clone(),
             metrics: Arc::clone(&metrics),

@@ -17,7 +17,7 @@ use lanemesh_api::crd::RateLimitPolicy;
 use lanemesh_api::proto;
 use lanemesh_api::resource::{ALL_TYPE_URLS, DiscoveryResource};
 use lanemesh_control_plane::status::LeaseConfig;
-use lanemesh_e2e::cluster;
+use lanemesh_e2e::cluster::{self, ServingPki};
 
 use support::Sidecar;
 use support::cluster::{
@@ -298,8 +298,16 @@ async fn the_pilot_binary_writes_status_and_releases_its_lease_on_sigterm() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let cluster = cluster_with(&objects(10)).await;
         let client = cluster.client();
+        // Kubernetes mode serves discovery over TLS only.
+        let pki = ServingPki::new(&["127.0.0.1".to_owned()], "lanemesh-pilot").unwrap();
+        let tls = tempfile::tempdir().unwrap();
+        let (cert, key) = (tls.path().join("tls.crt"), tls.path().join("tls.key"));
+        std::fs::write(&cert, &pki.cert_pem).unwrap();
+        std::fs::write(&key, &pki.key_pem).unwrap();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lanemesh-pilot"))
             .args(["--source", "kubernetes"])
+            .arg(format!("--grpc-tls-cert={}", cert.display()))
+            .arg(format!("--grpc-tls-key={}", key.display()))
             .args([
                 "--grpc-addr",
                 &format!("127.0.0.1:{}", support::free_port()),

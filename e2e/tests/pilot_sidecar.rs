@@ -138,12 +138,23 @@ struct Pilot {
 
 impl Pilot {
     fn start(dir: &Path, log: &Path, grpc: SocketAddr, admin: SocketAddr) -> Self {
+        Self::start_with(dir, log, grpc, admin, &[])
+    }
+
+    fn start_with(
+        dir: &Path,
+        log: &Path,
+        grpc: SocketAddr,
+        admin: SocketAddr,
+        extra: &[String],
+    ) -> Self {
         let mut command = Command::new(&binaries().pilot);
         command
             .args(["--source", "local", "--dir"])
             .arg(dir)
             .args(["--grpc-addr", &grpc.to_string()])
             .args(["--admin-addr", &admin.to_string()])
+            .args(extra)
             .env("RUST_LOG", "info");
         let mut guard = ChildGuard::spawn("lanemesh-pilot", command, log).unwrap();
         if let Err(e) = guard.wait_ready(admin, "/readyz", READY) {
@@ -185,6 +196,10 @@ struct Proxy {
 
 impl Proxy {
     fn start(discovery: SocketAddr, log: &Path) -> Self {
+        Self::start_with(&discovery.to_string(), log, &[])
+    }
+
+    fn start_with(discovery: &str, log: &Path, extra: &[String]) -> Self {
         let (admin, health, metrics) = (
             free_addr().unwrap(),
             free_addr().unwrap(),
@@ -199,10 +214,11 @@ impl Proxy {
             .args(["--admin-addr", &admin.to_string()])
             .args(["--health-addr", &health.to_string()])
             .args(["--metrics-addr", &metrics.to_string()])
-            .args(["--discovery-addr", &discovery.to_string()])
+            .args(["--discovery-addr", discovery])
             .args(["--pod-name", "front-1", "--pod-namespace", "shop"])
             .args(["--app-name", "front", "--pod-ip", "10.0.0.1"])
             .args(["--grace-period", "2s"])
+            .args(extra)
             .env("LANEMESH_LOG", "info");
         let guard = ChildGuard::spawn("lanemesh-proxy", command, log).unwrap();
         Self {
@@ -380,4 +396,79 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
 
     let (status, _) = http(proxy.admin, "POST", "/shutdown").unwrap();
     assert_eq!(status, 200);
+}
+
+#[test]
+fn discovery_over_tls_is_served_only_to_sidecars_that_trust_its_ca() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("source");
+    std::fs::create_dir(&dir).unwrap();
+    write_atomically(&dir, "apps.yaml", APPS).unwrap();
+    let sans = ["localhost".to_owned()];
+    let pki = lanemesh_e2e::cluster::ServingPki::new(&sans, "lanemesh-pilot").unwrap();
+    let stranger = lanemesh_e2e::cluster::ServingPki::new(&sans, "lanemesh-pilot").unwrap();
+    let file = |name: &str, text: &str| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = (
+        file("tls.crt", &pki.cert_pem),
+        file("tls.key", &pki.key_pem),
+    );
+    // The untrusted CA as a file path, the other form --discovery-ca takes.
+    let other_ca = file("other.crt", &stranger.ca_pem);
+    let pilot = Pilot::start_with(
+        &dir,
+        &temp.path().join("pilot.log"),
+        free_addr().unwrap(),
+        free_addr().unwrap(),
+        &[
+            format!("--grpc-tls-cert={cert}"),
+            format!("--grpc-tls-key={key}"),
+        ],
+    );
+    // The certificate names localhost, so the sidecar dials that name.
+    let addr = format!("localhost:{}", pilot.grpc.port());
+    // The CA as PEM text, the way injection passes it in LANEMESH_DISCOVERY_CA.
+    let trusted = Proxy::start_with(
+        &addr,
+        &temp.path().join("trusted.log"),
+        &[format!("--discovery-ca={}", pki.ca_pem)],
+    );
+    let untrusted = Proxy::start_with(
+        &addr,
+        &temp.path().join("untrusted.log"),
+        &[format!("--discovery-ca={other_ca}")],
+    );
+    let plaintext = Proxy::start_with(&addr, &temp.path().join("plaintext.log"), &[]);
+    let deadline = Instant::now() + READY;
+    while !trusted.ready() {
+        assert!(
+            Instant::now() < deadline,
+            "sidecar with the CA not ready within {READY:?}\n{}\npilot:\n{}",
+            trusted.guard.log_tail(30),
+            pilot.guard.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        names(&trusted.held(), "Service"),
+        ["shop/back", "shop/front"]
+    );
+    // The others have had as long (and a few reconnects more) and got nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    for (what, proxy) in [("another CA", &untrusted), ("no TLS", &plaintext)] {
+        assert!(!proxy.ready(), "{what}: ready");
+        assert!(
+            proxy.held().values().all(BTreeMap::is_empty),
+            "{what}: holds {:?}",
+            proxy.held()
+        );
+    }
+    assert!(
+        untrusted.guard.log_tail(50).contains("certificate"),
+        "{}",
+        untrusted.guard.log_tail(50)
+    );
 }

@@ -108,6 +108,24 @@ pub struct Discovery {
     nacks_changed: Arc<watch::Sender<u64>>,
     shutdown: watch::Receiver<bool>,
     auth: Arc<dyn Authenticator>,
+    tls: Option<Arc<DiscoveryTls>>,
+}
+
+/// The discovery server's certificate and key (PEM); sidecars verify it with the CA the
+/// injection hands them.
+#[derive(Clone)]
+pub struct DiscoveryTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for DiscoveryTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is a secret.
+        f.debug_struct("DiscoveryTls")
+            .field("cert_bytes", &self.cert_pem.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Discovery {
@@ -126,7 +144,14 @@ impl Discovery {
             nacks_changed: Arc::new(watch::channel(0).0),
             shutdown,
             auth: Arc::new(AllowAll),
+            tls: None,
         }
+    }
+
+    /// Serves TLS with `tls` instead of plaintext.
+    pub fn with_tls(mut self, tls: Option<DiscoveryTls>) -> Self {
+        self.tls = tls.map(Arc::new);
+        self
     }
 
     /// Checks every stream's claimed node with `auth` (TokenReview in Kubernetes mode).
@@ -182,7 +207,20 @@ impl Discovery {
                 }
             })
         });
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            // The handshake counts against the first-request deadline.
+            builder = builder.tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(
+                        &tls.cert_pem,
+                        &tls.key_pem,
+                    ))
+                    .timeout(limits.first_request_timeout),
+            )?;
+        }
+        tracing::info!(tls = self.tls.is_some(), "discovery transport");
+        builder
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))

@@ -19,7 +19,7 @@ use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscover
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::backoff::{Backoff, BackoffConfig};
 use crate::identity::PodIdentity;
@@ -51,6 +51,8 @@ pub struct ClientConfig {
     /// Where the token is re-read on every connect (the kubelet rewrites a projected token
     /// before it expires); `token` is used when unset.
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA (PEM) the control plane's certificate is verified with; `None` = plaintext.
+    pub ca_pem: Option<String>,
     pub backoff: BackoffConfig,
     pub connect_timeout: Duration,
 }
@@ -70,6 +72,7 @@ impl std::fmt::Debug for ClientConfig {
                 },
             )
             .field("token_file", &self.token_file)
+            .field("tls", &self.ca_pem.is_some())
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .finish()
@@ -83,10 +86,26 @@ impl ClientConfig {
             identity,
             token,
             token_file: None,
+            ca_pem: None,
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// `error: its source: its source...`
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = source.source();
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,10 +115,12 @@ pub enum ClientError {
         addr: String,
         source: tonic::transport::Error,
     },
-    #[error("cannot connect to the control plane at {addr}: {source}")]
+    #[error("cannot connect to the control plane at {addr}: {cause}")]
     Connect {
         addr: String,
-        source: tonic::transport::Error,
+        /// The error and its sources ("transport error" alone says nothing: the cause is a
+        /// refused connection, a name that does not resolve, a certificate not trusted...).
+        cause: String,
     },
     #[error("discovery stream failed: {0}")]
     Stream(#[from] tonic::Status),
@@ -268,12 +289,29 @@ impl DiscoveryClient {
             // Detects a vanished control plane (no FIN) on an idle stream.
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10));
+        let endpoint = match &self.config.ca_pem {
+            Some(ca) => {
+                // Verified for the host the operator named (the pilot Service's DNS name).
+                let host = endpoint.uri().host().unwrap_or_default().to_owned();
+                endpoint
+                    .tls_config(
+                        ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(ca))
+                            .domain_name(host),
+                    )
+                    .map_err(|source| ClientError::Address {
+                        addr: addr.clone(),
+                        source,
+                    })?
+            }
+            None => endpoint,
+        };
         let channel = endpoint
             .connect()
             .await
             .map_err(|source| ClientError::Connect {
                 addr: addr.clone(),
-                source,
+                cause: chain(&source),
             })?;
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
 

@@ -52,6 +52,11 @@ pub struct DiscoveryArgs {
     /// Projected service-account token presented to the control plane.
     #[arg(long, env = "LANEMESH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA that signed the control plane's certificate: PEM text (what injection puts in
+    /// LANEMESH_DISCOVERY_CA) or a file path. Discovery is then TLS, verified against it for
+    /// the host of --discovery-addr.
+    #[arg(long, env = "LANEMESH_DISCOVERY_CA")]
+    pub discovery_ca: Option<String>,
 }
 
 /// What fills the snapshot.
@@ -72,6 +77,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--discovery-ca: cannot read {}: {source}", .path.display())]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--discovery-ca: {0}")]
+    Ca(&'static str),
 }
 
 impl DiscoveryArgs {
@@ -110,18 +122,46 @@ impl DiscoveryArgs {
             .discovery_addr
             .as_deref()
             .ok_or(ConfigError::NoSource)?;
+        let tls = self.discovery_ca()?;
         // Read once here so a missing file fails the start; the client re-reads it on every
         // connect, as the kubelet rotates it.
-        let mut config = ClientConfig::new(with_scheme(addr), self.identity(), self.token()?);
+        let mut config = ClientConfig::new(
+            with_scheme(addr, tls.is_some()),
+            self.identity(),
+            self.token()?,
+        );
         config.token_file = self.token_file.clone();
+        config.ca_pem = tls;
         Ok(ConfigSource::ControlPlane(Box::new(config)))
+    }
+
+    /// The discovery CA as PEM: the flag's text, or the file it names.
+    fn discovery_ca(&self) -> Result<Option<String>, ConfigError> {
+        let Some(value) = self.discovery_ca.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let pem = if value.starts_with("-----BEGIN") {
+            value.to_owned()
+        } else {
+            let path = PathBuf::from(value);
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::CaFile { path, source })?
+        };
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::Ca("no PEM certificate in it"));
+        }
+        Ok(Some(pem))
     }
 }
 
 /// tonic wants a URI; operators write `host:port`.
-fn with_scheme(addr: &str) -> String {
+fn with_scheme(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_owned()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
