@@ -253,6 +253,50 @@ fn helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook() {
 }
 
 /// `resource` may end in `/status`: the subresource.
+async fn get_json(cluster: &TestCluster, args: &[&str]) -> serde_json::Value {
+    let out = cluster.kubectl(args).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The installed webhook's CA bundle and the serving certificate, checked to verify.
+async fn installed_chain(cluster: &TestCluster) -> (Vec<u8>, Vec<u8>) {
+    let secret = get_json(
+        cluster,
+        &[
+            "get",
+            "secret",
+            "lanemesh-pilot-tls",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let hook = get_json(
+        cluster,
+        &[
+            "get",
+            "mutatingwebhookconfiguration",
+            "lanemesh-sidecar-injector",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let ca = b64(hook["webhooks"][0]["clientConfig"]["caBundle"]
+        .as_str()
+        .unwrap());
+    let cert = b64(secret["data"]["tls.crt"].as_str().unwrap());
+    verify(&ca, &cert).unwrap();
+    (ca, cert)
+}
+
 async fn can_i(cluster: &TestCluster, verb: &str, resource: &str, namespace: &str) -> bool {
     let user = format!("system:serviceaccount:{NAMESPACE}:lanemesh-pilot");
     let (resource, subresource) = match resource.split_once('/') {
@@ -313,58 +357,27 @@ async fn helm_install_and_upgrade_into_the_cluster_keep_a_valid_certificate_chai
             .await
             .unwrap());
 
-        let get = |args: Vec<&'static str>| {
-            let cluster = &cluster;
-            async move {
-                let out = cluster.kubectl(args).await.unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-            }
-        };
-        let deploy = get(vec![
-            "get",
-            "deployment",
-            "lanemesh-pilot",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "json",
-        ])
+        let deploy = get_json(
+            &cluster,
+            &[
+                "get",
+                "deployment",
+                "lanemesh-pilot",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "json",
+            ],
+        )
         .await;
         assert_eq!(deploy["spec"]["replicas"], 2);
-        let crd = get(vec!["get", "crd", "lanegroups.lanemesh.io", "-o", "json"]).await;
+        let crd = get_json(
+            &cluster,
+            &["get", "crd", "lanegroups.lanemesh.io", "-o", "json"],
+        )
+        .await;
         assert_eq!(crd["spec"]["group"], "lanemesh.io");
-        let chain = |secret: &serde_json::Value, hook: &serde_json::Value| {
-            let ca = b64(hook["webhooks"][0]["clientConfig"]["caBundle"]
-                .as_str()
-                .unwrap());
-            let cert = b64(secret["data"]["tls.crt"].as_str().unwrap());
-            verify(&ca, &cert).unwrap();
-            (ca, cert)
-        };
-        let secret = get(vec![
-            "get",
-            "secret",
-            "lanemesh-pilot-tls",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "json",
-        ])
-        .await;
-        let hook = get(vec![
-            "get",
-            "mutatingwebhookconfiguration",
-            "lanemesh-sidecar-injector",
-            "-o",
-            "json",
-        ])
-        .await;
-        let first = chain(&secret, &hook);
+        let first = installed_chain(&cluster).await;
 
         // RBAC, both directions.
         for (verb, resource, namespace, want) in [
@@ -403,26 +416,8 @@ async fn helm_install_and_upgrade_into_the_cluster_keep_a_valid_certificate_chai
         ok(&tokio::task::spawn_blocking(install("upgrade"))
             .await
             .unwrap());
-        let secret = get(vec![
-            "get",
-            "secret",
-            "lanemesh-pilot-tls",
-            "-n",
-            NAMESPACE,
-            "-o",
-            "json",
-        ])
-        .await;
-        let hook = get(vec![
-            "get",
-            "mutatingwebhookconfiguration",
-            "lanemesh-sidecar-injector",
-            "-o",
-            "json",
-        ])
-        .await;
         assert_eq!(
-            chain(&secret, &hook),
+            installed_chain(&cluster).await,
             first,
             "the upgrade replaced the certificates"
         );
