@@ -16,7 +16,16 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Incremental artifacts only help edit-compile loops; in CI they grow the shared target dir by gigabytes a run.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's duration is printed when the next one starts, and the total at the end, so a
+# slow tier on a fresh machine shows in the log.
+step_name=""
+step_start=$SECONDS
+step() {
+  [ -z "$step_name" ] || printf '==> %s took %ds\n' "$step_name" $((SECONDS - step_start))
+  step_name="$*"
+  step_start=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
 
 step "toolchain"
 for tool in cargo go; do
@@ -43,7 +52,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-step "local cluster binaries (kube-apiserver, etcd, kubectl from Go modules; cached)"
+step "local cluster binaries (kube-apiserver, etcd, kubectl, helm from Go modules; cached)"
 bash e2e/cluster/build.sh
 
 step "format"
@@ -52,7 +61,7 @@ cargo fmt --all --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "structure (no import cycles between sibling modules, no too_many_arguments)"
+step "structure (layers as lib.rs lists them, no import cycles between sibling modules, no too_many_arguments)"
 python3 scripts/check-structure.py sidecar/src control-plane/src api/src e2e/src
 
 step "CRDs in sync with the Rust types"
@@ -63,3 +72,5 @@ bash scripts/fuzz.sh smoke
 
 step "tests (unit, integration, local cluster)"
 cargo test --workspace --locked --no-fail-fast
+step "done"
+printf '==> total %ds\n' "$SECONDS"
