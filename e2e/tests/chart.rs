@@ -46,6 +46,20 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `helm template lanemesh charts/lanemesh -n lanemesh-system EXTRA...`, which must succeed.
+fn template(home: &Path, extra: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "lanemesh",
+        chart.to_str().unwrap(),
+        "-n",
+        NAMESPACE,
+    ];
+    args.extend_from_slice(extra);
+    ok(&helm(home, &args))
+}
+
 fn documents(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -127,17 +141,7 @@ fn helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let chart = chart();
-    let out = ok(&helm(
-        home.path(),
-        &[
-            "template",
-            "lanemesh",
-            chart.to_str().unwrap(),
-            "-n",
-            NAMESPACE,
-        ],
-    ));
+    let out = template(home.path(), &[]);
     let docs = documents(&out);
 
     // The pilot: 2 replicas, probes on 15014, non-root, read-only, no capabilities.
@@ -231,18 +235,7 @@ fn helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook() {
     assert!(verify(other.ca_pem.as_bytes(), &cert).is_err());
 
     // failurePolicy is a value.
-    let ignore = ok(&helm(
-        home.path(),
-        &[
-            "template",
-            "lanemesh",
-            chart.to_str().unwrap(),
-            "-n",
-            NAMESPACE,
-            "--set",
-            "webhook.failurePolicy=Ignore",
-        ],
-    ));
+    let ignore = template(home.path(), &["--set", "webhook.failurePolicy=Ignore"]);
     let docs = documents(&ignore);
     let hook = &find(
         &docs,
