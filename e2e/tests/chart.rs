@@ -418,3 +418,291 @@ async fn helm_install_and_upgrade_into_the_cluster_keep_a_valid_certificate_chai
     .await
     .expect("test timed out");
 }
+
+/// The pilot binary with the args of the installed Deployment, as the chart's ServiceAccount
+/// (a kubeconfig holding its token, so exactly the chart's RBAC applies), on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pilot_runs_with_the_charts_args_and_rbac_and_serves_authenticated_tls_discovery() {
+    use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use lanemesh_api::proto::{DeltaDiscoveryRequest, Node};
+    use lanemesh_api::resource::ALL_TYPE_URLS;
+    use lanemesh_e2e::process::{ChildGuard, free_addr, lanemesh_binaries};
+
+    if cluster::skip_requested(
+        "the_pilot_runs_with_the_charts_args_and_rbac_and_serves_authenticated_tls_discovery",
+    ) {
+        return;
+    }
+    tokio::time::timeout(Duration::from_secs(20 * 60), async {
+        let bins = tokio::task::spawn_blocking(|| lanemesh_binaries(Duration::from_secs(15 * 60)))
+            .await
+            .unwrap()
+            .unwrap();
+        let cluster = TestCluster::start().await.unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let chart = chart();
+        let kubeconfig = cluster.kubeconfig_path().to_str().unwrap().to_owned();
+        let home_path = home.path().to_owned();
+        ok(&tokio::task::spawn_blocking(move || {
+            helm(
+                &home_path,
+                &[
+                    "install",
+                    "lanemesh",
+                    chart.to_str().unwrap(),
+                    "-n",
+                    NAMESPACE,
+                    "--create-namespace",
+                    "--kubeconfig",
+                    &kubeconfig,
+                ],
+            )
+        })
+        .await
+        .unwrap());
+
+        // The Secret's files where the Deployment mounts them, under a temporary root.
+        let tls = tempfile::tempdir().unwrap();
+        let secret = get_json(
+            &cluster,
+            &[
+                "get",
+                "secret",
+                "lanemesh-pilot-tls",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+        for file in ["ca.crt", "tls.crt", "tls.key"] {
+            std::fs::write(
+                tls.path().join(file),
+                b64(secret["data"][file].as_str().unwrap()),
+            )
+            .unwrap();
+        }
+        let ca_pem = std::fs::read_to_string(tls.path().join("ca.crt")).unwrap();
+        let deploy = get_json(
+            &cluster,
+            &[
+                "get",
+                "deployment",
+                "lanemesh-pilot",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "json",
+            ],
+        )
+        .await;
+        let (grpc, admin, webhook) = (
+            free_addr().unwrap(),
+            free_addr().unwrap(),
+            free_addr().unwrap(),
+        );
+        let mount = format!("{}/", tls.path().display());
+        let args: Vec<String> = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                let a = a.as_str().unwrap();
+                match a.split_once('=') {
+                    Some(("--grpc-addr", _)) => format!("--grpc-addr={grpc}"),
+                    Some(("--admin-addr", _)) => format!("--admin-addr={admin}"),
+                    Some(("--webhook-addr", _)) => format!("--webhook-addr={webhook}"),
+                    _ => a.replace("/etc/lanemesh/tls/", &mount),
+                }
+            })
+            .collect();
+        assert!(args.contains(&"--source=kubernetes".to_owned()), "{args:?}");
+
+        let token = cluster
+            .kubectl([
+                "create",
+                "token",
+                "lanemesh-pilot",
+                "-n",
+                NAMESPACE,
+                "--duration",
+                "1h",
+            ])
+            .await
+            .unwrap();
+        assert!(
+            token.status.success(),
+            "{}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout).unwrap();
+        let as_pilot = cluster.kubeconfig_for_token("pilot", token.trim()).unwrap();
+        let mut command = std::process::Command::new(&bins.pilot);
+        command
+            .args(&args)
+            .env("KUBECONFIG", &as_pilot)
+            .env("POD_NAME", "lanemesh-pilot-0")
+            .env("POD_NAMESPACE", NAMESPACE)
+            .env("RUST_LOG", "info");
+        let log = tls.path().join("pilot.log");
+        let mut pilot = ChildGuard::spawn("lanemesh-pilot", command, &log).unwrap();
+        let ready = tokio::task::block_in_place(|| {
+            pilot.wait_ready(admin, "/readyz", Duration::from_secs(60))
+        });
+        if let Err(error) = ready {
+            panic!("{error}\n{}", pilot.log_tail(40));
+        }
+
+        // It holds the status Lease in its namespace (RBAC: leases there).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lease = cluster
+                .kubectl([
+                    "get",
+                    "lease",
+                    "lanemesh-pilot-status",
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ])
+                .await
+                .unwrap();
+            if String::from_utf8_lossy(&lease.stdout) == "lanemesh-pilot-0" {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no lease held\n{}",
+                pilot.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // A sidecar of an (unlabelled, so not injected) pod: TLS verified with the chart's CA
+        // for the Service's name, and a token bound to the pod (RBAC: tokenreviews).
+        let setup = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a-1, namespace: shop}
+spec:
+  serviceAccountName: default
+  containers: [{name: app, image: example.invalid/a:1}]
+"#;
+        let out = cluster
+            .kubectl_stdin(["apply", "-f", "-"], setup)
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let uid = cluster
+            .kubectl([
+                "get",
+                "pod",
+                "a-1",
+                "-n",
+                "shop",
+                "-o",
+                "jsonpath={.metadata.uid}",
+            ])
+            .await
+            .unwrap();
+        let uid = String::from_utf8(uid.stdout).unwrap();
+        let bound = cluster
+            .kubectl([
+                "create",
+                "token",
+                "default",
+                "-n",
+                "shop",
+                "--audience",
+                "lanemesh",
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "a-1",
+                "--bound-object-uid",
+                uid.trim(),
+            ])
+            .await
+            .unwrap();
+        let bound = String::from_utf8(bound.stdout).unwrap().trim().to_owned();
+        let open = |pod: &'static str, token: String| {
+            let ca_pem = ca_pem.clone();
+            async move {
+                let channel = tonic::transport::Endpoint::from_shared(format!("https://{grpc}"))
+                    .unwrap()
+                    .tls_config(
+                        tonic::transport::ClientTlsConfig::new()
+                            .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+                            .domain_name(SERVICE_HOST),
+                    )
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap();
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                for (i, type_url) in ALL_TYPE_URLS.iter().enumerate() {
+                    let node = (i == 0).then(|| Node {
+                        pod_name: pod.into(),
+                        namespace: "shop".into(),
+                        token: token.clone(),
+                        ..Default::default()
+                    });
+                    tx.send(DeltaDiscoveryRequest {
+                        node,
+                        type_url: (*type_url).into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                }
+                let mut client = AggregatedDiscoveryServiceClient::new(channel);
+                let answer = client
+                    .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await;
+                match answer {
+                    Ok(response) => {
+                        let mut stream = response.into_inner();
+                        let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                            .await
+                            .expect("no response")
+                            .map(|m| m.is_some());
+                        drop(tx);
+                        first.map_err(|s| s.code())
+                    }
+                    Err(status) => Err(status.code()),
+                }
+            }
+        };
+        assert_eq!(
+            open("a-1", bound.clone()).await,
+            Ok(true),
+            "{}",
+            pilot.log_tail(40)
+        );
+        assert_eq!(
+            open("a-2", bound).await,
+            Err(tonic::Code::PermissionDenied),
+            "a token bound to a-1 claiming a-2"
+        );
+        assert_eq!(
+            open("a-1", String::new()).await,
+            Err(tonic::Code::PermissionDenied)
+        );
+    })
+    .await
+    .expect("test timed out");
+}

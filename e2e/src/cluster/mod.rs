@@ -199,6 +199,15 @@ impl TestCluster {
         &self.kubeconfig
     }
 
+    /// A kubeconfig (written into the cluster's directory as `kubeconfig-<name>`) that
+    /// authenticates with `token`, e.g. a ServiceAccount's from `kubectl create token`, so a
+    /// binary runs with exactly that account's RBAC.
+    pub fn kubeconfig_for_token(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let path = self.dir().join(format!("kubeconfig-{name}"));
+        write_kubeconfig(&path, &self.server, &self.dir().join("ca.crt"), token)?;
+        Ok(path)
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn server_url(&self) -> &str {
         &self.server
