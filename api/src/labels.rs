@@ -36,6 +36,21 @@ pub fn lane_tag(labels: &BTreeMap<String, String>) -> Option<&str> {
         .filter(|v| !v.is_empty())
 }
 
+/// A valid Kubernetes label value that is not empty (what a lane tag must be): at most 63
+/// characters, alphanumerics, `-`, `_` and `.`, alphanumeric at both ends. The rule of
+/// `crd::common::LABEL_VALUE_PATTERN`, without a regex.
+pub fn is_valid_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    let edge = |b: &u8| b.is_ascii_alphanumeric();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.first().is_some_and(edge)
+        && bytes.last().is_some_and(edge)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +87,16 @@ mod tests {
             Some("c")
         );
         assert_eq!(app_name(&labels(&[])), None);
+    }
+
+    #[test]
+    fn label_values() {
+        for ok in ["gray", "v1.2", "a_b-c", "x"] {
+            assert!(is_valid_value(ok), "{ok}");
+        }
+        for bad in ["", "-gray", "gray.", "gr ay", "grä", &"a".repeat(64)] {
+            assert!(!is_valid_value(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -55,14 +55,16 @@ discovery_resource!(Service);
 discovery_resource!(LaneGroup);
 discovery_resource!(InboundPolicy);
 discovery_resource!(OutboundPolicy);
+discovery_resource!(Workload);
 
 /// Every type a sidecar subscribes to; it is ready once it holds a first
 /// snapshot of each.
-pub const ALL_TYPE_URLS: [&str; 4] = [
+pub const ALL_TYPE_URLS: [&str; 5] = [
     <proto::Service as DiscoveryResource>::TYPE_URL,
     <proto::LaneGroup as DiscoveryResource>::TYPE_URL,
     <proto::InboundPolicy as DiscoveryResource>::TYPE_URL,
     <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL,
+    <proto::Workload as DiscoveryResource>::TYPE_URL,
 ];
 
 #[cfg(test)]

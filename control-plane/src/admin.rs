@@ -222,6 +222,7 @@ fn find_node(world: &World, node: &str) -> Option<NodeKey> {
         namespace: ns,
         pod_name: pod,
         app: String::new(),
+        lane_tag: String::new(),
     })
 }
 
@@ -230,6 +231,7 @@ fn node_json(world: &World, key: &NodeKey) -> Value {
     json!({
         "node": format!("{}/{}", key.namespace, key.pod_name),
         "app": snap.app,
+        "laneTag": snap.lane_tag,
         "generation": snap.generation,
         "services": list::<proto::Service>(&snap.services, service_json),
         "laneGroups": list::<proto::LaneGroup>(&snap.lane_groups, |g| json!({
@@ -254,6 +256,10 @@ fn node_json(world: &World, key: &NodeKey) -> Value {
             "app": p.app,
             "breakers": p.breakers.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
             "timeout": p.timeout.as_ref().map(|t| format!("{}s{}ns", t.seconds, t.nanos)),
+        })),
+        "workloads": list::<proto::Workload>(&snap.workload, |w| json!({
+            "app": w.app,
+            "laneTag": w.lane_tag,
         })),
     })
 }

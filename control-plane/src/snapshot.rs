@@ -118,6 +118,8 @@ pub struct NodeKey {
     /// The app the sidecar reports; the index's pod labels win when the
     /// index knows the pod.
     pub app: String,
+    /// The lane tag the sidecar reports; the same rule as `app`.
+    pub lane_tag: String,
 }
 
 impl From<&proto::Node> for NodeKey {
@@ -126,6 +128,7 @@ impl From<&proto::Node> for NodeKey {
             namespace: node.namespace.clone(),
             pod_name: node.pod_name.clone(),
             app: node.app.clone(),
+            lane_tag: node.lane_tag.clone(),
         }
     }
 }
@@ -135,10 +138,13 @@ impl From<&proto::Node> for NodeKey {
 pub struct NodeSnapshot {
     pub generation: u64,
     pub app: String,
+    pub lane_tag: String,
     pub services: Resources,
     pub lane_groups: Resources,
     pub inbound: Resources,
     pub outbound: Resources,
+    /// Exactly one: who the node is (its app and lane tag).
+    pub workload: Resources,
 }
 
 impl NodeSnapshot {
@@ -151,6 +157,7 @@ impl NodeSnapshot {
             t if t == <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL => {
                 Some(&self.outbound)
             }
+            t if t == <proto::Workload as DiscoveryResource>::TYPE_URL => Some(&self.workload),
             _ => None,
         }
     }
@@ -161,12 +168,23 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
     // The pod's labels are the truth when the index knows the pod; the
     // app the sidecar reports covers pods outside the index (e.g. a gateway
     // or a process outside Kubernetes).
-    let app = world
+    let pod = world
         .pods
-        .get(&(node.namespace.clone(), node.pod_name.clone()))
+        .get(&(node.namespace.clone(), node.pod_name.clone()));
+    let app = pod
         .map(|p| p.app.clone())
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| node.app.clone());
+    // A known pod's lane is its label, even when the label is absent (base): a sidecar cannot
+    // claim a lane its pod is not in.
+    let lane_tag = pod.map_or_else(|| node.lane_tag.clone(), |p| p.lane_tag.clone());
+    let workload = proto::Workload {
+        name: format!("{}/{}", node.namespace, node.pod_name),
+        namespace: node.namespace.clone(),
+        pod_name: node.pod_name.clone(),
+        app: app.clone(),
+        lane_tag: lane_tag.clone(),
+    };
     let pick = |all: &Resources, names: &mut dyn Iterator<Item = &String>| -> Resources {
         names
             .filter_map(|n| all.get(n).map(|r| (n.clone(), Arc::clone(r))))
@@ -212,7 +230,10 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
             pick(&world.inbound, &mut std::iter::once(&inbound))
         },
         outbound: pick(&world.outbound, &mut outbound.iter()),
+        workload: std::iter::once((workload.name.clone(), Arc::new(Encoded::new(&workload))))
+            .collect(),
         app,
+        lane_tag,
     }
 }
 
@@ -295,6 +316,7 @@ mod tests {
             namespace: "a".into(),
             pod_name: "front-1".into(),
             app: String::new(),
+            lane_tag: String::new(),
         };
         let s = for_node(&world(), &node);
         assert_eq!(s.app, "front", "app comes from the pod index");
@@ -319,6 +341,7 @@ mod tests {
             namespace: "b".into(),
             pod_name: "x".into(),
             app: "front".into(),
+            lane_tag: String::new(),
         };
         let s = for_node(&world(), &node);
         assert_eq!(names(&s.lane_groups), ["b/h"]);
@@ -333,10 +356,68 @@ mod tests {
             namespace: "c".into(),
             pod_name: "nobody".into(),
             app: String::new(),
+            lane_tag: String::new(),
         };
         let s = for_node(&world(), &node);
         assert_eq!(names(&s.services), ["c/other"]);
         assert!(s.lane_groups.is_empty() && s.inbound.is_empty());
         assert_eq!(names(&s.outbound), ["c/other"]);
+    }
+
+    fn workload(s: &NodeSnapshot) -> proto::Workload {
+        let [(name, encoded)] = <[_; 1]>::try_from(s.workload.iter().collect::<Vec<_>>()).unwrap();
+        let w = proto::Workload::from_any(&encoded.any).unwrap();
+        assert_eq!(&w.name, name);
+        w
+    }
+
+    #[test]
+    fn the_workload_tells_a_known_pod_its_labels_and_echoes_an_unknown_one() {
+        let mut world = world();
+        let known = NodeKey {
+            namespace: "a".into(),
+            pod_name: "front-1".into(),
+            app: String::new(),
+            lane_tag: String::new(),
+        };
+        let w = workload(&for_node(&world, &known));
+        assert_eq!(
+            (w.name.as_str(), w.namespace.as_str(), w.pod_name.as_str()),
+            ("a/front-1", "a", "front-1")
+        );
+        assert_eq!((w.app.as_str(), w.lane_tag.as_str()), ("front", ""));
+
+        // Relabelled into a lane: the next snapshot says so, under a new version.
+        let before = for_node(&world, &known).workload;
+        world
+            .pods
+            .get_mut(&("a".into(), "front-1".into()))
+            .unwrap()
+            .lane_tag = "gray".into();
+        let after = for_node(&world, &known);
+        assert_eq!(workload(&after).lane_tag, "gray");
+        assert_ne!(
+            before["a/front-1"].version,
+            after.workload["a/front-1"].version
+        );
+
+        // A known pod cannot claim another lane or app.
+        let claiming = NodeKey {
+            app: "back".into(),
+            lane_tag: "blue".into(),
+            ..known
+        };
+        let w = workload(&for_node(&world, &claiming));
+        assert_eq!((w.app.as_str(), w.lane_tag.as_str()), ("front", "gray"));
+
+        // Outside the index (local mode, a process outside Kubernetes): the claim, echoed.
+        let outside = NodeKey {
+            namespace: "c".into(),
+            pod_name: "dev".into(),
+            app: "other".into(),
+            lane_tag: "blue".into(),
+        };
+        let w = workload(&for_node(&world, &outside));
+        assert_eq!((w.app.as_str(), w.lane_tag.as_str()), ("other", "blue"));
     }
 }

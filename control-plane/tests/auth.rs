@@ -11,6 +11,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanemesh_api::resource::ALL_TYPE_URLS;
 use lanemesh_control_plane::auth::TokenReviewer;
 use lanemesh_control_plane::run::{ControlPlane, Options};
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
@@ -125,7 +126,7 @@ async fn streams_are_served_only_for_the_pod_their_token_is_bound_to() {
             .await
             .unwrap();
         let initial = served.initial().await;
-        assert_eq!(initial.len(), 4, "every type answered");
+        assert_eq!(initial.len(), ALL_TYPE_URLS.len(), "every type answered");
         // Cached: the same token opens a second stream.
         Sidecar::try_connect(addr, "a-1", "shop", &good, &Default::default())
             .await

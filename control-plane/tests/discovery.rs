@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use lanemesh_api::proto::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use lanemesh_api::proto::{self, DeltaDiscoveryRequest, DeltaDiscoveryResponse};
-use lanemesh_api::resource::DiscoveryResource;
+use lanemesh_api::resource::{ALL_TYPE_URLS, DiscoveryResource};
 use lanemesh_control_plane::run::ControlPlane;
 use lanemesh_control_plane::source::local::LocalSource;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -299,7 +299,7 @@ async fn a_nacked_version_is_not_resent_until_it_changes() {
     let plane = Plane::start().await;
     let mut front = plane.connect("front-1", "shop").await;
     let mut got = HashMap::new();
-    while got.len() < 4 {
+    while got.len() < ALL_TYPE_URLS.len() {
         let r = front.recv().await;
         if r.type_url == INBOUND {
             front.nack(&r, "shop/front").await;
@@ -359,7 +359,7 @@ async fn reconnecting_with_versions_gets_only_differences_and_removals() {
         .insert("shop/gone".into(), "0123".into());
     let mut again = Sidecar::connect(plane.grpc, "front-1", "shop", &held).await;
     let mut by_type = HashMap::new();
-    while by_type.len() < 4 {
+    while by_type.len() < ALL_TYPE_URLS.len() {
         let r = again.recv().await;
         again.ack(&r).await;
         by_type.insert(r.type_url.clone(), r);

@@ -226,11 +226,6 @@ async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
             ("POD_NAME", "metadata.name"),
             ("POD_NAMESPACE", "metadata.namespace"),
             ("POD_IP", "status.podIP"),
-            ("LANEMESH_APP", "metadata.labels['msePilotCreateAppName']"),
-            (
-                "LANEMESH_LANE_TAG",
-                "metadata.labels['alicloud.service.tag']",
-            ),
             (
                 "LANEMESH_DISCOVERY_ADDR",
                 "lanemesh-pilot.lanemesh-system.svc:15010",
@@ -241,6 +236,12 @@ async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
                 "{name}={value} not in {env:?}"
             );
         }
+        // App and lane come from the pilot's Workload, never from a frozen env var.
+        assert!(
+            !env.iter()
+                .any(|(name, _)| name == "LANEMESH_APP" || name == "LANEMESH_LANE_TAG"),
+            "{env:?}"
+        );
         let token = spec["volumes"]
             .as_array()
             .unwrap()

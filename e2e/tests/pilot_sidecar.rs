@@ -119,12 +119,13 @@ spec:
     )
 }
 
-/// The four resource kinds as both planes name them: (config_dump, /debug/snapshot).
-const KINDS: [(&str, &str); 4] = [
+/// The resource kinds as both planes name them: (config_dump, /debug/snapshot).
+const KINDS: [(&str, &str); 5] = [
     ("Service", "services"),
     ("LaneGroup", "laneGroups"),
     ("InboundPolicy", "inboundPolicies"),
     ("OutboundPolicy", "outboundPolicies"),
+    ("Workload", "workloads"),
 ];
 
 /// name -> version, per config_dump kind.
@@ -215,8 +216,9 @@ impl Proxy {
             .args(["--health-addr", &health.to_string()])
             .args(["--metrics-addr", &metrics.to_string()])
             .args(["--discovery-addr", discovery])
+            // No app or lane: the pilot knows the pod's labels (DESIGN §6, Workload).
             .args(["--pod-name", "front-1", "--pod-namespace", "shop"])
-            .args(["--app-name", "front", "--pod-ip", "10.0.0.1"])
+            .args(["--pod-ip", "10.0.0.1"])
             .args(["--grace-period", "2s"])
             .args(extra)
             .env("LANEMESH_LOG", "info");
@@ -329,6 +331,29 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
     let dump = proxy.dump();
     assert_eq!(dump["ready"], true, "{dump}");
     assert_eq!(dump["node"]["pod_name"], "front-1", "{dump}");
+    assert_eq!(names(&held, "Workload"), ["shop/front-1"]);
+    assert_eq!(
+        dump["node"]["app"], "front",
+        "from the pod's labels: {dump}"
+    );
+    assert_eq!(dump["node"]["lane_tag"], "", "{dump}");
+
+    // Relabelled into the gray lane: the running sidecar follows, no restart.
+    let gray = APPS.replace(
+        "labels: {app: front, msePilotAutoEnable: \"on\"}",
+        "labels: {app: front, msePilotAutoEnable: \"on\", alicloud.service.tag: gray}",
+    );
+    assert_ne!(gray, APPS);
+    write_atomically(&dir, "apps.yaml", &gray).unwrap();
+    let relabelled = converge(&proxy, &pilot, "relabel", |h| {
+        h["Workload"] != held["Workload"]
+    });
+    assert_eq!(proxy.dump()["node"]["lane_tag"], "gray");
+    write_atomically(&dir, "apps.yaml", APPS).unwrap();
+    let held = converge(&proxy, &pilot, "label removed", |h| {
+        h["Workload"] != relabelled["Workload"]
+    });
+    assert_eq!(proxy.dump()["node"]["lane_tag"], "");
 
     // A policy change in the directory reaches the running sidecar.
     write_atomically(&dir, "limits.yaml", &limits(7)).unwrap();

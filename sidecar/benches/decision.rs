@@ -157,7 +157,7 @@ fn mesh_router(c: &mut Criterion) {
         [outbound_policy()],
     )
     .unwrap();
-    let router = MeshRouter::new(PodIdentity::app("demo", "a"));
+    let router = MeshRouter::new();
     router.install(&snapshot);
     let peer: SocketAddr = "10.0.0.9:40000".parse().unwrap();
     let app = Some("127.0.0.1".parse().unwrap());

@@ -126,7 +126,7 @@ impl App {
         let metrics = Arc::new(ProxyMetrics::new());
         metrics.attach(Arc::clone(&store) as Arc<dyn ScrapeSource>);
         let router = Arc::new(
-            MeshRouter::new(config.identity.clone())
+            MeshRouter::new()
                 .with_metrics(Arc::clone(&metrics))
                 .with_trusted_proxy_hops(config.trusted_proxy_hops),
         );
@@ -147,8 +147,7 @@ impl App {
 
         // `POST /shutdown` and the proxy's own shutdown share one signal.
         let (stopped, stopped_rx) = watch::channel(false);
-        let mut admin_state =
-            AdminState::new(Arc::clone(&store), stopped.clone()).with_node(config.identity);
+        let mut admin_state = AdminState::new(Arc::clone(&store), stopped.clone());
         if let Some(logging) = config.logging {
             admin_state = admin_state.with_logging(logging);
         }

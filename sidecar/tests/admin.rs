@@ -255,8 +255,26 @@ fn admin_state(store: Arc<SnapshotStore>) -> (AdminState, watch::Receiver<bool>)
 
 #[tokio::test]
 async fn config_dump_lists_names_versions_and_node() {
-    let store = Arc::new(SnapshotStore::new(local()));
-    let mut builder = SnapshotBuilder::new(local());
+    // The flags name the pod; its app and lane come from the control plane's Workload.
+    let claimed = PodIdentity {
+        pod_name: "orders-0".into(),
+        ip: "10.1.0.9".into(),
+        ..PodIdentity::app("demo", "")
+    };
+    let store = Arc::new(SnapshotStore::new(claimed.clone()));
+    let mut builder = SnapshotBuilder::new(claimed);
+    builder
+        .insert(
+            "w1",
+            proto::Workload {
+                name: "demo/orders-0".into(),
+                namespace: "demo".into(),
+                pod_name: "orders-0".into(),
+                app: "orders".into(),
+                lane_tag: "gray".into(),
+            },
+        )
+        .unwrap();
     builder
         .insert("v7", service("stock", "10.96.0.10", "10.1.0.5"))
         .unwrap();
@@ -267,14 +285,9 @@ async fn config_dump_lists_names_versions_and_node() {
     builder.mark_received(ResourceKind::Service);
     builder.mark_received(ResourceKind::LaneGroup);
     store.store(builder.build());
-    let node = PodIdentity {
-        pod_name: "orders-0".into(),
-        ip: "10.1.0.9".into(),
-        ..PodIdentity::app("demo", "orders").with_lane("gray")
-    };
     let (state, _shutdown_rx) = admin_state(Arc::clone(&store));
     let discovery = Arc::new(DiscoveryState::default());
-    let state = state.with_node(node).with_discovery(discovery);
+    let state = state.with_discovery(discovery);
     let (addr, shutdown, task) =
         start(move |listener, rx| admin::serve_admin(listener, state, rx)).await;
 
@@ -286,7 +299,11 @@ async fn config_dump_lists_names_versions_and_node() {
     assert_eq!(dump["ready"], false);
     assert_eq!(dump["generation"], 1);
     assert_eq!(dump["node"]["pod_name"], "orders-0");
+    assert_eq!(dump["node"]["ip"], "10.1.0.9");
+    assert_eq!(dump["node"]["app"], "orders");
     assert_eq!(dump["node"]["lane_tag"], "gray");
+    assert_eq!(dump["node"]["claimed"]["app"], "");
+    assert_eq!(dump["node"]["claimed"]["lane_tag"], "");
     assert_eq!(dump["discovery"]["connected"], false);
     assert_eq!(dump["discovery"]["acks"], 0);
     let services = &dump["resources"]["Service"];

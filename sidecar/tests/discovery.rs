@@ -43,7 +43,7 @@ impl FakeStream {
             .expect("client closed the stream")
     }
 
-    /// The four initial requests, by type.
+    /// The initial requests, one per type.
     async fn initial(
         &mut self,
     ) -> (
@@ -52,7 +52,7 @@ impl FakeStream {
     ) {
         let mut node = None;
         let mut by_kind = HashMap::new();
-        for i in 0..4 {
+        for i in 0..ResourceKind::ALL.len() {
             let mut request = self.recv().await;
             if i == 0 {
                 node = request.node.take();
@@ -281,7 +281,7 @@ async fn first_request_carries_the_node_identity_and_one_request_per_type() {
     let (node, by_kind) = stream.initial().await;
     assert_eq!(node, Some(node_of(&h.node)));
     assert_eq!(node.unwrap().token, "token-123");
-    assert_eq!(by_kind.len(), 4);
+    assert_eq!(by_kind.len(), ResourceKind::ALL.len());
     assert!(
         by_kind
             .values()
@@ -462,6 +462,7 @@ async fn readiness_flips_only_after_every_type_arrived() {
             vec![resource("v1", &inbound("a"))],
             &[],
         ),
+        response(ResourceKind::OutboundPolicy, "n4", vec![], &[]),
     ];
     for r in responses {
         stream.exchange(r).await;
@@ -474,7 +475,7 @@ async fn readiness_flips_only_after_every_type_arrived() {
         );
     }
     stream
-        .exchange(response(ResourceKind::OutboundPolicy, "n4", vec![], &[]))
+        .exchange(response(ResourceKind::Workload, "n5", vec![], &[]))
         .await;
     assert!(h.store.is_ready());
     tokio::time::timeout(STEP, ready).await.unwrap().unwrap();

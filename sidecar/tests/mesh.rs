@@ -275,7 +275,7 @@ async fn an_inbound_request_stays_in_flight_until_its_slow_body_ends() {
     };
     let lane_now = || {
         let none = HeaderMap::new();
-        let lane = b.router.propagator().outbound_lane(&inflight, &none);
+        let lane = b.router.propagator().outbound_lane(&inflight, &none, None);
         (lane.rule, lane.tag().map(str::to_owned))
     };
     assert_eq!(lane_now(), (PropagationRule::Base, None));

@@ -6,7 +6,7 @@ use super::error::{Errors, Field};
 use super::{Built, Invalid, ObjectRef, Violation, Zero};
 use crate::crd::lane_group::RoutingMode;
 use crate::crd::{Lane, LaneGroup};
-use crate::proto;
+use crate::{labels, proto};
 
 /// Converts every LaneGroup with the Lanes that name it.
 ///
@@ -178,7 +178,7 @@ fn lane_resource(
 ) -> proto::Lane {
     let spec = Field::root("spec");
     let s = &lane.spec;
-    if !valid_label_value(&s.tag) {
+    if !labels::is_valid_value(&s.tag) {
         errors.push(
             &spec.key("tag"),
             Violation::InvalidValue {
@@ -229,17 +229,4 @@ fn lane_resource(
         r#match: route_match,
         weight,
     }
-}
-
-fn valid_label_value(value: &str) -> bool {
-    // The rule of crd::common::LABEL_VALUE_PATTERN, without a regex.
-    let bytes = value.as_bytes();
-    let edge = |b: &u8| b.is_ascii_alphanumeric();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes.first().is_some_and(edge)
-        && bytes.last().is_some_and(edge)
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

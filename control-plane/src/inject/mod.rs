@@ -196,7 +196,7 @@ pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError
         return Err(InjectError::NoSpec);
     };
     let init = init_container(config, &overrides);
-    let proxy = proxy_container(config, &overrides, pod_labels);
+    let proxy = proxy_container(config, &overrides);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     match config.sidecar_mode {
         SidecarMode::Native => {
@@ -350,11 +350,7 @@ fn ready_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
-fn proxy_container(
-    config: &InjectConfig,
-    o: &PodOverrides,
-    pod_labels: &BTreeMap<String, String>,
-) -> Container {
+fn proxy_container(config: &InjectConfig, o: &PodOverrides) -> Container {
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -362,18 +358,9 @@ fn proxy_container(
         value_env("LANEMESH_DISCOVERY_ADDR", &config.discovery_addr),
         value_env("LANEMESH_TOKEN_FILE", &format!("{TOKEN_DIR}/{TOKEN_FILE}")),
     ];
-    // The app and lane come from the labels the pilot also reads; the downward API keeps them
-    // current if a label is changed after creation.
-    let label_env = |name: &str, key: &str| field_env(name, &format!("metadata.labels['{key}']"));
-    let app_key = std::iter::once(labels::APP_NAME)
-        .chain(labels::APP_NAME_FALLBACKS)
-        .find(|key| pod_labels.contains_key(*key));
-    if let Some(key) = app_key {
-        env.push(label_env("LANEMESH_APP", key));
-    }
-    if pod_labels.contains_key(labels::SERVICE_TAG) {
-        env.push(label_env("LANEMESH_LANE_TAG", labels::SERVICE_TAG));
-    }
+    // No app or lane env: the pilot tells the sidecar both from the pod's labels (a Workload
+    // resource), so a relabelled pod changes lane without a restart; downward-API env vars
+    // would be frozen at container start.
     if !config.discovery_ca.is_empty() {
         env.push(value_env("LANEMESH_DISCOVERY_CA", &config.discovery_ca));
     }

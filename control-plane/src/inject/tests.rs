@@ -91,14 +91,10 @@ fn a_governed_pod_gets_init_native_sidecar_token_and_status() {
         "metadata.namespace"
     );
     assert_eq!(field_path(env(proxy, "POD_IP").unwrap()), "status.podIP");
-    assert_eq!(
-        field_path(env(proxy, "LANEMESH_APP").unwrap()),
-        "metadata.labels['msePilotCreateAppName']"
-    );
-    assert_eq!(
-        field_path(env(proxy, "LANEMESH_LANE_TAG").unwrap()),
-        "metadata.labels['alicloud.service.tag']"
-    );
+    // App and lane come from the pilot (a Workload), so a relabelled pod follows without a
+    // restart: no env var would.
+    assert!(env(proxy, "LANEMESH_APP").is_none());
+    assert!(env(proxy, "LANEMESH_LANE_TAG").is_none());
     assert_eq!(
         env(proxy, "LANEMESH_TOKEN_FILE").unwrap().value.as_deref(),
         Some("/var/run/secrets/lanemesh/tokens/lanemesh-token")
@@ -264,7 +260,7 @@ fn a_bad_annotation_is_an_error_naming_it() {
 }
 
 #[test]
-fn app_label_falls_back_and_a_base_pod_has_no_lane_env() {
+fn the_discovery_ca_is_injected_when_configured() {
     let out = injected(
         &pod(json!({"msePilotAutoEnable": "on", "app": "b"}), json!({})),
         &InjectConfig {
@@ -274,11 +270,12 @@ fn app_label_falls_back_and_a_base_pod_has_no_lane_env() {
     );
     let proxy = &out.spec.unwrap().init_containers.unwrap()[1];
     assert_eq!(
-        field_path(env(proxy, "LANEMESH_APP").unwrap()),
-        "metadata.labels['app']"
+        env(proxy, "LANEMESH_DISCOVERY_CA")
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("-----BEGIN CERTIFICATE-----")
     );
-    assert!(env(proxy, "LANEMESH_LANE_TAG").is_none());
-    assert!(env(proxy, "LANEMESH_DISCOVERY_CA").is_some());
 }
 
 #[test]

@@ -112,7 +112,7 @@ fn snapshot(resources: Vec<Resource>) {
     builder.mark_all_received();
     let snapshot = builder.build();
 
-    let router = MeshRouter::new(local);
+    let router = MeshRouter::new();
     router.install(&snapshot);
     // A second install starts from the first runtime's limiters and breakers (snapshot swap).
     router.install(&snapshot);

@@ -37,7 +37,7 @@ pub fn run(data: &[u8]) {
         .unwrap_or_default();
     let local = PodIdentity::app("", app);
     let snapshot = match Snapshot::from_resources(
-        local.clone(),
+        local,
         converted.services.resources,
         converted.lane_groups.resources,
         converted.inbound.resources,
@@ -46,7 +46,7 @@ pub fn run(data: &[u8]) {
         Ok(snapshot) => snapshot,
         Err(refused) => panic!("the conversion accepted what the sidecar refuses: {refused}"),
     };
-    let router = MeshRouter::new(local);
+    let router = MeshRouter::new();
     router.install(&snapshot);
 }
 

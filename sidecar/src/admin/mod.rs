@@ -20,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::discovery::DiscoveryState;
-use crate::identity::PodIdentity;
 use crate::metrics::ProxyMetrics;
 use crate::snapshot::SnapshotStore;
 
@@ -37,7 +36,6 @@ pub const HEALTH_ADDR: &str = "0.0.0.0:15021";
 pub struct AdminState {
     store: Arc<SnapshotStore>,
     shutdown: watch::Sender<bool>,
-    node: Option<PodIdentity>,
     logging: Option<LogControl>,
     discovery: Option<Arc<DiscoveryState>>,
 }
@@ -48,17 +46,9 @@ impl AdminState {
         Self {
             store,
             shutdown,
-            node: None,
             logging: None,
             discovery: None,
         }
-    }
-
-    /// Shown in `/config_dump` (the identity only: the admin never holds the token).
-    #[must_use]
-    pub fn with_node(mut self, node: PodIdentity) -> Self {
-        self.node = Some(node);
-        self
     }
 
     /// Enables `/logging`; without it the endpoint answers 501.

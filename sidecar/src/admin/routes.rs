@@ -152,20 +152,24 @@ fn config_dump(state: &AdminState) -> Reply {
 fn config_dump_json(state: &AdminState, snapshot: &Snapshot) -> Value {
     use lanemesh_api::proto;
 
-    let local = snapshot.local();
-    let node = state.node.as_ref().map_or_else(
-        || json!({ "namespace": local.namespace, "app": local.app }),
-        |node| {
-            json!({
-                "pod_name": node.pod_name,
-                "namespace": node.namespace,
-                "app": node.app,
-                "lane_tag": node.lane().unwrap_or_default(),
-                "ip": node.ip,
-                "proxy_version": env!("CARGO_PKG_VERSION"),
-            })
-        },
-    );
+    // The identity only: the admin never holds the token.
+    let identity = |pod: &crate::identity::PodIdentity| {
+        json!({
+            "pod_name": pod.pod_name,
+            "namespace": pod.namespace,
+            "app": pod.app,
+            "lane_tag": pod.lane().unwrap_or_default(),
+            "ip": pod.ip,
+        })
+    };
+    let mut node = identity(snapshot.local());
+    if let Some(object) = node.as_object_mut() {
+        object.insert("proxy_version".into(), env!("CARGO_PKG_VERSION").into());
+        // What the flags said, when the control plane's Workload completed it.
+        if snapshot.claimed() != snapshot.local() {
+            object.insert("claimed".into(), identity(snapshot.claimed()));
+        }
+    }
     let mut dump = json!({
         "node": node,
         "ready": snapshot.is_ready(),
@@ -175,6 +179,7 @@ fn config_dump_json(state: &AdminState, snapshot: &Snapshot) -> Value {
             "LaneGroup": kind_json::<proto::LaneGroup>(snapshot),
             "InboundPolicy": kind_json::<proto::InboundPolicy>(snapshot),
             "OutboundPolicy": kind_json::<proto::OutboundPolicy>(snapshot),
+            "Workload": kind_json::<proto::Workload>(snapshot),
         },
     });
     if let (Some(discovery), Some(object)) = (&state.discovery, dump.as_object_mut()) {

@@ -375,9 +375,20 @@ impl DiscoveryClient {
             });
             return answer;
         };
-        let mut builder = SnapshotBuilder::from_snapshot(&self.store.load());
+        let current = self.store.load_full();
+        let mut builder = SnapshotBuilder::from_snapshot(&current);
         let refused = builder.apply_delta(kind, response.resources, &response.removed_resources);
-        let generation = self.store.store(builder.build());
+        let next = builder.build();
+        if next.local() != current.local() {
+            let (local, claimed) = (next.local(), next.claimed());
+            tracing::info!(
+                app = %local.app,
+                lane = local.lane().unwrap_or("base"),
+                overridden_by_flags = (!claimed.app.is_empty() || claimed.lane().is_some()),
+                "workload identity from the control plane"
+            );
+        }
+        let generation = self.store.store(next);
         if refused.is_empty() {
             self.state.acks.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%kind, nonce = %response.nonce, generation, "ACK");

@@ -224,22 +224,15 @@ impl OutboundLane<'_> {
 /// The per-pod propagation state: trace table and in-flight counts.
 #[derive(Debug)]
 pub struct Propagator {
-    pod_tag: Option<Arc<str>>,
     clock: Arc<dyn Clock>,
     traces: TraceTable,
     inflight: Arc<InflightCounts>,
 }
 
 impl Propagator {
-    /// State for a pod tagged `pod_tag` (`None` = base pod), with the trace table bounded by
-    /// `settings`.
-    pub fn new(
-        pod_tag: Option<&str>,
-        settings: &PropagationSettings,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    /// State with the trace table bounded by `settings`.
+    pub fn new(settings: &PropagationSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            pod_tag: pod_tag.filter(|t| !t.is_empty()).map(Arc::from),
             clock,
             traces: TraceTable::new(settings.trace_table_size, settings.trace_ttl),
             inflight: Arc::default(),
@@ -279,11 +272,13 @@ impl Propagator {
         }
     }
 
-    /// Decides the lane of an outbound request (rules 1-6).
+    /// Decides the lane of an outbound request (rules 1-6) of a pod tagged `pod_tag` (`None` =
+    /// base pod).
     pub fn outbound_lane<'a>(
         &self,
         settings: &PropagationSettings,
         headers: &'a HeaderMap,
+        pod_tag: Option<&Arc<str>>,
     ) -> OutboundLane<'a> {
         if let Some((tag, rule)) = settings.carried_tag(headers) {
             return OutboundLane {
@@ -315,7 +310,7 @@ impl Propagator {
             };
         }
         if settings.color_by_node
-            && let Some(tag) = &self.pod_tag
+            && let Some(tag) = pod_tag.filter(|t| !t.is_empty())
         {
             return OutboundLane {
                 tag: Some(LaneTag::Shared(Arc::clone(tag))),

@@ -9,7 +9,6 @@ use http::header::{HeaderMap, HeaderValue};
 use rand::Rng;
 
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
-use crate::identity::PodIdentity;
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
 use crate::policy::SampledCpu;
@@ -30,8 +29,6 @@ use super::runtime::Runtime;
 /// Routes by lane: see the [module](super) documentation.
 #[derive(Debug)]
 pub struct MeshRouter {
-    local: PodIdentity,
-    pod_tag: Option<Arc<str>>,
     runtime: ArcSwapOption<Runtime>,
     propagator: Propagator,
     balancer: Balancer,
@@ -45,20 +42,23 @@ pub struct MeshRouter {
     trusted_proxy_hops: usize,
 }
 
+impl Default for MeshRouter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl MeshRouter {
-    /// A router for `local` on the monotonic clock; it passes everything through until the first
-    /// [`MeshRouter::install`].
-    pub fn new(local: PodIdentity) -> Self {
-        Self::with_clock(local, Arc::new(MonotonicClock::new()))
+    /// A router on the monotonic clock; it passes everything through until the first
+    /// [`MeshRouter::install`]. Who the pod is comes with each snapshot.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(MonotonicClock::new()))
     }
 
     /// A router reading time (trace TTLs, latencies) from `clock`.
-    pub fn with_clock(local: PodIdentity, clock: Arc<dyn Clock>) -> Self {
-        let lane_tag = local.lane().filter(|t| !t.is_empty());
-        let propagator = Propagator::new(lane_tag, &Default::default(), Arc::clone(&clock));
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        let propagator = Propagator::new(&Default::default(), Arc::clone(&clock));
         Self {
-            pod_tag: lane_tag.map(Arc::from),
-            local,
             runtime: ArcSwapOption::empty(),
             propagator,
             balancer: Balancer::new(Arc::clone(&clock), BalancerConfig::default()),
@@ -109,13 +109,7 @@ impl MeshRouter {
             trusted_proxy_hops: self.trusted_proxy_hops,
         };
         let previous = self.runtime.load_full();
-        let next = Runtime::build(
-            snapshot,
-            &self.local.app,
-            &self.balancer,
-            previous.as_deref(),
-            &govern,
-        );
+        let next = Runtime::build(snapshot, &self.balancer, previous.as_deref(), &govern);
         self.propagator.apply(&next.propagation);
         let generation = next.generation;
         self.runtime.store(Some(Arc::new(next)));
@@ -184,8 +178,7 @@ impl MeshRouter {
             match rt.inbound.check(req, conn.peer.ip(), self.clock.now()) {
                 Ok(admission) => Some(admission),
                 Err(blocked) => {
-                    let recorder =
-                        self.recorder(rt, Direction::Inbound, &self.local.app, &req.headers);
+                    let recorder = self.recorder(rt, Direction::Inbound, &rt.app, &req.headers);
                     return self.reject(recorder, blocked);
                 }
             }
@@ -195,7 +188,7 @@ impl MeshRouter {
             let view = RequestView::new(&req.uri, &req.headers);
             let decided = rt
                 .lanes
-                .decide_entry(&self.local.app, &view, &mut rand::rng())
+                .decide_entry(&rt.app, &view, &mut rand::rng())
                 .inspect(|d| self.metrics.record_entry_decision(d.reason))
                 .filter(|d| d.sets_tag_header())
                 .and_then(|d| {
@@ -217,7 +210,7 @@ impl MeshRouter {
         let recorder = Recorder::new(
             &self.metrics,
             Direction::Inbound,
-            rt.labels.get(Some(&self.local.app)),
+            rt.labels.get(Some(&rt.app)),
             rt.labels.get(lane.as_ref().map(|(tag, _)| &**tag)),
         );
         let clock = admission.as_ref().map(|_| Arc::clone(&self.clock));
@@ -261,7 +254,9 @@ impl MeshRouter {
             }
         };
         let (chosen, injection, recorder) = {
-            let lane = self.propagator.outbound_lane(&rt.propagation, &req.headers);
+            let lane =
+                self.propagator
+                    .outbound_lane(&rt.propagation, &req.headers, rt.pod_tag.as_ref());
             self.metrics.record_propagation(lane.rule);
             let injection = lane.injection().and_then(|t| HeaderValue::from_str(t).ok());
             let recorder = Recorder::new(
@@ -373,7 +368,7 @@ impl Router for MeshRouter {
         let Some(dest) = rt.routes.lookup(conn.original_dst) else {
             return TcpDecision::Passthrough;
         };
-        match dest.choose(self.pod_tag.as_deref(), &rt.lanes) {
+        match dest.choose(rt.pod_tag.as_deref(), &rt.lanes) {
             Ok(chosen) => {
                 if let Some(addr) = dest.keeps_addressed(&chosen) {
                     return TcpDecision::Forward(addr);

@@ -14,6 +14,10 @@ use super::observe::LabelNames;
 pub struct Runtime {
     /// The snapshot generation this was built from.
     pub generation: u64,
+    /// This pod's app (the snapshot's [`local`](Snapshot::local) identity).
+    pub app: Arc<str>,
+    /// This pod's lane tag, `None` for base: the lane of colour-by-node and of opaque TCP.
+    pub pod_tag: Option<Arc<str>>,
     /// Every lane group.
     pub lanes: LaneTable,
     /// Every governed service.
@@ -32,15 +36,16 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Compiles `snapshot` for a pod of `app`. Endpoint statistics come from `balancer`, and the
-    /// limiters and breakers of unchanged rules from `previous`, so they survive the swap.
+    /// Compiles `snapshot` for the pod it names. Endpoint statistics come from `balancer`, and
+    /// the limiters and breakers of unchanged rules from `previous`, so they survive the swap.
     pub fn build(
         snapshot: &Snapshot,
-        app: &str,
         balancer: &Balancer,
         previous: Option<&Self>,
         govern: &GovernContext,
     ) -> Self {
+        let local = snapshot.local();
+        let app = local.app.as_str();
         let lanes = LaneTable::new(
             snapshot
                 .lane_groups()
@@ -80,6 +85,8 @@ impl Runtime {
         );
         Self {
             generation: snapshot.generation(),
+            app: Arc::from(app),
+            pod_tag: local.lane().map(Arc::from),
             lanes,
             routes,
             propagation,

@@ -25,24 +25,27 @@ use lanemesh_api::resource::DiscoveryResource;
 use prost::Message;
 use tokio::sync::watch;
 
-pub use validate::{Compile, ValidationError};
+pub use validate::{Compile, ValidationError, WorkloadIdentity};
 
-/// The four resource types of the discovery protocol (DESIGN §6).
+/// The resource types of the discovery protocol (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
     Service,
     LaneGroup,
     InboundPolicy,
     OutboundPolicy,
+    /// Who this pod is: its app and lane tag, from the control plane.
+    Workload,
 }
 
 impl ResourceKind {
     /// In the order of `lanemesh_api::resource::ALL_TYPE_URLS`.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Service,
         Self::LaneGroup,
         Self::InboundPolicy,
         Self::OutboundPolicy,
+        Self::Workload,
     ];
 
     pub const fn type_url(self) -> &'static str {
@@ -51,6 +54,7 @@ impl ResourceKind {
             Self::LaneGroup => <proto::LaneGroup as DiscoveryResource>::TYPE_URL,
             Self::InboundPolicy => <proto::InboundPolicy as DiscoveryResource>::TYPE_URL,
             Self::OutboundPolicy => <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL,
+            Self::Workload => <proto::Workload as DiscoveryResource>::TYPE_URL,
         }
     }
 
@@ -70,6 +74,7 @@ impl fmt::Display for ResourceKind {
             Self::LaneGroup => "LaneGroup",
             Self::InboundPolicy => "InboundPolicy",
             Self::OutboundPolicy => "OutboundPolicy",
+            Self::Workload => "Workload",
         })
     }
 }
@@ -95,13 +100,14 @@ pub trait SnapshotResource: Compile + Sized {
     fn map_mut(tables: &mut Tables) -> &mut Resources<Self>;
 }
 
-/// The four resource maps.
+/// The resource maps, one per [`ResourceKind`].
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     services: Resources<proto::Service>,
     lane_groups: Resources<proto::LaneGroup>,
     inbound_policies: Resources<proto::InboundPolicy>,
     outbound_policies: Resources<proto::OutboundPolicy>,
+    workloads: Resources<proto::Workload>,
 }
 
 macro_rules! snapshot_resource {
@@ -122,6 +128,10 @@ snapshot_resource!(Service, services);
 snapshot_resource!(LaneGroup, lane_groups);
 snapshot_resource!(InboundPolicy, inbound_policies);
 snapshot_resource!(OutboundPolicy, outbound_policies);
+snapshot_resource!(Workload, workloads);
+
+/// Which types a snapshot has received a first answer for, by [`ResourceKind`] index.
+type Received = [bool; ResourceKind::ALL.len()];
 
 use crate::identity::PodIdentity;
 
@@ -209,8 +219,11 @@ impl Index {
 #[derive(Debug)]
 pub struct Snapshot {
     generation: u64,
+    /// What the flags say (see [`SnapshotBuilder::new`]).
+    claimed: PodIdentity,
+    /// Who the pod is: the claim completed by the control plane's Workload.
     local: PodIdentity,
-    received: [bool; 4],
+    received: Received,
     tables: Tables,
     index: Index,
 }
@@ -245,8 +258,15 @@ impl Snapshot {
         self.generation
     }
 
+    /// Who the pod is: the flags' app and lane tag where given, else the control plane's
+    /// Workload (the pod's labels).
     pub const fn local(&self) -> &PodIdentity {
         &self.local
+    }
+
+    /// The identity the flags claim, before the control plane's Workload.
+    pub const fn claimed(&self) -> &PodIdentity {
+        &self.claimed
     }
 
     /// True once a first response of every resource type has been applied
@@ -317,6 +337,7 @@ impl Snapshot {
             ResourceKind::LaneGroup => of::<proto::LaneGroup>(&self.tables),
             ResourceKind::InboundPolicy => of::<proto::InboundPolicy>(&self.tables),
             ResourceKind::OutboundPolicy => of::<proto::OutboundPolicy>(&self.tables),
+            ResourceKind::Workload => of::<proto::Workload>(&self.tables),
         }
     }
 }
@@ -346,16 +367,19 @@ impl RefusedResource {
 /// Builds the next snapshot from the current one, off the hot path.
 #[derive(Debug, Clone)]
 pub struct SnapshotBuilder {
-    local: PodIdentity,
-    received: [bool; 4],
+    claimed: PodIdentity,
+    received: Received,
     tables: Tables,
 }
 
 impl SnapshotBuilder {
-    pub fn new(local: PodIdentity) -> Self {
+    /// A snapshot for the pod `claimed` names: its namespace, name and IP are final; its app and
+    /// lane tag, where empty, come from the control plane's Workload (set ones override it, for
+    /// processes outside Kubernetes).
+    pub fn new(claimed: PodIdentity) -> Self {
         Self {
-            local,
-            received: [false; 4],
+            claimed,
+            received: [false; ResourceKind::ALL.len()],
             tables: Tables::default(),
         }
     }
@@ -363,7 +387,7 @@ impl SnapshotBuilder {
     /// Starts from `snapshot`, sharing its resources.
     pub fn from_snapshot(snapshot: &Snapshot) -> Self {
         Self {
-            local: snapshot.local.clone(),
+            claimed: snapshot.claimed.clone(),
             received: snapshot.received,
             tables: snapshot.tables.clone(),
         }
@@ -415,6 +439,7 @@ impl SnapshotBuilder {
             ResourceKind::LaneGroup => self.tables.lane_groups.remove(name).is_some(),
             ResourceKind::InboundPolicy => self.tables.inbound_policies.remove(name).is_some(),
             ResourceKind::OutboundPolicy => self.tables.outbound_policies.remove(name).is_some(),
+            ResourceKind::Workload => self.tables.workloads.remove(name).is_some(),
         }
     }
 
@@ -435,6 +460,7 @@ impl SnapshotBuilder {
             ResourceKind::LaneGroup => self.apply_all::<proto::LaneGroup>(resources),
             ResourceKind::InboundPolicy => self.apply_all::<proto::InboundPolicy>(resources),
             ResourceKind::OutboundPolicy => self.apply_all::<proto::OutboundPolicy>(resources),
+            ResourceKind::Workload => self.apply_all::<proto::Workload>(resources),
         };
         self.mark_received(kind);
         refused
@@ -484,20 +510,39 @@ impl SnapshotBuilder {
     }
 
     pub fn mark_all_received(&mut self) {
-        self.received = [true; 4];
+        self.received = [true; ResourceKind::ALL.len()];
     }
 
     /// The snapshot, with its indexes. Its generation is assigned when it is
     /// stored.
     pub fn build(self) -> Snapshot {
-        let index = Index::build(&self.tables, &self.local);
+        let local = self.identity();
+        let index = Index::build(&self.tables, &local);
         Snapshot {
             generation: 0,
-            local: self.local,
+            claimed: self.claimed,
+            local,
             received: self.received,
             tables: self.tables,
             index,
         }
+    }
+}
+
+impl SnapshotBuilder {
+    /// The claim completed by the Workload of this pod (the control plane sends exactly one;
+    /// a file may list none).
+    fn identity(&self) -> PodIdentity {
+        let mut local = self.claimed.clone();
+        if let Some(workload) = self.tables.workloads.values().next() {
+            if local.app.is_empty() {
+                local.app.clone_from(&workload.compiled.app);
+            }
+            if local.lane_tag.is_none() {
+                local.lane_tag.clone_from(&workload.compiled.lane_tag);
+            }
+        }
+        local
     }
 }
 

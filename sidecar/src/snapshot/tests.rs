@@ -226,6 +226,7 @@ fn ready_only_after_every_type_was_received() {
         ResourceKind::Service,
         ResourceKind::LaneGroup,
         ResourceKind::InboundPolicy,
+        ResourceKind::OutboundPolicy,
     ] {
         builder.apply_delta(kind, vec![], &[]);
         assert!(
@@ -233,7 +234,7 @@ fn ready_only_after_every_type_was_received() {
             "ready before all types, after {kind}"
         );
     }
-    builder.apply_delta(ResourceKind::OutboundPolicy, vec![], &[]);
+    builder.apply_delta(ResourceKind::Workload, vec![], &[]);
     assert!(builder.build().is_ready());
 }
 
@@ -352,4 +353,99 @@ fn the_store_reports_readiness_and_generation_to_metrics() {
     let text = metrics.encode();
     assert!(text.contains("lanemesh_config_ready 1\n"), "{text}");
     assert!(text.contains("lanemesh_config_generation 1\n"), "{text}");
+}
+
+fn workload(app: &str, lane: &str) -> proto::Workload {
+    proto::Workload {
+        name: "default/a-1".into(),
+        namespace: "default".into(),
+        pod_name: "a-1".into(),
+        app: app.into(),
+        lane_tag: lane.into(),
+    }
+}
+
+#[test]
+fn the_workload_completes_an_identity_the_flags_leave_open() {
+    // In Kubernetes the flags give only the pod; app and lane come from the control plane.
+    let pod = PodIdentity {
+        pod_name: "a-1".into(),
+        ..PodIdentity::app("default", "")
+    };
+    let mut builder = SnapshotBuilder::new(pod.clone());
+    builder.insert_all([inbound("default", "a")]).unwrap();
+    let before = builder.clone().build();
+    assert_eq!(before.local().app, "");
+    assert!(before.local_inbound_policy().is_none());
+
+    let refused = builder.apply_delta(
+        ResourceKind::Workload,
+        vec![wire("w1", &workload("a", "gray"))],
+        &[],
+    );
+    assert!(refused.is_empty(), "{refused:?}");
+    let snap = builder.build();
+    assert_eq!(
+        (snap.local().app.as_str(), snap.local().lane()),
+        ("a", Some("gray"))
+    );
+    assert_eq!(snap.local().pod_name, "a-1", "the flags' pod stays");
+    assert_eq!(snap.claimed(), &pod);
+    assert!(
+        snap.local_inbound_policy().is_some(),
+        "the app's own policy is found through the Workload's app"
+    );
+
+    // Relabelled to base: the next Workload drops the lane.
+    let mut builder = SnapshotBuilder::from_snapshot(&snap);
+    builder.apply_delta(
+        ResourceKind::Workload,
+        vec![wire("w2", &workload("a", ""))],
+        &[],
+    );
+    let snap = builder.build();
+    assert_eq!(snap.local().lane(), None);
+    assert_eq!(snap.versions(ResourceKind::Workload)["default/a-1"], "w2");
+}
+
+#[test]
+fn flags_that_name_app_and_lane_override_the_workload() {
+    let claimed = PodIdentity {
+        pod_name: "a-1".into(),
+        ..PodIdentity::app("default", "local-app").with_lane("blue")
+    };
+    let mut builder = SnapshotBuilder::new(claimed.clone());
+    builder.insert_all([workload("a", "gray")]).unwrap();
+    let snap = builder.build();
+    assert_eq!(snap.local(), &claimed);
+}
+
+#[test]
+fn a_workload_that_names_no_pod_or_an_invalid_lane_is_refused() {
+    let mut builder = SnapshotBuilder::new(PodIdentity::app("default", ""));
+    let cases = [
+        (workload("a", "gray;drop"), "lane_tag"),
+        (workload("a", "-gray"), "lane_tag"),
+        (
+            proto::Workload {
+                name: "default/other".into(),
+                ..workload("a", "")
+            },
+            "default/a-1",
+        ),
+        (
+            proto::Workload {
+                pod_name: String::new(),
+                name: "default/".into(),
+                ..workload("a", "")
+            },
+            "pod_name",
+        ),
+    ];
+    for (bad, says) in cases {
+        let refused = builder.insert(String::from("v"), bad.clone()).unwrap_err();
+        assert_eq!(refused.kind, ResourceKind::Workload);
+        assert!(refused.to_string().contains(says), "{bad:?}: {refused}");
+    }
+    assert_eq!(builder.build().local().app, "", "nothing refused is used");
 }

@@ -35,6 +35,9 @@ pub enum ValidationError {
     /// A policy field its conversion refused.
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// A Workload that does not describe a pod.
+    #[error("workload {name}: {problem}")]
+    Workload { name: String, problem: String },
 }
 
 /// A discovery resource that can be checked and turned into what the data plane uses at run
@@ -76,6 +79,42 @@ impl Compile for proto::OutboundPolicy {
 
     fn compile(&self) -> Result<Arc<OutboundRules>, ValidationError> {
         Ok(Arc::new(OutboundRules::try_from(self)?))
+    }
+}
+
+/// The app and lane tag of this pod, as the control plane knows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    pub app: String,
+    pub lane_tag: Option<String>,
+}
+
+impl Compile for proto::Workload {
+    type Output = WorkloadIdentity;
+
+    fn compile(&self) -> Result<WorkloadIdentity, ValidationError> {
+        let problem = |problem: String| ValidationError::Workload {
+            name: self.name.clone(),
+            problem,
+        };
+        if self.namespace.is_empty() || self.pod_name.is_empty() {
+            return Err(problem("namespace and pod_name must be set".into()));
+        }
+        let expected = format!("{}/{}", self.namespace, self.pod_name);
+        if self.name != expected {
+            return Err(problem(format!("the name must be {expected:?}")));
+        }
+        // The tag goes into request headers (colour by node): a label value, or empty for base.
+        if !self.lane_tag.is_empty() && !lanemesh_api::labels::is_valid_value(&self.lane_tag) {
+            return Err(problem(format!(
+                "lane_tag {:?} is not a label value (alphanumerics, '-', '_', '.', at most 63)",
+                self.lane_tag
+            )));
+        }
+        Ok(WorkloadIdentity {
+            app: self.app.clone(),
+            lane_tag: (!self.lane_tag.is_empty()).then(|| self.lane_tag.clone()),
+        })
     }
 }
 

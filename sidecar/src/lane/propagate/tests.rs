@@ -16,20 +16,37 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
-fn setup(pod_tag: Option<&str>) -> (Propagator, PropagationSettings, Arc<ManualClock>) {
+/// A pod's propagation state and its lane tag (`None` = base pod).
+struct Pod {
+    propagator: Propagator,
+    tag: Option<Arc<str>>,
+}
+
+impl std::ops::Deref for Pod {
+    type Target = Propagator;
+    fn deref(&self) -> &Propagator {
+        &self.propagator
+    }
+}
+
+fn setup(pod_tag: Option<&str>) -> (Pod, PropagationSettings, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(Duration::from_secs(100)));
     let settings = PropagationSettings::default();
-    let p = Propagator::new(pod_tag, &settings, clock.clone());
-    (p, settings, clock)
+    let propagator = Propagator::new(&settings, clock.clone());
+    let pod = Pod {
+        propagator,
+        tag: pod_tag.map(Arc::from),
+    };
+    (pod, settings, clock)
 }
 
 fn decide(
-    p: &Propagator,
+    p: &Pod,
     s: &PropagationSettings,
     h: &[(&str, &str)],
 ) -> (Option<String>, PropagationRule, Option<String>) {
     let map = headers(h);
-    let out = p.outbound_lane(s, &map);
+    let out = p.outbound_lane(s, &map, p.tag.as_ref());
     (
         out.tag().map(str::to_owned),
         out.rule,

@@ -300,11 +300,11 @@ fn gray_a_to_base_b_to_gray_c() {
     // B's sidecar: the inbound keeps its header; the app forwards it on its call to C.
     let settings = PropagationSettings::merge(lanes.groups_of("b").map(|g| &**g));
     let clock = Arc::new(ManualClock::new(Duration::from_secs(1)));
-    let propagator = Propagator::new(None, &settings, clock);
+    let propagator = Propagator::new(&settings, clock);
     let inbound_lane = settings.carried_tag(&to_b).map(|(t, _)| t.into_owned());
     let _guard = propagator.register_inbound(&settings, inbound_lane.as_deref(), &to_b);
     let to_c = to_b.clone();
-    let out = propagator.outbound_lane(&settings, &to_c);
+    let out = propagator.outbound_lane(&settings, &to_c, None);
     assert_eq!(
         (out.tag(), out.rule),
         (Some("gray"), PropagationRule::TagHeader)
@@ -318,7 +318,7 @@ fn gray_a_to_base_b_to_gray_c() {
     // Even if B's app drops the header, B's inflight state (only gray in flight) recovers it
     // and the proxy injects it.
     let dropped = HeaderMap::new();
-    let out = propagator.outbound_lane(&settings, &dropped);
+    let out = propagator.outbound_lane(&settings, &dropped, None);
     assert_eq!(
         (out.injection(), out.rule),
         (Some("gray"), PropagationRule::Inflight)
