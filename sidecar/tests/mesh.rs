@@ -497,7 +497,7 @@ mod fake_control_plane {
             // Drain ACKs so the client never blocks on a full stream.
             tokio::spawn(async move { while let Ok(Some(_)) = requests.message().await {} });
             let (tx, rx) = mpsc::channel(16);
-            let by_type: [(&str, Vec<proto::Resource>); 4] = [
+            let by_type: [(&str, Vec<proto::Resource>); 5] = [
                 (
                     proto::Service::TYPE_URL,
                     self.services.iter().map(resource).collect(),
@@ -505,6 +505,7 @@ mod fake_control_plane {
                 (proto::LaneGroup::TYPE_URL, vec![resource(&self.group)]),
                 (proto::InboundPolicy::TYPE_URL, vec![]),
                 (proto::OutboundPolicy::TYPE_URL, vec![]),
+                (proto::Workload::TYPE_URL, vec![]),
             ];
             for (i, (type_url, resources)) in by_type.into_iter().enumerate() {
                 tx.send(Ok(proto::DeltaDiscoveryResponse {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use lanemesh_api::proto;
 use lanemesh_sidecar::app::{App, AppConfig};
 use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::lane::PropagationRule;
@@ -18,7 +19,7 @@ use lanemesh_sidecar::mesh::MeshRouter;
 use lanemesh_sidecar::proxy::ProxyConfig;
 use lanemesh_sidecar::proxy::orig_dst::OrigDstError;
 use lanemesh_sidecar::proxy::{OriginalDst, PeerMap, ShutdownHandle};
-use lanemesh_sidecar::snapshot::{Snapshot, SnapshotStore};
+use lanemesh_sidecar::snapshot::{Snapshot, SnapshotBuilder, SnapshotStore};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -52,6 +53,8 @@ pub(crate) struct Sidecar {
     pub(crate) outbound: SocketAddr,
     pub(crate) app_ip: IpAddr,
     pub(crate) map: PeerMap,
+    /// Who the pod is (its lane is what the control plane's Workload says).
+    identity: PodIdentity,
     pub(crate) router: Arc<MeshRouter>,
     pub(crate) store: Arc<SnapshotStore>,
     pub(crate) shutdown: ShutdownHandle,
@@ -75,10 +78,13 @@ impl Sidecar {
             connect_timeout: Duration::from_secs(2),
             ..ProxyConfig::default()
         };
-        let identity = PodIdentity::app("demo", app).with_lane(tag.unwrap_or_default());
+        let identity = PodIdentity {
+            pod_name: format!("{app}-{n}"),
+            ..PodIdentity::app("demo", app).with_lane(tag.unwrap_or_default())
+        };
         let map = PeerMap::new();
         let built = App::build(
-            AppConfig::new(proxy, identity),
+            AppConfig::new(proxy, identity.clone()),
             Arc::new(TestDst {
                 map: map.clone(),
                 app_port,
@@ -91,6 +97,7 @@ impl Sidecar {
             outbound: built.outbound_addr(),
             app_ip,
             map,
+            identity,
             router: Arc::clone(&built.router),
             store: Arc::clone(&built.store),
             shutdown: built.shutdown_handle(),
@@ -112,9 +119,20 @@ impl Sidecar {
         send_to(stream, "app.demo", path, headers).await
     }
 
-    /// Stores `snapshot` and waits until the router runs on it.
+    /// Stores `snapshot`, with this pod's Workload as the control plane sends it (its app and
+    /// lane), and waits until the router runs on it.
     pub(crate) async fn install(&self, snapshot: Snapshot) {
-        let generation = self.store.store(snapshot);
+        let mut builder = SnapshotBuilder::from_snapshot(&snapshot);
+        builder
+            .insert_all([proto::Workload {
+                name: format!("{}/{}", self.identity.namespace, self.identity.pod_name),
+                namespace: self.identity.namespace.clone(),
+                pod_name: self.identity.pod_name.clone(),
+                app: self.identity.app.clone(),
+                lane_tag: self.identity.lane().unwrap_or_default().to_owned(),
+            }])
+            .unwrap();
+        let generation = self.store.store(builder.build());
         timeout(STEP, async {
             while self.router.generation() != Some(generation) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
