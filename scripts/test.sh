@@ -52,8 +52,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-step "local cluster binaries (kube-apiserver, etcd, kubectl, helm from Go modules; cached)"
+step "local cluster binaries (Kubernetes components, etcd, helm, CoreDNS, lanemesh-node from Go modules; cached)"
 bash e2e/cluster/build.sh
+
+step "demo apps (Go, Java/Spring Boot, Python/Flask from their registries; cached)"
+bash e2e/apps/build.sh
 
 step "format"
 cargo fmt --all --check

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, etcd and kubectl for the local cluster test tier from
-# the Go modules pinned in e2e/cluster/go, and helm from e2e/cluster/helm (no
-# prebuilt downloads, no Docker).
+# Builds the local cluster's components from Go modules (no prebuilt downloads,
+# no Docker): kube-apiserver, kube-controller-manager, kube-scheduler,
+# kube-proxy, kubectl and etcd from the versions pinned in e2e/cluster/go, helm
+# from e2e/cluster/helm, CoreDNS from e2e/cluster/coredns, and lanemesh-node
+# (e2e/cluster/node/build.sh).
 #
-# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/bin/{kube-apiserver,etcd,kubectl,helm}
-# Idempotent: skips the build when the binaries exist and the stamp file says
+# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/bin/
+# Idempotent: skips a build when its binaries exist and the stamp file says
 # they were built from the same go.mod/go.sum and recipe. --force rebuilds.
 #
-# The first build compiles most of Kubernetes: about 10 minutes on 2 cores
-# plus ~1 minute of module downloads, and ~3.2 GiB of module and build cache
-# (binaries: ~190 MiB). Later runs take a second.
+# The first build compiles most of Kubernetes: about 15 minutes on 2 cores
+# plus ~2 minutes of module downloads, and ~4 GiB of module and build cache.
+# Later runs take a second.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,7 +19,7 @@ mod_dir="$here/go"
 cache="${LANEMESH_CACHE:-$HOME/.cache/lanemesh}"
 bin_dir="$cache/bin"
 stamp="$bin_dir/.stamp"
-binaries=(kube-apiserver etcd kubectl)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd kubectl)
 
 force=0
 for arg in "$@"; do
@@ -91,10 +93,13 @@ else
   start=$(date +%s)
   out="$(mktemp -d "$bin_dir/.build.XXXXXX")"
   trap 'rm -rf "$out"' EXIT
-  # One `go build` for all three so shared packages compile once and both
+  # One `go build` for all of them so shared packages compile once and both
   # cores stay busy.
   go build -trimpath -ldflags="$ldflags" -o "$out/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kubectl \
     go.etcd.io/etcd/server/v3
   # The etcd main package is the root of go.etcd.io/etcd/server/v3, so go
@@ -108,27 +113,45 @@ else
   echo "build.sh: built in $(($(date +%s) - start))s"
 fi
 
-# helm: its own module (Helm brings newer k8s.io modules than the cluster's), its own stamp.
-cd "$here/helm"
-helm_version="$(go list -m -f '{{.Version}}' helm.sh/helm/v4)"
-helm_ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
-helm_stamp="$bin_dir/.stamp-helm"
-want_helm_stamp="$(cat go.mod go.sum <(echo "trimpath cgo=0 ldflags=$helm_ldflags") | sha256sum | cut -d' ' -f1)"
-if [[ $force == 0 && -x "$bin_dir/helm" && -f "$helm_stamp" && "$(cat "$helm_stamp")" == "$want_helm_stamp" ]]; then
-  echo "build.sh: up to date (helm $helm_version)"
-else
-  echo "build.sh: building helm $helm_version into $bin_dir"
-  start=$(date +%s)
+# A component in a wrapper module of its own (it brings other k8s.io versions
+# than the cluster's), with its own stamp: module dir, binary, package, ldflags.
+build_module() {
+  local dir="$1" name="$2" pkg="$3" flags="$4"
+  cd "$here/$dir"
+  local version
+  version="$(go list -m -f '{{.Version}}' "${pkg%%/cmd/*}")"
+  local stamp_file="$bin_dir/.stamp-$name"
+  local want
+  want="$(cat go.mod go.sum <(echo "trimpath cgo=0 ldflags=$flags") | sha256sum | cut -d' ' -f1)"
+  if [[ $force == 0 && -x "$bin_dir/$name" && -f "$stamp_file" && "$(cat "$stamp_file")" == "$want" ]]; then
+    echo "build.sh: up to date ($name $version)"
+    return
+  fi
+  echo "build.sh: building $name $version into $bin_dir"
+  local began
+  began=$(date +%s)
+  # Global, so the EXIT trap removes it if the build fails.
   out="$(mktemp -d "$bin_dir/.build.XXXXXX")"
   trap 'rm -rf "$out"' EXIT
-  go build -trimpath -ldflags="$helm_ldflags" -o "$out/helm" helm.sh/helm/v4/cmd/helm
-  rm -f "$helm_stamp"
-  mv -f "$out/helm" "$bin_dir/helm"
-  echo "$want_helm_stamp" >"$helm_stamp"
-  echo "build.sh: built helm in $(($(date +%s) - start))s"
-fi
+  go build -trimpath -ldflags="$flags" -o "$out/$name" "$pkg"
+  rm -f "$stamp_file"
+  mv -f "$out/$name" "$bin_dir/$name"
+  rm -rf "$out"
+  echo "$want" >"$stamp_file"
+  echo "build.sh: built $name in $(($(date +%s) - began))s"
+}
 
-for b in "${binaries[@]}" helm; do
-  printf '  %-15s %s (%s)\n' "$b" "$bin_dir/$b" "$(du -h "$bin_dir/$b" | cut -f1)"
+helm_version="$(cd "$here/helm" && go list -m -f '{{.Version}}' helm.sh/helm/v4)"
+build_module helm helm helm.sh/helm/v4/cmd/helm \
+  "-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version"
+coredns_version="$(cd "$here/coredns" && go list -m -f '{{.Version}}' github.com/coredns/coredns)"
+build_module coredns coredns github.com/coredns/coredns \
+  "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version"
+
+# The node that runs pods (our virtual-kubelet provider): its own module and script.
+bash "$here/node/build.sh"
+
+for b in "${binaries[@]}" helm coredns lanemesh-node; do
+  printf '  %-24s %s (%s)\n' "$b" "$bin_dir/$b" "$(du -h "$bin_dir/$b" | cut -f1)"
 done
 echo "LANEMESH_CLUSTER_BIN=$bin_dir"

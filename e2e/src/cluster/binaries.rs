@@ -1,5 +1,5 @@
-//! Locating the `etcd`, `kube-apiserver`, `kubectl` and `helm` binaries built by
-//! `e2e/cluster/build.sh`.
+//! Locating the binaries `e2e/cluster/build.sh` builds: the Kubernetes components, etcd, helm,
+//! CoreDNS and `lanemesh-node`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,15 @@ pub struct Binaries {
     pub kubectl: PathBuf,
     /// `helm` (from `helm.sh/helm/v4/cmd/helm`), for the chart's tests.
     pub helm: PathBuf,
+    /// `kube-controller-manager`, `kube-scheduler` and `kube-proxy` (from `k8s.io/kubernetes/cmd`),
+    /// for the [`LocalCluster`](super::LocalCluster).
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kube_proxy: PathBuf,
+    /// `coredns` (from `github.com/coredns/coredns`): cluster DNS.
+    pub coredns: PathBuf,
+    /// `lanemesh-node` (from `e2e/cluster/node`): the virtual-kubelet node that runs pods.
+    pub node: PathBuf,
 }
 
 impl Binaries {
@@ -50,16 +59,31 @@ impl Binaries {
             kube_apiserver: dir.join("kube-apiserver"),
             kubectl: dir.join("kubectl"),
             helm: dir.join("helm"),
+            kube_controller_manager: dir.join("kube-controller-manager"),
+            kube_scheduler: dir.join("kube-scheduler"),
+            kube_proxy: dir.join("kube-proxy"),
+            coredns: dir.join("coredns"),
+            node: dir.join("lanemesh-node"),
         };
-        let missing: Vec<String> = [&bins.etcd, &bins.kube_apiserver, &bins.kubectl, &bins.helm]
-            .into_iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect();
+        let missing: Vec<String> = [
+            &bins.etcd,
+            &bins.kube_apiserver,
+            &bins.kubectl,
+            &bins.helm,
+            &bins.kube_controller_manager,
+            &bins.kube_scheduler,
+            &bins.kube_proxy,
+            &bins.coredns,
+            &bins.node,
+        ]
+        .into_iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
         if !missing.is_empty() {
             bail!(
                 "local cluster binaries not found: {}\n\
-                 build them once (about 10 min on 2 cores, cached afterwards) with:\n    {BUILD_SCRIPT}\n\
+                 build them once (about 20 min on 2 cores, cached afterwards) with:\n    {BUILD_SCRIPT}\n\
                  or set LANEMESH_SKIP_CLUSTER=1 to skip the API server tests",
                 missing.join(", ")
             );

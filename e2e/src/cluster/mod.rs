@@ -19,6 +19,7 @@
 //! admission) but never acted on: no pods start, no service accounts or tokens are created.
 
 mod binaries;
+pub mod local;
 mod pki;
 mod process;
 
@@ -35,8 +36,21 @@ use kube::{Api, Client, Config};
 use tempfile::TempDir;
 
 pub use binaries::Binaries;
+pub use local::{Image, LocalCluster, leftovers};
 pub use pki::ServingPki;
 use process::{Started, Supervisor};
+
+/// How the API server is run.
+#[derive(Debug, Clone, Default)]
+pub struct ApiOptions {
+    /// Listen on every address and advertise this one (the `kubernetes` Service's endpoint, and
+    /// a name in the serving certificate): what pods in network namespaces reach. Default:
+    /// loopback only, no `kubernetes` endpoint.
+    pub advertise: Option<Ipv4Addr>,
+    /// Enforce the ServiceAccount admission plugin (pods get a service account and its token
+    /// volume); only with a controller-manager that creates the `default` accounts.
+    pub service_accounts: bool,
+}
 
 /// Set to `1` to skip tests that need a [`TestCluster`] (see [`skip_requested`]).
 pub const SKIP_ENV: &str = "LANEMESH_SKIP_CLUSTER";
@@ -89,9 +103,14 @@ impl TestCluster {
 
     /// Like [`TestCluster::start`] with explicit binaries.
     pub async fn start_with(binaries: Binaries) -> Result<Self> {
+        Self::start_with_options(binaries, &ApiOptions::default()).await
+    }
+
+    /// Like [`TestCluster::start_with`], with the API server configured by `options`.
+    pub async fn start_with_options(binaries: Binaries, options: &ApiOptions) -> Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::try_start(binaries.clone()).await {
+            match Self::try_start(binaries.clone(), options).await {
                 Ok(cluster) => return Ok(cluster),
                 Err(Start::PortTaken(e)) if attempt < START_ATTEMPTS => {
                     tracing::warn!("test cluster: port taken, retrying: {e:#}");
@@ -102,7 +121,7 @@ impl TestCluster {
         }
     }
 
-    async fn try_start(binaries: Binaries) -> Result<Self, Start> {
+    async fn try_start(binaries: Binaries, options: &ApiOptions) -> Result<Self, Start> {
         sweep_stale_dirs();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
@@ -110,7 +129,8 @@ impl TestCluster {
             .context("creating the cluster directory")?;
         let root = dir.path().to_owned();
         std::fs::write(root.join(OWNER_FILE), std::process::id().to_string())?;
-        let pki = pki::write(&root, FIRST_SERVICE_IP)?;
+        let advertised: Vec<String> = options.advertise.iter().map(|ip| ip.to_string()).collect();
+        let pki = pki::write(&root, FIRST_SERVICE_IP, &advertised)?;
         let [etcd_client, etcd_peer, apiserver_port] = free_ports()?;
         let server = format!("https://127.0.0.1:{apiserver_port}");
         let kubeconfig = root.join("kubeconfig");
@@ -136,10 +156,8 @@ impl TestCluster {
         let etcd = processes.spawn("etcd", &binaries.etcd, &etcd_args, &root.join("etcd.log"))?;
         wait_for_tcp(&processes, &etcd, etcd_client, ETCD_READY_TIMEOUT).await?;
 
-        let apiserver_args: Vec<String> = vec![
+        let mut apiserver_args: Vec<String> = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={apiserver_port}"),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
             format!("--tls-private-key-file={}", pki.serving_key.display()),
@@ -154,16 +172,30 @@ impl TestCluster {
                 pki.sa_signing_key.display()
             ),
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            // The ServiceAccount plugin rejects pods until the controller-manager (not run
-            // here) has created each namespace's `default` service account.
-            "--disable-admission-plugins=ServiceAccount".into(),
-            // The endpoint reconciler would publish the advertise address as the `kubernetes`
-            // Service's endpoint, and Endpoints refuse loopback addresses (an error every 10 s).
-            "--endpoint-reconciler-type=none".into(),
             // Injected pods carry a privileged iptables init container.
             "--allow-privileged=true".into(),
             "--profiling=false".into(),
         ];
+        match options.advertise {
+            // Pods reach it as the `kubernetes` Service, whose endpoint is this address.
+            Some(ip) => apiserver_args.extend([
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={ip}"),
+            ]),
+            None => apiserver_args.extend([
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The endpoint reconciler would publish the advertise address as the
+                // `kubernetes` Service's endpoint, and Endpoints refuse loopback addresses (an
+                // error every 10 s).
+                "--endpoint-reconciler-type=none".into(),
+            ]),
+        }
+        if !options.service_accounts {
+            // The ServiceAccount plugin rejects pods until the controller-manager has created
+            // each namespace's `default` service account.
+            apiserver_args.push("--disable-admission-plugins=ServiceAccount".into());
+        }
         let apiserver = processes.spawn(
             "kube-apiserver",
             &binaries.kube_apiserver,

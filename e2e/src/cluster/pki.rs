@@ -25,9 +25,10 @@ pub(crate) struct Pki {
 }
 
 /// Names the serving certificate covers: loopback for the tests, plus the in-cluster names and
-/// the first service IP so pods of the network-namespace tier can reach it as `kubernetes`.
-fn serving_names(first_service_ip: &str) -> Vec<String> {
-    [
+/// the first service IP so pods of the network-namespace tier can reach it as `kubernetes`, plus
+/// `extra` (the address it advertises to pods).
+fn serving_names(first_service_ip: &str, extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = [
         "127.0.0.1",
         "localhost",
         "kubernetes",
@@ -37,7 +38,9 @@ fn serving_names(first_service_ip: &str) -> Vec<String> {
         first_service_ip,
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    names.extend(extra.iter().cloned());
+    names
 }
 
 /// A fresh CA and a serving certificate it signed, as PEM: what a test needs to serve TLS that
@@ -89,8 +92,11 @@ impl ServingPki {
     }
 }
 
-pub(crate) fn write(dir: &Path, first_service_ip: &str) -> Result<Pki> {
-    let serving = ServingPki::new(&serving_names(first_service_ip), "kube-apiserver")?;
+pub(crate) fn write(dir: &Path, first_service_ip: &str, extra_names: &[String]) -> Result<Pki> {
+    let serving = ServingPki::new(
+        &serving_names(first_service_ip, extra_names),
+        "kube-apiserver",
+    )?;
 
     // ECDSA P-256 (rcgen's default) is accepted by kube-apiserver and signs tokens as ES256.
     let sa_key = KeyPair::generate().context("generating the service-account key")?;
