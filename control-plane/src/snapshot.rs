@@ -197,6 +197,14 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
         .filter(|(_, (ns, apps))| *ns == node.namespace && !app.is_empty() && apps.contains(&app))
         .map(|(name, _)| name)
         .collect();
+    // Every group of the node's namespace goes to the node, not only those listing its app: a
+    // caller takes the lane decision for an entry app it calls and routes a tagged request by
+    // the lanes enabled for the destination's app, also when it is in no group itself (DESIGN §4).
+    let namespace_groups = world
+        .group_apps
+        .iter()
+        .filter(|(_, (ns, _))| *ns == node.namespace)
+        .map(|(name, _)| name);
     // (namespace, app) pairs reachable through the node's lane groups.
     let group_members: BTreeSet<(&str, &str)> = groups
         .iter()
@@ -223,7 +231,7 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
     NodeSnapshot {
         generation: world.generation,
         services: pick(&world.services, &mut services.into_iter()),
-        lane_groups: pick(&world.lane_groups, &mut groups.into_iter()),
+        lane_groups: pick(&world.lane_groups, &mut namespace_groups.into_iter()),
         inbound: if app.is_empty() {
             Resources::new()
         } else {
@@ -348,6 +356,25 @@ mod tests {
         assert_eq!(names(&s.services), ["b/back"]);
         assert_eq!(names(&s.outbound), ["b/back"]);
         assert!(s.inbound.is_empty(), "no policy for b/front");
+    }
+
+    #[test]
+    fn a_node_in_no_group_still_gets_its_namespaces_groups_to_decide_and_route_lanes() {
+        // A caller outside every group decides the lane of an entry app it calls, and routes a
+        // tagged request by the lanes enabled for the destination app: it needs the groups.
+        let node = NodeKey {
+            namespace: "b".into(),
+            pod_name: "caller".into(),
+            app: "client".into(),
+            lane_tag: String::new(),
+        };
+        let s = for_node(&world(), &node);
+        assert_eq!(names(&s.lane_groups), ["b/h"]);
+        assert_eq!(
+            names(&s.services),
+            ["b/back"],
+            "only its namespace's services: it is no group's member"
+        );
     }
 
     #[test]

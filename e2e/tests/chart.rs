@@ -26,12 +26,10 @@ fn chart() -> PathBuf {
 
 /// Runs helm with its caches and config in `home` (never the user's).
 fn helm(home: &Path, args: &[&str]) -> Output {
-    let bins = Binaries::locate().unwrap();
-    std::process::Command::new(&bins.helm)
+    Binaries::locate()
+        .unwrap()
+        .helm_command(home)
         .args(args)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
         .output()
         .unwrap()
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use lanemesh_e2e::cluster::{self, Image, LocalCluster, leftovers};
+use lanemesh_e2e::cluster::{self, Image, LocalCluster, is_root, leftovers};
 
 const TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
@@ -192,11 +192,4 @@ async fn deployments_run_and_services_resolve_and_route_then_nothing_is_left() {
     })
     .await
     .expect("test timed out");
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }

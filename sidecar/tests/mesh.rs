@@ -653,6 +653,58 @@ async fn entry_app_inbound_gets_the_lane_decision_and_keeps_an_existing_tag() {
     a.stop().await;
 }
 
+#[tokio::test]
+async fn a_governed_caller_decides_the_entry_apps_lane_so_the_first_hop_is_lane_aware() {
+    // DESIGN §4, decision at the first lanemesh hop: `client` (in no group) calls entry app a,
+    // which has a base pod (with a sidecar) and a gray pod. The caller's sidecar takes a's
+    // decision, so `canary: gray` reaches gray a, not base a deciding after the fact; base
+    // requests reach base a, whose sidecar does not decide again.
+    const A_CLUSTER: &str = "10.96.0.1:80";
+    let (client, _) = Sidecar::start(33, "client", None).await;
+    let (a, a_app) = Sidecar::start(34, "a", None).await;
+    app(a_app, "a-base", None, Duration::ZERO);
+    let a_gray = bare_app(35, "a-gray", Duration::ZERO).await;
+    let services = vec![service(
+        "a",
+        A_CLUSTER,
+        &[(a.pod, "", true), (a_gray, "gray", true)],
+    )];
+    client
+        .install(snapshot("client", services, lane_group(false, false)))
+        .await;
+    a.install(snapshot("a", vec![], lane_group(false, false)))
+        .await;
+    let cases: [(&[(&str, &str)], &str); 3] = [
+        (&[("canary", "gray")], "name=a-gray tag=gray next=[]"),
+        (&[("canary", "green")], "name=a-base tag=- next=[]"),
+        (&[], "name=a-base tag=- next=[]"),
+    ];
+    for (headers, want) in cases {
+        for _ in 0..3 {
+            let (status, _, body) = client.client().get(A_CLUSTER, headers).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body, want, "{headers:?}");
+        }
+    }
+    let text = client.router.metrics().encode();
+    for line in [
+        "lanemesh_lane_entry_decisions_total{reason=\"matched\"} 3\n",
+        "lanemesh_lane_entry_decisions_total{reason=\"no_match\"} 6\n",
+        "lanemesh_lane_propagations_total{rule=\"entry_decision\"} 9\n",
+        "lanemesh_lane_propagations_total{rule=\"base\"} 0\n",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    // The caller's decision stands: a's sidecar took none.
+    let text = a.router.metrics().encode();
+    for reason in ["matched", "no_match", "tag_header", "weighted"] {
+        let line = format!("lanemesh_lane_entry_decisions_total{{reason=\"{reason}\"}} 0\n");
+        assert!(text.contains(&line), "{line}: {text}");
+    }
+    client.stop().await;
+    a.stop().await;
+}
+
 /// A TCP server that writes `name` and closes.
 async fn tcp_named(n: u8, name: &'static str) -> SocketAddr {
     use tokio::io::AsyncWriteExt;

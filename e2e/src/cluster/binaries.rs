@@ -32,6 +32,16 @@ pub struct Binaries {
 }
 
 impl Binaries {
+    /// `helm` with its caches and config in `home` (never the user's).
+    pub fn helm_command(&self, home: &Path) -> std::process::Command {
+        let mut command = std::process::Command::new(&self.helm);
+        command
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        command
+    }
+
     /// The directory `build.sh` writes to: `$LANEMESH_CACHE/bin`, by default
     /// `$HOME/.cache/lanemesh/bin`.
     pub fn default_dir() -> Result<PathBuf> {

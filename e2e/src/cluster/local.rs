@@ -501,6 +501,14 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("chmod {mode:o} {}", path.display()))
 }
 
+/// Whether this process runs as root, which the local cluster needs.
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
 /// The node's image table (YAML).
 fn image_table(images: &[Image]) -> String {
     let list = |items: &[String]| {

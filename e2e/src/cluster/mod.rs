@@ -20,6 +20,7 @@
 
 mod binaries;
 pub mod local;
+pub mod mesh;
 mod pki;
 mod process;
 
@@ -36,7 +37,8 @@ use kube::{Api, Client, Config};
 use tempfile::TempDir;
 
 pub use binaries::Binaries;
-pub use local::{Image, LocalCluster, leftovers};
+pub use local::{Image, LocalCluster, is_root, leftovers};
+pub use mesh::LocalMesh;
 pub use pki::ServingPki;
 use process::{Started, Supervisor};
 

@@ -132,18 +132,23 @@ pub enum PropagationRule {
     Inflight,
     /// (5) The pod's own tag.
     ColorByNode,
+    /// Nothing linked the request to a lane and the destination is an entry app of a lane
+    /// group: this sidecar took the group's lane decision for it, so the first governed hop is
+    /// lane-aware (the entry's own inbound then keeps the decision).
+    EntryDecision,
     /// (6) Nothing applied.
     Base,
 }
 
 impl PropagationRule {
     /// Every rule, in precedence order, for pre-registering metric label values.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::TagHeader,
         Self::Baggage,
         Self::TraceId,
         Self::Inflight,
         Self::ColorByNode,
+        Self::EntryDecision,
         Self::Base,
     ];
 
@@ -155,6 +160,7 @@ impl PropagationRule {
             Self::TraceId => "trace_id",
             Self::Inflight => "inflight",
             Self::ColorByNode => "color_by_node",
+            Self::EntryDecision => "entry_decision",
             Self::Base => "base",
         }
     }
@@ -210,13 +216,16 @@ impl OutboundLane<'_> {
     }
 
     /// The tag to write into the tag header(s): only when rules 3-5 decided (a tag the request
-    /// carries is never rewritten).
+    /// carries is never rewritten; an entry decision writes its group's own tag header).
     pub fn injection(&self) -> Option<&str> {
         match self.rule {
             PropagationRule::TraceId | PropagationRule::Inflight | PropagationRule::ColorByNode => {
                 self.tag()
             }
-            PropagationRule::TagHeader | PropagationRule::Baggage | PropagationRule::Base => None,
+            PropagationRule::TagHeader
+            | PropagationRule::Baggage
+            | PropagationRule::EntryDecision
+            | PropagationRule::Base => None,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use http::StatusCode;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
@@ -184,7 +184,11 @@ impl MeshRouter {
             }
         };
         let delay = admission.as_ref().and_then(|a| a.delay);
-        if rt.is_entry {
+        // A governed caller already took the decision for this app (and found no lane: a lane
+        // it chose travels in the tag header, which the decision below keeps): deciding again
+        // would draw twice in Percentage mode.
+        let decided_upstream = req.headers.remove(&DECIDED_HEADER).is_some();
+        if rt.is_entry && !decided_upstream {
             let view = RequestView::new(&req.uri, &req.headers);
             let decided = rt
                 .lanes
@@ -257,20 +261,53 @@ impl MeshRouter {
             let lane =
                 self.propagator
                     .outbound_lane(&rt.propagation, &req.headers, rt.pod_tag.as_ref());
-            self.metrics.record_propagation(lane.rule);
-            let injection = lane.injection().and_then(|t| HeaderValue::from_str(t).ok());
+            let entry = if lane.rule == PropagationRule::Base {
+                self.decide_for_entry(rt, app, req)
+            } else {
+                None
+            };
+            let (rule, tag, injection) = match &entry {
+                Some(EntryDecision::Lane { header, value }) => (
+                    PropagationRule::EntryDecision,
+                    value.to_str().ok(),
+                    Some(Injection::Header(header.clone(), value.clone())),
+                ),
+                Some(EntryDecision::Base) => (
+                    PropagationRule::EntryDecision,
+                    None,
+                    Some(Injection::DecidedBase),
+                ),
+                None => (
+                    lane.rule,
+                    lane.tag(),
+                    lane.injection()
+                        .and_then(|t| HeaderValue::from_str(t).ok())
+                        .map(Injection::Propagated),
+                ),
+            };
+            self.metrics.record_propagation(rule);
             let recorder = Recorder::new(
                 &self.metrics,
                 Direction::Outbound,
                 rt.labels.get(Some(app)),
-                rt.labels.get(lane.tag()),
+                rt.labels.get(tag),
             );
-            (dest.choose(lane.tag(), &rt.lanes), injection, recorder)
+            (dest.choose(tag, &rt.lanes), injection, recorder)
         };
-        if let Some(value) = injection {
-            for name in &rt.propagation.tag_headers {
-                req.headers.insert(name.clone(), value.clone());
+        match injection {
+            Some(Injection::Propagated(value)) => {
+                for name in &rt.propagation.tag_headers {
+                    req.headers.insert(name.clone(), value.clone());
+                }
             }
+            Some(Injection::Header(name, value)) => {
+                req.headers.insert(name, value);
+            }
+            Some(Injection::DecidedBase) => {
+                req.headers
+                    .insert(DECIDED_HEADER.clone(), HeaderValue::from_static("base"));
+            }
+            None => {}
         }
         match chosen {
             Ok(chosen) => {
@@ -316,6 +353,59 @@ impl MeshRouter {
                 .into()
             }
         }
+    }
+}
+
+/// Set by a governed caller that took an entry app's lane decision and found no lane, so the
+/// entry's inbound does not decide again; removed there before the app sees the request. A client
+/// sending it only keeps itself in base, which it could do by sending nothing.
+static DECIDED_HEADER: HeaderName = HeaderName::from_static("x-lanemesh-lane-decided");
+
+/// The lane decision a caller's sidecar took for an entry app.
+enum EntryDecision {
+    /// The request is in a lane, carried on in the group's tag header.
+    Lane {
+        header: HeaderName,
+        value: HeaderValue,
+    },
+    /// No lane rule matched: base.
+    Base,
+}
+
+/// What the outbound path writes into the request.
+enum Injection {
+    /// The propagated tag, into every tag header of the pod's groups.
+    Propagated(HeaderValue),
+    /// An entry decision's tag, into its group's tag header.
+    Header(HeaderName, HeaderValue),
+    /// The entry decision found no lane.
+    DecidedBase,
+}
+
+impl MeshRouter {
+    /// DESIGN §4 takes the lane decision at the first lanemesh hop that sees a request: a request
+    /// this pod sends that nothing links to a lane, to an entry app of a lane group, is decided
+    /// here with that group's rules (as the entry's inbound would), so it reaches the entry app's
+    /// lane endpoints rather than being decided after it already reached one of them.
+    fn decide_for_entry(
+        &self,
+        rt: &Runtime,
+        app: &str,
+        req: &http::request::Parts,
+    ) -> Option<EntryDecision> {
+        let view = RequestView::new(&req.uri, &req.headers);
+        let decision = rt.lanes.decide_entry(app, &view, &mut rand::rng())?;
+        self.metrics.record_entry_decision(decision.reason);
+        // A tag the request carries in the group's header or baggage (not one of the caller's
+        // own tag headers, or propagation would have found it) is kept, as the entry would.
+        let Some(tag) = decision.tag.as_deref() else {
+            return Some(EntryDecision::Base);
+        };
+        let value = HeaderValue::from_str(tag).ok()?;
+        Some(EntryDecision::Lane {
+            header: decision.tag_header.clone(),
+            value,
+        })
     }
 }
 

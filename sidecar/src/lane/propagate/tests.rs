@@ -66,6 +66,7 @@ fn rule_labels_are_stable() {
             "trace_id",
             "inflight",
             "color_by_node",
+            "entry_decision",
             "base"
         ]
     );
