@@ -5,6 +5,8 @@
 //! - [`cluster`]: a throwaway control plane for tests — real `etcd` and `kube-apiserver`
 //!   processes on loopback, built from Go modules by `e2e/cluster/build.sh` and cached outside
 //!   the checkout; a `kube::Client` and the matching `kubectl` come with it.
+//! - [`seed`]: the seed story (the examples' apps, lanes and policies) on a local cluster with
+//!   lanemesh installed by its chart; run by `tests/local_mesh.rs` and `make cluster-demo`.
 //! - [`process`]: real lanemesh binaries as child processes (free ports, HTTP probes, kill on
 //!   drop, peak RSS and CPU from `/proc`).
 //! - [`scale`]: the control-plane scale benchmark (`lanemesh-scale-bench`,
@@ -16,3 +18,4 @@
 pub mod cluster;
 pub mod process;
 pub mod scale;
+pub mod seed;
