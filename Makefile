@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane fuzz fuzz-smoke
+.PHONY: demo cluster-demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane fuzz fuzz-smoke
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -8,6 +8,14 @@ export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
 demo:
 	cargo build --workspace --locked
 	cargo run --quiet --locked -p lanemesh-e2e --bin lanemesh-demo -- examples
+
+## cluster-demo: (root) the local cluster, `helm install` of the chart, the seed's Go/Java/Python apps,
+## then each lane and policy of examples/ with what requests show; torn down at the end
+## (ARGS=--keep: keep it running until Ctrl-C)
+cluster-demo:
+	bash e2e/cluster/build.sh
+	bash e2e/apps/build.sh
+	cargo run --quiet --locked -p lanemesh-e2e --bin lanemesh-cluster-demo -- $(ARGS)
 
 ## test: install what the suite needs (idempotent) and run every test tier
 test:
