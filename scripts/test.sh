@@ -65,7 +65,7 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "structure (layers as lib.rs lists them, no import cycles between sibling modules, no too_many_arguments)"
-python3 scripts/check-structure.py sidecar/src control-plane/src api/src e2e/src
+python3 scripts/check-structure.py sidecar/src control-plane/src api/src ctl/src e2e/src
 
 step "CRDs in sync with the Rust types"
 cargo run --quiet --locked -p lanemesh-api --bin crdgen -- --check

@@ -1,0 +1,109 @@
+//! Problems as the operator reads them: an aligned table (default), JSON or YAML.
+
+use crate::check::Problem;
+
+/// An output format of `-o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("encoding YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+}
+
+/// `problems` in `format`; the table says so when there are none.
+pub fn render(problems: &[Problem], format: Format) -> Result<String, OutputError> {
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(problems)? + "\n",
+        Format::Yaml => serde_yaml::to_string(problems)?,
+        Format::Table if problems.is_empty() => "no problems found\n".to_owned(),
+        Format::Table => table(problems),
+    })
+}
+
+fn table(problems: &[Problem]) -> String {
+    let header = ["FILE", "OBJECT", "FIELD", "PROBLEM"];
+    let rows: Vec<[&str; 4]> = problems
+        .iter()
+        .map(|p| {
+            [
+                p.file.as_str(),
+                p.object.as_str(),
+                p.field.as_str(),
+                p.message.as_str(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, w))| {
+                if i + 1 == row.len() {
+                    (*cell).to_owned()
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(field: &str) -> Problem {
+        Problem {
+            file: "p.yaml".into(),
+            object: "RateLimitPolicy default/limits".into(),
+            field: field.into(),
+            message: "must be >= 0, got -1".into(),
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_says_when_all_is_well() {
+        let text = render(
+            &[problem("spec.rules[0].qps.threshold"), problem("x")],
+            Format::Table,
+        )
+        .unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let at = |l: &str| l.find("must be").or_else(|| l.find("PROBLEM")).unwrap();
+        assert!(lines.iter().all(|l| at(l) == at(lines[0])), "{text}");
+        assert_eq!(render(&[], Format::Table).unwrap(), "no problems found\n");
+    }
+
+    #[test]
+    fn json_and_yaml_carry_every_field() {
+        let p = [problem("spec.x")];
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&p, Format::Json).unwrap()).unwrap();
+        assert_eq!(json[0]["field"], "spec.x");
+        assert_eq!(json[0]["file"], "p.yaml");
+        let yaml: serde_json::Value =
+            serde_yaml::from_str(&render(&p, Format::Yaml).unwrap()).unwrap();
+        assert_eq!(yaml, json);
+        assert_eq!(render(&[], Format::Json).unwrap().trim(), "[]");
+    }
+}
