@@ -72,6 +72,15 @@ fn write_seeds(examples: &Path, corpus: &Path) -> Result<usize, Box<dyn std::err
     for r in &converted.outbound.resources {
         encoded.push(named(3, &r.name, &|| r.encode_to_vec()));
     }
+    // Who the pod is: a gray pod of the canary's entry app.
+    let workload = lanemesh_api::proto::Workload {
+        name: "canary-demo/spring-cloud-a-gray-0".into(),
+        namespace: "canary-demo".into(),
+        pod_name: "spring-cloud-a-gray-0".into(),
+        app: "spring-cloud-a".into(),
+        lane_tag: "gray".into(),
+    };
+    encoded.push(named(4, &workload.name, &|| workload.encode_to_vec()));
     let discovery_dir = corpus.join("discovery");
     std::fs::create_dir_all(&discovery_dir)?;
     let mut records = Vec::new();

@@ -1,12 +1,13 @@
 //! Discovery resources from the wire into the sidecar's runtime: prost decoding of each
 //! resource type, the per-resource compilation the snapshot makes (Service -> `ServiceSpec`,
-//! LaneGroup -> `LaneGroupConfig`, policies -> `InboundRules` / `OutboundRules`), the
+//! LaneGroup -> `LaneGroupConfig`, policies -> `InboundRules` / `OutboundRules`, the Workload
+//! that names the pod's app and lane), the
 //! snapshot indexes and the routing runtime built from a ready snapshot (lane table, route
 //! table, governors), as a control plane, buggy or newer, could make the sidecar do.
 //!
 //! Input, read two ways:
-//! - the whole input as one message of each of the four types, each alone in a snapshot;
-//! - a sequence of records `kind (1 byte, mod 4) | length (u16 LE) | message`, together in one
+//! - the whole input as one message of each of the five types, each alone in a snapshot;
+//! - a sequence of records `kind (1 byte, mod 5) | length (u16 LE) | message`, together in one
 //!   snapshot, so resources that refer to each other (apps, lanes, services) meet.
 //!
 //! Invariants: no panic anywhere on the way; a decoded message encodes to bytes that decode
@@ -30,15 +31,17 @@ enum Resource {
     LaneGroup(proto::LaneGroup),
     InboundPolicy(proto::InboundPolicy),
     OutboundPolicy(proto::OutboundPolicy),
+    Workload(proto::Workload),
 }
 
 impl Resource {
     fn decode(kind: u8, bytes: &[u8]) -> Option<Self> {
-        match kind % 4 {
+        match kind % 5 {
             0 => decode(bytes).map(Self::Service),
             1 => decode(bytes).map(Self::LaneGroup),
             2 => decode(bytes).map(Self::InboundPolicy),
-            _ => decode(bytes).map(Self::OutboundPolicy),
+            3 => decode(bytes).map(Self::OutboundPolicy),
+            _ => decode(bytes).map(Self::Workload),
         }
     }
 }
@@ -61,7 +64,7 @@ fn decode<T: Message + Default + PartialEq>(bytes: &[u8]) -> Option<T> {
 }
 
 pub fn run(data: &[u8]) {
-    for kind in 0..4 {
+    for kind in 0..5 {
         if let Some(resource) = Resource::decode(kind, data) {
             snapshot(vec![resource]);
         }
@@ -107,6 +110,7 @@ fn snapshot(resources: Vec<Resource>) {
             Resource::LaneGroup(r) => insert(&mut builder, r),
             Resource::InboundPolicy(r) => insert(&mut builder, r),
             Resource::OutboundPolicy(r) => insert(&mut builder, r),
+            Resource::Workload(r) => insert(&mut builder, r),
         }
     }
     builder.mark_all_received();
