@@ -8,11 +8,15 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use lanemesh_ctl::check::{self, Source};
+use lanemesh_ctl::lanes;
 use lanemesh_ctl::output::{self, Format};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The operator's command line for lanemesh")]
 struct Cli {
+    /// The kubeconfig for commands that talk to the cluster (default: as kubectl finds it).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,10 +35,33 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
+    /// Switch a Lane on or off (its `spec.enabled`); every sidecar follows within a second.
+    Lane {
+        #[command(subcommand)]
+        action: LaneAction,
+    },
 }
 
-fn main() -> ExitCode {
-    match run(Cli::parse()) {
+#[derive(Debug, Subcommand)]
+enum LaneAction {
+    /// Route requests into the lane again.
+    Enable(LaneArgs),
+    /// Send the lane's requests to base.
+    Disable(LaneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LaneArgs {
+    /// The Lane's name.
+    name: String,
+    /// The Lane's namespace.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "lanemeshctl: {e:#}");
@@ -43,8 +70,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Lane { action } => {
+            let (args, enabled) = match action {
+                LaneAction::Enable(args) => (args, true),
+                LaneAction::Disable(args) => (args, false),
+            };
+            let client = lanes::client(cli.kubeconfig.as_deref()).await?;
+            let group = lanes::set_enabled(client, &args.namespace, &args.name, enabled).await?;
+            let state = if enabled { "enabled" } else { "disabled" };
+            writeln!(
+                std::io::stdout(),
+                "lane {}/{} {state} (group {group})",
+                args.namespace,
+                args.name
+            )
+            .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { files, output } => {
             let mut sources = Vec::new();
             for path in &files {
