@@ -241,6 +241,24 @@ impl Story {
         }
     }
 
+    /// `kubectl patch` of Lane `name`'s `spec.enabled`, as an operator switches a lane.
+    pub async fn set_lane_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        let patch = format!(r#"{{"spec":{{"enabled":{enabled}}}}}"#);
+        self.mesh
+            .kubectl([
+                "patch",
+                "lane",
+                name,
+                "-n",
+                NS,
+                "--type=merge",
+                "-p",
+                &patch,
+            ])
+            .await?;
+        Ok(())
+    }
+
     /// Sets the delay of every chain answer of the pods of `app`, through each pod's loopback.
     pub async fn set_delay(&self, app: &str, port: u16, ms: u64) -> Result<()> {
         for pod in self.mesh.pods(NS, &format!("app={app}")).await? {
@@ -345,32 +363,11 @@ pub async fn run(story: &Story, report: &mut dyn FnMut(String)) -> Result<()> {
     report(story.status("lane", "gray", ACCEPTED, "True").await?);
 
     // Lane disabled: all base. Enabled again: gray again.
-    let patch = |enabled: bool| format!(r#"{{"spec":{{"enabled":{enabled}}}}}"#);
-    mesh.kubectl([
-        "patch",
-        "lane",
-        "gray",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        &patch(false),
-    ])
-    .await?;
+    story.set_lane_enabled("gray", false).await?;
     story
         .expect(report, "lane gray disabled", "/a", &["canary:gray"], BASE)
         .await?;
-    mesh.kubectl([
-        "patch",
-        "lane",
-        "gray",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        &patch(true),
-    ])
-    .await?;
+    story.set_lane_enabled("gray", true).await?;
     story
         .expect(
             report,
