@@ -2,12 +2,16 @@
 //!
 //! Used by the local directory source, `lanemesh-proxy --config-file` and
 //! the examples test. Besides the lanemesh kinds it types the Kubernetes
-//! objects lanemesh reads (Services, EndpointSlices, Pods); everything else
+//! objects lanemesh reads (Services, EndpointSlices, Pods, Ingresses, Gateway API Gateways and
+//! HTTPRoutes); everything else
 //! (Deployments, Namespaces, ...) is kept as it is for the caller.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use serde::Deserialize;
+
+use crate::crd::gateway_api::{Gateway, HTTPRoute};
 
 use crate::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
@@ -24,6 +28,10 @@ pub struct Manifest {
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub pods: Vec<Pod>,
+    /// Gateway API HTTPRoutes and Gateways, Ingresses: what the lanemesh gateway routes by.
+    pub http_routes: Vec<HTTPRoute>,
+    pub gateways: Vec<Gateway>,
+    pub ingresses: Vec<Ingress>,
     /// Every other document, untouched.
     pub others: Vec<serde_json::Value>,
 }
@@ -111,6 +119,23 @@ impl Manifest {
                     .push(serde_json::from_value(value).map_err(shape)?),
                 ("discovery.k8s.io/v1", "EndpointSlice") => {
                     self.endpoint_slices
+                        .push(serde_json::from_value(value).map_err(shape)?);
+                }
+                ("networking.k8s.io/v1", "Ingress") => self
+                    .ingresses
+                    .push(serde_json::from_value(value).map_err(shape)?),
+                (
+                    "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                    "HTTPRoute",
+                ) => {
+                    self.http_routes
+                        .push(serde_json::from_value(value).map_err(shape)?);
+                }
+                (
+                    "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+                    "Gateway",
+                ) => {
+                    self.gateways
                         .push(serde_json::from_value(value).map_err(shape)?);
                 }
                 _ => self.others.push(value),

@@ -56,6 +56,7 @@ discovery_resource!(LaneGroup);
 discovery_resource!(InboundPolicy);
 discovery_resource!(OutboundPolicy);
 discovery_resource!(Workload);
+discovery_resource!(GatewayRoute);
 
 /// Every type a sidecar subscribes to; it is ready once it holds a first
 /// snapshot of each.
@@ -66,6 +67,9 @@ pub const ALL_TYPE_URLS: [&str; 5] = [
     <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL,
     <proto::Workload as DiscoveryResource>::TYPE_URL,
 ];
+
+/// What a gateway subscribes to besides [`ALL_TYPE_URLS`].
+pub const GATEWAY_TYPE_URL: &str = <proto::GatewayRoute as DiscoveryResource>::TYPE_URL;
 
 #[cfg(test)]
 mod tests {

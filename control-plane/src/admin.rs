@@ -223,6 +223,7 @@ fn find_node(world: &World, node: &str) -> Option<NodeKey> {
         pod_name: pod,
         app: String::new(),
         lane_tag: String::new(),
+        gateway: false,
     })
 }
 

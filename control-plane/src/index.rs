@@ -46,6 +46,9 @@ fn push(inputs: &mut Manifest, object: Object) {
         Object::Service(o) => inputs.services.push(*o),
         Object::EndpointSlice(o) => inputs.endpoint_slices.push(*o),
         Object::Pod(o) => inputs.pods.push(*o),
+        Object::HttpRoute(o) => inputs.http_routes.push(*o),
+        Object::Gateway(o) => inputs.gateways.push(*o),
+        Object::Ingress(o) => inputs.ingresses.push(*o),
     }
 }
 
@@ -165,6 +168,7 @@ impl Index {
         world.lane_groups = encode(&converted.lane_groups.resources);
         world.inbound = encode(&converted.inbound.resources);
         world.outbound = encode(&converted.outbound.resources);
+        world.gateway_routes = encode(&converted.gateway_routes.resources);
         world
     }
 }

@@ -74,6 +74,8 @@ pub struct World {
     pub lane_groups: Resources,
     pub inbound: Resources,
     pub outbound: Resources,
+    /// Routes of the lanemesh gateway class (HTTPRoutes, Ingresses).
+    pub gateway_routes: Resources,
     /// Service name -> (namespace, app).
     pub service_apps: BTreeMap<String, (String, String)>,
     /// LaneGroup name -> (namespace, apps).
@@ -100,6 +102,7 @@ impl Default for World {
             lane_groups: Resources::new(),
             inbound: Resources::new(),
             outbound: Resources::new(),
+            gateway_routes: Resources::new(),
             service_apps: BTreeMap::new(),
             group_apps: BTreeMap::new(),
             pods: HashMap::new(),
@@ -120,6 +123,8 @@ pub struct NodeKey {
     pub app: String,
     /// The lane tag the sidecar reports; the same rule as `app`.
     pub lane_tag: String,
+    /// A gateway: it receives the gateway routes and what their backends need.
+    pub gateway: bool,
 }
 
 impl From<&proto::Node> for NodeKey {
@@ -129,6 +134,7 @@ impl From<&proto::Node> for NodeKey {
             pod_name: node.pod_name.clone(),
             app: node.app.clone(),
             lane_tag: node.lane_tag.clone(),
+            gateway: node.gateway,
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct NodeSnapshot {
     pub outbound: Resources,
     /// Exactly one: who the node is (its app and lane tag).
     pub workload: Resources,
+    /// Gateways only: every route of the lanemesh gateway class.
+    pub gateway_routes: Resources,
 }
 
 impl NodeSnapshot {
@@ -158,6 +166,9 @@ impl NodeSnapshot {
                 Some(&self.outbound)
             }
             t if t == <proto::Workload as DiscoveryResource>::TYPE_URL => Some(&self.workload),
+            t if t == <proto::GatewayRoute as DiscoveryResource>::TYPE_URL => {
+                Some(&self.gateway_routes)
+            }
             _ => None,
         }
     }
@@ -200,10 +211,18 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
     // Every group of the node's namespace goes to the node, not only those listing its app: a
     // caller takes the lane decision for an entry app it calls and routes a tagged request by
     // the lanes enabled for the destination's app, also when it is in no group itself (DESIGN §4).
+    // A gateway routes to the backends of every route: their Services, and the lane groups of
+    // their namespaces (it takes the entry decision for them, as a governed caller does).
+    let (gateway_routes, backends, backend_namespaces) = if node.gateway {
+        let (backends, namespaces) = gateway_backends(&world.gateway_routes);
+        (world.gateway_routes.clone(), backends, namespaces)
+    } else {
+        (Resources::new(), BTreeSet::new(), BTreeSet::new())
+    };
     let namespace_groups = world
         .group_apps
         .iter()
-        .filter(|(_, (ns, _))| *ns == node.namespace)
+        .filter(|(_, (ns, _))| *ns == node.namespace || backend_namespaces.contains(ns))
         .map(|(name, _)| name);
     // (namespace, app) pairs reachable through the node's lane groups.
     let group_members: BTreeSet<(&str, &str)> = groups
@@ -214,8 +233,9 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
     let services: Vec<&String> = world
         .service_apps
         .iter()
-        .filter(|(_, (ns, svc_app))| {
+        .filter(|(name, (ns, svc_app))| {
             *ns == node.namespace
+                || backends.contains(name.as_str())
                 || (!svc_app.is_empty() && group_members.contains(&(ns.as_str(), svc_app.as_str())))
         })
         .map(|(name, _)| name)
@@ -240,9 +260,29 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
         outbound: pick(&world.outbound, &mut outbound.iter()),
         workload: std::iter::once((workload.name.clone(), Arc::new(Encoded::new(&workload))))
             .collect(),
+        gateway_routes,
         app,
         lane_tag,
     }
+}
+
+/// The Services the gateway routes name (`namespace/name`), and their namespaces.
+fn gateway_backends(routes: &Resources) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut services = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for encoded in routes.values() {
+        // Encoded by this process from a valid route: decoding cannot fail; skip if it does.
+        let Ok(route) = proto::GatewayRoute::from_any(&encoded.any) else {
+            continue;
+        };
+        for backend in route.rules.iter().flat_map(|r| &r.backends) {
+            if let Some((ns, _)) = backend.service.split_once('/') {
+                namespaces.insert(ns.to_owned());
+            }
+            services.insert(backend.service.clone());
+        }
+    }
+    (services, namespaces)
 }
 
 #[cfg(test)]
@@ -325,6 +365,7 @@ mod tests {
             pod_name: "front-1".into(),
             app: String::new(),
             lane_tag: String::new(),
+            gateway: false,
         };
         let s = for_node(&world(), &node);
         assert_eq!(s.app, "front", "app comes from the pod index");
@@ -350,12 +391,63 @@ mod tests {
             pod_name: "x".into(),
             app: "front".into(),
             lane_tag: String::new(),
+            gateway: false,
         };
         let s = for_node(&world(), &node);
         assert_eq!(names(&s.lane_groups), ["b/h"]);
         assert_eq!(names(&s.services), ["b/back"]);
         assert_eq!(names(&s.outbound), ["b/back"]);
         assert!(s.inbound.is_empty(), "no policy for b/front");
+    }
+
+    #[test]
+    fn a_gateway_gets_every_route_and_what_their_backends_need() {
+        let mut w = world();
+        let route = proto::GatewayRoute {
+            name: "b/HTTPRoute/web".into(),
+            namespace: "b".into(),
+            rules: vec![proto::GatewayRule {
+                backends: vec![proto::Backend {
+                    service: "b/back".into(),
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        w.gateway_routes
+            .insert(route.name.clone(), Arc::new(Encoded::new(&route)));
+        let gateway = NodeKey {
+            namespace: "lanemesh-system".into(),
+            pod_name: "gateway-1".into(),
+            app: "lanemesh-gateway".into(),
+            lane_tag: String::new(),
+            gateway: true,
+        };
+        let s = for_node(&w, &gateway);
+        assert_eq!(names(&s.gateway_routes), ["b/HTTPRoute/web"]);
+        assert_eq!(
+            names(&s.services),
+            ["b/back"],
+            "the backends' Services only"
+        );
+        assert_eq!(
+            names(&s.lane_groups),
+            ["b/h"],
+            "the backends' namespaces' groups"
+        );
+        assert_eq!(names(&s.outbound), ["b/back"]);
+        let type_url = <proto::GatewayRoute as DiscoveryResource>::TYPE_URL;
+        assert_eq!(s.of_type(type_url).map(Resources::len), Some(1));
+        let sidecar = NodeKey {
+            gateway: false,
+            ..gateway
+        };
+        assert!(
+            for_node(&w, &sidecar).gateway_routes.is_empty(),
+            "a sidecar gets no routes"
+        );
     }
 
     #[test]
@@ -367,6 +459,7 @@ mod tests {
             pod_name: "caller".into(),
             app: "client".into(),
             lane_tag: String::new(),
+            gateway: false,
         };
         let s = for_node(&world(), &node);
         assert_eq!(names(&s.lane_groups), ["b/h"]);
@@ -384,6 +477,7 @@ mod tests {
             pod_name: "nobody".into(),
             app: String::new(),
             lane_tag: String::new(),
+            gateway: false,
         };
         let s = for_node(&world(), &node);
         assert_eq!(names(&s.services), ["c/other"]);
@@ -406,6 +500,7 @@ mod tests {
             pod_name: "front-1".into(),
             app: String::new(),
             lane_tag: String::new(),
+            gateway: false,
         };
         let w = workload(&for_node(&world, &known));
         assert_eq!(
@@ -432,6 +527,7 @@ mod tests {
         let claiming = NodeKey {
             app: "back".into(),
             lane_tag: "blue".into(),
+            gateway: false,
             ..known
         };
         let w = workload(&for_node(&world, &claiming));
@@ -443,6 +539,7 @@ mod tests {
             pod_name: "dev".into(),
             app: "other".into(),
             lane_tag: "blue".into(),
+            gateway: false,
         };
         let w = workload(&for_node(&world, &outside));
         assert_eq!((w.app.as_str(), w.lane_tag.as_str()), ("other", "blue"));

@@ -201,6 +201,11 @@ impl App {
         self.proxy.inbound_addr()
     }
 
+    /// Addresses of the gateway listeners (gateway mode); empty for a sidecar.
+    pub fn gateway_addrs(&self) -> &[SocketAddr] {
+        self.proxy.gateway_addrs()
+    }
+
     /// The bound admin, health and metrics addresses, when started.
     pub fn listeners(&self) -> Option<Listeners> {
         self.listeners

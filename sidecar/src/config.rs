@@ -1,4 +1,4 @@
-//! The flags of `lanemesh-proxy run` (each also a `LANEMESH_*` environment variable, so the
+//! The flags of `lanemesh-proxy run` and `lanemesh-proxy gateway` (each also a `LANEMESH_*` environment variable, so the
 //! injected container needs no arguments): parsed once at start-up, turned into the proxy
 //! core's [`ProxyConfig`] and the app's other settings, then immutable.
 //!
@@ -227,7 +227,40 @@ impl RunConfig {
                 .iter()
                 .map(|p| p.to_ascii_lowercase())
                 .collect(),
+            gateway_ports: Vec::new(),
         }
+    }
+}
+
+/// Flags of `lanemesh-proxy gateway`: the same data plane as a standalone ingress. No capture:
+/// plain HTTP listeners on `--port`, routes from the discovery stream (HTTPRoutes and Ingresses
+/// of the `lanemesh` class) or from `--config-file`, the lane decided for each route's backend.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayConfig {
+    /// Ports the gateway listens on (on `--bind-address`), comma separated.
+    #[arg(long = "port", env = "LANEMESH_GATEWAY_PORTS", value_delimiter = ',', default_values_t = [8080_u16])]
+    pub ports: Vec<u16>,
+
+    /// Every flag of `run` that applies to a gateway (timeouts, limits, discovery, admin).
+    #[command(flatten)]
+    pub run: RunConfig,
+}
+
+impl GatewayConfig {
+    /// The proxy core's settings: gateway listeners instead of capture ones.
+    pub fn proxy(&self) -> ProxyConfig {
+        ProxyConfig {
+            gateway_ports: self.ports.clone(),
+            ..self.run.proxy()
+        }
+    }
+
+    /// Everything [`crate::app::App::build`] needs, for a gateway node.
+    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, discovery::ConfigError> {
+        let mut app = self.run.app(logging)?;
+        app.proxy = self.proxy();
+        app.identity.gateway = true;
+        Ok(app)
     }
 }
 

@@ -16,6 +16,8 @@ pub struct PodIdentity {
     pub lane_tag: Option<String>,
     /// The pod IP as the downward API gives it; empty when unknown.
     pub ip: String,
+    /// A gateway (`lanemesh-proxy gateway`), not a sidecar: it also receives the gateway routes.
+    pub gateway: bool,
 }
 
 impl PodIdentity {

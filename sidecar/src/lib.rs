@@ -18,6 +18,8 @@
 //!    - [`field`]: field-level refusals shared by every proto -> runtime conversion.
 //!    - [`lane`]: lane groups, the lane decision at entry apps and gateways, and carrying the
 //!      lane across a hop.
+//!    - [`gateway`]: the gateway's routes (HTTPRoute and Ingress semantics): which backend
+//!      Service a request entering the mesh goes to, edge trust, per-route lane weights.
 //!    - [`route`]: per-service endpoint sets, lane-aware endpoint choice with base fallback,
 //!      destination lookup, peak-EWMA power-of-two-choices balancing.
 //!    - [`govern`]: rules compiled from `InboundPolicy` / `OutboundPolicy` (their `TryFrom` is
@@ -40,6 +42,7 @@ pub mod app;
 pub mod config;
 pub mod discovery;
 pub mod field;
+pub mod gateway;
 pub mod govern;
 pub mod identity;
 pub mod init;

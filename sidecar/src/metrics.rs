@@ -68,6 +68,8 @@ pub enum Direction {
     Inbound,
     /// Captured on `15001`, from the local app.
     Outbound,
+    /// Entering the mesh at a gateway listener.
+    Gateway,
 }
 
 impl Direction {
@@ -75,6 +77,7 @@ impl Direction {
         match self {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -134,6 +137,20 @@ impl EncodeLabelValue for StatusClass {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
         encoder.write_str(self.as_str())
     }
+}
+
+/// Labels of `lanemesh_gateway_requests_total`: MSE's console figures are one PromQL expression
+/// each (README "Gateway metrics"): Total QPS by app, Exception QPS (`status=~"5xx|error"`), and
+/// GrayQPS (`lane!=""`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GatewayLabels {
+    /// `namespace/Kind/name` of the route that matched; empty when none did.
+    pub route: Arc<str>,
+    /// The backend's app; empty when the request went nowhere.
+    pub app: Arc<str>,
+    /// The lane decided; empty for base.
+    pub lane: Arc<str>,
+    pub status: StatusClass,
 }
 
 /// Labels of `lanemesh_requests_total`. Keep one per route (or connection)
@@ -241,6 +258,7 @@ fn duration_histogram() -> Histogram {
 pub struct ProxyMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    gateway_requests: Family<GatewayLabels, Counter>,
     durations: DurationFamily,
     open_connections: Family<DirectionLabels, Gauge>,
     lane_propagations: Family<RuleLabels, Counter>,
@@ -266,6 +284,12 @@ impl ProxyMetrics {
             "requests",
             "Requests proxied, by direction, app, lane (empty = base) and status class",
             requests.clone(),
+        );
+        let gateway_requests = Family::<GatewayLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Requests entering the mesh at the gateway, by route, backend app, lane (empty = base) and status class",
+            gateway_requests.clone(),
         );
         let durations: DurationFamily = Family::new_with_constructor(duration_histogram);
         registry.register_with_unit(
@@ -328,6 +352,7 @@ impl ProxyMetrics {
         Self {
             registry,
             requests,
+            gateway_requests,
             durations,
             open_connections,
             lane_propagations,
@@ -361,6 +386,11 @@ impl ProxyMetrics {
         self.durations
             .get_or_create(&key)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one request that entered at the gateway (besides [`ProxyMetrics::record_request`]).
+    pub fn record_gateway_request(&self, labels: &GatewayLabels) {
+        self.gateway_requests.get_or_create(labels).inc();
     }
 
     /// Counts an open connection until the guard is dropped.

@@ -52,7 +52,7 @@ impl FakeStream {
     ) {
         let mut node = None;
         let mut by_kind = HashMap::new();
-        for i in 0..ResourceKind::ALL.len() {
+        for i in 0..lanemesh_api::resource::ALL_TYPE_URLS.len() {
             let mut request = self.recv().await;
             if i == 0 {
                 node = request.node.take();
@@ -281,7 +281,7 @@ async fn first_request_carries_the_node_identity_and_one_request_per_type() {
     let (node, by_kind) = stream.initial().await;
     assert_eq!(node, Some(node_of(&h.node)));
     assert_eq!(node.unwrap().token, "token-123");
-    assert_eq!(by_kind.len(), ResourceKind::ALL.len());
+    assert_eq!(by_kind.len(), lanemesh_api::resource::ALL_TYPE_URLS.len());
     assert!(
         by_kind
             .values()

@@ -13,10 +13,12 @@
 //! - `rate_limit`: RateLimitPolicies and OverloadProtectionPolicies -> `proto::InboundPolicy`.
 //! - `breaker`: CircuitBreakerPolicies -> `proto::OutboundPolicy`.
 //! - `service`: Services, EndpointSlices and Pods -> `proto::Service`.
+//! - `gateway`: HTTPRoutes and Ingresses of lanemesh's class -> `proto::GatewayRoute`.
 
 mod breaker;
 mod duration;
 mod error;
+mod gateway;
 mod lane;
 mod rate_limit;
 mod service;
@@ -24,6 +26,9 @@ mod service;
 pub use breaker::outbound_policies;
 pub use duration::{DurationError, parse_duration};
 pub use error::{FieldError, Invalid, ObjectRef, Violation};
+pub use gateway::{
+    DEFAULT_CLASS as DEFAULT_GATEWAY_CLASS, LANE_WEIGHTS, TRUST_LANE_TAGS, gateway_routes,
+};
 pub use lane::lane_groups;
 pub use rate_limit::inbound_policies;
 pub use service::{SERVICE_NAME_LABEL, service, services};
@@ -61,6 +66,7 @@ pub struct Converted {
     pub lane_groups: Built<proto::LaneGroup>,
     pub inbound: Built<proto::InboundPolicy>,
     pub outbound: Built<proto::OutboundPolicy>,
+    pub gateway_routes: Built<proto::GatewayRoute>,
 }
 
 impl Converted {
@@ -70,13 +76,21 @@ impl Converted {
             .chain(&self.lane_groups.rejected)
             .chain(&self.inbound.rejected)
             .chain(&self.outbound.rejected)
+            .chain(&self.gateway_routes.rejected)
     }
 }
 
 /// Converts every object of `m`. `ready_replicas(namespace, app)` divides
-/// Cluster-scoped QPS thresholds (see [`inbound_policies`]).
+/// Cluster-scoped QPS thresholds (see [`inbound_policies`]); the routes of the default gateway
+/// class are converted.
 pub fn manifest(m: &Manifest, ready_replicas: &dyn Fn(&str, &str) -> u32) -> Converted {
     Converted {
+        gateway_routes: gateway_routes(
+            &m.http_routes,
+            &m.ingresses,
+            &m.gateways,
+            DEFAULT_GATEWAY_CLASS,
+        ),
         services: services(&m.services, &m.endpoint_slices, &m.pods),
         lane_groups: lane_groups(&m.lane_groups, &m.lanes),
         inbound: inbound_policies(&m.rate_limits, &m.overloads, ready_replicas),

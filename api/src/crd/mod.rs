@@ -7,6 +7,7 @@
 
 pub mod circuit_breaker;
 pub mod common;
+pub mod gateway_api;
 pub mod lane;
 pub mod lane_group;
 pub mod overload;

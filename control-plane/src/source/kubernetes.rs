@@ -15,10 +15,12 @@ use std::fmt::Debug;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::core::{ApiResource, DynamicObject, TypeMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use lanemesh_api::convert::DEFAULT_NAMESPACE;
+use lanemesh_api::crd::gateway_api::{Gateway, HTTPRoute};
 use lanemesh_api::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
 };
@@ -67,6 +69,9 @@ impl KubernetesSource {
         });
         watches.add::<Service>(all.clone(), |o| Object::Service(Box::new(o)));
         watches.add::<EndpointSlice>(all.clone(), |o| Object::EndpointSlice(Box::new(o)));
+        watches.add::<HTTPRoute>(all.clone(), |o| Object::HttpRoute(Box::new(o)));
+        watches.add::<Gateway>(all.clone(), |o| Object::Gateway(Box::new(o)));
+        watches.add::<Ingress>(all.clone(), |o| Object::Ingress(Box::new(o)));
         watches.add::<Pod>(all.labels(GOVERNED_SELECTOR), |o| Object::Pod(Box::new(o)));
         let mut watches = watches.handles;
         drop(listed_tx);
@@ -148,6 +153,17 @@ where
     })
 }
 
+/// The API server does not serve the kind (its CRD is not installed), or this replica may not
+/// read it (an RBAC without the optional kinds). By code: for a path it does not serve the API
+/// server answers a plain-text 404, which kube turns into a `Status` without the NotFound reason.
+fn not_served(error: &watcher::Error) -> bool {
+    matches!(
+        error,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            if status.code == 404 || status.code == 403
+    )
+}
+
 fn key_of(kind: Kind, object: &DynamicObject) -> ObjectKey {
     ObjectKey {
         kind,
@@ -191,6 +207,16 @@ async fn watch<K>(
         };
         let send = match event {
             None => return,
+            Some(Err(e)) if kind.is_optional() && not_served(&e) => {
+                // Gateway API CRDs are not installed: nothing of the kind exists. The watcher
+                // keeps retrying with backoff, so routes show up once the CRDs are installed.
+                if !first {
+                    tracing::debug!(kind = %kind_name, error = %e, "kubernetes source: kind still not served");
+                    continue;
+                }
+                tracing::info!(kind = %kind_name, "kubernetes source: kind not served by the API server; counted as empty until it is");
+                SourceEvent::ReplaceKind(kind, Vec::new())
+            }
             Some(Err(e)) => {
                 tracing::warn!(kind = %kind_name, error = %e, "kubernetes source: watch failed; retrying with backoff");
                 continue;
@@ -249,6 +275,21 @@ mod tests {
         let pod = object(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}}));
         let pod: Pod = decode(pod).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn a_kind_the_api_server_does_not_serve_is_recognised_by_its_code() {
+        // What kube makes of the API server's plain-text "404 page not found".
+        let status = |code| {
+            watcher::Error::InitialListFailed(kube::Error::Api(
+                kube::core::Status::failure("404 page not found", "Failed to parse error data")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        assert!(not_served(&status(404)));
+        assert!(not_served(&status(403)));
+        assert!(!not_served(&status(500)));
     }
 
     #[test]

@@ -227,6 +227,24 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
             .into_iter()
             .map(|o| Object::EndpointSlice(Box::new(o))),
     );
+    out.extend(
+        manifest
+            .http_routes
+            .into_iter()
+            .map(|o| Object::HttpRoute(Box::new(o))),
+    );
+    out.extend(
+        manifest
+            .gateways
+            .into_iter()
+            .map(|o| Object::Gateway(Box::new(o))),
+    );
+    out.extend(
+        manifest
+            .ingresses
+            .into_iter()
+            .map(|o| Object::Ingress(Box::new(o))),
+    );
     Ok(out)
 }
 
@@ -263,6 +281,36 @@ spec: {apps: [a], entryApps: [a]}
         assert_eq!(kinds, [Kind::LaneGroup, Kind::Service, Kind::Pod]);
         assert_eq!(objects[1].key().namespace, "default");
         assert_eq!(objects[2].key().namespace, "shop");
+    }
+
+    #[test]
+    fn gateway_routes_are_read_from_the_same_yaml() {
+        let objects = parse(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec: {gatewayClassName: lanemesh}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec: {parentRefs: [{name: edge}], rules: [{backendRefs: [{name: a, port: 80}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: legacy}
+spec: {ingressClassName: lanemesh, defaultBackend: {service: {name: a, port: {number: 80}}}}
+"#,
+        )
+        .unwrap();
+        let kinds: Vec<Kind> = objects.iter().map(Object::kind).collect();
+        assert_eq!(kinds, [Kind::HttpRoute, Kind::Gateway, Kind::Ingress]);
+        let mut index = crate::index::Index::default();
+        index.apply(SourceEvent::Replace(objects));
+        let world = index.build();
+        let names: Vec<&str> = world.gateway_routes.keys().map(String::as_str).collect();
+        assert_eq!(names, ["default/HTTPRoute/web", "default/Ingress/legacy"]);
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub mod local;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanemesh_api::convert::DEFAULT_NAMESPACE;
+use lanemesh_api::crd::gateway_api::{Gateway, HTTPRoute};
 use lanemesh_api::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
 };
@@ -50,10 +52,13 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Pod,
+    HttpRoute,
+    Gateway,
+    Ingress,
 }
 
 impl Kind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::LaneGroup,
         Self::Lane,
         Self::RateLimitPolicy,
@@ -62,6 +67,9 @@ impl Kind {
         Self::Service,
         Self::EndpointSlice,
         Self::Pod,
+        Self::HttpRoute,
+        Self::Gateway,
+        Self::Ingress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,12 +82,28 @@ impl Kind {
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Pod => "Pod",
+            Self::HttpRoute => "HTTPRoute",
+            Self::Gateway => "Gateway",
+            Self::Ingress => "Ingress",
         }
     }
 
     /// One of the lanemesh CRDs (which carry an `Accepted` condition).
     pub fn is_lanemesh(self) -> bool {
-        !matches!(self, Self::Service | Self::EndpointSlice | Self::Pod)
+        matches!(
+            self,
+            Self::LaneGroup
+                | Self::Lane
+                | Self::RateLimitPolicy
+                | Self::CircuitBreakerPolicy
+                | Self::OverloadProtectionPolicy
+        )
+    }
+
+    /// A kind whose API may not be installed (Gateway API is a separate set of CRDs): when the
+    /// API server does not serve it, the source counts it as listed and empty.
+    pub fn is_optional(self) -> bool {
+        matches!(self, Self::HttpRoute | Self::Gateway)
     }
 
     pub fn parse(kind: &str) -> Option<Self> {
@@ -106,6 +130,9 @@ pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Pod(Box<Pod>),
+    HttpRoute(Box<HTTPRoute>),
+    Gateway(Box<Gateway>),
+    Ingress(Box<Ingress>),
 }
 
 impl Object {
@@ -119,6 +146,9 @@ impl Object {
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Pod(_) => Kind::Pod,
+            Self::HttpRoute(_) => Kind::HttpRoute,
+            Self::Gateway(_) => Kind::Gateway,
+            Self::Ingress(_) => Kind::Ingress,
         }
     }
 
@@ -132,6 +162,9 @@ impl Object {
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
             Self::Pod(o) => &o.metadata,
+            Self::HttpRoute(o) => &o.metadata,
+            Self::Gateway(o) => &o.metadata,
+            Self::Ingress(o) => &o.metadata,
         }
     }
 

@@ -243,7 +243,12 @@ impl StatusWriter {
                 apply::<OverloadProtectionPolicy>(c, key, status).await
             }
             // `desired` only lists lanemesh kinds.
-            Kind::Service | Kind::EndpointSlice | Kind::Pod => Ok(()),
+            Kind::Service
+            | Kind::EndpointSlice
+            | Kind::Pod
+            | Kind::HttpRoute
+            | Kind::Gateway
+            | Kind::Ingress => Ok(()),
         }
     }
 }

@@ -36,6 +36,7 @@ pub fn node(identity: &PodIdentity, token: &str) -> proto::Node {
         ip: identity.ip.clone(),
         proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
         token: token.to_owned(),
+        gateway: identity.gateway,
     }
 }
 
@@ -327,7 +328,7 @@ impl DiscoveryClient {
         };
         let (requests, rx) = mpsc::channel(ResourceKind::ALL.len() * 2);
         let held = self.store.load_full();
-        for (i, kind) in ResourceKind::ALL.into_iter().enumerate() {
+        for (i, kind) in ResourceKind::subscribed(&self.config.identity).enumerate() {
             let request = proto::DeltaDiscoveryRequest {
                 node: (i == 0).then(|| node(&self.config.identity, &token)),
                 type_url: kind.type_url().to_owned(),

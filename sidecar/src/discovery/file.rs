@@ -22,7 +22,7 @@ use lanemesh_api::convert::{self, Invalid};
 use lanemesh_api::manifest::{Manifest, ManifestError};
 
 use crate::identity::PodIdentity;
-use crate::snapshot::{RefusedResource, Snapshot, SnapshotStore};
+use crate::snapshot::{RefusedResource, Snapshot, SnapshotBuilder, SnapshotStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -101,17 +101,30 @@ pub fn from_yaml(path: &Path, yaml: &str, local: PodIdentity) -> Result<Snapshot
             objects: refused,
         });
     }
-    Snapshot::from_resources(
-        local,
-        converted.services.resources,
-        converted.lane_groups.resources,
-        converted.inbound.resources,
-        converted.outbound.resources,
-    )
-    .map_err(|source| FileError::Resource {
+    let resource = |source| FileError::Resource {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut builder = SnapshotBuilder::new(local);
+    builder
+        .insert_all(converted.services.resources)
+        .map_err(resource)?;
+    builder
+        .insert_all(converted.lane_groups.resources)
+        .map_err(resource)?;
+    builder
+        .insert_all(converted.inbound.resources)
+        .map_err(resource)?;
+    builder
+        .insert_all(converted.outbound.resources)
+        .map_err(resource)?;
+    // A gateway's routes (HTTPRoutes and Ingresses of the lanemesh class); a sidecar holds
+    // them unused.
+    builder
+        .insert_all(converted.gateway_routes.resources)
+        .map_err(resource)?;
+    builder.mark_all_received();
+    Ok(builder.build())
 }
 
 #[cfg(test)]

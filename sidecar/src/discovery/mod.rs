@@ -95,6 +95,7 @@ impl DiscoveryArgs {
             app: self.app_name.clone(),
             lane_tag: None,
             ip: self.pod_ip.clone(),
+            gateway: false,
         }
         .with_lane(self.lane_tag.clone())
     }

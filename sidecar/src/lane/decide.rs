@@ -201,12 +201,50 @@ impl LaneDecision<'_> {
     }
 }
 
+/// Percentage-mode weights by lane tag that replace the Lanes' own for some requests (a gateway
+/// route's `lanemesh.io/lane-weights`): a lane whose tag is not listed takes none of them. The
+/// control plane checks the sum (<= 100); the draw treats a larger sum as capped anyway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaneWeights(Vec<(String, u8)>);
+
+impl LaneWeights {
+    /// Weights by tag; each capped at 100.
+    pub fn new(weights: impl IntoIterator<Item = (String, u32)>) -> Self {
+        Self(
+            weights
+                .into_iter()
+                .map(|(tag, w)| (tag, u8::try_from(w.min(100)).unwrap_or(100)))
+                .collect(),
+        )
+    }
+
+    /// The weight of lane `tag`; 0 when not listed.
+    pub fn of(&self, tag: &str) -> u8 {
+        self.0.iter().find(|(t, _)| t == tag).map_or(0, |(_, w)| *w)
+    }
+
+    /// No weights at all (the Lanes' own apply).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl LaneGroupConfig {
     /// Decides the lane of `request` in this group; `rng` draws for Percentage mode only.
     pub fn decide<'a, R: Rng + ?Sized>(
         &'a self,
         request: &RequestView<'a>,
         rng: &mut R,
+    ) -> LaneDecision<'a> {
+        self.decide_weighted(request, rng, None)
+    }
+
+    /// [`LaneGroupConfig::decide`] with `weights` instead of the lanes' own in Percentage mode.
+    pub fn decide_weighted<'a, R: Rng + ?Sized>(
+        &'a self,
+        request: &RequestView<'a>,
+        rng: &mut R,
+        weights: Option<&LaneWeights>,
     ) -> LaneDecision<'a> {
         let decision = |tag, reason, lane| LaneDecision {
             tag,
@@ -241,7 +279,7 @@ impl LaneGroupConfig {
                 let draw: u32 = rng.random_range(0..100);
                 let mut upper = 0u32;
                 for l in enabled {
-                    upper += u32::from(l.weight);
+                    upper += u32::from(weights.map_or(l.weight, |w| w.of(&l.tag)));
                     if draw < upper {
                         if l.lane_match.as_ref().is_none_or(|m| m.holds(request)) {
                             return decision(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-pub use decide::{DecisionReason, LaneDecision, RequestView};
+pub use decide::{DecisionReason, LaneDecision, LaneWeights, RequestView};
 pub use propagate::{
     InboundGuard, OutboundLane, PropagationRule, PropagationSettings, Propagator, TraceTable,
 };
@@ -107,7 +107,7 @@ impl LaneTable {
         rng: &mut R,
     ) -> Option<LaneDecision<'a>> {
         let entry = self.groups_of(app).filter(|g| g.is_entry_app(app));
-        decide_first(entry, request, rng)
+        decide_first(entry, request, rng, None)
     }
 
     /// The lane decision of a gateway: every group is consulted in name order.
@@ -116,7 +116,21 @@ impl LaneTable {
         request: &RequestView<'a>,
         rng: &mut R,
     ) -> Option<LaneDecision<'a>> {
-        decide_first(self.groups.iter(), request, rng)
+        decide_first(self.groups.iter(), request, rng, None)
+    }
+
+    /// The lane decision of a gateway for a request routed to `app`: every group listing `app`
+    /// is consulted in name order (entry apps or not: a gateway evaluates lane rules itself,
+    /// DESIGN §3), with the route's Percentage-mode `weights` when it has its own. `None` when
+    /// no group lists `app`.
+    pub fn decide_for_backend<'a, R: Rng + ?Sized>(
+        &'a self,
+        app: &str,
+        request: &RequestView<'a>,
+        rng: &mut R,
+        weights: Option<&LaneWeights>,
+    ) -> Option<LaneDecision<'a>> {
+        decide_first(self.groups_of(app), request, rng, weights)
     }
 
     /// The propagation settings of a pod of `app`: the merge of the groups listing it, or the
@@ -130,10 +144,11 @@ fn decide_first<'a, R: Rng + ?Sized>(
     groups: impl Iterator<Item = &'a Arc<LaneGroupConfig>>,
     request: &RequestView<'a>,
     rng: &mut R,
+    weights: Option<&LaneWeights>,
 ) -> Option<LaneDecision<'a>> {
     let mut first = None;
     for g in groups {
-        let d = g.decide(request, rng);
+        let d = g.decide_weighted(request, rng, weights);
         if d.tag.is_some() {
             return Some(d);
         }

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::lane::DecisionReason;
 use crate::lane::propagate::PropagationRule;
-use crate::metrics::{self, ProxyMetrics, RequestLabels, StatusClass};
+use crate::metrics::{self, GatewayLabels, ProxyMetrics, RequestLabels, StatusClass};
 use crate::proxy::{Direction, HttpOutcome};
 
 impl From<Direction> for metrics::Direction {
@@ -19,6 +19,7 @@ impl From<Direction> for metrics::Direction {
         match direction {
             Direction::Inbound => Self::Inbound,
             Direction::Outbound => Self::Outbound,
+            Direction::Gateway => Self::Gateway,
         }
     }
 }
@@ -68,6 +69,8 @@ pub struct Recorder {
     lane: Arc<str>,
     status: StatusClass,
     started: Instant,
+    /// At a gateway: the route that matched, also counted in `lanemesh_gateway_requests_total`.
+    route: Option<Arc<str>>,
 }
 
 impl Recorder {
@@ -85,7 +88,15 @@ impl Recorder {
             // Until the response head arrives: a client that leaves first ends as an error.
             status: StatusClass::Error,
             started: Instant::now(),
+            route: None,
         }
+    }
+
+    /// Also counts the request as one of gateway route `route`.
+    #[must_use]
+    pub fn for_route(mut self, route: Arc<str>) -> Self {
+        self.route = Some(route);
+        self
     }
 
     /// Takes the status class from the upstream's answer.
@@ -108,6 +119,14 @@ impl Drop for Recorder {
             status: self.status,
         };
         self.metrics.record_request(&labels, self.started.elapsed());
+        if let Some(route) = self.route.take() {
+            self.metrics.record_gateway_request(&GatewayLabels {
+                route,
+                app: labels.app,
+                lane: labels.lane,
+                status: labels.status,
+            });
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
+use crate::gateway::{self, BackendPort, Matched, edge};
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
@@ -20,6 +21,7 @@ use crate::proxy::{
     ConnContext, Direction, HttpOutcome, PortProtocol, RequestState, RouteDecision, Routed, Router,
     TcpDecision,
 };
+use crate::route::endpoints::{Chosen, Destination, NoEndpoint};
 use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
 use crate::snapshot::{Snapshot, SnapshotStore};
 
@@ -40,6 +42,8 @@ pub struct MeshRouter {
     cpu: Arc<SampledCpu>,
     /// See [`GovernContext::trusted_proxy_hops`].
     trusted_proxy_hops: usize,
+    /// The route label of gateway requests no route matched.
+    no_route: Arc<str>,
 }
 
 impl Default for MeshRouter {
@@ -71,6 +75,7 @@ impl MeshRouter {
             // No reading yet: overload protection sees no evidence of overload.
             cpu: Arc::new(SampledCpu::new(f64::NAN)),
             trusted_proxy_hops: 0,
+            no_route: Arc::from(""),
         }
     }
 
@@ -242,58 +247,45 @@ impl MeshRouter {
             return Routed::with_state(RouteDecision::Passthrough, PassthroughState { recorder });
         };
         let app = dest.service.app();
-        let (breakers, timeout) = if rt.outbound.is_empty() || app.is_empty() {
-            (None, None)
+        let (breakers, timeout) = match self.admit_outbound(rt, app, req) {
+            Ok(admitted) => admitted,
+            Err(rejected) => return *rejected,
+        };
+        let lane =
+            self.propagator
+                .outbound_lane(&rt.propagation, &req.headers, rt.pod_tag.as_ref());
+        let entry = if lane.rule == PropagationRule::Base {
+            self.decide_for_entry(rt, app, req)
         } else {
-            let now = self.clock.now();
-            match rt.outbound.check(app, &req.method, req.uri.path(), now) {
-                Ok(admission) => (
-                    (!admission.is_empty()).then_some(admission),
-                    rt.outbound.timeout(app),
-                ),
-                Err(blocked) => {
-                    let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers);
-                    return self.reject(recorder, blocked);
-                }
-            }
+            None
         };
-        let (chosen, injection, recorder) = {
-            let lane =
-                self.propagator
-                    .outbound_lane(&rt.propagation, &req.headers, rt.pod_tag.as_ref());
-            let entry = if lane.rule == PropagationRule::Base {
-                self.decide_for_entry(rt, app, req)
-            } else {
-                None
-            };
-            let (rule, tag, injection) = match &entry {
-                Some(EntryDecision::Lane { header, value }) => (
-                    PropagationRule::EntryDecision,
-                    value.to_str().ok(),
-                    Some(Injection::Header(header.clone(), value.clone())),
-                ),
-                Some(EntryDecision::Base) => (
-                    PropagationRule::EntryDecision,
-                    None,
-                    Some(Injection::DecidedBase),
-                ),
-                None => (
-                    lane.rule,
-                    lane.tag(),
-                    lane.injection()
-                        .and_then(|t| HeaderValue::from_str(t).ok())
-                        .map(Injection::Propagated),
-                ),
-            };
-            self.metrics.record_propagation(rule);
-            let recorder = Recorder::new(
-                &self.metrics,
-                Direction::Outbound,
-                rt.labels.get(Some(app)),
-                rt.labels.get(tag),
-            );
-            (dest.choose(tag, &rt.lanes), injection, recorder)
+        let (rule, tag, injection) = match &entry {
+            Some(EntryDecision::Lane { header, value }) => (
+                PropagationRule::EntryDecision,
+                value.to_str().ok(),
+                Some(Injection::Header(header.clone(), value.clone())),
+            ),
+            Some(EntryDecision::Base) => (
+                PropagationRule::EntryDecision,
+                None,
+                Some(Injection::DecidedBase),
+            ),
+            None => (
+                lane.rule,
+                lane.tag(),
+                lane.injection()
+                    .and_then(|t| HeaderValue::from_str(t).ok())
+                    .map(Injection::Propagated),
+            ),
         };
+        self.metrics.record_propagation(rule);
+        let recorder = Recorder::new(
+            &self.metrics,
+            Direction::Outbound,
+            rt.labels.get(Some(app)),
+            rt.labels.get(tag),
+        );
+        let chosen = dest.choose(tag, &rt.lanes);
         match injection {
             Some(Injection::Propagated(value)) => {
                 for name in &rt.propagation.tag_headers {
@@ -309,6 +301,45 @@ impl MeshRouter {
             }
             None => {}
         }
+        self.forward(&dest, chosen, breakers, timeout, recorder)
+    }
+
+    /// The outbound governance of a request to `app`: its breakers' admission and the app's
+    /// timeout, or the rejection to answer with.
+    fn admit_outbound(
+        &self,
+        rt: &Runtime,
+        app: &str,
+        req: &http::request::Parts,
+    ) -> Result<(Option<OutboundAdmission>, Option<std::time::Duration>), Box<Routed>> {
+        if rt.outbound.is_empty() || app.is_empty() {
+            return Ok((None, None));
+        }
+        match rt
+            .outbound
+            .check(app, &req.method, req.uri.path(), self.clock.now())
+        {
+            Ok(admission) => Ok((
+                (!admission.is_empty()).then_some(admission),
+                rt.outbound.timeout(app),
+            )),
+            Err(blocked) => {
+                let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers);
+                Err(Box::new(self.reject(recorder, blocked)))
+            }
+        }
+    }
+
+    /// Sends a request to one of `chosen`'s endpoints (the balancer's pick), or answers 503 when
+    /// there is none.
+    fn forward(
+        &self,
+        dest: &Destination<'_>,
+        chosen: Result<Chosen<'_>, NoEndpoint>,
+        breakers: Option<OutboundAdmission>,
+        timeout: Option<std::time::Duration>,
+        recorder: Recorder,
+    ) -> Routed {
         match chosen {
             Ok(chosen) => {
                 let (target, pick) = match dest.keeps_addressed(&chosen) {
@@ -353,6 +384,122 @@ impl MeshRouter {
                 .into()
             }
         }
+    }
+
+    /// A request entering the mesh at a gateway listener: the route's backend Service, the lane
+    /// decision for its app (after removing what an untrusted client claimed), then the same
+    /// governance and lane-aware endpoint choice as a sidecar's outbound.
+    fn gateway(&self, rt: &Runtime, req: &mut http::request::Parts) -> Routed {
+        let host = gateway::request_host(req);
+        let matched = {
+            let view = RequestView::new(&req.uri, &req.headers);
+            rt.gateway
+                .route(host.as_deref(), &req.method, &view, req.uri.path())
+        };
+        let Some(Matched { route, rule }) = matched else {
+            let recorder = Recorder::new(
+                &self.metrics,
+                Direction::Gateway,
+                rt.labels.get(None),
+                rt.labels.get(None),
+            )
+            .for_route(Arc::clone(&self.no_route));
+            recorder.local(StatusCode::NOT_FOUND);
+            return RouteDecision::Respond(local::error(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no gateway route matches this request",
+            ))
+            .into();
+        };
+        let unrouted = |status: StatusCode, reason: &'static str, text: &str| -> Routed {
+            Recorder::new(
+                &self.metrics,
+                Direction::Gateway,
+                rt.labels.get(None),
+                rt.labels.get(None),
+            )
+            .for_route(Arc::clone(&route.name))
+            .local(status);
+            RouteDecision::Respond(local::error(status, reason, text)).into()
+        };
+        let Some(backend) = rule.pick(&mut rand::rng()) else {
+            return unrouted(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no_backend",
+                "every backend of the matching rule has weight 0",
+            );
+        };
+        let Some(dest) = rt.routes.named(&backend.service, |p| match &backend.port {
+            BackendPort::Number(n) => p.port() == *n,
+            BackendPort::Name(name) => p.name() == name,
+        }) else {
+            return unrouted(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_endpoint",
+                &format!(
+                    "backend {} port {} is not a Service port of a governed app",
+                    backend.service,
+                    match &backend.port {
+                        BackendPort::Number(n) => n.to_string(),
+                        BackendPort::Name(name) => name.clone(),
+                    }
+                ),
+            );
+        };
+        let app = dest.service.app();
+        if !route.trust_lane_tags {
+            edge::strip_lane_claims(&mut req.headers, &rt.lanes);
+        }
+        edge::ensure_traceparent(&mut req.headers, &mut rand::rng());
+        let (breakers, timeout) = match self.admit_outbound(rt, app, req) {
+            Ok(admitted) => admitted,
+            Err(rejected) => return *rejected,
+        };
+        let decided = {
+            let view = RequestView::new(&req.uri, &req.headers);
+            rt.lanes
+                .decide_for_backend(app, &view, &mut rand::rng(), route.lane_weights.as_ref())
+                .map(|d| {
+                    self.metrics.record_entry_decision(d.reason);
+                    let set = d
+                        .sets_tag_header()
+                        .then(|| {
+                            Some((
+                                d.tag_header.clone(),
+                                HeaderValue::from_str(d.tag.as_deref()?).ok()?,
+                            ))
+                        })
+                        .flatten();
+                    (d.tag.map(|t| t.into_owned()), set)
+                })
+        };
+        let tag = match decided {
+            Some((tag, set)) => {
+                match (&tag, set) {
+                    (_, Some((name, value))) => {
+                        req.headers.insert(name, value);
+                    }
+                    // No lane: the entry app's inbound must not draw again.
+                    (None, None) => {
+                        req.headers
+                            .insert(DECIDED_HEADER.clone(), HeaderValue::from_static("base"));
+                    }
+                    (Some(_), None) => {}
+                }
+                tag
+            }
+            None => None,
+        };
+        let recorder = Recorder::new(
+            &self.metrics,
+            Direction::Gateway,
+            rt.labels.get(Some(app)),
+            rt.labels.get(tag.as_deref()),
+        )
+        .for_route(Arc::clone(&route.name));
+        let chosen = dest.choose(tag.as_deref(), &rt.lanes);
+        self.forward(&dest, chosen, breakers, timeout, recorder)
     }
 }
 
@@ -418,12 +565,16 @@ impl Router for MeshRouter {
         match conn.direction {
             Direction::Inbound => self.inbound(rt, conn, req),
             Direction::Outbound => self.outbound(rt, conn, req),
+            Direction::Gateway => self.gateway(rt, req),
         }
     }
 
     /// The Service port the connection is addressed to (a cluster IP or, inbound, this pod's
     /// own IP and port) declares its protocol.
     fn port_protocol(&self, conn: &ConnContext) -> PortProtocol {
+        if conn.direction == Direction::Gateway {
+            return PortProtocol::Http;
+        }
         let runtime = self.runtime.load();
         let Some(dest) = runtime
             .as_deref()
@@ -448,8 +599,11 @@ impl Router for MeshRouter {
     /// (as color-by-node would), else base, chosen uniformly (a connection's lifetime says nothing
     /// about endpoint latency, so the balancer's statistics are left alone).
     fn route_tcp(&self, conn: &ConnContext) -> TcpDecision {
-        if conn.direction == Direction::Inbound {
-            return TcpDecision::Passthrough;
+        match conn.direction {
+            Direction::Inbound => return TcpDecision::Passthrough,
+            // Listeners declared HTTP: never relayed as bytes.
+            Direction::Gateway => return TcpDecision::Reject,
+            Direction::Outbound => {}
         }
         let runtime = self.runtime.load();
         let Some(rt) = runtime.as_deref() else {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::gateway::GatewayTable;
 use crate::govern::{GovernContext, InboundGovernor, OutboundGovernor};
 use crate::lane::{LaneTable, PropagationSettings};
 use crate::route::{Balancer, RouteTable};
@@ -33,6 +34,8 @@ pub struct Runtime {
     pub outbound: OutboundGovernor,
     /// Label values for request metrics: the apps and lane tags this snapshot names.
     pub labels: LabelNames,
+    /// A gateway's routes; empty for a sidecar.
+    pub gateway: GatewayTable,
 }
 
 impl Runtime {
@@ -83,6 +86,12 @@ impl Runtime {
                         .flat_map(|g| g.lanes.iter().map(|l| &*l.tag)),
                 ),
         );
+        let gateway = GatewayTable::new(
+            snapshot
+                .resources::<lanemesh_api::proto::GatewayRoute>()
+                .values()
+                .map(|entry| Arc::clone(&entry.compiled)),
+        );
         Self {
             generation: snapshot.generation(),
             app: Arc::from(app),
@@ -94,6 +103,7 @@ impl Runtime {
             inbound,
             outbound,
             labels,
+            gateway,
         }
     }
 }

@@ -114,6 +114,9 @@ pub struct ProxyConfig {
     /// Protocols an HTTP/1.1 upgrade may switch to (lower case, e.g. `websocket`); see
     /// [`defaults::UPGRADE_PROTOCOLS`].
     pub upgrade_protocols: Vec<String>,
+    /// Gateway mode: plain HTTP listeners on these ports (on `bind_address`) replace the two
+    /// capture listeners; empty = a sidecar. Port 0 picks a free port (tests).
+    pub gateway_ports: Vec<u16>,
 }
 
 impl Default for ProxyConfig {
@@ -144,6 +147,7 @@ impl Default for ProxyConfig {
                 .iter()
                 .map(|p| (*p).to_owned())
                 .collect(),
+            gateway_ports: Vec::new(),
         }
     }
 }
@@ -154,8 +158,8 @@ pub enum ConfigError {
     /// A runtime needs at least one worker.
     #[error("--worker-threads must be at least 1")]
     ZeroWorkers,
-    /// Both listeners would bind the same port.
-    #[error("--outbound-port and --inbound-port must differ (both are {0})")]
+    /// Two listeners would bind the same port.
+    #[error("two listeners would bind port {0} (--outbound-port, --inbound-port, --port)")]
     SamePort(u16),
     /// A listener that may hold no connection serves nothing.
     #[error("--max-connections must be at least 1")]
@@ -197,7 +201,13 @@ impl ProxyConfig {
         if self.workers == Some(0) {
             return Err(ConfigError::ZeroWorkers);
         }
-        if self.outbound_port == self.inbound_port && self.outbound_port != 0 {
+        let mut gateway = self.gateway_ports.clone();
+        gateway.sort_unstable();
+        if let Some(twice) = gateway.windows(2).find(|w| w[0] == w[1] && w[0] != 0) {
+            return Err(ConfigError::SamePort(twice[0]));
+        }
+        if gateway.is_empty() && self.outbound_port == self.inbound_port && self.outbound_port != 0
+        {
             return Err(ConfigError::SamePort(self.outbound_port));
         }
         if self.max_connections == 0 {

@@ -70,8 +70,8 @@ struct Shared {
     server_first_ports: Vec<u16>,
     /// The proxy's own ports that inbound traffic must never reach (see [`Shared::refusal`]).
     own_ports: Vec<u16>,
-    /// Open connections per listener (outbound, inbound), across workers.
-    open: [AtomicUsize; 2],
+    /// Open connections per listener kind (outbound, inbound, gateway), across workers.
+    open: [AtomicUsize; 3],
     orig_dst: Arc<dyn OriginalDst>,
     router: Arc<dyn Router>,
 }
@@ -124,13 +124,20 @@ impl Shared {
     }
 }
 
-/// One data-plane worker before it runs: its runtime and its two capture sockets.
+/// One data-plane worker before it runs: its runtime and its sockets.
 #[derive(Debug)]
 struct Worker {
     runtime: tokio::runtime::Runtime,
-    /// The IPv4 (or configured) socket, plus an IPv6 one on dual-stack hosts.
-    outbound: Vec<std::net::TcpListener>,
-    inbound: Vec<std::net::TcpListener>,
+    sockets: Sockets<std::net::TcpListener>,
+}
+
+/// A worker's listening sockets: the two capture ports of a sidecar, or a gateway's ports. Each
+/// port has the IPv4 (or configured) socket, plus an IPv6 one on dual-stack hosts.
+#[derive(Debug)]
+struct Sockets<L> {
+    outbound: Vec<L>,
+    inbound: Vec<L>,
+    gateway: Vec<L>,
 }
 
 /// The bound capture listeners, ready to [`Proxy::run`].
@@ -140,13 +147,15 @@ pub struct Proxy {
     workers: Vec<Worker>,
     outbound_addr: SocketAddr,
     inbound_addr: SocketAddr,
+    gateway_addrs: Vec<SocketAddr>,
     shutdown: ShutdownHandle,
     signal: ShutdownSignal,
 }
 
 impl Proxy {
-    /// Validates `config` and binds both capture listeners once per worker (port 0 picks a
-    /// free port, for tests). Workers: [`ProxyConfig::workers`], else one per host CPU.
+    /// Validates `config` and binds its listeners once per worker: the two capture listeners,
+    /// or in gateway mode ([`ProxyConfig::gateway_ports`]) the gateway's (port 0 picks a free
+    /// port, for tests). Workers: [`ProxyConfig::workers`], else one per host CPU.
     pub async fn bind(
         config: ProxyConfig,
         router: Arc<dyn Router>,
@@ -156,53 +165,64 @@ impl Proxy {
         let count = config.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
-        let outbound = listen_group(
-            Direction::Outbound,
-            SocketAddr::new(config.bind_address, config.outbound_port),
-            count,
-        )?;
-        let inbound = listen_group(
-            Direction::Inbound,
-            SocketAddr::new(config.bind_address, config.inbound_port),
-            count,
-        )?;
-        let outbound_addr = local_addr(&outbound);
-        let inbound_addr = local_addr(&inbound);
-        // On the default wildcard address, IPv6 too: `init` captures a dual-stack pod's IPv6
-        // traffic, which must find the proxy listening.
-        let (outbound_v6, inbound_v6) = if config.bind_address == Ipv4Addr::UNSPECIFIED {
-            let v6 = |direction, port| {
-                listen_group_v6(
-                    direction,
-                    SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
-                    count,
-                )
-            };
-            (
-                v6(Direction::Outbound, outbound_addr.port())?,
-                v6(Direction::Inbound, inbound_addr.port())?,
-            )
+        let listeners: Vec<(Direction, u16)> = if config.gateway_ports.is_empty() {
+            vec![
+                (Direction::Outbound, config.outbound_port),
+                (Direction::Inbound, config.inbound_port),
+            ]
         } else {
-            (Vec::new(), Vec::new())
+            config
+                .gateway_ports
+                .iter()
+                .map(|port| (Direction::Gateway, *port))
+                .collect()
         };
-        let mut outbound_v6 = outbound_v6.into_iter();
-        let mut inbound_v6 = inbound_v6.into_iter();
-        let workers = outbound
+        let mut per_worker: Vec<Sockets<std::net::TcpListener>> = (0..count.max(1))
+            .map(|_| Sockets {
+                outbound: Vec::new(),
+                inbound: Vec::new(),
+                gateway: Vec::new(),
+            })
+            .collect();
+        let unbound = SocketAddr::new(config.bind_address, 0);
+        let (mut outbound_addr, mut inbound_addr) = (unbound, unbound);
+        let mut gateway_addrs = Vec::new();
+        for (direction, port) in listeners {
+            let group = listen_group(direction, SocketAddr::new(config.bind_address, port), count)?;
+            let addr = local_addr(&group);
+            match direction {
+                Direction::Outbound => outbound_addr = addr,
+                Direction::Inbound => inbound_addr = addr,
+                Direction::Gateway => gateway_addrs.push(addr),
+            }
+            // On the default wildcard address, IPv6 too: `init` captures a dual-stack pod's
+            // IPv6 traffic, which must find the proxy listening.
+            let v6 = if config.bind_address == Ipv4Addr::UNSPECIFIED {
+                let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), addr.port());
+                listen_group_v6(direction, addr, count)?
+            } else {
+                Vec::new()
+            };
+            let mut v6 = v6.into_iter();
+            for (sockets, socket) in per_worker.iter_mut().zip(group) {
+                let list = match direction {
+                    Direction::Outbound => &mut sockets.outbound,
+                    Direction::Inbound => &mut sockets.inbound,
+                    Direction::Gateway => &mut sockets.gateway,
+                };
+                list.push(socket);
+                list.extend(v6.next());
+            }
+        }
+        let workers = per_worker
             .into_iter()
-            .zip(inbound)
             .enumerate()
-            .map(|(worker, (outbound, inbound))| {
+            .map(|(worker, sockets)| {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .map_err(|source| ProxyError::Worker { worker, source })?;
-                Ok(Worker {
-                    runtime,
-                    outbound: std::iter::once(outbound)
-                        .chain(outbound_v6.next())
-                        .collect(),
-                    inbound: std::iter::once(inbound).chain(inbound_v6.next()).collect(),
-                })
+                Ok(Worker { runtime, sockets })
             })
             .collect::<Result<Vec<_>, ProxyError>>()?;
         let mut server_first_ports = config.server_first_ports.clone();
@@ -213,9 +233,14 @@ impl Proxy {
             shared: Arc::new(Shared {
                 own_ports: [outbound_addr.port(), inbound_addr.port()]
                     .into_iter()
+                    .chain(gateway_addrs.iter().map(SocketAddr::port))
                     .chain(config.reserved_ports.iter().copied())
                     .collect(),
-                open: [AtomicUsize::new(0), AtomicUsize::new(0)],
+                open: [
+                    AtomicUsize::new(0),
+                    AtomicUsize::new(0),
+                    AtomicUsize::new(0),
+                ],
                 config,
                 server_first_ports,
                 orig_dst,
@@ -224,17 +249,23 @@ impl Proxy {
             workers,
             outbound_addr,
             inbound_addr,
+            gateway_addrs,
             shutdown,
             signal,
         })
     }
 
-    /// Address of the outbound capture listener.
+    /// Addresses of the gateway listeners, in `--port` order; empty for a sidecar.
+    pub fn gateway_addrs(&self) -> &[SocketAddr] {
+        &self.gateway_addrs
+    }
+
+    /// Address of the outbound capture listener (port 0 in gateway mode).
     pub fn outbound_addr(&self) -> SocketAddr {
         self.outbound_addr
     }
 
-    /// Address of the inbound capture listener.
+    /// Address of the inbound capture listener (port 0 in gateway mode).
     pub fn inbound_addr(&self) -> SocketAddr {
         self.inbound_addr
     }
@@ -253,15 +284,20 @@ impl Proxy {
             workers,
             outbound_addr,
             inbound_addr,
+            gateway_addrs,
             shutdown: _keep_sender_alive,
             signal,
         } = self;
-        tracing::info!(
-            outbound = %outbound_addr,
-            inbound = %inbound_addr,
-            workers = workers.len(),
-            "capture listeners ready"
-        );
+        if gateway_addrs.is_empty() {
+            tracing::info!(
+                outbound = %outbound_addr,
+                inbound = %inbound_addr,
+                workers = workers.len(),
+                "capture listeners ready"
+            );
+        } else {
+            tracing::info!(listeners = ?gateway_addrs, workers = workers.len(), "gateway listeners ready");
+        }
         let mut reports = Vec::with_capacity(workers.len());
         for (index, worker) in workers.into_iter().enumerate() {
             let (tx, rx) = oneshot::channel();
@@ -270,12 +306,8 @@ impl Proxy {
             let spawned = std::thread::Builder::new()
                 .name(format!("lanemesh-worker-{index}"))
                 .spawn(move || {
-                    let Worker {
-                        runtime,
-                        outbound,
-                        inbound,
-                    } = worker;
-                    let report = runtime.block_on(serve_worker(shared, outbound, inbound, signal));
+                    let Worker { runtime, sockets } = worker;
+                    let report = runtime.block_on(serve_worker(shared, sockets, signal));
                     // Dropping the runtime closes what the worker still owned (pooled upstream
                     // connections) before the report says it is done.
                     drop(runtime);
@@ -303,8 +335,7 @@ impl Proxy {
 /// One worker's accept loop and drain, on its own runtime.
 async fn serve_worker(
     shared: Arc<Shared>,
-    outbound: Vec<std::net::TcpListener>,
-    inbound: Vec<std::net::TcpListener>,
+    sockets: Sockets<std::net::TcpListener>,
     mut signal: ShutdownSignal,
 ) -> DrainReport {
     let register = |sockets: Vec<std::net::TcpListener>| {
@@ -313,9 +344,14 @@ async fn serve_worker(
             .map(TcpListener::from_std)
             .collect::<std::io::Result<Vec<_>>>()
     };
-    let (outbound, inbound) = match (register(outbound), register(inbound)) {
-        (Ok(outbound), Ok(inbound)) => (outbound, inbound),
-        (Err(error), _) | (_, Err(error)) => {
+    let registered = (
+        register(sockets.outbound),
+        register(sockets.inbound),
+        register(sockets.gateway),
+    );
+    let (outbound, inbound, gateway) = match registered {
+        (Ok(outbound), Ok(inbound), Ok(gateway)) => (outbound, inbound, gateway),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             // Registering a socket with this runtime's epoll failed (out of memory or
             // descriptors): the other workers' sockets still take the connections.
             tracing::error!(%error, "worker cannot register its capture sockets");
@@ -342,6 +378,9 @@ async fn serve_worker(
             accepted = accept_any(&inbound) => {
                 conns.spawn(&graceful, Direction::Inbound, accepted).await;
             }
+            accepted = accept_any(&gateway) => {
+                conns.spawn(&graceful, Direction::Gateway, accepted).await;
+            }
             Some(done) = conns.tasks.join_next(), if !conns.tasks.is_empty() => {
                 if let Err(error) = done
                     && error.is_panic()
@@ -355,8 +394,10 @@ async fn serve_worker(
     // Closing the inbound listener makes new callers fail at once, so they pick another
     // endpoint. The outbound listener stays open through the drain: the app is usually still
     // finishing its own work and calling out (without native sidecars it got SIGTERM at the
-    // same moment), and those calls must not be refused.
+    // same moment), and those calls must not be refused. A gateway's listeners close like the
+    // inbound one: clients (and the load balancer in front) move to another replica.
     drop(inbound);
+    drop(gateway);
     let grace = shared.config.grace_period;
     tracing::info!(
         in_flight = conns.tasks.len(),
@@ -564,14 +605,27 @@ async fn handle_conn(
     peer: SocketAddr,
     watcher: Watcher,
 ) {
-    let original_dst = match shared.orig_dst.original_dst(&stream) {
-        Ok(dst) => dst,
-        Err(error) => {
-            tracing::warn!(%error, "dropping connection with unknown original destination");
-            return;
+    let original_dst = if direction == Direction::Gateway {
+        // Not redirected: the client connected to the gateway itself.
+        match stream.local_addr() {
+            Ok(local) => local,
+            Err(error) => {
+                tracing::debug!(%error, "dropping gateway connection without a local address");
+                return;
+            }
+        }
+    } else {
+        match shared.orig_dst.original_dst(&stream) {
+            Ok(dst) => dst,
+            Err(error) => {
+                tracing::warn!(%error, "dropping connection with unknown original destination");
+                return;
+            }
         }
     };
-    if stream.local_addr().is_ok_and(|local| local == original_dst) {
+    if direction != Direction::Gateway
+        && stream.local_addr().is_ok_and(|local| local == original_dst)
+    {
         // Connected to the capture port directly, not redirected: forwarding
         // would connect back to ourselves forever.
         tracing::warn!(%original_dst, "dropping connection addressed to the proxy itself");

@@ -16,6 +16,8 @@ pub enum Direction {
     Outbound,
     /// Someone calls the local app (listener 15006).
     Inbound,
+    /// A client enters the mesh at a gateway listener (gateway mode).
+    Gateway,
 }
 
 impl Direction {
@@ -24,6 +26,7 @@ impl Direction {
         match self {
             Self::Outbound => "outbound",
             Self::Inbound => "inbound",
+            Self::Gateway => "gateway",
         }
     }
 }
@@ -35,7 +38,8 @@ pub struct ConnContext {
     pub direction: Direction,
     /// Client address.
     pub peer: SocketAddr,
-    /// Where the client was going (before the iptables redirect).
+    /// Where the client was going (before the iptables redirect); at a gateway, the listener's
+    /// own address.
     pub original_dst: SocketAddr,
     /// Where passthrough sends it: the original destination for outbound; for inbound the
     /// original destination too (the pod IP, so loopback-only app ports stay private) unless

@@ -328,6 +328,18 @@ impl RouteTable {
         Some(Destination { service, port, pod })
     }
 
+    /// The first port of service `name` (`namespace/name`) that `port` accepts: for a caller
+    /// that names a Service instead of addressing it (the gateway's backends).
+    pub fn named(&self, name: &str, port: impl Fn(&PortRoute) -> bool) -> Option<Destination<'_>> {
+        let service = self.service(name)?;
+        let port = service.ports.iter().find(|p| port(p))?;
+        Some(Destination {
+            service,
+            port,
+            pod: None,
+        })
+    }
+
     /// The service `namespace/name`.
     pub fn service(&self, name: &str) -> Option<&ServiceRoute> {
         self.services

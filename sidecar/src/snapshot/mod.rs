@@ -36,17 +36,29 @@ pub enum ResourceKind {
     OutboundPolicy,
     /// Who this pod is: its app and lane tag, from the control plane.
     Workload,
+    /// The routes of a gateway; a sidecar does not subscribe to them.
+    GatewayRoute,
 }
 
 impl ResourceKind {
-    /// In the order of `lanemesh_api::resource::ALL_TYPE_URLS`.
-    pub const ALL: [Self; 5] = [
+    /// In the order of `lanemesh_api::resource::ALL_TYPE_URLS`, then the gateway's own.
+    pub const ALL: [Self; 6] = [
         Self::Service,
         Self::LaneGroup,
         Self::InboundPolicy,
         Self::OutboundPolicy,
         Self::Workload,
+        Self::GatewayRoute,
     ];
+
+    /// The types a proxy of `identity` subscribes to: every one but the gateway routes, which
+    /// only a gateway asks for.
+    pub fn subscribed(identity: &PodIdentity) -> impl Iterator<Item = Self> + use<> {
+        let gateway = identity.gateway;
+        Self::ALL
+            .into_iter()
+            .filter(move |k| gateway || *k != Self::GatewayRoute)
+    }
 
     pub const fn type_url(self) -> &'static str {
         match self {
@@ -55,6 +67,7 @@ impl ResourceKind {
             Self::InboundPolicy => <proto::InboundPolicy as DiscoveryResource>::TYPE_URL,
             Self::OutboundPolicy => <proto::OutboundPolicy as DiscoveryResource>::TYPE_URL,
             Self::Workload => <proto::Workload as DiscoveryResource>::TYPE_URL,
+            Self::GatewayRoute => <proto::GatewayRoute as DiscoveryResource>::TYPE_URL,
         }
     }
 
@@ -75,6 +88,7 @@ impl fmt::Display for ResourceKind {
             Self::InboundPolicy => "InboundPolicy",
             Self::OutboundPolicy => "OutboundPolicy",
             Self::Workload => "Workload",
+            Self::GatewayRoute => "GatewayRoute",
         })
     }
 }
@@ -108,6 +122,7 @@ pub struct Tables {
     inbound_policies: Resources<proto::InboundPolicy>,
     outbound_policies: Resources<proto::OutboundPolicy>,
     workloads: Resources<proto::Workload>,
+    gateway_routes: Resources<proto::GatewayRoute>,
 }
 
 macro_rules! snapshot_resource {
@@ -129,6 +144,7 @@ snapshot_resource!(LaneGroup, lane_groups);
 snapshot_resource!(InboundPolicy, inbound_policies);
 snapshot_resource!(OutboundPolicy, outbound_policies);
 snapshot_resource!(Workload, workloads);
+snapshot_resource!(GatewayRoute, gateway_routes);
 
 /// Which types a snapshot has received a first answer for, by [`ResourceKind`] index.
 type Received = [bool; ResourceKind::ALL.len()];
@@ -338,6 +354,7 @@ impl Snapshot {
             ResourceKind::InboundPolicy => of::<proto::InboundPolicy>(&self.tables),
             ResourceKind::OutboundPolicy => of::<proto::OutboundPolicy>(&self.tables),
             ResourceKind::Workload => of::<proto::Workload>(&self.tables),
+            ResourceKind::GatewayRoute => of::<proto::GatewayRoute>(&self.tables),
         }
     }
 }
@@ -377,9 +394,12 @@ impl SnapshotBuilder {
     /// lane tag, where empty, come from the control plane's Workload (set ones override it, for
     /// processes outside Kubernetes).
     pub fn new(claimed: PodIdentity) -> Self {
+        let mut received = [false; ResourceKind::ALL.len()];
+        // A sidecar never asks for gateway routes: it holds every one there is (none).
+        received[ResourceKind::GatewayRoute.index()] = !claimed.gateway;
         Self {
             claimed,
-            received: [false; ResourceKind::ALL.len()],
+            received,
             tables: Tables::default(),
         }
     }
@@ -440,6 +460,7 @@ impl SnapshotBuilder {
             ResourceKind::InboundPolicy => self.tables.inbound_policies.remove(name).is_some(),
             ResourceKind::OutboundPolicy => self.tables.outbound_policies.remove(name).is_some(),
             ResourceKind::Workload => self.tables.workloads.remove(name).is_some(),
+            ResourceKind::GatewayRoute => self.tables.gateway_routes.remove(name).is_some(),
         }
     }
 
@@ -461,6 +482,7 @@ impl SnapshotBuilder {
             ResourceKind::InboundPolicy => self.apply_all::<proto::InboundPolicy>(resources),
             ResourceKind::OutboundPolicy => self.apply_all::<proto::OutboundPolicy>(resources),
             ResourceKind::Workload => self.apply_all::<proto::Workload>(resources),
+            ResourceKind::GatewayRoute => self.apply_all::<proto::GatewayRoute>(resources),
         };
         self.mark_received(kind);
         refused

@@ -63,9 +63,44 @@ fn wire<T: DiscoveryResource>(version: &str, r: &T) -> proto::Resource {
 }
 
 #[test]
+fn a_gateway_is_ready_only_once_it_has_its_routes() {
+    let mut sidecar = SnapshotBuilder::new(PodIdentity::app("demo", "a"));
+    let mut gateway = SnapshotBuilder::new(PodIdentity {
+        gateway: true,
+        ..PodIdentity::app("demo", "gw")
+    });
+    for kind in ResourceKind::ALL
+        .into_iter()
+        .filter(|k| *k != ResourceKind::GatewayRoute)
+    {
+        sidecar.mark_received(kind);
+        gateway.mark_received(kind);
+    }
+    assert!(
+        sidecar.build().is_ready(),
+        "a sidecar never asks for routes"
+    );
+    assert!(!gateway.clone().build().is_ready());
+    gateway.mark_received(ResourceKind::GatewayRoute);
+    assert!(gateway.build().is_ready());
+}
+
+#[test]
 fn type_urls_match_the_api_constants() {
-    let urls: Vec<&str> = ResourceKind::ALL.iter().map(|k| k.type_url()).collect();
+    let sidecar = PodIdentity::app("demo", "a");
+    let urls: Vec<&str> = ResourceKind::subscribed(&sidecar)
+        .map(|k| k.type_url())
+        .collect();
     assert_eq!(urls, lanemesh_api::resource::ALL_TYPE_URLS);
+    let gateway = PodIdentity {
+        gateway: true,
+        ..sidecar
+    };
+    let urls: Vec<&str> = ResourceKind::subscribed(&gateway)
+        .map(|k| k.type_url())
+        .collect();
+    assert_eq!(urls.last(), Some(&lanemesh_api::resource::GATEWAY_TYPE_URL));
+    assert_eq!(urls.len(), ResourceKind::ALL.len());
     assert_eq!(
         ResourceKind::from_type_url("type.googleapis.com/lanemesh.v1.LaneGroup"),
         Some(ResourceKind::LaneGroup)

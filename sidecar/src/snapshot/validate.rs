@@ -12,6 +12,7 @@ use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
 use crate::field::FieldError;
+use crate::gateway::{GatewayRouteConfig, GatewayRouteError};
 use crate::govern::{InboundRules, OutboundRules};
 use crate::lane::rules::{LaneConfigError, LaneGroupConfig};
 use crate::route::endpoints::{ServiceConfigError, ServiceSpec};
@@ -35,6 +36,9 @@ pub enum ValidationError {
     /// A policy field its conversion refused.
     #[error(transparent)]
     Field(#[from] FieldError),
+    /// A gateway route its conversion refused.
+    #[error(transparent)]
+    GatewayRoute(#[from] GatewayRouteError),
     /// A Workload that does not describe a pod.
     #[error("workload {name}: {problem}")]
     Workload { name: String, problem: String },
@@ -48,6 +52,14 @@ pub trait Compile: DiscoveryResource + Send + Sync + 'static {
 
     /// Refuses the resource with the first problem found, or compiles it.
     fn compile(&self) -> Result<Self::Output, ValidationError>;
+}
+
+impl Compile for proto::GatewayRoute {
+    type Output = Arc<GatewayRouteConfig>;
+
+    fn compile(&self) -> Result<Self::Output, ValidationError> {
+        Ok(Arc::new(GatewayRouteConfig::try_from(self)?))
+    }
 }
 
 impl Compile for proto::Service {
