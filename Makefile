@@ -4,10 +4,12 @@
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
 
-## demo: build everything and run the local demo (today: what the examples configure)
+## demo: (root) the product live without Kubernetes: the pilot on a local directory, the gateway
+## and the seed's apps in network namespaces behind real capture rules, each step of seed 002/003
+## printed; cleaned up at the end or on Ctrl-C (ARGS=--keep: keep it running until Ctrl-C)
 demo:
-	cargo build --workspace --locked
-	cargo run --quiet --locked -p lanemesh-e2e --bin lanemesh-demo -- examples
+	bash e2e/apps/build.sh go
+	cargo run --quiet --release --locked -p lanemesh-e2e --bin lanemesh-demo -- $(ARGS)
 
 ## cluster-demo: (root) the local cluster, `helm install` of the chart, the seed's Go/Java/Python apps,
 ## then each lane and policy of examples/ with what requests show; torn down at the end

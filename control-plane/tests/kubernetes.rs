@@ -11,7 +11,7 @@ use std::time::Duration;
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 use lanemesh_control_plane::index;
-use lanemesh_control_plane::snapshot::World;
+use lanemesh_control_plane::snapshot::{self, World};
 use lanemesh_control_plane::source::kubernetes::KubernetesSource;
 use lanemesh_e2e::cluster::{self, TestCluster};
 use tokio::sync::{mpsc, watch};
@@ -326,6 +326,145 @@ async fn an_undecodable_object_is_skipped_without_stalling_its_kind() {
             w.inbound.contains_key("shop/d") && w.inbound.contains_key("shop/b")
         })
         .await;
+        source.abort();
+        index.abort();
+    })
+    .await
+    .expect("test exceeded its time bound");
+}
+
+/// The gateway's objects: a Service for the backends, and an HTTPRoute the API server accepts but
+/// lanemesh refuses (a filter).
+const GATEWAY_OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: canary-demo}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: spring-cloud-a, namespace: canary-demo}
+spec:
+  selector: {app: spring-cloud-a}
+  ports: [{name: http, port: 20001, targetPort: 20001}]
+"#;
+
+const FILTERED_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filtered, namespace: canary-demo}
+spec:
+  parentRefs: [{name: lanemesh}]
+  rules:
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-demo, value: demo}]}}]
+    backendRefs: [{name: spring-cloud-a, port: 20001}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_routes_and_ingresses_reach_a_gateway_once_their_crds_exist() {
+    if cluster::skip_requested(
+        "gateway_api_routes_and_ingresses_reach_a_gateway_once_their_crds_exist",
+    ) {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster = TestCluster::start().await.unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        cluster
+            .install_crds(&root.join("charts/lanemesh/crds"))
+            .await
+            .unwrap();
+        let apply = |yaml: &'static str| {
+            let cluster = &cluster;
+            async move {
+                let out = cluster
+                    .kubectl_stdin(["apply", "-f", "-"], yaml)
+                    .await
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        };
+        apply(GATEWAY_OBJECTS).await;
+
+        // Without the Gateway API CRDs the source still syncs: no routes.
+        let (tx, rx) = mpsc::channel(64);
+        let (worlds_tx, mut worlds) = watch::channel(Arc::new(World::default()));
+        let source = tokio::spawn(KubernetesSource::new(cluster.client()).run(tx));
+        let index = tokio::spawn(index::run(rx, worlds_tx, index::DEFAULT_DEBOUNCE));
+        wait_for(&mut worlds, "the first full load", |w| {
+            w.ready && w.services.contains_key("canary-demo/spring-cloud-a")
+        })
+        .await;
+        assert!(worlds.borrow().gateway_routes.is_empty());
+
+        // The CRDs from their published YAML, then the examples, validated by the API server.
+        cluster
+            .install_crds(&root.join("e2e/vendor/gateway-api"))
+            .await
+            .unwrap();
+        for example in [
+            "examples/gateway/httproute.yaml",
+            "examples/gateway/ingress.yaml",
+        ] {
+            let out = cluster
+                .kubectl(["apply", "-f", root.join(example).to_str().unwrap()])
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{example}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        apply(FILTERED_ROUTE).await;
+        // The watch retries with backoff (up to 30 s between attempts).
+        tokio::time::timeout(
+            Duration::from_secs(90),
+            worlds.wait_for(|w| {
+                w.gateway_routes.len() == 3
+                    && w.rejected.iter().any(|r| r.object.name == "filtered")
+            }),
+        )
+        .await
+        .expect("the routes never arrived")
+        .unwrap();
+        let world = Arc::clone(&worlds.borrow());
+        let names: Vec<&str> = world.gateway_routes.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "canary-demo/HTTPRoute/partner",
+                "canary-demo/HTTPRoute/shop",
+                "canary-demo/Ingress/shop"
+            ]
+        );
+        let refused = world
+            .rejected
+            .iter()
+            .find(|r| r.object.name == "filtered")
+            .unwrap();
+        assert!(refused.names_field("spec.rules[0].filters"), "{refused}");
+        let partner = proto::GatewayRoute::from_any(
+            &world.gateway_routes["canary-demo/HTTPRoute/partner"].any,
+        )
+        .unwrap();
+        assert!(partner.trust_lane_tags);
+        assert_eq!(partner.rules[0].hostnames, ["partner.example.com"]);
+
+        // What a gateway node is served: the routes and their backends' Service.
+        let gateway = snapshot::NodeKey {
+            namespace: "lanemesh-system".into(),
+            pod_name: "lanemesh-gateway-0".into(),
+            app: "lanemesh-gateway".into(),
+            lane_tag: String::new(),
+            gateway: true,
+        };
+        let served = snapshot::for_node(&world, &gateway);
+        assert_eq!(served.gateway_routes.len(), 3);
+        assert!(served.services.contains_key("canary-demo/spring-cloud-a"));
         source.abort();
         index.abort();
     })

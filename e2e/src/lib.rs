@@ -7,6 +7,8 @@
 //!   the checkout; a `kube::Client` and the matching `kubectl` come with it.
 //! - [`seed`]: the seed story (the examples' apps, lanes and policies) on a local cluster with
 //!   lanemesh installed by its chart; run by `tests/local_mesh.rs` and `make cluster-demo`.
+//! - [`demo`]: `make demo`, the product live without Kubernetes: pilot on a directory, the
+//!   gateway and the seed's apps in network namespaces behind real capture rules.
 //! - [`process`]: real lanemesh binaries as child processes (free ports, HTTP probes, kill on
 //!   drop, peak RSS and CPU from `/proc`).
 //! - [`scale`]: the control-plane scale benchmark (`lanemesh-scale-bench`,
@@ -16,6 +18,7 @@
 //!   against the real `lanemesh-pilot`.
 
 pub mod cluster;
+pub mod demo;
 pub mod process;
 pub mod scale;
 pub mod seed;

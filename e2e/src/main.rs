@@ -1,136 +1,114 @@
-//! `lanemesh-demo`: the README's main job.
-//!
-//! Today it loads a directory of lanemesh YAML (default `examples/`), checks
-//! it exactly as the control plane does, and prints what sidecars would be
-//! sent. The full local demo (cluster, sidecars and demo apps in Go, Java and
-//! Python) is still to come. Exit status 1 when any object is refused.
+//! `lanemesh-demo` (`make demo`): the product, live, on this machine (root). See
+//! [`lanemesh_e2e::demo`] for what runs; this binary builds what it needs, prints each step and
+//! tears everything down at the end or on Ctrl-C (`--keep` waits for Ctrl-C, for your own curl).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use lanemesh_api::convert::{self, Invalid};
-use lanemesh_api::manifest::Manifest;
-use lanemesh_api::proto;
+use lanemesh_e2e::demo::{self, Demo, Options, Step, Teardown};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "lanemesh local demo")]
+#[command(
+    version,
+    about = "lanemesh live demo: gateway, lanes and a rate limit in network namespaces"
+)]
 struct Args {
-    /// A directory (searched recursively) or file of lanemesh YAML.
-    #[arg(default_value = "examples")]
-    path: PathBuf,
+    /// The repository's examples directory.
+    #[arg(long, default_value = "examples")]
+    examples: PathBuf,
+    /// The Go demo app; default: the one `e2e/apps/build.sh go` builds into the cache.
+    #[arg(long)]
+    app: Option<PathBuf>,
+    /// Keep everything running after the steps, until Ctrl-C.
+    #[arg(long)]
+    keep: bool,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut manifest = Manifest::default();
-    let mut files = Vec::new();
-    collect_yaml(&args.path, &mut files)
-        .with_context(|| format!("reading {}", args.path.display()))?;
-    files.sort();
-    for file in &files {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        manifest
-            .add_yaml(&text)
-            .with_context(|| format!("parsing {}", file.display()))?;
-    }
-    let converted = convert::manifest(&manifest, &|_, _| 1);
-
-    let mut out = String::new();
-    out.push_str(&format!(
-        "lanemesh {}: {} files, {} lanemesh objects, {} other Kubernetes objects\n",
-        env!("CARGO_PKG_VERSION"),
-        files.len(),
-        manifest.lane_groups.len()
-            + manifest.lanes.len()
-            + manifest.rate_limits.len()
-            + manifest.circuit_breakers.len()
-            + manifest.overloads.len(),
-        manifest.others.len(),
-    ));
-    for group in &converted.lane_groups.resources {
-        out.push_str(&describe_group(group));
-    }
-    for policy in &converted.inbound.resources {
-        out.push_str(&describe_inbound(policy));
-    }
-    for policy in &converted.outbound.resources {
-        let rules: Vec<&str> = policy.breakers.iter().map(|b| b.name.as_str()).collect();
-        out.push_str(&format!(
-            "OutboundPolicy {}: breakers [{}]\n",
-            policy.name,
-            rules.join(", ")
-        ));
-    }
-    let refused: Vec<&Invalid> = converted.rejected().collect();
-    for invalid in &refused {
-        out.push_str(&format!("REFUSED {invalid}\n"));
-    }
-    out.push_str(
-        "serve it: lanemesh-pilot --source local --dir <dir>  |  one sidecar without a control plane: \
-         lanemesh-proxy run --config-file <file> --app-name <app>\n",
+    let started = Instant::now();
+    let binaries = lanemesh_e2e::process::lanemesh_binaries(Duration::from_secs(3600))
+        .context("building lanemesh-pilot and lanemesh-proxy")?;
+    let app = match args.app {
+        Some(app) => app,
+        None => lanemesh_e2e::cluster::mesh::demo_apps_dir()?.join("demo-go"),
+    };
+    anyhow::ensure!(
+        app.is_file(),
+        "{} missing: run e2e/apps/build.sh go",
+        app.display()
     );
-    std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes())?;
-    if !refused.is_empty() {
-        anyhow::bail!("{} object(s) refused", refused.len());
-    }
-    Ok(())
-}
-
-fn collect_yaml(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_file() {
-        out.push(path.to_owned());
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(path)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_yaml(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            out.push(path);
+    let work = tempfile::Builder::new()
+        .prefix("lanemesh-demo-")
+        .tempdir()?;
+    let options = Options {
+        binaries,
+        app,
+        examples: args.examples,
+        work_dir: work.path().to_path_buf(),
+    };
+    let teardown = Teardown::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let on_signal = teardown.clone();
+    let logs = work.path().join("logs");
+    let keep = args.keep;
+    let result = runtime.block_on(async move {
+        let demo = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let demo = Demo::start(&options, teardown)?;
+            say(&format!(
+                "lanemesh demo up in {:.1}s: pilot on a local directory, gateway {}, apps A, Agray, B, C, Cgray each in a network namespace with its sidecar (UID 1337)\n",
+                started.elapsed().as_secs_f64(),
+                demo.gateway()
+            ));
+            demo::run(&demo, &mut print_step)?;
+            if keep {
+                say(&format!(
+                    "\nrunning until Ctrl-C: curl -H 'canary: gray' http://{}/a (the pilot's directory: {})",
+                    demo.gateway(),
+                    demo.dir().display()
+                ));
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            Ok(())
+        });
+        tokio::select! {
+            done = demo => done.context("the demo thread failed")?,
+            _ = tokio::signal::ctrl_c() => {
+                say("\ninterrupted: cleaning up");
+                Ok(())
+            }
         }
+    });
+    // Also on Ctrl-C, while the demo thread may still hold its handle.
+    on_signal.run();
+    if let Err(error) = &result {
+        say(&format!(
+            "lanemesh-demo failed: {error:#}\nlogs: {}",
+            logs.display()
+        ));
+        // Keep the logs for the user.
+        let _ = work.keep();
     }
-    Ok(())
+    runtime.shutdown_background();
+    result
 }
 
-fn describe_group(group: &proto::LaneGroup) -> String {
-    let mode = proto::RoutingMode::try_from(group.routing_mode).map_or("?", |m| m.as_str_name());
-    let mut text = format!(
-        "LaneGroup {} ({mode}): apps [{}], tag header {}\n",
-        group.name,
-        group.apps.join(", "),
-        group.tag_header
-    );
-    for lane in &group.lanes {
-        let conditions = lane.r#match.as_ref().map_or(0, |m| m.conditions.len());
-        text.push_str(&format!(
-            "  lane {} tag={} enabled={} conditions={} weight={}\n",
-            lane.name, lane.tag, lane.enabled, conditions, lane.weight
-        ));
+fn print_step(step: &Step) {
+    say(&format!("==> {}", step.title));
+    for line in step.command.lines() {
+        say(&format!("$ {line}"));
     }
-    text
+    say(&format!("{}\n", step.shown));
 }
 
-fn describe_inbound(policy: &proto::InboundPolicy) -> String {
-    let mut text = format!("InboundPolicy {}\n", policy.name);
-    for rule in &policy.rules {
-        let qps = rule
-            .qps
-            .as_ref()
-            .map_or("-".to_owned(), |q| format!("{} qps", q.threshold));
-        let status = rule.fallback.as_ref().map_or(0, |f| f.status);
-        text.push_str(&format!(
-            "  rule {}: {qps}, fallback {status}, dryRun={}\n",
-            rule.name, rule.dry_run
-        ));
-    }
-    if let Some(o) = &policy.overload {
-        let mode = proto::OverloadMode::try_from(o.mode).map_or("?", |m| m.as_str_name());
-        text.push_str(&format!(
-            "  overload {}: {mode} above {} CPU\n",
-            o.name, o.cpu_threshold
-        ));
-    }
-    text
+/// The demo's output is its purpose.
+#[allow(clippy::print_stdout)]
+fn say(line: &str) {
+    println!("{line}");
 }

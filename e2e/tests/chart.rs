@@ -243,6 +243,84 @@ fn helm_template_renders_a_least_privilege_pilot_and_a_verifiable_webhook() {
     assert_eq!(hook["failurePolicy"], "Ignore");
 }
 
+#[test]
+fn gateway_enabled_renders_the_gateway_deployment_service_and_classes() {
+    if cluster::skip_requested("gateway_enabled_renders_the_gateway_deployment_service_and_classes")
+    {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let off = documents(&template(home.path(), &[]));
+    assert!(
+        !off.iter()
+            .any(|d| d["metadata"]["name"] == "lanemesh-gateway"),
+        "the gateway is off by default"
+    );
+    let docs = documents(&template(home.path(), &["--set", "gateway.enabled=true"]));
+    let deploy = find(&docs, "Deployment", "lanemesh-gateway");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"].as_str().unwrap().split(':').next(),
+        Some("lanemesh/proxy")
+    );
+    let args = strings(&container["args"]);
+    assert_eq!(args[..2], ["gateway".to_owned(), "--port=8080".to_owned()]);
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"],
+        "/healthz/ready"
+    );
+    // Discovery over TLS with the chart's CA, authenticated by a projected token.
+    let env: std::collections::BTreeMap<String, String> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let secret = find(&docs, "Secret", "lanemesh-pilot-tls");
+    assert_eq!(
+        env["LANEMESH_DISCOVERY_CA"].as_bytes(),
+        b64(secret["data"]["ca.crt"].as_str().unwrap())
+    );
+    assert_eq!(
+        env["LANEMESH_DISCOVERY_ADDR"],
+        format!("{SERVICE_HOST}:15010")
+    );
+    let token = &pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "lanemesh");
+    let service = find(&docs, "Service", "lanemesh-gateway");
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(
+        find(&docs, "IngressClass", "lanemesh")["spec"]["controller"],
+        "lanemesh.io/gateway-controller"
+    );
+    // A port the proxy itself uses is refused by the schema.
+    let refused = helm(
+        home.path(),
+        &[
+            "template",
+            "x",
+            chart().to_str().unwrap(),
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            "gateway.port=15001",
+        ],
+    );
+    assert!(!refused.status.success(), "port 15001 accepted");
+}
+
 /// `resource` may end in `/status`: the subresource.
 async fn get_json(cluster: &TestCluster, args: &[&str]) -> serde_json::Value {
     let out = cluster.kubectl(args).await.unwrap();

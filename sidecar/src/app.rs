@@ -161,8 +161,11 @@ impl App {
                 tracing::info!(path = %path.display(), generation, "configuration loaded");
                 None
             }
-            Some(ConfigSource::ControlPlane(client)) => {
+            Some(ConfigSource::ControlPlane(mut client)) => {
                 tracing::info!(addr = %client.addr, "connecting to the control plane");
+                // The stream claims who the store was built for (a gateway subscribes to its
+                // routes too), whatever the source's own settings say.
+                client.identity = config.identity.clone();
                 let mut signal = handle.signal();
                 let client = DiscoveryClient::new(*client, Arc::clone(&store));
                 metrics.attach(client.state() as Arc<dyn ScrapeSource>);

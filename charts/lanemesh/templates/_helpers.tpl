@@ -49,3 +49,16 @@ valid; generated on install. Memoised in .Values so both templates that use it a
 {{- end -}}
 {{- toYaml .Values.__certs -}}
 {{- end -}}
+
+{{- define "lanemesh.gatewayLabels" -}}
+app.kubernetes.io/name: lanemesh-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "lanemesh.gatewaySelector" -}}
+app.kubernetes.io/name: lanemesh-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

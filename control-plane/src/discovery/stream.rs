@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use lanemesh_api::proto::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Resource};
-use lanemesh_api::resource::ALL_TYPE_URLS;
+use lanemesh_api::resource::{ALL_TYPE_URLS, GATEWAY_TYPE_URL};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -136,9 +136,9 @@ impl StreamTask {
 
     fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<(), Status> {
         let type_url = request.type_url;
-        if !ALL_TYPE_URLS.contains(&type_url.as_str()) {
+        if !ALL_TYPE_URLS.contains(&type_url.as_str()) && type_url != GATEWAY_TYPE_URL {
             return Err(Status::invalid_argument(format!(
-                "unknown type_url {type_url:?}; known: {}",
+                "unknown type_url {type_url:?}; known: {}, {GATEWAY_TYPE_URL}",
                 ALL_TYPE_URLS.join(", ")
             )));
         }
