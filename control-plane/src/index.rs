@@ -138,10 +138,11 @@ impl Index {
             .filter(|k| self.last_good.contains_key(k))
             .cloned()
             .collect();
+        let route_parents = route_parents(&self.objects);
         let objects = self
             .objects
             .iter()
-            .filter(|(k, _)| k.kind.is_lanemesh())
+            .filter(|(k, _)| k.kind.is_lanemesh() || route_parents.contains_key(*k))
             .map(|(k, o)| (k.clone(), o.clone()))
             .collect();
         let mut world = World {
@@ -152,6 +153,7 @@ impl Index {
             rejected,
             objects: Arc::new(objects),
             kept_last_good,
+            route_parents,
             ..World::default()
         };
         for s in &converted.services.resources {
@@ -171,6 +173,41 @@ impl Index {
         world.gateway_routes = encode(&converted.gateway_routes.resources);
         world
     }
+}
+
+/// The HTTPRoutes attached to a Gateway of lanemesh's class, with those parentRefs, normalised
+/// (group and kind filled in as the API server defaults them) so that they compare equal to
+/// what a route's status holds.
+fn route_parents(
+    objects: &BTreeMap<ObjectKey, Object>,
+) -> BTreeMap<ObjectKey, Vec<lanemesh_api::crd::gateway_api::ParentReference>> {
+    use lanemesh_api::crd::gateway_api::GATEWAY_GROUP;
+    let gateways: Vec<_> = objects
+        .values()
+        .filter_map(|o| match o {
+            Object::Gateway(g) => Some((**g).clone()),
+            _ => None,
+        })
+        .collect();
+    objects
+        .iter()
+        .filter_map(|(key, o)| match o {
+            Object::HttpRoute(route) => {
+                let parents: Vec<_> =
+                    convert::lanemesh_parents(route, &gateways, convert::DEFAULT_GATEWAY_CLASS)
+                        .into_iter()
+                        .map(|p| {
+                            let mut p = p.clone();
+                            p.group.get_or_insert_with(|| GATEWAY_GROUP.to_owned());
+                            p.kind.get_or_insert_with(|| "Gateway".to_owned());
+                            p
+                        })
+                        .collect();
+                (!parents.is_empty()).then(|| (key.clone(), parents))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn inputs(objects: impl Iterator<Item = Object>) -> Manifest {

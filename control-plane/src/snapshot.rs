@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lanemesh_api::convert::Invalid;
+use lanemesh_api::crd::gateway_api::ParentReference;
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 
@@ -90,6 +91,9 @@ pub struct World {
     pub objects: Arc<BTreeMap<ObjectKey, Object>>,
     /// Refused objects whose last good version is what is served.
     pub kept_last_good: BTreeSet<ObjectKey>,
+    /// HTTPRoutes attached to a Gateway of lanemesh's class -> those parentRefs: the route
+    /// status entries the control plane writes.
+    pub route_parents: BTreeMap<ObjectKey, Vec<ParentReference>>,
 }
 
 impl Default for World {
@@ -109,6 +113,7 @@ impl Default for World {
             rejected: Vec::new(),
             objects: Arc::default(),
             kept_last_good: BTreeSet::new(),
+            route_parents: BTreeMap::new(),
         }
     }
 }

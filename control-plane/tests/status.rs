@@ -342,3 +342,149 @@ async fn bad_objects_are_refused_and_the_last_good_configuration_stays_served() 
     .await
     .expect("test exceeded its time bound");
 }
+
+/// An HTTPRoute on a lanemesh Gateway, one refused by lanemesh (a filter), one whose backend does
+/// not exist, and one of another controller's Gateway (left alone).
+const ROUTES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: web}
+spec: {selector: {app: a}, ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: web}
+spec: {gatewayClassName: lanemesh, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: other, namespace: web}
+spec: {gatewayClassName: someone-else, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: web}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filtered, namespace: web}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-demo, value: demo}]}}]
+    backendRefs: [{name: a, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: dangling, namespace: web}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{backendRefs: [{name: missing, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: foreign, namespace: web}
+spec:
+  parentRefs: [{name: other}]
+  rules: [{backendRefs: [{name: a, port: 80}]}]
+"#;
+
+/// lanemesh's `(Accepted, ResolvedRefs)` statuses and reasons on `route`, when written.
+fn route_conditions(
+    route: &lanemesh_api::crd::gateway_api::HTTPRoute,
+) -> Option<[(String, String); 2]> {
+    let parent = route
+        .status
+        .as_ref()?
+        .parents
+        .iter()
+        .find(|p| p.controller_name == lanemesh_api::crd::gateway_api::CONTROLLER_NAME)?;
+    let get = |t: &str| {
+        parent
+            .conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    Some([get("Accepted")?, get("ResolvedRefs")?])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_on_lanemesh_gateways_get_gateway_api_route_status() {
+    if cluster::skip_requested("routes_on_lanemesh_gateways_get_gateway_api_route_status") {
+        return;
+    }
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let cluster =
+            cluster_with("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n").await;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        cluster
+            .install_crds(&root.join("e2e/vendor/gateway-api"))
+            .await
+            .unwrap();
+        apply(&cluster, ROUTES).await;
+        let client = cluster.client();
+        let pilot = Pilot::start(
+            client.clone(),
+            Some(short_lease("route-status-test", "only")),
+            None,
+        )
+        .await;
+        let routes: Api<lanemesh_api::crd::gateway_api::HTTPRoute> =
+            Api::namespaced(client.clone(), "web");
+        let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        for (name, want) in [
+            (
+                "good",
+                [pair("True", "Accepted"), pair("True", "ResolvedRefs")],
+            ),
+            (
+                "filtered",
+                [
+                    pair("False", "UnsupportedValue"),
+                    pair("True", "ResolvedRefs"),
+                ],
+            ),
+            (
+                "dangling",
+                [pair("True", "Accepted"), pair("False", "BackendNotFound")],
+            ),
+        ] {
+            wait_object(&routes, name, "route status", |r| {
+                route_conditions(r).as_ref() == Some(&want)
+            })
+            .await;
+        }
+        let filtered = routes.get("filtered").await.unwrap();
+        let parent = &filtered.status.as_ref().unwrap().parents[0];
+        assert_eq!(parent.parent_ref.name, "edge");
+        let accepted = parent
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Accepted")
+            .unwrap();
+        assert!(
+            accepted.message.contains("spec.rules[0].filters"),
+            "{}",
+            accepted.message
+        );
+        // Another controller's route is left alone.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let foreign = routes.get("foreign").await.unwrap();
+        assert!(
+            foreign.status.as_ref().is_none_or(|s| s.parents.is_empty()),
+            "{:?}",
+            foreign.status
+        );
+        pilot.stop().await;
+    })
+    .await
+    .expect("test exceeded its time bound");
+}

@@ -300,6 +300,12 @@ async fn examples_are_accepted_by_the_api_server() {
             .install_crds(&crd_dir())
             .await
             .expect("install the CRDs");
+        // examples/gateway/ holds Gateway API objects: their published CRDs (vendored) check
+        // them as a cluster with Gateway API would.
+        cluster
+            .install_crds(&Path::new(env!("CARGO_MANIFEST_DIR")).join("vendor/gateway-api"))
+            .await
+            .expect("install the Gateway API CRDs");
         // kubectl applies files in path order and refuses an object whose namespace does not
         // exist yet, so create the namespaces the examples use first.
         for ns in namespaces_used(&examples) {

@@ -16,6 +16,7 @@ use super::error::{Errors, Field};
 use super::{Built, Invalid, ObjectRef, Violation};
 use crate::crd::gateway_api::{
     GATEWAY_GROUP, Gateway, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPValueMatch,
+    ParentReference,
 };
 use crate::{labels, proto};
 
@@ -46,25 +47,8 @@ pub fn gateway_routes(
     class: &str,
 ) -> Built<proto::GatewayRoute> {
     let mut built = Built::default();
-    let ours = |namespace: &str, name: &str| {
-        gateways.iter().any(|g| {
-            g.spec.gateway_class_name == class
-                && g.metadata.name.as_deref() == Some(name)
-                && g.metadata
-                    .namespace
-                    .as_deref()
-                    .unwrap_or(super::DEFAULT_NAMESPACE)
-                    == namespace
-        })
-    };
     for route in super::sorted_by_ref(routes, |r| &r.metadata) {
-        let namespace = namespace_of(&route.metadata);
-        let attached = route.spec.parent_refs.iter().any(|p| {
-            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
-                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
-                && ours(p.namespace.as_deref().unwrap_or(namespace), &p.name)
-        });
-        if attached {
+        if !lanemesh_parents(route, gateways, class).is_empty() {
             push(&mut built, http_route(route));
         }
     }
@@ -79,6 +63,31 @@ pub fn gateway_routes(
         }
     }
     built
+}
+
+/// The parentRefs of `route` that name a Gateway of `class`: the parents lanemesh serves the
+/// route for (and writes its status for).
+pub fn lanemesh_parents<'a>(
+    route: &'a HTTPRoute,
+    gateways: &[Gateway],
+    class: &str,
+) -> Vec<&'a ParentReference> {
+    let route_namespace = namespace_of(&route.metadata);
+    route
+        .spec
+        .parent_refs
+        .iter()
+        .filter(|p| {
+            let namespace = p.namespace.as_deref().unwrap_or(route_namespace);
+            p.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+                && gateways.iter().any(|g| {
+                    g.spec.gateway_class_name == class
+                        && g.metadata.name.as_deref() == Some(p.name.as_str())
+                        && namespace_of(&g.metadata) == namespace
+                })
+        })
+        .collect()
 }
 
 fn push(built: &mut Built<proto::GatewayRoute>, result: Result<proto::GatewayRoute, Invalid>) {

@@ -28,6 +28,7 @@ pub use duration::{DurationError, parse_duration};
 pub use error::{FieldError, Invalid, ObjectRef, Violation};
 pub use gateway::{
     DEFAULT_CLASS as DEFAULT_GATEWAY_CLASS, LANE_WEIGHTS, TRUST_LANE_TAGS, gateway_routes,
+    lanemesh_parents,
 };
 pub use lane::lane_groups;
 pub use rate_limit::inbound_policies;

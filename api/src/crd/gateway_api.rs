@@ -7,11 +7,15 @@
 //! implementation decode; what lanemesh cannot honour (filters, other backend kinds) is refused
 //! by the conversion, with its field path.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 /// The Gateway API group.
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The `controllerName` of lanemesh's GatewayClass and of the route status entries it writes.
+pub const CONTROLLER_NAME: &str = "lanemesh.io/gateway-controller";
 
 /// `Gateway.spec`: only the class is read; lanemesh's gateway serves every listener.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -37,6 +41,7 @@ pub struct GatewaySpec {
     kind = "HTTPRoute",
     plural = "httproutes",
     namespaced,
+    status = "HTTPRouteStatus",
     schema = "disabled"
 )]
 #[serde(rename_all = "camelCase")]
@@ -147,4 +152,22 @@ pub struct HTTPBackendRef {
     /// Not supported by lanemesh.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<serde_json::Value>,
+}
+
+/// `HTTPRoute.status`: one entry per (parent, controller).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HTTPRouteStatus {
+    #[serde(default)]
+    pub parents: Vec<RouteParentStatus>,
+}
+
+/// `status.parents[]`: what one controller says of the route for one parent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    pub parent_ref: ParentReference,
+    pub controller_name: String,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
 }

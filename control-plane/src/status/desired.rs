@@ -5,11 +5,18 @@
 //! condition, `observedGeneration`, and (Lanes only) `matchedPods`. Other
 //! conditions are left to whoever wrote them (server-side apply merges the
 //! condition list by `type`).
+//!
+//! Of an HTTPRoute attached to a lanemesh Gateway it owns the `status.parents` entries with
+//! lanemesh's `controllerName`, one per such parent, with the Gateway API conditions
+//! `Accepted` (`Accepted`, or `UnsupportedValue` with the refusal) and `ResolvedRefs`
+//! (`ResolvedRefs`, or `BackendNotFound` naming the missing Services); other controllers'
+//! entries are kept as they are.
 
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use lanemesh_api::convert::{Invalid, Violation};
+use lanemesh_api::crd::gateway_api::{CONTROLLER_NAME, ParentReference, RouteParentStatus};
 use serde::Serialize;
 
 use crate::snapshot::World;
@@ -97,16 +104,33 @@ fn reason_of(v: &Violation) -> &'static str {
 pub struct OwnedStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// At most the `Accepted` condition.
+    /// At most the `Accepted` condition (lanemesh kinds; HTTPRoutes have none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Lanes only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_pods: Option<BTreeMap<String, u32>>,
+    /// HTTPRoutes only: every `status.parents` entry (other controllers' too, since the list is
+    /// replaced as a whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Vec<RouteParentStatus>>,
 }
 
 impl OwnedStatus {
     /// What of `object`'s current status the control plane owns.
     pub fn of(object: &Object) -> Self {
+        if let Object::HttpRoute(route) = object {
+            return Self {
+                parents: Some(
+                    route
+                        .status
+                        .as_ref()
+                        .map(|s| s.parents.clone())
+                        .unwrap_or_default(),
+                ),
+                ..Self::default()
+            };
+        }
         let (observed_generation, conditions, matched_pods) = match object {
             Object::Lane(o) => match &o.status {
                 Some(s) => (
@@ -138,6 +162,7 @@ impl OwnedStatus {
                 .cloned()
                 .collect(),
             matched_pods,
+            parents: None,
         }
     }
 
@@ -171,7 +196,110 @@ pub fn next_status(
             last_transition_time,
         }],
         matched_pods,
+        parents: None,
     }
+}
+
+/// What the control plane knows of an HTTPRoute for its status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteFacts {
+    /// The lanemesh Gateways it is attached to (normalised parentRefs).
+    pub parents: Vec<ParentReference>,
+    /// Backends without a Service, `namespace/name`.
+    pub missing_backends: Vec<String>,
+}
+
+/// The route status `current` should become: every other controller's entry as it is, then
+/// one entry of lanemesh per parent in `facts`. A condition's `lastTransitionTime` moves to
+/// `now` only when its status flips (or it is new).
+pub fn next_route_status(
+    current: &OwnedStatus,
+    generation: Option<i64>,
+    verdict: &Verdict,
+    facts: &RouteFacts,
+    now: &Time,
+) -> OwnedStatus {
+    let current = current.parents.as_deref().unwrap_or_default();
+    let mut parents: Vec<RouteParentStatus> = current
+        .iter()
+        .filter(|p| p.controller_name != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    for parent in &facts.parents {
+        let previous = current
+            .iter()
+            .find(|p| p.controller_name == CONTROLLER_NAME && &p.parent_ref == parent);
+        let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+            let status = if ok { "True" } else { "False" };
+            let last_transition_time = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+                .filter(|c| c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        };
+        let accepted = if verdict.accepted {
+            condition(ACCEPTED, true, "Accepted", verdict.message.clone())
+        } else {
+            condition(ACCEPTED, false, "UnsupportedValue", verdict.message.clone())
+        };
+        let resolved = if facts.missing_backends.is_empty() {
+            condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "every backend is a Service".to_owned(),
+            )
+        } else {
+            condition(
+                "ResolvedRefs",
+                false,
+                "BackendNotFound",
+                format!("no Service {}", facts.missing_backends.join(", ")),
+            )
+        };
+        parents.push(RouteParentStatus {
+            parent_ref: parent.clone(),
+            controller_name: CONTROLLER_NAME.to_owned(),
+            conditions: vec![accepted, resolved],
+        });
+    }
+    OwnedStatus {
+        parents: Some(parents),
+        ..OwnedStatus::default()
+    }
+}
+
+/// The route facts of `object`, when it is an HTTPRoute lanemesh serves.
+fn route_facts(world: &World, key: &ObjectKey, object: &Object) -> Option<RouteFacts> {
+    let Object::HttpRoute(route) = object else {
+        return None;
+    };
+    let parents = world.route_parents.get(key)?.clone();
+    let mut missing_backends: Vec<String> = route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .filter(|b| b.kind.as_deref().unwrap_or("Service") == "Service")
+        .map(|b| {
+            let ns = b.namespace.as_deref().unwrap_or(&key.namespace);
+            format!("{ns}/{}", b.name)
+        })
+        .filter(|name| !world.services.contains_key(name))
+        .collect();
+    missing_backends.sort();
+    missing_backends.dedup();
+    Some(RouteFacts {
+        parents,
+        missing_backends,
+    })
 }
 
 /// Ready governed pods per (namespace, app, lane tag).
@@ -223,6 +351,24 @@ pub struct Desired {
     pub verdict: Verdict,
     pub current: OwnedStatus,
     pub next: OwnedStatus,
+    /// HTTPRoutes only.
+    pub route: Option<RouteFacts>,
+}
+
+impl Desired {
+    /// The next status on top of `current` (what this leader wrote last, say).
+    pub fn next_from(&self, current: &OwnedStatus, now: &Time) -> OwnedStatus {
+        match &self.route {
+            Some(facts) => next_route_status(current, self.generation, &self.verdict, facts, now),
+            None => next_status(
+                current,
+                self.generation,
+                &self.verdict,
+                self.next.matched_pods.clone(),
+                now,
+            ),
+        }
+    }
 }
 
 /// The desired status of every lanemesh object of `world`. A conversion
@@ -245,7 +391,7 @@ pub fn desired(world: &World, blame: &BTreeMap<ObjectKey, Verdict>, now: &Time) 
     world
         .objects
         .iter()
-        .filter(|(key, _)| key.kind.is_lanemesh())
+        .filter(|(key, _)| key.kind.is_lanemesh() || world.route_parents.contains_key(*key))
         .map(|(key, object)| {
             let verdict = match refused.get(key) {
                 Some(invalid) => Verdict::refused(invalid, world.kept_last_good.contains(key)),
@@ -262,14 +408,20 @@ pub fn desired(world: &World, blame: &BTreeMap<ObjectKey, Verdict>, now: &Time) 
                 _ => None,
             };
             let current = OwnedStatus::of(object);
-            let next = next_status(&current, object.meta().generation, &verdict, matched, now);
+            let route = route_facts(world, key, object);
+            let generation = object.meta().generation;
+            let next = match &route {
+                Some(facts) => next_route_status(&current, generation, &verdict, facts, now),
+                None => next_status(&current, generation, &verdict, matched, now),
+            };
             Desired {
                 key: key.clone(),
                 uid: object.meta().uid.clone().unwrap_or_default(),
-                generation: object.meta().generation,
+                generation,
                 verdict,
                 current,
                 next,
+                route,
             }
         })
         .collect()
@@ -281,6 +433,68 @@ mod tests {
     use crate::index::Index;
     use crate::source::SourceEvent;
     use crate::source::local::parse;
+
+    #[test]
+    fn a_route_status_keeps_other_controllers_and_transition_times() {
+        use lanemesh_api::crd::gateway_api::{GATEWAY_GROUP, ParentReference, RouteParentStatus};
+        let edge = ParentReference {
+            group: Some(GATEWAY_GROUP.into()),
+            kind: Some("Gateway".into()),
+            name: "edge".into(),
+            ..Default::default()
+        };
+        let theirs = RouteParentStatus {
+            parent_ref: ParentReference {
+                name: "other".into(),
+                ..edge.clone()
+            },
+            controller_name: "example.net/gateway".into(),
+            conditions: vec![],
+        };
+        let facts = RouteFacts {
+            parents: vec![edge.clone()],
+            missing_backends: vec!["web/missing".into()],
+        };
+        let current = OwnedStatus {
+            parents: Some(vec![theirs.clone()]),
+            ..OwnedStatus::default()
+        };
+        let first = next_route_status(&current, Some(2), &Verdict::accepted(), &facts, &time(10));
+        let parents = first.parents.clone().unwrap();
+        assert_eq!(parents[0], theirs, "another controller's entry is kept");
+        assert_eq!(parents[1].parent_ref, edge);
+        assert_eq!(parents[1].controller_name, CONTROLLER_NAME);
+        let conditions: Vec<(&str, &str, &str)> = parents[1]
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            conditions,
+            [
+                ("Accepted", "True", "Accepted"),
+                ("ResolvedRefs", "False", "BackendNotFound")
+            ]
+        );
+        assert!(parents[1].conditions[1].message.contains("web/missing"));
+        // Unchanged verdict later: the same status, transition times kept.
+        let again = next_route_status(&first, Some(2), &Verdict::accepted(), &facts, &time(99));
+        assert_eq!(again, first);
+        // Refused: Accepted flips (new time), ResolvedRefs keeps its time.
+        let refused = Verdict {
+            accepted: false,
+            reason: reason::INVALID,
+            message: "spec.rules[0].filters: not supported".into(),
+        };
+        let flipped = next_route_status(&first, Some(3), &refused, &facts, &time(50));
+        let ours = &flipped.parents.unwrap()[1];
+        assert_eq!(ours.conditions[0].reason, "UnsupportedValue");
+        assert_eq!(ours.conditions[0].last_transition_time, time(50));
+        assert_eq!(ours.conditions[1].last_transition_time, time(10));
+        // The wire shape of a route status carries no lanemesh-kind fields.
+        let json = serde_json::to_value(&first).unwrap();
+        assert!(json.get("conditions").is_none() && json.get("observedGeneration").is_none());
+    }
 
     fn time(secs: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
+use lanemesh_api::crd::gateway_api::HTTPRoute;
 use lanemesh_api::crd::{
     CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
 };
@@ -242,26 +243,18 @@ impl StatusWriter {
             Kind::OverloadProtectionPolicy => {
                 apply::<OverloadProtectionPolicy>(c, key, status).await
             }
-            // `desired` only lists lanemesh kinds.
-            Kind::Service
-            | Kind::EndpointSlice
-            | Kind::Pod
-            | Kind::HttpRoute
-            | Kind::Gateway
-            | Kind::Ingress => Ok(()),
+            Kind::HttpRoute => apply_route_status(c, key, status).await,
+            // `desired` lists no other kind.
+            Kind::Service | Kind::EndpointSlice | Kind::Pod | Kind::Gateway | Kind::Ingress => {
+                Ok(())
+            }
         }
     }
 }
 
 /// `d.next` recomputed on top of what this leader wrote last.
 fn rebase(d: &Desired, written: &OwnedStatus, now: &Time) -> OwnedStatus {
-    desired::next_status(
-        written,
-        d.generation,
-        &d.verdict,
-        d.next.matched_pods.clone(),
-        now,
-    )
+    d.next_from(written, now)
 }
 
 /// Now, to the second (the precision Kubernetes keeps).
@@ -289,5 +282,23 @@ where
         &Patch::Apply(body),
     )
     .await?;
+    Ok(())
+}
+
+/// An HTTPRoute's `status.parents`, as a merge patch: the list is atomic in the Gateway API
+/// schema, so the whole list (other controllers' entries included, as read) is written.
+async fn apply_route_status(
+    client: Client,
+    key: &ObjectKey,
+    status: &OwnedStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<HTTPRoute> = Api::namespaced(client, &key.namespace);
+    let body = serde_json::json!({"status": {"parents": status.parents}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&key.name, &params, &Patch::Merge(body))
+        .await?;
     Ok(())
 }
