@@ -475,6 +475,25 @@ async fn routes_on_lanemesh_gateways_get_gateway_api_route_status() {
             "{}",
             accepted.message
         );
+        // A gateway's stream is served the accepted routes and their backend's Service.
+        let mut gateway =
+            support::Sidecar::gateway(pilot.grpc, "lanemesh-gateway-0", "lanemesh-system").await;
+        let mut first = std::collections::HashMap::new();
+        while first.len() < 6 {
+            let r = gateway.recv().await;
+            gateway.ack(&r).await;
+            first.entry(r.type_url.clone()).or_insert(r);
+        }
+        assert_eq!(
+            support::names(&first[lanemesh_api::resource::GATEWAY_TYPE_URL]),
+            ["web/HTTPRoute/dangling", "web/HTTPRoute/good"]
+        );
+        let services = &first[<proto::Service as DiscoveryResource>::TYPE_URL];
+        assert!(
+            support::names(services).contains(&"web/a"),
+            "{:?}",
+            support::names(services)
+        );
         // Another controller's route is left alone.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let foreign = routes.get("foreign").await.unwrap();

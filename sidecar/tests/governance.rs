@@ -515,6 +515,7 @@ fn breaker(
             ..Default::default()
         }),
         errors: None,
+        dry_run: false,
     }
 }
 

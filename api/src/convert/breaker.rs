@@ -38,7 +38,11 @@ pub fn outbound_policies(policies: &[CircuitBreakerPolicy]) -> Built<proto::Outb
         );
         let rules = s.rules.iter().enumerate();
         let rules: Vec<_> = rules
-            .map(|(i, r)| rule(&spec.key("rules").at(i), &object, r, &mut errors))
+            .map(|(i, r)| {
+                let mut rule = rule(&spec.key("rules").at(i), &object, r, &mut errors);
+                rule.dry_run = s.dry_run;
+                rule
+            })
             .collect();
         let key = (object.namespace.clone(), s.app.clone());
         let (outbound, timeout_owner) = by_app.entry(key).or_insert_with(|| {
@@ -164,6 +168,7 @@ fn rule(
             r.errors.as_ref(),
             errors,
         )),
+        dry_run: false,
     }
 }
 

@@ -222,6 +222,14 @@ fn queue_gets_the_default_max_queue_time_and_zero_means_never_wait() {
 }
 
 #[test]
+fn a_dry_run_breaker_policy_marks_every_rule() {
+    let enforced = base().convert().outbound.resources[0].breakers[0].dry_run;
+    assert!(!enforced, "enforced by default");
+    let dry = base().set(BREAKER, "/spec/dryRun", json!(true)).convert();
+    assert!(dry.outbound.resources[0].breakers.iter().all(|b| b.dry_run));
+}
+
+#[test]
 fn error_codes_accept_classes_codes_and_ranges() {
     let f = base().set(
         BREAKER,

@@ -19,6 +19,7 @@ use super::common::{
     shortname = "cbp",
     category = "lanemesh",
     printcolumn = r#"{"name":"App","type":"string","jsonPath":".spec.app"}"#,
+    printcolumn = r#"{"name":"DryRun","type":"boolean","jsonPath":".spec.dryRun"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -31,6 +32,10 @@ pub struct CircuitBreakerPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(DURATION_PATTERN), length(max = DURATION_MAX_LENGTH))]
     pub timeout: Option<String>,
+    /// Count what the breakers would have rejected (`lanemesh_dry_run_rejections_total`),
+    /// reject nothing: to try thresholds on live traffic before enforcing them.
+    #[serde(default)]
+    pub dry_run: bool,
     #[schemars(length(min = 1, max = 64))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub rules: Vec<CircuitBreakerRule>,

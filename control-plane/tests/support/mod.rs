@@ -53,6 +53,38 @@ impl Sidecar {
         token: &str,
         initial: &Versions,
     ) -> Result<Self, tonic::Status> {
+        let node = Node {
+            pod_name: pod.into(),
+            namespace: namespace.into(),
+            token: token.into(),
+            ..Default::default()
+        };
+        Self::open(addr, node, &ALL_TYPE_URLS, initial).await
+    }
+
+    /// A gateway's stream: the sidecar's types and the gateway routes.
+    pub async fn gateway(addr: std::net::SocketAddr, pod: &str, namespace: &str) -> Self {
+        let node = Node {
+            pod_name: pod.into(),
+            namespace: namespace.into(),
+            app: "lanemesh-gateway".into(),
+            gateway: true,
+            ..Default::default()
+        };
+        let mut types = ALL_TYPE_URLS.to_vec();
+        types.push(lanemesh_api::resource::GATEWAY_TYPE_URL);
+        Self::open(addr, node, &types, &Versions::new())
+            .await
+            .unwrap()
+    }
+
+    /// Sends one request per type (`node` in the first) and opens the stream.
+    async fn open(
+        addr: std::net::SocketAddr,
+        node: Node,
+        types: &[&str],
+        initial: &Versions,
+    ) -> Result<Self, tonic::Status> {
         // A small HTTP/2 window, so that a sidecar that stops reading
         // pushes back on the server soon (hyper's default is 2 MiB).
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -64,15 +96,10 @@ impl Sidecar {
             .unwrap();
         let mut client = AggregatedDiscoveryServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(16);
-        for (i, type_url) in ALL_TYPE_URLS.iter().enumerate() {
-            let node = (i == 0).then(|| Node {
-                pod_name: pod.into(),
-                namespace: namespace.into(),
-                token: token.into(),
-                ..Default::default()
-            });
+        let mut node = Some(node);
+        for type_url in types {
             tx.send(DeltaDiscoveryRequest {
-                node,
+                node: node.take(),
                 type_url: (*type_url).into(),
                 initial_resource_versions: initial.get(*type_url).cloned().unwrap_or_default(),
                 ..Default::default()

@@ -113,21 +113,29 @@ impl Demo {
         let topology = Topology::new(&options.examples)?;
         topology.write_initial(&dir)?;
 
-        let mut net = Net::create()?;
-        let host = Net::host_ip();
-        let mut pods = BTreeMap::new();
-        for app in APPS.iter().chain([&topology::GATEWAY]) {
-            pods.insert(app.pod, net.pod(app.pod, app.host)?);
-        }
+        // Handed to the teardown at once, so a Ctrl-C while the pods are created removes them.
         teardown
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .net = Some(net);
+            .net = Some(Net::create()?);
+        let host = Net::host_ip();
+        let mut pods = BTreeMap::new();
+        for app in APPS.iter().chain([&topology::GATEWAY]) {
+            let pod = teardown
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .net
+                .as_mut()
+                .context("torn down while starting")?
+                .pod(app.pod, app.host)?;
+            pods.insert(app.pod, pod);
+        }
 
         let grpc: SocketAddr = format!("{host}:15010").parse()?;
         let pilot_admin = free_addr()?;
-        let mut pilot = ChildGuard::spawn(
+        let pilot = ChildGuard::spawn(
             "lanemesh-pilot",
             {
                 let mut command = std::process::Command::new(&options.binaries.pilot);
@@ -141,8 +149,11 @@ impl Demo {
             },
             &logs.join("pilot.log"),
         )?;
-        pilot.wait_ready(pilot_admin, "/readyz", Duration::from_secs(20))?;
+        // Every child goes to the teardown as soon as it exists, so Ctrl-C stops it.
         teardown.push(pilot);
+        wait(Instant::now() + CONVERGE, "the pilot ready", || {
+            http(pilot_admin, "GET", "/readyz").is_some_and(|(s, _)| s == 200)
+        })?;
 
         let discovery = format!("http://{grpc}");
         let proxy = &options.binaries.proxy;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use http::Method;
 
 use crate::metrics::{BreakerLabels, ProxyMetrics};
-use crate::policy::{BreakerState, BreakerTicket, CircuitBreaker, Gated, Outcome, RejectReason};
+use crate::policy::{
+    BreakerState, BreakerTicket, CircuitBreaker, Enforcement, Gated, Outcome, RejectReason,
+};
 
 use super::rules::{BreakerRule, OutboundRules};
 use super::{Blocked, GovernContext};
@@ -31,10 +33,17 @@ impl BreakerSlot {
         match CircuitBreaker::new(spec.config) {
             Ok(breaker) => {
                 ctx.metrics.set_breaker_state(&labels, BreakerState::Closed);
-                ctx.declare(&spec.name, &[RejectReason::CircuitBreaking], false);
+                ctx.declare(&spec.name, &[RejectReason::CircuitBreaking], spec.dry_run);
+                let enforcement = if spec.dry_run {
+                    Enforcement::DryRun
+                } else {
+                    Enforcement::Enforce
+                };
                 Some(Self {
                     spec: Arc::clone(spec),
-                    breaker: breaker.observe_dry_run(ctx.observer(&spec.name)),
+                    breaker: breaker
+                        .with_enforcement(enforcement)
+                        .observe_dry_run(ctx.observer(&spec.name)),
                     labels,
                     metrics: Arc::clone(&ctx.metrics),
                     reported: Default::default(),

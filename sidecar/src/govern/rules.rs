@@ -230,6 +230,8 @@ pub struct BreakerRule {
     pub config: BreakerConfig,
     pub fallback: Fallback,
     pub errors: ErrorClassifier,
+    /// Count would-be rejections, reject nothing.
+    pub dry_run: bool,
 }
 
 /// Everything a caller enforces towards one destination app.

@@ -95,6 +95,44 @@ fn errors_open_the_breaker_and_callers_get_its_fallback() {
 }
 
 #[test]
+fn a_dry_run_breaker_opens_and_counts_but_never_rejects() {
+    // Issue 16 item 5: CircuitBreakerPolicy `dryRun`.
+    let ctx = ctx();
+    let mut rule = error_count_rule("cb/dry", 2.0);
+    rule.dry_run = true;
+    let g = OutboundGovernor::build([&policy("c", vec![rule])], None, &ctx);
+    for i in 0..2 {
+        call(&g, "c", ms(i))
+            .unwrap()
+            .record(CallResult::Http(503), ms(i + 5));
+    }
+    assert_eq!(
+        g.breakers("c")[0].state(),
+        BreakerState::Open,
+        "its state shows what enforcing would do"
+    );
+    for i in 0..3 {
+        assert!(
+            call(&g, "c", ms(10 + i)).is_ok(),
+            "a dry-run breaker admits"
+        );
+    }
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(
+            r#"lanemesh_dry_run_rejections_total{reason="circuit_breaking",rule="cb/dry"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"lanemesh_rejections_total{reason="circuit_breaking",rule="cb/dry"} 0"#)
+            || !text
+                .contains(r#"lanemesh_rejections_total{reason="circuit_breaking",rule="cb/dry"}"#),
+        "{text}"
+    );
+}
+
+#[test]
 fn grpc_and_http_outcomes_are_classified() {
     let g = OutboundGovernor::build(
         [&policy("c", vec![error_count_rule("cb/e", 1.0)])],

@@ -322,6 +322,7 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                     status(lanemesh_api::defaults::SHED_STATUS),
                 )?,
                 errors: ErrorClassifier::from_proto(b.errors.as_ref()),
+                dry_run: b.dry_run,
                 name,
             }));
         }
