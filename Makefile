@@ -8,6 +8,7 @@ export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
 ## and the seed's apps in network namespaces behind real capture rules, each step of seed 002/003
 ## printed; cleaned up at the end or on Ctrl-C (ARGS=--keep: keep it running until Ctrl-C)
 demo:
+	bash scripts/system-packages.sh
 	bash e2e/apps/build.sh go
 	cargo run --quiet --release --locked -p lanemesh-e2e --bin lanemesh-demo -- $(ARGS)
 

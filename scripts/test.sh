@@ -37,20 +37,7 @@ cargo --version
 go version
 
 step "system packages (iptables, iproute2, setpriv, python3 for the capture tests)"
-missing=()
-command -v iptables-restore >/dev/null || missing+=(iptables)
-command -v ip >/dev/null || missing+=(iproute2)
-# capture_netns.rs runs the proxy as UID 1337 (setpriv) with a Python urllib client as the app.
-command -v setpriv >/dev/null || missing+=(util-linux)
-command -v python3 >/dev/null || missing+=(python3)
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-  else
-    echo "test.sh: missing ${missing[*]}; the root-only capture tests will be skipped" >&2
-  fi
-fi
+bash scripts/system-packages.sh
 
 step "local cluster binaries (Kubernetes components, etcd, helm, CoreDNS, lanemesh-node from Go modules; cached)"
 bash e2e/cluster/build.sh
