@@ -42,6 +42,8 @@ pub struct AppConfig {
     pub cgroup_dir: Option<PathBuf>,
     /// The reloadable log filter `/logging` controls.
     pub logging: Option<LogControl>,
+    /// See `--lane-seed`.
+    pub lane_seed: Option<u64>,
 }
 
 impl AppConfig {
@@ -56,6 +58,7 @@ impl AppConfig {
             trusted_proxy_hops: 0,
             cgroup_dir: None,
             logging: None,
+            lane_seed: None,
         }
     }
 }
@@ -125,11 +128,13 @@ impl App {
         let store = Arc::new(SnapshotStore::new(config.identity.clone()));
         let metrics = Arc::new(ProxyMetrics::new());
         metrics.attach(Arc::clone(&store) as Arc<dyn ScrapeSource>);
-        let router = Arc::new(
-            MeshRouter::new()
-                .with_metrics(Arc::clone(&metrics))
-                .with_trusted_proxy_hops(config.trusted_proxy_hops),
-        );
+        let mut router = MeshRouter::new()
+            .with_metrics(Arc::clone(&metrics))
+            .with_trusted_proxy_hops(config.trusted_proxy_hops);
+        if let Some(seed) = config.lane_seed {
+            router = router.with_lane_seed(seed);
+        }
+        let router = Arc::new(router);
         let mut background = Vec::new();
         if let Some(cgroup_dir) = config.cgroup_dir {
             background.push(tokio::spawn(crate::govern::cpu::run_sampler(

@@ -148,6 +148,12 @@ pub struct RunConfig {
     #[arg(long, env = "LANEMESH_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
 
+    /// Seed of the lane decisions' random draws (Percentage mode): one generator shared by every
+    /// worker, so the same sequence of requests gets the same lanes. For tests and demos; unset
+    /// (the default) each worker draws from its own thread's generator, without a lock.
+    #[arg(long, env = "LANEMESH_LANE_SEED")]
+    pub lane_seed: Option<u64>,
+
     /// Where the live configuration comes from and who this pod is
     /// (`--discovery-addr`, `--config-file`, `--app-name`, `--lane-tag`, ...).
     #[command(flatten)]
@@ -195,6 +201,7 @@ impl RunConfig {
             trusted_proxy_hops: self.trusted_proxy_hops,
             cgroup_dir: Some(self.cgroup_dir.clone()),
             logging,
+            lane_seed: self.lane_seed,
         })
     }
 

@@ -129,6 +129,7 @@ impl Gateway {
         routes: Vec<proto::GatewayRoute>,
         services: Vec<proto::Service>,
         groups: Vec<proto::LaneGroup>,
+        lane_seed: Option<u64>,
     ) -> Self {
         let proxy = ProxyConfig {
             gateway_ports: vec![0],
@@ -143,12 +144,9 @@ impl Gateway {
             gateway: true,
             ..PodIdentity::app("lanemesh-system", "lanemesh-gateway")
         };
-        let app = App::build(
-            AppConfig::new(proxy, identity.clone()),
-            Arc::new(SoOriginalDst),
-        )
-        .await
-        .unwrap();
+        let mut config = AppConfig::new(proxy, identity.clone());
+        config.lane_seed = lane_seed;
+        let app = App::build(config, Arc::new(SoOriginalDst)).await.unwrap();
         let mut builder = SnapshotBuilder::new(identity);
         builder.insert_all(services).unwrap();
         builder.insert_all(groups).unwrap();
@@ -218,7 +216,7 @@ async fn the_gateway_routes_decides_the_lane_and_strips_client_claims() {
         route("p30", "/p", "demo/p", false, &[("gray", 30)]),
         route("nowhere", "/nowhere", "demo/missing", false, &[]),
     ];
-    let gw = Gateway::start(routes, services, groups).await;
+    let gw = Gateway::start(routes, services, groups, None).await;
 
     // Content lane at the first hop: `canary: gray` reaches gray a.
     let (status, _, body) = gw.get("/a/x", &[("canary", "gray")]).await;
@@ -297,4 +295,48 @@ async fn the_gateway_routes_decides_the_lane_and_strips_client_claims() {
     gw.shutdown.trigger();
     let report = timeout(STEP, gw.run).await.unwrap().unwrap();
     assert_eq!(report.abandoned, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_seed_makes_the_percentage_draws_reproducible() {
+    // Percentage lanes with a fixed seed: the same requests get the same lanes, whichever of
+    // the gateway's two workers serves them; another seed gives another sequence.
+    let (p_base, p_gray) = (app(20, "p-base").await, app(21, "p-gray").await);
+    let services = vec![service(
+        "p",
+        "10.96.1.2:80",
+        &[(p_base, "", true), (p_gray, "gray", true)],
+    )];
+    let mut lane = support::lane("gray", proto::Operator::Equal, "unused");
+    lane.r#match = None;
+    lane.weight = 30;
+    let groups = vec![group(
+        "percent",
+        &["p"],
+        proto::RoutingMode::Percentage,
+        vec![lane],
+    )];
+    let routes = vec![route("p", "/p", "demo/p", false, &[])];
+    let mut sequences = Vec::new();
+    for seed in [7, 7, 8] {
+        let gw = Gateway::start(routes.clone(), services.clone(), groups.clone(), Some(seed)).await;
+        let mut lanes = String::new();
+        for _ in 0..200 {
+            let (status, _, body) = gw.get("/p", &[]).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            lanes.push(if body.starts_with("name=p-gray") {
+                'g'
+            } else {
+                'b'
+            });
+        }
+        gw.shutdown.trigger();
+        timeout(STEP, gw.run).await.unwrap().unwrap();
+        sequences.push(lanes);
+    }
+    assert_eq!(sequences[0], sequences[1], "same seed, same lanes");
+    assert_ne!(sequences[0], sequences[2], "another seed, another sequence");
+    // 30 % of 200 is 60, standard deviation 6.5: the seeded sequence is one fixed sample.
+    let gray = sequences[0].matches('g').count();
+    assert!((35..=85).contains(&gray), "{gray} of 200 in gray");
 }

@@ -227,6 +227,10 @@ impl Demo {
                 "lanemesh-gateway",
                 "--grace-period",
                 "1s",
+                // A fixed seed for the lane draws: the percentage step is one reproducible
+                // sample for the same sequence of requests.
+                "--lane-seed",
+                "30",
             ],
             &[("LANEMESH_LOG", "info")],
             None,

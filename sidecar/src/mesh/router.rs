@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
+use std::sync::{Mutex, PoisonError};
+
 use arc_swap::ArcSwapOption;
 use http::StatusCode;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
 
 use crate::gateway::{self, BackendPort, Matched, edge};
 use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
@@ -44,6 +47,10 @@ pub struct MeshRouter {
     trusted_proxy_hops: usize,
     /// The route label of gateway requests no route matched.
     no_route: Arc<str>,
+    /// With `--lane-seed`: one seeded generator for every lane draw of every worker, so a
+    /// sequence of requests gets a reproducible sequence of lanes (tests, demos). Unset: each
+    /// worker draws from its thread's generator, without a lock.
+    lane_rng: Option<Arc<Mutex<StdRng>>>,
 }
 
 impl Default for MeshRouter {
@@ -76,6 +83,23 @@ impl MeshRouter {
             cpu: Arc::new(SampledCpu::new(f64::NAN)),
             trusted_proxy_hops: 0,
             no_route: Arc::from(""),
+            lane_rng: None,
+        }
+    }
+
+    /// Draws every lane decision from one generator seeded with `seed` (see `--lane-seed`).
+    #[must_use]
+    pub fn with_lane_seed(mut self, seed: u64) -> Self {
+        self.lane_rng = Some(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))));
+        self
+    }
+
+    /// Runs a lane decision with the generator it draws from.
+    fn lane_draw<T>(&self, decide: impl FnOnce(&mut dyn RngCore) -> T) -> T {
+        match &self.lane_rng {
+            // Held for one decision, never across an await.
+            Some(rng) => decide(&mut *rng.lock().unwrap_or_else(PoisonError::into_inner)),
+            None => decide(&mut rand::rng()),
         }
     }
 
@@ -195,9 +219,8 @@ impl MeshRouter {
         let decided_upstream = req.headers.remove(&DECIDED_HEADER).is_some();
         if rt.is_entry && !decided_upstream {
             let view = RequestView::new(&req.uri, &req.headers);
-            let decided = rt
-                .lanes
-                .decide_entry(&rt.app, &view, &mut rand::rng())
+            let decided = self
+                .lane_draw(|rng| rt.lanes.decide_entry(&rt.app, &view, rng))
                 .inspect(|d| self.metrics.record_entry_decision(d.reason))
                 .filter(|d| d.sets_tag_header())
                 .and_then(|d| {
@@ -458,21 +481,23 @@ impl MeshRouter {
         };
         let decided = {
             let view = RequestView::new(&req.uri, &req.headers);
-            rt.lanes
-                .decide_for_backend(app, &view, &mut rand::rng(), route.lane_weights.as_ref())
-                .map(|d| {
-                    self.metrics.record_entry_decision(d.reason);
-                    let set = d
-                        .sets_tag_header()
-                        .then(|| {
-                            Some((
-                                d.tag_header.clone(),
-                                HeaderValue::from_str(d.tag.as_deref()?).ok()?,
-                            ))
-                        })
-                        .flatten();
-                    (d.tag.map(|t| t.into_owned()), set)
-                })
+            self.lane_draw(|rng| {
+                rt.lanes
+                    .decide_for_backend(app, &view, rng, route.lane_weights.as_ref())
+            })
+            .map(|d| {
+                self.metrics.record_entry_decision(d.reason);
+                let set = d
+                    .sets_tag_header()
+                    .then(|| {
+                        Some((
+                            d.tag_header.clone(),
+                            HeaderValue::from_str(d.tag.as_deref()?).ok()?,
+                        ))
+                    })
+                    .flatten();
+                (d.tag.map(|t| t.into_owned()), set)
+            })
         };
         let tag = match decided {
             Some((tag, set)) => {
@@ -541,7 +566,7 @@ impl MeshRouter {
         req: &http::request::Parts,
     ) -> Option<EntryDecision> {
         let view = RequestView::new(&req.uri, &req.headers);
-        let decision = rt.lanes.decide_entry(app, &view, &mut rand::rng())?;
+        let decision = self.lane_draw(|rng| rt.lanes.decide_entry(app, &view, rng))?;
         self.metrics.record_entry_decision(decision.reason);
         // A tag the request carries in the group's header or baggage (not one of the caller's
         // own tag headers, or propagation would have found it) is kept, as the entry would.
