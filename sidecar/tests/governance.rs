@@ -591,6 +591,59 @@ async fn an_upstream_failing_half_its_requests_trips_the_error_ratio_breaker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_circuit_breaker_policy_counts_but_every_request_reaches_the_upstream() {
+    // From the CRD as users write it, through the control plane's conversion, to the sidecar.
+    let yaml = r#"
+apiVersion: lanemesh.io/v1alpha1
+kind: CircuitBreakerPolicy
+metadata: {name: c-breakers, namespace: demo}
+spec:
+  app: c
+  dryRun: true
+  rules:
+  - {name: errors, strategy: ErrorRatio, threshold: 0.5, minRequests: 10, openDuration: 10s,
+     fallback: {status: 503, body: degraded}}
+"#;
+    let manifest = lanemesh_api::manifest::Manifest::from_yaml(yaml).unwrap();
+    let converted = lanemesh_api::convert::manifest(&manifest, &|_, _| 1);
+    let policy = converted.outbound.resources.into_iter().next().unwrap();
+    assert!(policy.breakers[0].dry_run);
+    let (pod, upstream, _) = pod_calling_c(51, policy).await;
+    let client = pod.client();
+    for _ in 0..10 {
+        client.get_path(C_CLUSTER, "/flaky", &[]).await;
+    }
+    let hits = upstream.hits();
+    for _ in 0..5 {
+        let (status, headers, _) = client.get_path(C_CLUSTER, "/flaky", &[]).await;
+        assert_ne!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rejected in dry run"
+        );
+        assert!(headers.get("x-lanemesh-blocked").is_none());
+    }
+    assert_eq!(upstream.hits(), hits + 5, "every request reached c");
+    let text = metrics(&pod);
+    assert_eq!(
+        metric(
+            &text,
+            r#"lanemesh_breaker_state{app="c",rule="c-breakers/errors"}"#
+        ),
+        2,
+        "the breaker opened, as enforcing would have"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"lanemesh_dry_run_rejections_total{reason="circuit_breaking",rule="c-breakers/errors"}"#
+        ),
+        5
+    );
+    pod.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_failures_in_trailers_trip_the_breaker_and_grpc_callers_get_unavailable() {
     let rule = breaker("cb/grpc", proto::BreakerStrategy::ErrorCount, 2.0, 1);
     let (pod, upstream, c_addr) = pod_calling_c(48, outbound(vec![rule], None)).await;
