@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use lanemesh_api::proto;
 use lanemesh_api::resource::DiscoveryResource;
 use lanemesh_control_plane::index;
@@ -373,21 +375,7 @@ async fn gateway_api_routes_and_ingresses_reach_a_gateway_once_their_crds_exist(
             .install_crds(&root.join("charts/lanemesh/crds"))
             .await
             .unwrap();
-        let apply = |yaml: &'static str| {
-            let cluster = &cluster;
-            async move {
-                let out = cluster
-                    .kubectl_stdin(["apply", "-f", "-"], yaml)
-                    .await
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-        };
-        apply(GATEWAY_OBJECTS).await;
+        support::cluster::apply(&cluster, GATEWAY_OBJECTS).await;
 
         // Without the Gateway API CRDs the source still syncs: no routes.
         let (tx, rx) = mpsc::channel(64);
@@ -419,7 +407,7 @@ async fn gateway_api_routes_and_ingresses_reach_a_gateway_once_their_crds_exist(
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        apply(FILTERED_ROUTE).await;
+        support::cluster::apply(&cluster, FILTERED_ROUTE).await;
         // The watch retries with backoff (up to 30 s between attempts).
         tokio::time::timeout(
             Duration::from_secs(90),

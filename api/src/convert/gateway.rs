@@ -13,6 +13,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use kube::core::ObjectMeta;
 
 use super::error::{Errors, Field};
+use super::service::{namespace_of, port_number};
 use super::{Built, Invalid, ObjectRef, Violation};
 use crate::crd::gateway_api::{
     GATEWAY_GROUP, Gateway, HTTPBackendRef, HTTPRoute, HTTPRouteMatch, HTTPValueMatch,
@@ -95,12 +96,6 @@ fn push(built: &mut Built<proto::GatewayRoute>, result: Result<proto::GatewayRou
         Ok(route) => built.resources.push(route),
         Err(invalid) => built.rejected.push(invalid),
     }
-}
-
-fn namespace_of(meta: &ObjectMeta) -> &str {
-    meta.namespace
-        .as_deref()
-        .unwrap_or(super::DEFAULT_NAMESPACE)
 }
 
 fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
@@ -425,23 +420,6 @@ fn backend_ref(
         port,
         port_name: String::new(),
         weight: u32::try_from(weight).unwrap_or(0),
-    }
-}
-
-fn port_number(field: &Field, port: i32, errors: &mut Errors) -> u32 {
-    match u16::try_from(port) {
-        Ok(p) if p > 0 => u32::from(p),
-        _ => {
-            errors.push(
-                field,
-                Violation::InvalidValue {
-                    what: "port",
-                    value: port.to_string(),
-                    reason: "must be from 1 to 65535",
-                },
-            );
-            0
-        }
     }
 }
 

@@ -178,13 +178,13 @@ pub fn service(
     errors.finish(object, resource)
 }
 
-fn namespace_of(meta: &kube::core::ObjectMeta) -> &str {
+pub(super) fn namespace_of(meta: &kube::core::ObjectMeta) -> &str {
     meta.namespace
         .as_deref()
         .unwrap_or(super::DEFAULT_NAMESPACE)
 }
 
-fn port_number(field: &Field, port: i32, errors: &mut Errors) -> u32 {
+pub(super) fn port_number(field: &Field, port: i32, errors: &mut Errors) -> u32 {
     match u16::try_from(port) {
         Ok(p) if p > 0 => u32::from(p),
         _ => {
