@@ -101,28 +101,19 @@ pub fn from_yaml(path: &Path, yaml: &str, local: PodIdentity) -> Result<Snapshot
             objects: refused,
         });
     }
-    let resource = |source| FileError::Resource {
+    let mut builder = SnapshotBuilder::new(local);
+    // A gateway's routes (HTTPRoutes and Ingresses of the lanemesh class) too; a sidecar holds
+    // them unused.
+    let inserted = builder
+        .insert_all(converted.services.resources)
+        .and_then(|()| builder.insert_all(converted.lane_groups.resources))
+        .and_then(|()| builder.insert_all(converted.inbound.resources))
+        .and_then(|()| builder.insert_all(converted.outbound.resources))
+        .and_then(|()| builder.insert_all(converted.gateway_routes.resources));
+    inserted.map_err(|source| FileError::Resource {
         path: path.to_owned(),
         source,
-    };
-    let mut builder = SnapshotBuilder::new(local);
-    builder
-        .insert_all(converted.services.resources)
-        .map_err(resource)?;
-    builder
-        .insert_all(converted.lane_groups.resources)
-        .map_err(resource)?;
-    builder
-        .insert_all(converted.inbound.resources)
-        .map_err(resource)?;
-    builder
-        .insert_all(converted.outbound.resources)
-        .map_err(resource)?;
-    // A gateway's routes (HTTPRoutes and Ingresses of the lanemesh class); a sidecar holds
-    // them unused.
-    builder
-        .insert_all(converted.gateway_routes.resources)
-        .map_err(resource)?;
+    })?;
     builder.mark_all_received();
     Ok(builder.build())
 }
