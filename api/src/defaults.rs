@@ -43,3 +43,23 @@ pub const BREAKER_GRPC_ERRORS: [u32; 4] = [2, 4, 13, 14];
 
 /// Status of a request rejected by a breaker or overload protection.
 pub const SHED_STATUS: u32 = 503;
+
+/// Retry backoff when a TrafficPolicy names none (Envoy's 25 ms base; max 10 x base).
+pub const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(25);
+
+/// Retry budget when a TrafficPolicy names none (Linkerd's): retries may add 20 % to the
+/// requests of the last 10 s, plus 10 per second.
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+pub const RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+pub const RETRY_BUDGET_TTL: Duration = Duration::from_secs(10);
+
+/// What is retried when a TrafficPolicy's retries name nothing (Istio's default
+/// `connect-failure,refused-stream,unavailable,cancelled,503`): HTTP 503, gRPC CANCELLED and
+/// UNAVAILABLE, connect failures and resets.
+pub const RETRY_HTTP_STATUS: u16 = 503;
+pub const RETRY_GRPC_CODES: [u32; 2] = [1, 14];
+
+/// Warm-up curve when a TrafficPolicy's warmup names none (Envoy's slow start: linear from
+/// 10 %).
+pub const WARMUP_AGGRESSION: f64 = 1.0;
+pub const WARMUP_MIN_WEIGHT_PERCENT: u32 = 10;

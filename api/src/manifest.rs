@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::crd::gateway_api::{Gateway, HTTPRoute};
 
 use crate::crd::{
-    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
+    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy, TrafficPolicy,
 };
 
 /// The lanemesh objects of a manifest, and everything else in it.
@@ -25,6 +25,7 @@ pub struct Manifest {
     pub rate_limits: Vec<RateLimitPolicy>,
     pub circuit_breakers: Vec<CircuitBreakerPolicy>,
     pub overloads: Vec<OverloadProtectionPolicy>,
+    pub traffic_policies: Vec<TrafficPolicy>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
     pub pods: Vec<Pod>,
@@ -46,7 +47,7 @@ pub enum ManifestError {
     #[error("document {document}: missing apiVersion or kind")]
     Untyped { document: usize },
     #[error(
-        "document {document}: unknown lanemesh kind {kind:?} (known: LaneGroup, Lane, RateLimitPolicy, CircuitBreakerPolicy, OverloadProtectionPolicy)"
+        "document {document}: unknown lanemesh kind {kind:?} (known: LaneGroup, Lane, RateLimitPolicy, CircuitBreakerPolicy, OverloadProtectionPolicy, TrafficPolicy)"
     )]
     UnknownKind { document: usize, kind: String },
     #[error("document {document}: {kind} {name:?} does not match its schema: {source}")]
@@ -157,6 +158,9 @@ impl Manifest {
                 .push(serde_json::from_value(value).map_err(shape)?),
             "OverloadProtectionPolicy" => self
                 .overloads
+                .push(serde_json::from_value(value).map_err(shape)?),
+            "TrafficPolicy" => self
+                .traffic_policies
                 .push(serde_json::from_value(value).map_err(shape)?),
             _ => return Err(ManifestError::UnknownKind { document, kind }),
         }

@@ -82,10 +82,21 @@ fn every_example_converts() {
     assert!(fallback.body.contains("limited"));
 
     // A breaker on slow calls to c.
-    let breaker = &outbound.resources[0];
-    assert_eq!(breaker.app, "spring-cloud-c");
+    let app = |name: &str| outbound.resources.iter().find(|p| p.app == name).unwrap();
+    let breaker = app("spring-cloud-c");
     assert_eq!(
         breaker.breakers[0].strategy,
         lanemesh_api::proto::BreakerStrategy::SlowRequestRatio as i32
     );
+
+    // The seed's resilience policy towards b: timeout 1s, one retry, breaker at 50 % errors.
+    let b = app("spring-cloud-b");
+    let default = b.routes.last().unwrap();
+    assert_eq!(default.timeout.unwrap().seconds, 1);
+    assert_eq!(default.retries.as_ref().unwrap().attempts, 1);
+    assert_eq!(
+        b.breakers[0].strategy,
+        lanemesh_api::proto::BreakerStrategy::ErrorRatio as i32
+    );
+    assert_eq!(b.breakers[0].threshold, 0.5);
 }

@@ -43,6 +43,7 @@ fn push(inputs: &mut Manifest, object: Object) {
         Object::RateLimitPolicy(o) => inputs.rate_limits.push(*o),
         Object::CircuitBreakerPolicy(o) => inputs.circuit_breakers.push(*o),
         Object::OverloadProtectionPolicy(o) => inputs.overloads.push(*o),
+        Object::TrafficPolicy(o) => inputs.traffic_policies.push(*o),
         Object::Service(o) => inputs.services.push(*o),
         Object::EndpointSlice(o) => inputs.endpoint_slices.push(*o),
         Object::Pod(o) => inputs.pods.push(*o),

@@ -4,14 +4,17 @@ use std::collections::BTreeMap;
 
 use super::error::{Errors, Field};
 use super::{Built, ObjectRef, Violation, Zero};
-use crate::crd::CircuitBreakerPolicy;
 use crate::crd::circuit_breaker::{BreakerStrategy, CircuitBreakerRule, ErrorCodes};
+use crate::crd::{CircuitBreakerPolicy, TrafficPolicy};
 use crate::proto;
 
-/// Builds one OutboundPolicy per (namespace, destination app). A refused
-/// policy is left out whole. Of several policies setting a timeout for one
-/// app, the first by name wins and the others are refused.
-pub fn outbound_policies(policies: &[CircuitBreakerPolicy]) -> Built<proto::OutboundPolicy> {
+/// Builds one OutboundPolicy per (namespace, destination app) from its CircuitBreakerPolicies
+/// and its TrafficPolicy. A refused policy is left out whole. Of several policies setting a
+/// timeout for one app, the first by name wins and the others are refused.
+pub fn outbound_policies(
+    policies: &[CircuitBreakerPolicy],
+    traffic: &[TrafficPolicy],
+) -> Built<proto::OutboundPolicy> {
     let mut built = Built::default();
     let mut by_app: BTreeMap<(String, String), (proto::OutboundPolicy, Option<String>)> =
         BTreeMap::new();
@@ -72,11 +75,13 @@ pub fn outbound_policies(policies: &[CircuitBreakerPolicy]) -> Built<proto::Outb
             Err(invalid) => built.rejected.push(invalid),
         }
     }
-    built.resources = by_app
-        .into_values()
-        .map(|(p, _)| p)
-        .filter(|p| !p.breakers.is_empty())
+    let mut by_app: super::traffic::ByApp = by_app
+        .into_iter()
+        .filter(|(_, (p, _))| !p.breakers.is_empty())
+        .map(|(key, (p, _))| (key, p))
         .collect();
+    super::traffic::apply(traffic, &mut by_app, &mut built.rejected);
+    built.resources = by_app.into_values().collect();
     built
 }
 
@@ -204,7 +209,11 @@ fn error_classifier(
 }
 
 /// `5xx`, `404` or `500-504`.
-fn status_range(field: &Field, text: &str, errors: &mut Errors) -> Option<proto::StatusRange> {
+pub(super) fn status_range(
+    field: &Field,
+    text: &str,
+    errors: &mut Errors,
+) -> Option<proto::StatusRange> {
     let parse = |s: &str| s.parse::<u32>().ok().filter(|n| (100..=599).contains(n));
     let range = if let Some(class) = text.strip_suffix("xx") {
         parse(&format!("{class}00")).map(|from| proto::StatusRange {

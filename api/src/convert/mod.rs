@@ -11,7 +11,8 @@
 //! - `duration`: Go duration syntax with overflow checks ([`parse_duration`]).
 //! - `lane`: LaneGroups and their Lanes -> `proto::LaneGroup`.
 //! - `rate_limit`: RateLimitPolicies and OverloadProtectionPolicies -> `proto::InboundPolicy`.
-//! - `breaker`: CircuitBreakerPolicies -> `proto::OutboundPolicy`.
+//! - `breaker`: CircuitBreakerPolicies -> `proto::OutboundPolicy`, with `traffic`:
+//!   TrafficPolicies -> its routes (timeouts, retries), retry budget and warm-up.
 //! - `service`: Services, EndpointSlices and Pods -> `proto::Service`.
 //! - `gateway`: HTTPRoutes and Ingresses of lanemesh's class -> `proto::GatewayRoute`.
 
@@ -22,6 +23,7 @@ mod gateway;
 mod lane;
 mod rate_limit;
 mod service;
+mod traffic;
 
 pub use breaker::outbound_policies;
 pub use duration::{DurationError, parse_duration};
@@ -95,7 +97,7 @@ pub fn manifest(m: &Manifest, ready_replicas: &dyn Fn(&str, &str) -> u32) -> Con
         services: services(&m.services, &m.endpoint_slices, &m.pods),
         lane_groups: lane_groups(&m.lane_groups, &m.lanes),
         inbound: inbound_policies(&m.rate_limits, &m.overloads, ready_replicas),
-        outbound: outbound_policies(&m.circuit_breakers),
+        outbound: outbound_policies(&m.circuit_breakers, &m.traffic_policies),
     }
 }
 

@@ -258,9 +258,11 @@ fn slice_endpoints(slices: &[&EndpointSlice], pods: &HashMap<&str, &Pod>) -> Vec
                 .unwrap_or_default();
             // Kubernetes: an absent `ready` means ready.
             let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let pod = pods.get(pod_name.as_str());
             let endpoint = proto::Endpoint {
                 ip: ip.to_string(),
-                lane_tag: lane_tag(pods.get(pod_name.as_str())),
+                lane_tag: lane_tag(pod),
+                ready_since: pod.and_then(|p| ready_since(p)),
                 pod_name,
                 ready,
                 ports: ports.clone().into_iter().collect(),
@@ -331,12 +333,30 @@ fn selected_endpoints(
             ip: ip.to_string(),
             pod_name: pod.metadata.name.clone().unwrap_or_default(),
             lane_tag: lane_tag(Some(pod)),
+            ready_since: ready_since(pod),
             ready,
             ports: endpoint_ports,
         };
         out.insert(endpoint.ip.clone(), endpoint);
     }
     out.into_values().collect()
+}
+
+/// When the pod's Ready condition last turned True; `None` when it is not ready or the time is
+/// not recorded (an endpoint without it is treated as long ready).
+fn ready_since(pod: &Pod) -> Option<prost_types::Timestamp> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    let time = condition.last_transition_time.as_ref()?.0;
+    Some(prost_types::Timestamp {
+        seconds: time.as_second(),
+        nanos: time.subsec_nanosecond(),
+    })
 }
 
 fn named_container_port(pod: &Pod, name: &str) -> Option<i32> {

@@ -12,6 +12,7 @@ pub mod lane;
 pub mod lane_group;
 pub mod overload;
 pub mod rate_limit;
+pub mod traffic;
 
 pub use circuit_breaker::{CircuitBreakerPolicy, CircuitBreakerPolicySpec};
 pub use common::PolicyStatus;
@@ -19,6 +20,7 @@ pub use lane::{Lane, LaneSpec, LaneStatus};
 pub use lane_group::{LaneGroup, LaneGroupSpec};
 pub use overload::{OverloadProtectionPolicy, OverloadProtectionPolicySpec};
 pub use rate_limit::{RateLimitPolicy, RateLimitPolicySpec};
+pub use traffic::{TrafficPolicy, TrafficPolicySpec};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -34,6 +36,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         RateLimitPolicy::crd(),
         CircuitBreakerPolicy::crd(),
         OverloadProtectionPolicy::crd(),
+        TrafficPolicy::crd(),
     ]
 }
 

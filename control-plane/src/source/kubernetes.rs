@@ -22,7 +22,7 @@ use kube::{Api, Client, Resource};
 use lanemesh_api::convert::DEFAULT_NAMESPACE;
 use lanemesh_api::crd::gateway_api::{Gateway, HTTPRoute};
 use lanemesh_api::crd::{
-    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
+    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy, TrafficPolicy,
 };
 use lanemesh_api::labels::GOVERNED_SELECTOR;
 use serde::de::DeserializeOwned;
@@ -67,6 +67,7 @@ impl KubernetesSource {
         watches.add::<OverloadProtectionPolicy>(all.clone(), |o| {
             Object::OverloadProtectionPolicy(Box::new(o))
         });
+        watches.add::<TrafficPolicy>(all.clone(), |o| Object::TrafficPolicy(Box::new(o)));
         watches.add::<Service>(all.clone(), |o| Object::Service(Box::new(o)));
         watches.add::<EndpointSlice>(all.clone(), |o| Object::EndpointSlice(Box::new(o)));
         watches.add::<HTTPRoute>(all.clone(), |o| Object::HttpRoute(Box::new(o)));

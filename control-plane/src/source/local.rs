@@ -216,6 +216,12 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
     );
     out.extend(
         manifest
+            .traffic_policies
+            .into_iter()
+            .map(|o| Object::TrafficPolicy(Box::new(o))),
+    );
+    out.extend(
+        manifest
             .services
             .into_iter()
             .map(|o| Object::Service(Box::new(o))),

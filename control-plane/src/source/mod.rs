@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use lanemesh_api::convert::DEFAULT_NAMESPACE;
 use lanemesh_api::crd::gateway_api::{Gateway, HTTPRoute};
 use lanemesh_api::crd::{
-    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
+    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy, TrafficPolicy,
 };
 
 /// What a source tells the index.
@@ -49,6 +49,7 @@ pub enum Kind {
     RateLimitPolicy,
     CircuitBreakerPolicy,
     OverloadProtectionPolicy,
+    TrafficPolicy,
     Service,
     EndpointSlice,
     Pod,
@@ -58,12 +59,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::LaneGroup,
         Self::Lane,
         Self::RateLimitPolicy,
         Self::CircuitBreakerPolicy,
         Self::OverloadProtectionPolicy,
+        Self::TrafficPolicy,
         Self::Service,
         Self::EndpointSlice,
         Self::Pod,
@@ -79,6 +81,7 @@ impl Kind {
             Self::RateLimitPolicy => "RateLimitPolicy",
             Self::CircuitBreakerPolicy => "CircuitBreakerPolicy",
             Self::OverloadProtectionPolicy => "OverloadProtectionPolicy",
+            Self::TrafficPolicy => "TrafficPolicy",
             Self::Service => "Service",
             Self::EndpointSlice => "EndpointSlice",
             Self::Pod => "Pod",
@@ -97,6 +100,7 @@ impl Kind {
                 | Self::RateLimitPolicy
                 | Self::CircuitBreakerPolicy
                 | Self::OverloadProtectionPolicy
+                | Self::TrafficPolicy
         )
     }
 
@@ -127,6 +131,7 @@ pub enum Object {
     RateLimitPolicy(Box<RateLimitPolicy>),
     CircuitBreakerPolicy(Box<CircuitBreakerPolicy>),
     OverloadProtectionPolicy(Box<OverloadProtectionPolicy>),
+    TrafficPolicy(Box<TrafficPolicy>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Pod(Box<Pod>),
@@ -143,6 +148,7 @@ impl Object {
             Self::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Self::CircuitBreakerPolicy(_) => Kind::CircuitBreakerPolicy,
             Self::OverloadProtectionPolicy(_) => Kind::OverloadProtectionPolicy,
+            Self::TrafficPolicy(_) => Kind::TrafficPolicy,
             Self::Service(_) => Kind::Service,
             Self::EndpointSlice(_) => Kind::EndpointSlice,
             Self::Pod(_) => Kind::Pod,
@@ -159,6 +165,7 @@ impl Object {
             Self::RateLimitPolicy(o) => &o.metadata,
             Self::CircuitBreakerPolicy(o) => &o.metadata,
             Self::OverloadProtectionPolicy(o) => &o.metadata,
+            Self::TrafficPolicy(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
             Self::EndpointSlice(o) => &o.metadata,
             Self::Pod(o) => &o.metadata,

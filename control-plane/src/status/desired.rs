@@ -43,6 +43,19 @@ pub mod reason {
     pub const DUPLICATE: &str = "Duplicate";
     /// A sidecar NACKed the resource built from this object.
     pub const REFUSED_BY_SIDECAR: &str = "RefusedBySidecar";
+    /// Served, but uses a deprecated field (the message names it and its replacement).
+    pub const DEPRECATED: &str = "Deprecated";
+}
+
+/// Accepted objects using a deprecated field say so in their `Accepted` condition, which stays
+/// True: `kubectl get` shows the reason, `kubectl describe` what to do.
+fn deprecation(object: &Object) -> Option<&'static str> {
+    match object {
+        Object::CircuitBreakerPolicy(p) if p.spec.timeout.is_some() => Some(
+            "spec.timeout is deprecated: set the timeout in the app's TrafficPolicy (spec.timeout or a rule's timeout), which wins over this one",
+        ),
+        _ => None,
+    }
 }
 
 /// Whether an object is accepted, and why (not).
@@ -146,6 +159,7 @@ impl OwnedStatus {
                     Object::RateLimitPolicy(o) => o.status.as_ref(),
                     Object::CircuitBreakerPolicy(o) => o.status.as_ref(),
                     Object::OverloadProtectionPolicy(o) => o.status.as_ref(),
+                    Object::TrafficPolicy(o) => o.status.as_ref(),
                     _ => None,
                 };
                 match status {
@@ -397,6 +411,14 @@ pub fn desired(world: &World, blame: &BTreeMap<ObjectKey, Verdict>, now: &Time) 
                 Some(invalid) => Verdict::refused(invalid, world.kept_last_good.contains(key)),
                 None => blame.get(key).cloned().unwrap_or_else(|| accepted.clone()),
             };
+            let verdict = match deprecation(object) {
+                Some(warning) if verdict.accepted => Verdict {
+                    accepted: true,
+                    reason: reason::DEPRECATED,
+                    message: format!("{}; {warning}", verdict.message),
+                },
+                _ => verdict,
+            };
             let matched = match object {
                 Object::Lane(l) => Some(matched_pods(
                     world,
@@ -558,6 +580,46 @@ status: {{podIP: 10.0.0.9, conditions: [{{type: Ready, status: "{}"}}]}}
         assert_eq!(c.last_transition_time, time(100));
         assert_eq!(group.next.matched_pods, None);
         assert_eq!(by_name(&d, "gray").next.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_breaker_timeout_is_served_with_a_deprecation_and_a_traffic_policy_is_accepted() {
+        let yaml = r#"
+apiVersion: lanemesh.io/v1alpha1
+kind: CircuitBreakerPolicy
+metadata: {name: old, namespace: demo}
+spec:
+  app: b
+  timeout: 2s
+  rules: [{name: errors, strategy: ErrorRatio, threshold: 0.5}]
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: CircuitBreakerPolicy
+metadata: {name: new, namespace: demo}
+spec:
+  app: c
+  rules: [{name: errors, strategy: ErrorRatio, threshold: 0.5}]
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: b, namespace: demo}
+spec: {app: b, timeout: 1s, retries: {attempts: 1}}
+"#;
+        let d = desired(&world(yaml), &BTreeMap::new(), &time(100));
+        let condition = |name: &str| by_name(&d, name).next.conditions[0].clone();
+        let old = condition("old");
+        assert_eq!(
+            (old.status.as_str(), old.reason.as_str()),
+            ("True", "Deprecated")
+        );
+        assert!(
+            old.message.contains("spec.timeout is deprecated"),
+            "{}",
+            old.message
+        );
+        assert_eq!(condition("new").reason, "Accepted");
+        assert_eq!(by_name(&d, "b").key.kind, Kind::TrafficPolicy);
+        assert_eq!(condition("b").reason, "Accepted");
     }
 
     #[test]

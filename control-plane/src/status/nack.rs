@@ -122,11 +122,21 @@ fn blamed_objects(type_url: &str, any: &prost_types::Any, message: &str) -> Vec<
             let breaker = |b: &proto::CircuitBreakerRule| {
                 key(Kind::CircuitBreakerPolicy, &p.namespace, policy_of(&b.name))
             };
+            let traffic = (!p.traffic_policy.is_empty())
+                .then(|| key(Kind::TrafficPolicy, &p.namespace, &p.traffic_policy));
             if let Some(b) = indexed(message, "breakers[").and_then(|i| p.breakers.get(i)) {
                 return vec![breaker(b)];
             }
+            if ["routes[", "retry_budget", "warmup"]
+                .iter()
+                .any(|field| message.contains(field))
+                && traffic.is_some()
+            {
+                return traffic.into_iter().collect();
+            }
             let mut all: Vec<ObjectKey> = p.breakers.iter().map(breaker).collect();
             all.dedup();
+            all.extend(traffic);
             all
         }
         _ => Vec::new(),

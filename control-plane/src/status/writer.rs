@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseParams};
 use lanemesh_api::crd::gateway_api::HTTPRoute;
 use lanemesh_api::crd::{
-    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy,
+    CircuitBreakerPolicy, Lane, LaneGroup, OverloadProtectionPolicy, RateLimitPolicy, TrafficPolicy,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -243,6 +243,7 @@ impl StatusWriter {
             Kind::OverloadProtectionPolicy => {
                 apply::<OverloadProtectionPolicy>(c, key, status).await
             }
+            Kind::TrafficPolicy => apply::<TrafficPolicy>(c, key, status).await,
             Kind::HttpRoute => apply_route_status(c, key, status).await,
             // `desired` lists no other kind.
             Kind::Service | Kind::EndpointSlice | Kind::Pod | Kind::Gateway | Kind::Ingress => {
