@@ -81,6 +81,7 @@ fn outbound_policy() -> proto::OutboundPolicy {
             ..Default::default()
         }],
         timeout: dur(1_000),
+        ..Default::default()
     }
 }
 

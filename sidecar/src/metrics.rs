@@ -236,6 +236,20 @@ impl BreakerLabels {
     }
 }
 
+/// Labels of `lanemesh_retries_total`: per destination app, what became of a failed attempt
+/// its retry policy would retry (`retried`, `budget_exhausted`, `attempts_exhausted`,
+/// `not_replayable`, `breaker_open`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub app: Arc<str>,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AppLabels {
+    app: Arc<str>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransitionLabels {
     app: Arc<str>,
@@ -267,6 +281,8 @@ pub struct ProxyMetrics {
     dry_run_rejections: Family<RejectionLabels, Counter>,
     breaker_state: Family<BreakerLabels, Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    retry_attempts: Family<AppLabels, Counter>,
     sources: Arc<ScrapeSources>,
 }
 
@@ -340,6 +356,18 @@ impl ProxyMetrics {
             "Circuit breaker state changes, by destination app, rule and new state",
             breaker_transitions.clone(),
         );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Failed attempts a retry policy would retry, by destination app and what became of them: retried, budget_exhausted, attempts_exhausted, not_replayable, breaker_open",
+            retries.clone(),
+        );
+        let retry_attempts = Family::<AppLabels, Counter>::default();
+        registry.register(
+            "retry_policy_attempts",
+            "Upstream attempts of requests a retry policy governs (first attempts and retries), by destination app",
+            retry_attempts.clone(),
+        );
         let sources = Arc::new(ScrapeSources::default());
         registry.register_collector(Box::new(Arc::clone(&sources)));
 
@@ -361,8 +389,29 @@ impl ProxyMetrics {
             dry_run_rejections,
             breaker_state,
             breaker_transitions,
+            retries,
+            retry_attempts,
             sources,
         }
+    }
+
+    /// What became of a failed attempt a retry policy would retry.
+    pub fn record_retry(&self, app: &Arc<str>, result: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                app: Arc::clone(app),
+                result,
+            })
+            .inc();
+    }
+
+    /// One upstream attempt of a request a retry policy governs.
+    pub fn record_retry_policy_attempt(&self, app: &Arc<str>) {
+        self.retry_attempts
+            .get_or_create(&AppLabels {
+                app: Arc::clone(app),
+            })
+            .inc();
     }
 
     /// Reports `source`'s values on every scrape (the discovery client's counters, the

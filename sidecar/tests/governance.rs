@@ -157,6 +157,7 @@ fn outbound(
         app: "c".into(),
         breakers,
         timeout,
+        ..Default::default()
     }
 }
 
@@ -722,16 +723,7 @@ async fn grpc_call(
     client: &support::pod::AppClient,
     path: &str,
 ) -> (StatusCode, Option<String>, HeaderMap) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::new(client.app_ip, 0)).unwrap();
-    client
-        .map
-        .insert(socket.local_addr().unwrap(), C_CLUSTER.parse().unwrap());
-    let stream = timeout(STEP, socket.connect(client.outbound))
-        .await
-        .unwrap()
-        .unwrap();
-    grpc_on(stream, path).await
+    grpc_on(client.connect(C_CLUSTER).await, path).await
 }
 
 /// Sends a gRPC-shaped request on `stream`; the HTTP status, the `grpc-status` from headers or

@@ -28,8 +28,8 @@ use crate::policy::{CpuSource, DryRunObserver, RejectReason};
 use crate::proxy::LocalResponse;
 
 pub use inbound::{InboundAdmission, InboundGovernor};
-pub use outbound::{CallResult, OutboundAdmission, OutboundGovernor};
-pub use rules::{BLOCKED_HEADER, InboundRules, OutboundRules};
+pub use outbound::{CallResult, OutboundAdmission, OutboundGovernor, RetryPlan, Traffic};
+pub use rules::{BLOCKED_HEADER, InboundRules, OutboundRules, TrafficRule};
 
 /// What building limiters needs from the proxy.
 #[derive(Debug, Clone)]

@@ -11,7 +11,9 @@ use http::Method;
 use crate::metrics::{BreakerLabels, ProxyMetrics};
 use crate::policy::{
     BreakerState, BreakerTicket, CircuitBreaker, Enforcement, Gated, Outcome, RejectReason,
+    RetryBudget, RetryConfig,
 };
+use crate::route::WarmupConfig;
 
 use super::rules::{BreakerRule, OutboundRules};
 use super::{Blocked, GovernContext};
@@ -97,6 +99,8 @@ impl BreakerSlot {
 struct AppBreakers {
     spec: Arc<OutboundRules>,
     breakers: Vec<Arc<BreakerSlot>>,
+    /// Kept across snapshots while its configuration does not change.
+    budget: Option<Arc<RetryBudget>>,
 }
 
 /// The outbound rules of one runtime with their breakers. Built per snapshot; a breaker whose
@@ -151,18 +155,75 @@ impl OutboundAdmission {
     pub fn record(&mut self, result: CallResult, now: Duration) {
         let duration = now.saturating_sub(self.admitted_at);
         for (slot, ticket) in self.take_all() {
-            let errors = &slot.spec.errors;
-            let is_error = match result {
-                CallResult::Http(status) => errors.is_http_error(status),
-                CallResult::Grpc(code) => errors.is_grpc_error(code),
-                CallResult::Failed => true,
-            };
-            let _ = slot
-                .breaker
-                .record(ticket, Outcome { duration, is_error }, now);
-            slot.sync_metrics();
+            record(&slot, ticket, result, duration, now);
         }
     }
+
+    /// Feeds a failed attempt's outcome to the breakers, like Envoy counting every attempt,
+    /// and asks them again for the next attempt. `false` when one refuses (it opened): then
+    /// nothing is held and the request is not retried.
+    pub fn retry(&mut self, result: CallResult, now: Duration) -> bool {
+        let duration = now.saturating_sub(self.admitted_at);
+        self.admitted_at = now;
+        // Only on the retry path, and usually one entry.
+        let entries: Vec<_> = self.take_all().collect();
+        let mut admitted = true;
+        for (slot, ticket) in entries {
+            record(&slot, ticket, result, duration, now);
+            if admitted {
+                let acquired = slot.breaker.try_acquire(now);
+                slot.sync_metrics();
+                match acquired {
+                    Ok(ticket) => self.push((slot, ticket)),
+                    Err(_) => admitted = false,
+                }
+            }
+        }
+        if !admitted {
+            for (slot, ticket) in self.take_all() {
+                slot.breaker.release(ticket);
+            }
+        }
+        admitted
+    }
+}
+
+fn record(
+    slot: &BreakerSlot,
+    ticket: BreakerTicket,
+    result: CallResult,
+    duration: Duration,
+    now: Duration,
+) {
+    let errors = &slot.spec.errors;
+    let is_error = match result {
+        CallResult::Http(status) => errors.is_http_error(status),
+        CallResult::Grpc(code) => errors.is_grpc_error(code),
+        CallResult::Failed => true,
+    };
+    let _ = slot
+        .breaker
+        .record(ticket, Outcome { duration, is_error }, now);
+    slot.sync_metrics();
+}
+
+/// The timeout and retries of one request, from its app's TrafficPolicy (and the deprecated
+/// breaker timeout).
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    /// Whole request, retries included, to the response head.
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPlan>,
+}
+
+/// How a request may be retried.
+#[derive(Debug, Clone)]
+pub struct RetryPlan {
+    /// The traffic rule's name, for metrics.
+    pub rule: Arc<str>,
+    pub config: Arc<RetryConfig>,
+    /// The app's budget, shared by all its requests.
+    pub budget: Arc<RetryBudget>,
 }
 
 impl Drop for OutboundAdmission {
@@ -198,11 +259,25 @@ impl OutboundGovernor {
                     kept.or_else(|| BreakerSlot::new(&spec.app, rule, ctx).map(Arc::new))
                 })
                 .collect();
+            let budget = spec.budget.and_then(|config| {
+                let kept = old
+                    .and_then(|o| o.budget.as_ref())
+                    .filter(|b| *b.config() == config)
+                    .cloned();
+                kept.or_else(|| match RetryBudget::new(config) {
+                    Ok(budget) => Some(Arc::new(budget)),
+                    Err(error) => {
+                        tracing::error!(app = %spec.app, %error, "retry budget skipped: no retries");
+                        None
+                    }
+                })
+            });
             by_app.insert(
                 Arc::clone(&spec.app),
                 AppBreakers {
                     spec: Arc::clone(spec),
                     breakers,
+                    budget,
                 },
             );
         }
@@ -228,9 +303,47 @@ impl OutboundGovernor {
         self.by_app.is_empty()
     }
 
-    /// The per-request timeout towards `app`.
+    /// The per-request timeout towards `app` when no traffic rule sets one.
     pub fn timeout(&self, app: &str) -> Option<Duration> {
         self.by_app.get(app).and_then(|a| a.spec.timeout)
+    }
+
+    /// The warm-up of `app`'s new endpoints.
+    pub fn warmup(&self, app: &str) -> Option<WarmupConfig> {
+        self.by_app.get(app).and_then(|a| a.spec.warmup)
+    }
+
+    /// The breakers' admission and the traffic rule (timeout, retries) of a request to `app`;
+    /// a request with a retry budget counts towards it.
+    pub fn admit(
+        &self,
+        app: &str,
+        method: &Method,
+        path: &str,
+        now: Duration,
+    ) -> Result<(OutboundAdmission, Traffic), Blocked> {
+        let path = super::path::normalize(path);
+        let admission = self.check_normalized(app, method, &path, now)?;
+        let Some(rules) = self.by_app.get(app) else {
+            return Ok((admission, Traffic::default()));
+        };
+        let rule = rules.spec.traffic(method, &path);
+        if let Some(budget) = &rules.budget {
+            budget.deposit(now);
+        }
+        let retry = rule.and_then(|r| {
+            let config = r.retry.as_ref()?;
+            Some(RetryPlan {
+                rule: Arc::clone(&r.name),
+                config: Arc::clone(config),
+                budget: Arc::clone(rules.budget.as_ref()?),
+            })
+        });
+        let traffic = Traffic {
+            timeout: rule.and_then(|r| r.timeout).or(rules.spec.timeout),
+            retry,
+        };
+        Ok((admission, traffic))
     }
 
     /// The breakers of `app` (for tests and the admin dump).
@@ -247,6 +360,17 @@ impl OutboundGovernor {
         path: &str,
         now: Duration,
     ) -> Result<OutboundAdmission, Blocked> {
+        let path = super::path::normalize(path);
+        self.check_normalized(app, method, &path, now)
+    }
+
+    fn check_normalized(
+        &self,
+        app: &str,
+        method: &Method,
+        path: &str,
+        now: Duration,
+    ) -> Result<OutboundAdmission, Blocked> {
         let mut admission = OutboundAdmission {
             first: None,
             more: Vec::new(),
@@ -255,8 +379,6 @@ impl OutboundGovernor {
         let Some(app) = self.by_app.get(app) else {
             return Ok(admission);
         };
-        let path = super::path::normalize(path);
-        let path = path.as_ref();
         for slot in &app.breakers {
             if !slot.spec.matcher.matches(method, path) {
                 continue;

@@ -22,10 +22,11 @@ use crate::field::{
 };
 use crate::policy::error::check_threshold;
 use crate::policy::{
-    BreakerConfig, BreakerStrategy, HotParamConfig, OverloadConfig, OverloadMode, QpsBehavior,
-    QpsLimiter, RejectReason,
+    BreakerConfig, BreakerStrategy, BudgetConfig, HotParamConfig, OverloadConfig, OverloadMode,
+    QpsBehavior, QpsLimiter, RejectReason, RetryConfig,
 };
 use crate::proxy::{LocalResponse, grpc};
+use crate::route::WarmupConfig;
 
 /// Response header naming why governance refused a request (DESIGN §4).
 pub const BLOCKED_HEADER: &str = "x-lanemesh-blocked";
@@ -234,6 +235,17 @@ pub struct BreakerRule {
     pub dry_run: bool,
 }
 
+/// One route of a `TrafficPolicy`: the timeout and retries of the requests it matches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficRule {
+    /// `policy/rule`, or `policy` for the policy's defaults.
+    pub name: Arc<str>,
+    pub matcher: RouteMatcher,
+    /// Whole request, retries included, to the response head.
+    pub timeout: Option<Duration>,
+    pub retry: Option<Arc<RetryConfig>>,
+}
+
 /// Everything a caller enforces towards one destination app.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundRules {
@@ -241,8 +253,21 @@ pub struct OutboundRules {
     pub app: Arc<str>,
     /// Every rule whose match holds is consulted.
     pub breakers: Vec<Arc<BreakerRule>>,
-    /// Per-request timeout (to the response head).
+    /// Per-request timeout (to the response head) from a CircuitBreakerPolicy's deprecated
+    /// field; a matching traffic rule's timeout wins.
     pub timeout: Option<Duration>,
+    /// The TrafficPolicy's routes; the first whose match holds governs a request.
+    pub routes: Vec<Arc<TrafficRule>>,
+    /// Bounds the retries of every route; set with retrying routes.
+    pub budget: Option<BudgetConfig>,
+    pub warmup: Option<WarmupConfig>,
+}
+
+impl OutboundRules {
+    /// The traffic rule governing a request (the path already normalised).
+    pub fn traffic(&self, method: &Method, path: &str) -> Option<&Arc<TrafficRule>> {
+        self.routes.iter().find(|r| r.matcher.matches(method, path))
+    }
 }
 
 mod from_proto;

@@ -99,6 +99,11 @@ impl Recorder {
         self
     }
 
+    /// The app label (destination app outbound).
+    pub fn app(&self) -> Arc<str> {
+        Arc::clone(&self.app)
+    }
+
     /// Takes the status class from the upstream's answer.
     pub fn outcome(&mut self, outcome: &HttpOutcome) {
         self.status = outcome.result.map_or(StatusClass::Error, StatusClass::from);

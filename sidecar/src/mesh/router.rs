@@ -12,20 +12,22 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::gateway::{self, BackendPort, Matched, edge};
-use crate::govern::{CallResult, GovernContext, InboundAdmission, OutboundAdmission};
+use crate::govern::{
+    CallResult, GovernContext, InboundAdmission, OutboundAdmission, RetryPlan, Traffic,
+};
 use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
 use crate::metrics::ProxyMetrics;
-use crate::policy::SampledCpu;
 use crate::policy::clock::{Clock, MonotonicClock};
+use crate::policy::{AttemptResult, SampledCpu};
 use crate::proxy::grpc;
 use crate::proxy::local;
 use crate::proxy::router::ResponseEnd;
 use crate::proxy::{
-    ConnContext, Direction, HttpOutcome, PortProtocol, RequestState, RouteDecision, Routed, Router,
-    TcpDecision,
+    Attempts, ConnContext, Direction, HttpOutcome, PortProtocol, RequestState, Retry,
+    RouteDecision, Routed, Router, TcpDecision, UpstreamFailure,
 };
 use crate::route::endpoints::{Chosen, Destination, NoEndpoint};
-use crate::route::{Balancer, BalancerConfig, Pick, Protocol};
+use crate::route::{Balancer, BalancerConfig, Endpoint, Pick, Protocol};
 use crate::snapshot::{Snapshot, SnapshotStore};
 
 use super::observe::{Recorder, declare_lane_series};
@@ -36,7 +38,8 @@ use super::runtime::Runtime;
 pub struct MeshRouter {
     runtime: ArcSwapOption<Runtime>,
     propagator: Propagator,
-    balancer: Balancer,
+    /// Shared with the requests that may be retried (they pick again).
+    balancer: Arc<Balancer>,
     /// Outbound requests by deciding rule (`lanemesh_lane_propagations_total`), rejections.
     metrics: Arc<ProxyMetrics>,
     /// Time for limiters, breakers and the overload estimate.
@@ -72,7 +75,7 @@ impl MeshRouter {
         Self {
             runtime: ArcSwapOption::empty(),
             propagator,
-            balancer: Balancer::new(Arc::clone(&clock), BalancerConfig::default()),
+            balancer: Arc::new(Balancer::new(Arc::clone(&clock), BalancerConfig::default())),
             metrics: {
                 let metrics = Arc::new(ProxyMetrics::new());
                 declare_lane_series(&metrics);
@@ -270,7 +273,7 @@ impl MeshRouter {
             return Routed::with_state(RouteDecision::Passthrough, PassthroughState { recorder });
         };
         let app = dest.service.app();
-        let (breakers, timeout) = match self.admit_outbound(rt, app, req) {
+        let (breakers, traffic) = match self.admit_outbound(rt, app, req) {
             Ok(admitted) => admitted,
             Err(rejected) => return *rejected,
         };
@@ -324,28 +327,34 @@ impl MeshRouter {
             }
             None => {}
         }
-        self.forward(&dest, chosen, breakers, timeout, recorder)
+        self.forward(&dest, chosen, breakers, traffic, recorder)
     }
 
-    /// The outbound governance of a request to `app`: its breakers' admission and the app's
-    /// timeout, or the rejection to answer with.
+    /// The outbound governance of a request to `app`: its breakers' admission and its timeout
+    /// and retries, or the rejection to answer with.
     fn admit_outbound(
         &self,
         rt: &Runtime,
         app: &str,
         req: &http::request::Parts,
-    ) -> Result<(Option<OutboundAdmission>, Option<std::time::Duration>), Box<Routed>> {
+    ) -> Result<(Option<OutboundAdmission>, Traffic), Box<Routed>> {
         if rt.outbound.is_empty() || app.is_empty() {
-            return Ok((None, None));
+            return Ok((None, Traffic::default()));
         }
         match rt
             .outbound
-            .check(app, &req.method, req.uri.path(), self.clock.now())
+            .admit(app, &req.method, req.uri.path(), self.clock.now())
         {
-            Ok(admission) => Ok((
-                (!admission.is_empty()).then_some(admission),
-                rt.outbound.timeout(app),
-            )),
+            Ok((admission, mut traffic)) => {
+                // Only requests that may be sent twice are retried. gRPC calls are all POSTs:
+                // as in gRPC's own retry policy (and Envoy's), their status codes decide.
+                if traffic.retry.as_ref().is_some_and(|plan| {
+                    !plan.config.retries_method(&req.method) && !grpc::is_grpc(&req.headers)
+                }) {
+                    traffic.retry = None;
+                }
+                Ok(((!admission.is_empty()).then_some(admission), traffic))
+            }
             Err(blocked) => {
                 let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers);
                 Err(Box::new(self.reject(recorder, blocked)))
@@ -360,12 +369,13 @@ impl MeshRouter {
         dest: &Destination<'_>,
         chosen: Result<Chosen<'_>, NoEndpoint>,
         breakers: Option<OutboundAdmission>,
-        timeout: Option<std::time::Duration>,
+        traffic: Traffic,
         recorder: Recorder,
     ) -> Routed {
         match chosen {
             Ok(chosen) => {
-                let (target, pick) = match dest.keeps_addressed(&chosen) {
+                let addressed = dest.keeps_addressed(&chosen);
+                let (target, pick) = match addressed {
                     // Statistics only when the addressed pod is a ready endpoint.
                     Some(addr) => (
                         addr,
@@ -385,6 +395,22 @@ impl MeshRouter {
                     },
                 };
                 let clock = breakers.as_ref().map(|_| Arc::clone(&self.clock));
+                let attempts = traffic.retry.as_ref().map(|plan| Attempts {
+                    per_try_timeout: plan.config.per_try_timeout,
+                });
+                let retry = traffic.retry.map(|plan| {
+                    self.metrics.record_retry_policy_attempt(&recorder.app());
+                    Box::new(Retrying {
+                        plan,
+                        retried: 0,
+                        candidates: Arc::clone(chosen.endpoints),
+                        addressed,
+                        balancer: Arc::clone(&self.balancer),
+                        clock: Arc::clone(&self.clock),
+                        metrics: Arc::clone(&self.metrics),
+                        app: recorder.app(),
+                    })
+                });
                 Routed::with_state(
                     RouteDecision::Forward(target),
                     OutboundState {
@@ -392,9 +418,11 @@ impl MeshRouter {
                         breakers,
                         clock,
                         recorder,
+                        retry,
                     },
                 )
-                .with_timeout(timeout)
+                .with_timeout(traffic.timeout)
+                .with_retries(attempts)
             }
             Err(no_endpoint) => {
                 tracing::debug!(%no_endpoint, "no endpoint");
@@ -475,7 +503,7 @@ impl MeshRouter {
             edge::strip_lane_claims(&mut req.headers, &rt.lanes);
         }
         edge::ensure_traceparent(&mut req.headers, &mut rand::rng());
-        let (breakers, timeout) = match self.admit_outbound(rt, app, req) {
+        let (breakers, traffic) = match self.admit_outbound(rt, app, req) {
             Ok(admitted) => admitted,
             Err(rejected) => return *rejected,
         };
@@ -524,7 +552,7 @@ impl MeshRouter {
         )
         .for_route(Arc::clone(&route.name));
         let chosen = dest.choose(tag.as_deref(), &rt.lanes);
-        self.forward(&dest, chosen, breakers, timeout, recorder)
+        self.forward(&dest, chosen, breakers, traffic, recorder)
     }
 }
 
@@ -707,6 +735,61 @@ struct OutboundState {
     /// Set with `breakers`.
     clock: Option<Arc<dyn Clock>>,
     recorder: Recorder,
+    /// Requests a retry policy governs (boxed: most requests have none).
+    retry: Option<Box<Retrying>>,
+}
+
+/// What a request that may be retried needs to try again.
+struct Retrying {
+    plan: RetryPlan,
+    /// Retries made so far.
+    retried: u32,
+    /// The endpoints of the request's lane (or base), to pick the next attempt's from.
+    candidates: Arc<[Endpoint]>,
+    /// The pod the caller addressed: its retries stay with it.
+    addressed: Option<std::net::SocketAddr>,
+    balancer: Arc<Balancer>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<ProxyMetrics>,
+    /// Destination app label.
+    app: Arc<str>,
+}
+
+impl Retrying {
+    fn pick(&self) -> Option<Pick> {
+        match self.addressed {
+            Some(addr) => {
+                let endpoint = self.candidates.iter().find(|e| e.addr() == addr)?;
+                self.balancer
+                    .pick(std::slice::from_ref(endpoint), &mut rand::rng())
+            }
+            None => self.balancer.pick(&self.candidates, &mut rand::rng()),
+        }
+    }
+}
+
+/// An attempt's outcome as the retry policy reads it.
+fn attempt_result(outcome: &HttpOutcome) -> AttemptResult {
+    match outcome.result {
+        Err(UpstreamFailure::Connect) => AttemptResult::ConnectFailure,
+        Err(UpstreamFailure::Reset) => AttemptResult::Reset,
+        Err(UpstreamFailure::Timeout) => AttemptResult::Timeout,
+        Ok(_) if outcome.grpc && outcome.grpc_status.is_some() => {
+            AttemptResult::Grpc(outcome.grpc_status.unwrap_or_default())
+        }
+        Ok(status) => AttemptResult::Http(status.as_u16()),
+    }
+}
+
+/// An attempt's outcome as the breakers read it.
+fn call_result(outcome: &HttpOutcome) -> CallResult {
+    match outcome.result {
+        Err(_) => CallResult::Failed,
+        Ok(_) if outcome.grpc && outcome.grpc_status.is_some() => {
+            CallResult::Grpc(outcome.grpc_status.unwrap_or_default())
+        }
+        Ok(status) => CallResult::Http(status.as_u16()),
+    }
 }
 
 /// An outbound request lanemesh does not govern: only counted.
@@ -729,6 +812,47 @@ impl OutboundState {
 }
 
 impl RequestState for OutboundState {
+    fn retry(&mut self, outcome: &HttpOutcome, replayable: bool) -> Option<Retry> {
+        let r = self.retry.as_mut()?;
+        if !r.plan.config.retries_result(attempt_result(outcome)) {
+            return None;
+        }
+        let refused = if r.retried >= r.plan.config.attempts {
+            Some("attempts_exhausted")
+        } else if !replayable {
+            Some("not_replayable")
+        } else if !r.plan.budget.try_withdraw(r.clock.now()) {
+            Some("budget_exhausted")
+        } else {
+            None
+        };
+        if let Some(result) = refused {
+            r.metrics.record_retry(&r.app, result);
+            return None;
+        }
+        // The failed attempt counts for the balancer and, once per attempt, for the breakers.
+        if let Some(pick) = self.pick.take() {
+            pick.fail();
+        }
+        if let Some(admission) = self.breakers.as_mut()
+            && !admission.retry(call_result(outcome), r.clock.now())
+        {
+            self.breakers = None;
+            r.metrics.record_retry(&r.app, "breaker_open");
+            return None;
+        }
+        let pick = r.pick()?;
+        let target = pick.addr();
+        self.pick = Some(pick);
+        r.retried += 1;
+        r.metrics.record_retry(&r.app, "retried");
+        r.metrics.record_retry_policy_attempt(&r.app);
+        Some(Retry {
+            target,
+            backoff: r.plan.config.backoff(r.retried, &mut rand::rng()),
+        })
+    }
+
     fn on_outcome(&mut self, outcome: &HttpOutcome) {
         self.recorder.outcome(outcome);
         if let Some(pick) = self.pick.take() {

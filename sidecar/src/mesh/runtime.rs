@@ -55,12 +55,20 @@ impl Runtime {
                 .values()
                 .map(|entry| entry.compiled.clone()),
         );
-        let routes = RouteTable::new(
+        let outbound = OutboundGovernor::build(
+            outbound_rules(snapshot),
+            previous.map(|p| &p.outbound),
+            govern,
+        );
+        // The one wall-clock read: endpoint ready times from the control plane become ages.
+        let routes = RouteTable::warming(
             snapshot
                 .services()
                 .values()
                 .map(|entry| entry.compiled.clone()),
             balancer,
+            &|app| outbound.warmup(app),
+            std::time::SystemTime::now(),
         );
         let propagation = lanes.propagation_for(app);
         let is_entry = lanes.groups_of(app).any(|g| g.is_entry_app(app));
@@ -69,11 +77,6 @@ impl Runtime {
                 .local_inbound_policy()
                 .map(|entry| &*entry.compiled),
             previous.map(|p| &p.inbound),
-            govern,
-        );
-        let outbound = OutboundGovernor::build(
-            outbound_rules(snapshot),
-            previous.map(|p| &p.outbound),
             govern,
         );
         let labels = LabelNames::new(

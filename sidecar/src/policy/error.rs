@@ -39,6 +39,16 @@ pub enum PolicyError {
         /// The refused value.
         value: u64,
     },
+    /// An integer above its maximum.
+    #[error("{field} must be at most {max}, got {value}")]
+    TooLarge {
+        /// CRD field name.
+        field: &'static str,
+        /// Largest accepted value.
+        max: u64,
+        /// The refused value.
+        value: u64,
+    },
 }
 
 /// Accepts finite, non-negative numbers.

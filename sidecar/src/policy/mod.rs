@@ -32,6 +32,7 @@
 //! - [`hot_param`]: per-value token buckets over a bounded LRU.
 //! - [`breaker`]: slow-ratio, error-ratio and error-count circuit breakers.
 //! - [`overload`]: BBR-style adaptive overload protection driven by CPU usage.
+//! - [`retry`]: what is retried, backoff with jitter, and the retry budget.
 
 pub mod breaker;
 pub mod clock;
@@ -40,6 +41,7 @@ pub mod error;
 pub mod hot_param;
 pub mod overload;
 pub mod qps;
+pub mod retry;
 mod window;
 
 use std::fmt;
@@ -59,6 +61,7 @@ pub use overload::{
     CpuSource, OverloadConfig, OverloadMode, OverloadPermit, OverloadProtector, SampledCpu,
 };
 pub use qps::{QpsBehavior, QpsLimiter, QpsPass};
+pub use retry::{AttemptResult, BudgetConfig, RetryBudget, RetryConfig};
 
 /// Why a request was refused; the label of the rejection metric and the value of the
 /// `x-lanemesh-blocked` response header (DESIGN §4).

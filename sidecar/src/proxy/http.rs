@@ -26,6 +26,7 @@ use super::h1::Http1Relay;
 use super::headers::strip_hop_by_hop;
 use super::local::NoResponse;
 use super::pool::Http2Pool;
+use super::replay::UpstreamBody;
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router, UpstreamFailure,
@@ -196,8 +197,9 @@ impl HttpProxy {
             mut state,
             delay,
             timeout,
+            retries,
         } = self.router.route_http(&conn, &mut parts);
-        let target = match decision {
+        let mut target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => return respond(local, state, grpc, head),
@@ -219,44 +221,90 @@ impl HttpProxy {
             }
         }
         strip_hop_by_hop(&mut parts.headers, false);
-        let upstream_req = Request::from_parts(parts, body);
+        // What a retry sends again: the head (copied only for requests that may be retried)
+        // and the recorded body.
+        let again = retries.map(|_| Again {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        });
+        let (body, recorder) = UpstreamBody::from_client(body, retries.is_some());
+        let mut upstream_req = Request::from_parts(parts, body);
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         let started = tokio::time::Instant::now();
-        let sent = self.http2.send(target, upstream_req);
-        let result = match timeout {
-            None => sent.await.map_err(Some),
-            Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(result) => result.map_err(Some),
-                Err(_) => Err(None),
-            },
-        };
-        // `None`: the route's timeout passed.
-        let failure = result.as_ref().err().map(|error| match error {
-            Some(error) if error.is_connect() => NoResponse::Connect,
-            Some(_) => NoResponse::Reset,
-            None => NoResponse::Timeout(timeout.unwrap_or_default()),
-        });
-        let response_grpc = result.as_ref().is_ok_and(|r| grpc::is_grpc(r.headers()));
-        let outcome = HttpOutcome {
-            target,
-            result: match (&result, failure) {
-                (Ok(resp), _) => Ok(resp.status()),
-                (Err(_), Some(failure)) => Err(failure.outcome()),
-                (Err(_), None) => Err(UpstreamFailure::Reset),
-            },
-            elapsed: started.elapsed(),
-            grpc: response_grpc,
-            grpc_status: match &result {
-                Ok(resp) if response_grpc => grpc::status(resp.headers()),
-                _ => None,
-            },
+        let deadline = timeout.map(|t| started + t);
+        let (result, failure, outcome) = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+            let limit = match retries {
+                Some(attempts) => attempts.limit(left),
+                None => left,
+            };
+            let attempt_started = tokio::time::Instant::now();
+            let sent = self.http2.send(target, upstream_req);
+            let result = match limit {
+                None => sent.await.map_err(Some),
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(result) => result.map_err(Some),
+                    Err(_) => Err(None),
+                },
+            };
+            // `None`: the attempt's limit passed.
+            let failure = result.as_ref().err().map(|error| match error {
+                Some(error) if error.is_connect() => NoResponse::Connect,
+                Some(_) => NoResponse::Reset,
+                None => NoResponse::Timeout(limit.unwrap_or_default()),
+            });
+            let response_grpc = result.as_ref().is_ok_and(|r| grpc::is_grpc(r.headers()));
+            let outcome = HttpOutcome {
+                target,
+                result: match (&result, failure) {
+                    (Ok(resp), _) => Ok(resp.status()),
+                    (Err(_), Some(failure)) => Err(failure.outcome()),
+                    (Err(_), None) => Err(UpstreamFailure::Reset),
+                },
+                elapsed: attempt_started.elapsed(),
+                grpc: response_grpc,
+                grpc_status: match &result {
+                    Ok(resp) if response_grpc => grpc::status(resp.headers()),
+                    _ => None,
+                },
+            };
+            self.router.on_http_outcome(&conn, &outcome);
+            let (Some(again), Some(recorder), Some(state)) =
+                (again.as_ref(), recorder.as_ref(), state.as_mut())
+            else {
+                break (result, failure, outcome);
+            };
+            let time_left = deadline.is_none_or(|d| d > tokio::time::Instant::now());
+            let replay = if time_left { recorder.replay() } else { None };
+            let Some(retry) = state.retry(&outcome, replay.is_some()) else {
+                break (result, failure, outcome);
+            };
+            let Some(replay) = replay else {
+                break (result, failure, outcome);
+            };
+            // The abandoned response (if any) is dropped here: hyper resets its stream.
+            drop(result);
+            match deadline {
+                Some(d) => {
+                    tokio::time::sleep(
+                        retry
+                            .backoff
+                            .min(d.saturating_duration_since(tokio::time::Instant::now())),
+                    )
+                    .await
+                }
+                None => tokio::time::sleep(retry.backoff).await,
+            }
+            target = retry.target;
+            upstream_req = again.request(replay);
         };
         if let Some(state) = state.as_mut() {
             state.on_outcome(&outcome);
         }
-        self.router.on_http_outcome(&conn, &outcome);
         let mut resp = match (result, failure) {
             (Ok(ok), _) => ok,
             (Err(error), failure) => {
@@ -277,6 +325,25 @@ impl HttpProxy {
             resp.body_mut().end(ResponseEnd::Complete);
         }
         resp
+    }
+}
+
+/// The head of a request that may be sent again (extensions are not kept).
+struct Again {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+}
+
+impl Again {
+    fn request(&self, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
 }
 

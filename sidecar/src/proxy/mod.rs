@@ -16,6 +16,7 @@
 //! - [`local`]: the proxy's own answers and the one upstream-failure -> status mapping.
 //! - [`http`]: HTTP/2: hyper server per connection, hyper client streams upstream.
 //! - [`pool`]: upstream connection pools per worker (HTTP/1 sockets, HTTP/2 connections).
+//! - [`replay`]: request bodies kept (bounded) so a retry can send them again.
 //! - [`grpc`]: recognising gRPC calls, their status, local gRPC answers.
 //! - [`tcp`]: opaque byte relay.
 //! - [`shutdown`]: the shutdown trigger and SIGTERM handling.
@@ -30,6 +31,7 @@ pub mod listener;
 pub mod local;
 pub mod orig_dst;
 pub mod pool;
+pub mod replay;
 pub mod rewind;
 pub mod router;
 pub mod shutdown;
@@ -39,7 +41,7 @@ pub use config::{ConfigError, ProxyConfig};
 pub use listener::{DrainReport, Proxy, ProxyError};
 pub use orig_dst::{Fixed, OriginalDst, PeerMap, SoOriginalDst};
 pub use router::{
-    ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, PortProtocol,
-    RequestState, RouteDecision, Routed, Router, TcpDecision, UpstreamFailure,
+    Attempts, ConnContext, Direction, HttpOutcome, LocalResponse, PassthroughRouter, PortProtocol,
+    RequestState, Retry, RouteDecision, Routed, Router, TcpDecision, UpstreamFailure,
 };
 pub use shutdown::{ShutdownHandle, ShutdownSignal};

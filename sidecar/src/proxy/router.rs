@@ -178,6 +178,25 @@ pub trait RequestState: Send + 'static {
     fn on_end(&mut self, end: ResponseEnd<'_>) {
         let _ = end;
     }
+
+    /// Asked after each attempt of a request routed [`Routed::with_retries`], before
+    /// `on_outcome`: `Some` abandons the attempt and sends the request again. `replayable`:
+    /// the core can send it again (its body is in hand and the request timeout has not passed).
+    /// A state that retries accounts for the abandoned attempt itself (breakers, balancer);
+    /// `on_outcome` then sees only the last attempt.
+    fn retry(&mut self, outcome: &HttpOutcome, replayable: bool) -> Option<Retry> {
+        let _ = (outcome, replayable);
+        None
+    }
+}
+
+/// Where and when to send a request again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// The endpoint of the next attempt.
+    pub target: SocketAddr,
+    /// The wait before it.
+    pub backoff: Duration,
 }
 
 /// A routing decision with the request's state, if the router keeps any.
@@ -188,8 +207,29 @@ pub struct Routed {
     pub state: Option<Box<dyn RequestState>>,
     /// Forward only after this delay (a queueing rate limit spaced the request).
     pub delay: Option<Duration>,
-    /// Give up on the upstream if no response head arrived within this time.
+    /// Give up on the upstream if no response head arrived within this time (every attempt
+    /// included).
     pub timeout: Option<Duration>,
+    /// `Some` when the router may retry the request: the core keeps a copy of a small body and
+    /// asks [`RequestState::retry`] after each attempt.
+    pub retries: Option<Attempts>,
+}
+
+/// How the core makes the attempts of a request that may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attempts {
+    /// Each attempt's limit to its response head.
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl Attempts {
+    /// The limit of an attempt starting now, given what is left of the request's timeout.
+    pub fn limit(&self, left: Option<Duration>) -> Option<Duration> {
+        match (self.per_try_timeout, left) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Routed {
@@ -200,7 +240,15 @@ impl Routed {
             state: Some(Box::new(state)),
             delay: None,
             timeout: None,
+            retries: None,
         }
+    }
+
+    /// Lets the router retry the request (see [`Routed::retries`]).
+    #[must_use]
+    pub fn with_retries(mut self, retries: Option<Attempts>) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// Sets the forwarding delay.
@@ -226,6 +274,7 @@ impl From<RouteDecision> for Routed {
             state: None,
             delay: None,
             timeout: None,
+            retries: None,
         }
     }
 }

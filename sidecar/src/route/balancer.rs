@@ -120,17 +120,72 @@ fn decay_weight(elapsed_nanos: u64, decay: Duration) -> f64 {
     (-(elapsed_nanos as f64) / decay).exp()
 }
 
+/// Envoy's slow start: an endpoint ready for `age < duration` weighs
+/// `max(min_weight, (age / duration) ^ (1 / aggression))` of a warm one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmupConfig {
+    pub duration: Duration,
+    /// 1 = linear; larger ramps faster at the start.
+    pub aggression: f64,
+    /// In (0, 1].
+    pub min_weight: f64,
+}
+
+impl WarmupConfig {
+    /// The weight of an endpoint ready for `age`, in `[min_weight, 1]`.
+    pub fn weight(&self, age: Duration) -> f64 {
+        if age >= self.duration || self.duration.is_zero() {
+            return 1.0;
+        }
+        let progress = age.as_secs_f64() / self.duration.as_secs_f64();
+        progress
+            .powf(1.0 / self.aggression)
+            .clamp(self.min_weight, 1.0)
+    }
+}
+
+/// A warming endpoint: how long it had been ready when the snapshot was built, and when that
+/// was on the balancer's clock. (Not a ready time on that clock: an endpoint may have become
+/// ready before the clock's origin, the sidecar's start.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Warming {
+    age_at_build: Duration,
+    built_at: Duration,
+    config: WarmupConfig,
+}
+
+impl Warming {
+    fn age(&self, now: Duration) -> Duration {
+        self.age_at_build
+            .saturating_add(now.saturating_sub(self.built_at))
+    }
+}
+
 /// An endpoint as configuration snapshots hold it: its address and its shared statistics.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     addr: SocketAddr,
     stats: Arc<EndpointStats>,
+    /// `None` once warm (or without warm-up).
+    warming: Option<Warming>,
 }
 
 impl Endpoint {
     /// Where to connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its share of traffic relative to a warm endpoint at `now`, in (0, 1].
+    pub fn weight(&self, now: Duration) -> f64 {
+        match self.warming {
+            Some(w) => w.config.weight(w.age(now)),
+            None => 1.0,
+        }
+    }
+
+    fn is_warming(&self, now: Duration) -> bool {
+        self.warming.is_some_and(|w| w.age(now) < w.config.duration)
     }
 
     /// Its statistics.
@@ -178,7 +233,27 @@ impl Balancer {
         Endpoint {
             addr,
             stats: Arc::clone(stats),
+            warming: None,
         }
+    }
+
+    /// [`Balancer::endpoint`] for an endpoint that became ready `age` ago, warming up by
+    /// `warmup`: the age is taken once, here, so the request path reads no wall clock.
+    pub fn warming_endpoint(
+        &self,
+        addr: SocketAddr,
+        warmup: WarmupConfig,
+        age: Duration,
+    ) -> Endpoint {
+        let mut endpoint = self.endpoint(addr);
+        if age < warmup.duration {
+            endpoint.warming = Some(Warming {
+                age_at_build: age,
+                built_at: self.clock.now(),
+                config: warmup,
+            });
+        }
+        endpoint
     }
 
     /// Forgets the statistics no snapshot or request holds any more; returns how many. Call after
@@ -203,10 +278,17 @@ impl Balancer {
     /// Power of two choices: two distinct candidates drawn at random, the cheaper wins. `None`
     /// when there is no candidate. The handle counts the request as outstanding until dropped,
     /// then records its latency.
+    ///
+    /// While an endpoint warms up, both candidates are drawn by weight and a draw involving a
+    /// warming endpoint keeps the first: its share then follows the warm-up curve exactly,
+    /// rather than its latency estimate, which for a new endpoint is only the default.
     pub fn pick<R: Rng + ?Sized>(&self, candidates: &[Endpoint], rng: &mut R) -> Option<Pick> {
         let chosen = match candidates.len() {
             0 => return None,
             1 => &candidates[0],
+            _ if candidates.iter().any(|e| e.is_warming(self.clock.now())) => {
+                self.weighted_pick(candidates, rng)
+            }
             n => {
                 let a = rng.random_range(0..n);
                 let mut b = rng.random_range(0..n - 1);
@@ -232,6 +314,60 @@ impl Balancer {
             penalty: self.config.failure_penalty,
         })
     }
+}
+
+impl Balancer {
+    /// Power of two choices with candidates drawn by warm-up weight (at least two candidates).
+    fn weighted_pick<'a, R: Rng + ?Sized>(
+        &self,
+        candidates: &'a [Endpoint],
+        rng: &mut R,
+    ) -> &'a Endpoint {
+        let now = self.clock.now();
+        let total: f64 = candidates.iter().map(|e| e.weight(now)).sum();
+        let a = draw(candidates, total, None, now, rng);
+        let b = draw(
+            candidates,
+            total - candidates[a].weight(now),
+            Some(a),
+            now,
+            rng,
+        );
+        let (ea, eb) = (&candidates[a], &candidates[b]);
+        if ea.is_warming(now) || eb.is_warming(now) {
+            return ea;
+        }
+        if eb.stats.cost(now, self.config.decay) < ea.stats.cost(now, self.config.decay) {
+            eb
+        } else {
+            ea
+        }
+    }
+}
+
+/// The index of one candidate drawn with probability proportional to its weight, `skip`
+/// excluded; `total` is the sum of the weights considered.
+fn draw<R: Rng + ?Sized>(
+    candidates: &[Endpoint],
+    total: f64,
+    skip: Option<usize>,
+    now: Duration,
+    rng: &mut R,
+) -> usize {
+    let mut target = rng.random::<f64>() * total;
+    let mut last = 0;
+    for (i, e) in candidates.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        last = i;
+        target -= e.weight(now);
+        if target < 0.0 {
+            return i;
+        }
+    }
+    // Rounding left a sliver past the last weight.
+    last
 }
 
 /// A request sent to a picked endpoint; dropping it records the latency since the pick and ends
@@ -417,6 +553,79 @@ mod tests {
         drop((old, new));
         assert_eq!(b.prune(), 1);
         assert_eq!(b.tracked(), 0);
+    }
+
+    #[test]
+    fn the_warmup_curve_is_envoys_slow_start() {
+        let linear = WarmupConfig {
+            duration: Duration::from_secs(100),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        assert_eq!(linear.weight(Duration::ZERO), 0.1);
+        assert!((linear.weight(Duration::from_secs(50)) - 0.5).abs() < 1e-9);
+        assert_eq!(linear.weight(Duration::from_secs(100)), 1.0);
+        assert_eq!(linear.weight(Duration::from_secs(500)), 1.0);
+        let aggressive = WarmupConfig {
+            aggression: 2.0,
+            ..linear
+        };
+        // sqrt(0.25) = 0.5: faster at the start.
+        assert!((aggressive.weight(Duration::from_secs(25)) - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_new_endpoint_among_four_old_ones_ramps_up_along_the_curve() {
+        // 4 old endpoints and 1 that just became ready, warming up linearly over 100 s from
+        // 10 %. Its expected share at age t is w / (4 + w), w = max(0.1, t / 100).
+        let (b, clock) = setup();
+        let warmup = WarmupConfig {
+            duration: Duration::from_secs(100),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        let mut endpoints: Vec<Endpoint> = (1..=4).map(|p| b.endpoint(addr(p))).collect();
+        endpoints.push(b.warming_endpoint(addr(5), warmup, Duration::ZERO));
+        let mut rng = StdRng::seed_from_u64(21);
+        for age in [0u64, 20, 50, 80, 100, 150] {
+            clock.set(Duration::from_secs(1 + age));
+            let draws = 20_000;
+            let mut new = 0;
+            for _ in 0..draws {
+                let pick = b.pick(&endpoints, &mut rng).unwrap();
+                new += usize::from(pick.addr() == addr(5));
+                // Every endpoint answers alike, so the old ones tie among themselves.
+                drop(pick);
+            }
+            let w = warmup.weight(Duration::from_secs(age));
+            let expected = w / (4.0 + w);
+            let share = new as f64 / f64::from(draws);
+            // 4 standard deviations of a binomial share, plus 1 point for the old endpoints'
+            // own latency-based choice once the new one is warm.
+            let tolerance = 4.0 * (expected * (1.0 - expected) / f64::from(draws)).sqrt() + 0.01;
+            assert!(
+                (share - expected).abs() <= tolerance,
+                "age {age}s: share {share:.4}, curve {expected:.4} +- {tolerance:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endpoint_ready_long_ago_does_not_warm_again() {
+        // A sidecar that restarts learns the ready time from the control plane: an endpoint
+        // ready for longer than the warm-up is warm at once.
+        // The clock of a sidecar that just started reads 1 s: ages beyond it still count.
+        let (b, clock) = setup();
+        let warmup = WarmupConfig {
+            duration: Duration::from_secs(120),
+            aggression: 1.0,
+            min_weight: 0.1,
+        };
+        let old = b.warming_endpoint(addr(1), warmup, Duration::from_secs(3600));
+        assert_eq!(old.weight(clock.now()), 1.0);
+        let half = b.warming_endpoint(addr(2), warmup, Duration::from_secs(60));
+        assert!((half.weight(clock.now()) - 0.5).abs() < 1e-6);
+        assert_eq!(half.weight(clock.now() + Duration::from_secs(60)), 1.0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::balancer::{Balancer, Endpoint};
+use super::balancer::{Balancer, Endpoint, WarmupConfig};
 use crate::lane::LaneTable;
 
 /// What to expect on a port.
@@ -59,6 +59,8 @@ pub struct EndpointSpec {
     pub lane: Option<Arc<str>>,
     /// Only ready endpoints receive traffic.
     pub ready: bool,
+    /// When the pod last became ready (wall clock, from the control plane); `None` = long ago.
+    pub ready_since: Option<std::time::SystemTime>,
     /// Service port name -> port on this endpoint.
     pub ports: HashMap<String, u16>,
 }
@@ -121,8 +123,9 @@ pub struct PortRoute {
     name: String,
     port: u16,
     protocol: Protocol,
-    base: Vec<Endpoint>,
-    by_lane: HashMap<Arc<str>, Vec<Endpoint>>,
+    /// Shared, so a request that may be retried holds its candidates without copying them.
+    base: Arc<[Endpoint]>,
+    by_lane: HashMap<Arc<str>, Arc<[Endpoint]>>,
 }
 
 impl PortRoute {
@@ -192,7 +195,7 @@ fn no_endpoint_message(app: &str, lane: Option<&str>, service: &str, port: u16) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Chosen<'a> {
     /// Candidates for the balancer; never empty.
-    pub endpoints: &'a [Endpoint],
+    pub endpoints: &'a Arc<[Endpoint]>,
     /// The lane whose endpoints these are; `None` = base.
     pub lane: Option<&'a str>,
     /// The request's lane was enabled for the app but had no ready endpoint.
@@ -254,11 +257,28 @@ impl RouteTable {
     /// through). Endpoint statistics come from `balancer`, so they survive the swap. When several
     /// services claim one address, the first by name wins.
     pub fn new(specs: impl IntoIterator<Item = ServiceSpec>, balancer: &Balancer) -> Self {
+        Self::warming(
+            specs,
+            balancer,
+            &|_| None,
+            std::time::SystemTime::UNIX_EPOCH,
+        )
+    }
+
+    /// [`RouteTable::new`] where the endpoints of an app with a warm-up (`warmup(app)`) that
+    /// became ready less than its duration before `now` (wall clock) warm up.
+    pub fn warming(
+        specs: impl IntoIterator<Item = ServiceSpec>,
+        balancer: &Balancer,
+        warmup: &dyn Fn(&str) -> Option<WarmupConfig>,
+        now: std::time::SystemTime,
+    ) -> Self {
         let mut specs: Vec<ServiceSpec> = specs.into_iter().filter(|s| s.app.is_some()).collect();
         specs.sort_by(|a, b| a.name.cmp(&b.name));
         let mut table = Self::default();
         for spec in specs {
             let si = table.services.len();
+            let app_warmup = spec.app.as_deref().and_then(warmup);
             let mut ports = Vec::with_capacity(spec.ports.len());
             for (pi, p) in spec.ports.iter().enumerate() {
                 for ip in &spec.cluster_ips {
@@ -278,7 +298,13 @@ impl RouteTable {
                     if !e.ready {
                         continue;
                     }
-                    let endpoint = balancer.endpoint(addr);
+                    let age = e
+                        .ready_since
+                        .map(|since| now.duration_since(since).unwrap_or_default());
+                    let endpoint = match (app_warmup, age) {
+                        (Some(warmup), Some(age)) => balancer.warming_endpoint(addr, warmup, age),
+                        _ => balancer.endpoint(addr),
+                    };
                     match &e.lane {
                         None => base.push(endpoint),
                         Some(tag) => by_lane.entry(Arc::clone(tag)).or_default().push(endpoint),
@@ -288,8 +314,11 @@ impl RouteTable {
                     name: p.name.clone(),
                     port: p.port,
                     protocol: p.protocol,
-                    base,
-                    by_lane,
+                    base: base.into(),
+                    by_lane: by_lane
+                        .into_iter()
+                        .map(|(tag, endpoints)| (tag, endpoints.into()))
+                        .collect(),
                 });
             }
             table.services.push(ServiceRoute {

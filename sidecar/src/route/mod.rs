@@ -15,7 +15,7 @@
 pub mod balancer;
 pub mod endpoints;
 
-pub use balancer::{Balancer, BalancerConfig, Endpoint, EndpointStats, Pick};
+pub use balancer::{Balancer, BalancerConfig, Endpoint, EndpointStats, Pick, WarmupConfig};
 pub use endpoints::{
     Addressed, Chosen, Destination, EndpointSpec, NoEndpoint, PortRoute, PortSpec, Protocol,
     RouteTable, ServiceConfigError, ServiceRoute, ServiceSpec,

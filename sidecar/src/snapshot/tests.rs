@@ -27,6 +27,7 @@ fn service(name: &str, app: &str, cluster_ip: &str, pod_ips: &[(&str, &str)]) ->
                 lane_tag: (*tag).into(),
                 ready: true,
                 ports: BTreeMap::from([("http".into(), 8080)]),
+                ..Default::default()
             })
             .collect(),
     }

@@ -57,6 +57,7 @@ pub(crate) fn service(
                 lane_tag: (*tag).into(),
                 ready: *ready,
                 ports: BTreeMap::from([("http".into(), u32::from(addr.port()))]),
+                ..Default::default()
             })
             .collect(),
     }

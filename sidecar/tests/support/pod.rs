@@ -190,15 +190,20 @@ impl AppClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, String) {
+        send_to(self.connect(dst).await, dst, path, headers).await
+    }
+
+    /// A fresh connection from the app, captured by the outbound listener, that "was going
+    /// to" `dst`.
+    pub(crate) async fn connect(&self, dst: &str) -> TcpStream {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind(SocketAddr::new(self.app_ip, 0)).unwrap();
         self.map
             .insert(socket.local_addr().unwrap(), dst.parse().unwrap());
-        let stream = timeout(STEP, socket.connect(self.outbound))
+        timeout(STEP, socket.connect(self.outbound))
             .await
             .unwrap()
-            .unwrap();
-        send_to(stream, dst, path, headers).await
+            .unwrap()
     }
 }
 
@@ -218,21 +223,31 @@ pub(crate) async fn send_to(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, HeaderMap, String) {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let mut req = Request::get(path).header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = timeout(
-        STEP,
-        sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
-    )
-    .await
-    .expect("no response in time")
-    .unwrap();
+    exchange(stream, req.body(Empty::<Bytes>::new()).unwrap()).await
+}
+
+/// Sends `req` over HTTP/1.1 on `stream`; the whole response.
+pub(crate) async fn exchange<B>(
+    stream: TcpStream,
+    req: Request<B>,
+) -> (StatusCode, HeaderMap, String)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = timeout(STEP, sender.send_request(req))
+        .await
+        .expect("no response in time")
+        .unwrap();
     let (parts, body) = resp.into_parts();
     let body = timeout(STEP, body.collect())
         .await

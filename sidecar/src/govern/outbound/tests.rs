@@ -47,6 +47,7 @@ fn policy(app: &str, breakers: Vec<proto::CircuitBreakerRule>) -> Arc<OutboundRu
             app: app.into(),
             breakers,
             timeout: dur(2_000),
+            ..Default::default()
         })
         .unwrap(),
     )

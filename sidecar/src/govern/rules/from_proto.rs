@@ -334,10 +334,127 @@ impl TryFrom<&proto::OutboundPolicy> for OutboundRules {
                 "0s".to_owned(),
             ));
         }
+        let routes = p
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| traffic_rule(&format!("routes[{i}]"), r).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let budget = match &p.retry_budget {
+            Some(b) => {
+                let config = BudgetConfig {
+                    ratio: b.ratio,
+                    min_per_second: b.min_per_second,
+                    ttl: duration("retry_budget.ttl", b.ttl.as_ref())?
+                        .unwrap_or(lanemesh_api::defaults::RETRY_BUDGET_TTL),
+                };
+                policy("retry_budget", config.validate())?;
+                Some(config)
+            }
+            None if routes.iter().any(|r| r.retry.is_some()) => Some(BudgetConfig {
+                ratio: lanemesh_api::defaults::RETRY_BUDGET_RATIO,
+                min_per_second: lanemesh_api::defaults::RETRY_BUDGET_MIN_PER_SECOND,
+                ttl: lanemesh_api::defaults::RETRY_BUDGET_TTL,
+            }),
+            None => None,
+        };
+        let warmup = match &p.warmup {
+            Some(w) => Some(warmup(w)?),
+            None => None,
+        };
         Ok(Self {
             app: Arc::from(p.app.as_str()),
             breakers,
             timeout,
+            routes,
+            budget,
+            warmup,
         })
     }
+}
+
+fn positive(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+) -> Result<Option<Duration>, FieldError> {
+    let d = duration(field, d)?;
+    if d.is_some_and(|d| d.is_zero()) {
+        return Err(FieldError::out_of_range(
+            field,
+            "must be a positive duration",
+            "0s".to_owned(),
+        ));
+    }
+    Ok(d)
+}
+
+fn traffic_rule(field: &str, r: &proto::TrafficRoute) -> Result<TrafficRule, FieldError> {
+    non_empty(&format!("{field}.name"), &r.name)?;
+    let retry = match &r.retries {
+        Some(retries) => {
+            let field = format!("{field}.retries");
+            let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+            let config = RetryConfig {
+                attempts: retries.attempts,
+                per_try_timeout: positive(
+                    &format!("{field}.per_try_timeout"),
+                    retries.per_try_timeout.as_ref(),
+                )?,
+                on_connect_failure: retries.on_connect_failure,
+                on_reset: retries.on_reset,
+                on_timeout: retries.on_timeout,
+                http: retries
+                    .http_statuses
+                    .iter()
+                    .map(|r| (clamp(r.from), clamp(r.to)))
+                    .collect(),
+                grpc: retries.grpc_codes.clone(),
+                non_idempotent: retries.non_idempotent,
+                backoff_base: duration(
+                    &format!("{field}.backoff_base"),
+                    retries.backoff_base.as_ref(),
+                )?
+                .unwrap_or(lanemesh_api::defaults::RETRY_BACKOFF_BASE),
+                backoff_max: duration(
+                    &format!("{field}.backoff_max"),
+                    retries.backoff_max.as_ref(),
+                )?
+                .unwrap_or(lanemesh_api::defaults::RETRY_BACKOFF_BASE.saturating_mul(10)),
+            };
+            policy(&field, config.validate())?;
+            Some(Arc::new(config))
+        }
+        None => None,
+    };
+    Ok(TrafficRule {
+        name: Arc::from(r.name.as_str()),
+        matcher: RouteMatcher::from_proto(&format!("{field}.match"), r.r#match.as_ref())?,
+        timeout: positive(&format!("{field}.timeout"), r.timeout.as_ref())?,
+        retry,
+    })
+}
+
+fn warmup(w: &proto::Warmup) -> Result<WarmupConfig, FieldError> {
+    let Some(duration) = positive("warmup.duration", w.duration.as_ref())? else {
+        return Err(FieldError::new("warmup.duration", Problem::Empty));
+    };
+    if !(w.aggression.is_finite() && w.aggression > 0.0) {
+        return Err(FieldError::out_of_range(
+            "warmup.aggression",
+            "must be a positive number",
+            w.aggression.to_string(),
+        ));
+    }
+    if !(w.min_weight > 0.0 && w.min_weight <= 1.0) {
+        return Err(FieldError::out_of_range(
+            "warmup.min_weight",
+            "must be a ratio in (0, 1]",
+            w.min_weight.to_string(),
+        ));
+    }
+    Ok(WarmupConfig {
+        duration,
+        aggression: w.aggression,
+        min_weight: w.min_weight,
+    })
 }

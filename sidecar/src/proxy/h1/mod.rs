@@ -44,6 +44,7 @@ use super::config::ProxyConfig;
 use super::headers::strip_hop_by_hop;
 use super::local::{self, NoResponse};
 use super::pool::{Http1Pool, PoolError, Upstream};
+use super::replay::MAX_REPLAY_BYTES;
 use super::router::{
     ConnContext, HttpOutcome, LocalResponse, RequestState, ResponseEnd, RouteDecision, Routed,
     Router,
@@ -443,8 +444,9 @@ impl Http1Relay {
             mut state,
             delay,
             timeout,
+            retries,
         } = self.router.route_http(conn, &mut head.parts);
-        let target = match decision {
+        let mut target = match decision {
             RouteDecision::Passthrough => conn.default_target,
             RouteDecision::Forward(addr) => addr,
             RouteDecision::Respond(local) => {
@@ -463,49 +465,95 @@ impl Http1Relay {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
+        // A request that may be retried is sent again only when it is in hand in full.
+        let in_hand = retries.is_some()
+            && !client_side.upgrade
+            && body_in_hand(client, buf, head.framing, self.body_idle_timeout).await;
         let started = Instant::now();
-        let sent = self.send(target, client, buf, out, &head, client_side);
-        let result = match timeout {
-            None => sent.await,
-            Some(limit) => tokio::time::timeout(limit, sent)
-                .await
-                .unwrap_or(Err(Failure::Timeout(limit))),
-        };
-        if let Err(Failure::Client(error)) = &result {
-            tracing::debug!(%error, "client request body failed");
-            let local = match error {
-                BodyError::Chunked(_) => Some(local::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    "malformed chunked request body",
-                )),
-                BodyError::Stalled(_) => Some(local::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_body_timeout",
-                    "request body made no progress within the body idle timeout",
-                )),
-                _ => None,
+        let deadline = timeout.map(|t| started + t);
+        let mut again = false;
+        let (result, outcome) = loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let limit = match retries {
+                Some(attempts) => attempts.limit(left),
+                None => left,
             };
-            if let Some(local) = local {
-                write_local(client, &mut out.resp_out, &local, local_side(false)).await;
+            let request = if again {
+                Ok(Prepared::again(&head))
+            } else {
+                Prepared::new(&head, buf, &mut out.req_out)
+            };
+            let attempt_started = Instant::now();
+            let result = match request {
+                Err(failure) => Err(failure),
+                Ok(request) => {
+                    let sent = self.send(target, client, buf, out, request, client_side);
+                    match limit {
+                        None => sent.await,
+                        Some(limit) => tokio::time::timeout(limit, sent)
+                            .await
+                            .unwrap_or(Err(Failure::Timeout(limit))),
+                    }
+                }
+            };
+            if let Err(Failure::Client(error)) = &result {
+                tracing::debug!(%error, "client request body failed");
+                let local = match error {
+                    BodyError::Chunked(_) => Some(local::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request_body",
+                        "malformed chunked request body",
+                    )),
+                    BodyError::Stalled(_) => Some(local::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_body_timeout",
+                        "request body made no progress within the body idle timeout",
+                    )),
+                    _ => None,
+                };
+                if let Some(local) = local {
+                    write_local(client, &mut out.resp_out, &local, local_side(false)).await;
+                }
+                return Next::Close;
             }
-            return Next::Close;
-        }
-        let failure = result.as_ref().err().map(Failure::no_response);
-        let outcome = HttpOutcome {
-            target,
-            result: match (&result, failure) {
-                (Ok(answer), _) => Ok(answer.head.status),
-                (Err(_), failure) => Err(failure.unwrap_or(NoResponse::Reset).outcome()),
-            },
-            elapsed: started.elapsed(),
-            grpc: result.as_ref().is_ok_and(|a| a.head.grpc),
-            grpc_status: result.as_ref().ok().and_then(|a| a.head.grpc_status),
+            let failure = result.as_ref().err().map(Failure::no_response);
+            let outcome = HttpOutcome {
+                target,
+                result: match (&result, failure) {
+                    (Ok(answer), _) => Ok(answer.head.status),
+                    (Err(_), failure) => Err(failure.unwrap_or(NoResponse::Reset).outcome()),
+                },
+                elapsed: attempt_started.elapsed(),
+                grpc: result.as_ref().is_ok_and(|a| a.head.grpc),
+                grpc_status: result.as_ref().ok().and_then(|a| a.head.grpc_status),
+            };
+            self.router.on_http_outcome(conn, &outcome);
+            let (true, Some(state)) = (retries.is_some(), state.as_mut()) else {
+                break (result, outcome);
+            };
+            let time_left = deadline.is_none_or(|d| d > Instant::now());
+            let replayable = in_hand && time_left;
+            match state.retry(&outcome, replayable) {
+                Some(retry) if replayable => {
+                    // The abandoned answer's connection is closed, not pooled: its response
+                    // body was not read.
+                    drop(result);
+                    let wait = match deadline {
+                        Some(d) => retry
+                            .backoff
+                            .min(d.saturating_duration_since(Instant::now())),
+                        None => retry.backoff,
+                    };
+                    tokio::time::sleep(wait).await;
+                    target = retry.target;
+                    again = true;
+                }
+                _ => break (result, outcome),
+            }
         };
         if let Some(state) = state.as_mut() {
             state.on_outcome(&outcome);
         }
-        self.router.on_http_outcome(conn, &outcome);
         let Answer {
             mut upstream,
             head: response,
@@ -599,20 +647,16 @@ impl Http1Relay {
         client: &mut TcpStream,
         buf: &mut BytesMut,
         out: &mut Scratch,
-        head: &RequestHead,
+        request: Prepared,
         client_side: ClientSide,
     ) -> Result<Answer, Failure> {
         let Scratch { req_out, resp_out } = out;
-        req_out.clear();
-        head::encode_request(head, req_out);
-        let mut remaining = Remaining::new(head.framing);
-        let n = remaining
-            .take(buf)
-            .map_err(|e| Failure::Client(BodyError::Chunked(e)))?;
-        req_out.extend_from_slice(&buf[..n]);
-        buf.advance(n);
+        let Prepared {
+            remaining,
+            safe_method,
+        } = request;
         // Everything the upstream needs is in `req_out`: a retry could send it again.
-        let retryable = remaining.is_done() && replayable(&head.parts.method);
+        let retryable = remaining.is_done() && safe_method;
         let mut relay = BodyRelay {
             remaining,
             pending: 0,
@@ -713,6 +757,80 @@ impl Http1Relay {
                 }
             }
         }
+    }
+}
+
+/// A request encoded into the scratch buffer, ready to send.
+struct Prepared {
+    /// What of the body is still to come from the client after what `req_out` holds.
+    remaining: Remaining,
+    /// The method may be sent again after a broken reused connection ([`replayable`]).
+    safe_method: bool,
+}
+
+impl Prepared {
+    /// Encodes `head` and the body bytes already in `buf` into `req_out`, taking them from `buf`.
+    fn new(
+        head: &RequestHead,
+        buf: &mut BytesMut,
+        req_out: &mut BytesMut,
+    ) -> Result<Self, Failure> {
+        req_out.clear();
+        head::encode_request(head, req_out);
+        let mut remaining = Remaining::new(head.framing);
+        let n = remaining
+            .take(buf)
+            .map_err(|e| Failure::Client(BodyError::Chunked(e)))?;
+        req_out.extend_from_slice(&buf[..n]);
+        buf.advance(n);
+        Ok(Self {
+            remaining,
+            safe_method: replayable(&head.parts.method),
+        })
+    }
+
+    /// The request `req_out` still holds in full, to send again.
+    fn again(head: &RequestHead) -> Self {
+        Self {
+            remaining: Remaining::Done,
+            safe_method: replayable(&head.parts.method),
+        }
+    }
+}
+
+/// Whether the whole body of a request with `framing` is in `buf`, after reading at most
+/// [`MAX_REPLAY_BYTES`] of a `Content-Length` body still on its way (each read within `idle`):
+/// only such a request can be sent again. A chunked body counts only when it is in `buf`
+/// already; reading fails quietly (the relay then meets the same failure and reports it).
+async fn body_in_hand(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    framing: Framing,
+    idle: Duration,
+) -> bool {
+    match framing {
+        Framing::Empty | Framing::Length(0) => true,
+        Framing::Length(n) => {
+            let Ok(n) = usize::try_from(n) else {
+                return false;
+            };
+            if n > MAX_REPLAY_BYTES {
+                return false;
+            }
+            while buf.len() < n {
+                buf.reserve(n - buf.len());
+                match tokio::time::timeout(idle, client.read_buf(buf)).await {
+                    Ok(Ok(read)) if read > 0 => {}
+                    _ => return false,
+                }
+            }
+            true
+        }
+        Framing::Chunked => {
+            let mut scanner = Chunked::new();
+            buf.len() <= MAX_REPLAY_BYTES && scanner.scan(buf).is_ok() && scanner.is_done()
+        }
+        Framing::UntilClose => false,
     }
 }
 

@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
 use super::{PoolError, PoolSettings, connect, start_reaper};
+use crate::proxy::replay::UpstreamBody;
 
 /// Why an HTTP/2 request got no response head.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +47,7 @@ impl Http2Error {
     }
 }
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<UpstreamBody>;
 
 struct Entry {
     sender: Sender,
@@ -91,7 +92,7 @@ impl Http2Pool {
     pub async fn send(
         &self,
         target: SocketAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, Http2Error> {
         let exchange = |source| Http2Error::Exchange { target, source };
         if let Some(mut sender) = self.pooled(target) {

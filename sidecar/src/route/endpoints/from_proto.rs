@@ -133,6 +133,14 @@ impl TryFrom<&proto::Service> for ServiceSpec {
                     pod_name: e.pod_name.clone(),
                     lane: (!e.lane_tag.is_empty()).then(|| Arc::from(e.lane_tag.as_str())),
                     ready: e.ready,
+                    // A time before the epoch or out of range means nothing useful: long ready.
+                    ready_since: e.ready_since.and_then(|t| {
+                        let since = std::time::Duration::new(
+                            u64::try_from(t.seconds).ok()?,
+                            u32::try_from(t.nanos).ok()?,
+                        );
+                        std::time::SystemTime::UNIX_EPOCH.checked_add(since)
+                    }),
                     ports,
                 })
             })

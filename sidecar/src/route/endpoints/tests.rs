@@ -13,6 +13,7 @@ fn ep(ip: &str, tag: &str, ready: bool) -> proto::Endpoint {
         lane_tag: tag.to_owned(),
         ready,
         ports: std::collections::BTreeMap::from([("http".to_owned(), 8080)]),
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn service() -> proto::Service {
             lane_tag: "gray".into(),
             ready: true,
             ports: BTreeMap::from([("http".into(), 8080)]),
+            ..Default::default()
         }],
     }
 }
@@ -64,7 +65,7 @@ fn breaker(strategy: proto::BreakerStrategy, threshold: f64) -> proto::OutboundP
             half_open_probes: 1,
             ..Default::default()
         }],
-        timeout: None,
+        ..Default::default()
     }
 }
 
