@@ -481,6 +481,9 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
         format!("/greet1a: {limited:?}\n/greet1b: {free:?}"),
     );
 
+    // Seed: "timeout=1s, maxRetries=1, circuit break after 50% errors" towards B.
+    resilience(demo, &mut step)?;
+
     // The gateway's metrics: MSE's Total QPS, Exception QPS and GrayQPS.
     let (status, metrics) =
         http(demo.gateway_metrics(), "GET", "/metrics").context("gateway metrics")?;
@@ -501,6 +504,87 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
         lines.join("\n"),
     );
     Ok(())
+}
+
+/// `examples/resilience.yaml` applied to B's callers (A and A-gray): B slowed to 2 s answers
+/// A's sidecar with a 504 after about 1 s (two attempts of 500 ms); B failing with 503 is tried
+/// twice per request; at 50 % errors the breaker opens and B sees nothing more.
+fn resilience(demo: &Demo, step: &mut dyn FnMut(&str, String, String)) -> Result<()> {
+    let gw = demo.gateway();
+    let b = pod_addr("spring-cloud-b-0", 20002)?;
+    let a_metrics = pod_addr("spring-cloud-a-0", 15020)?;
+    let metric = |series: &str| -> u64 {
+        http(a_metrics, "GET", "/metrics")
+            .and_then(|(_, text)| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            })
+            .map_or(0, |v| v as u64)
+    };
+    let admin = |what: &str| -> Result<()> {
+        let (status, body) = http(b, "POST", what).context("B's admin endpoint")?;
+        ensure!(status == 200, "POST {what}: {status} {body}");
+        Ok(())
+    };
+    let attempts = r#"lanemesh_retry_policy_attempts_total{app="spring-cloud-b"}"#;
+    demo.topology.write_resilience(demo.dir())?;
+    wait(Instant::now() + CONVERGE, "the TrafficPolicy at A", || {
+        let _ = get(gw, "shop.example.com", "/a", &[]);
+        metric(attempts) > 0
+    })?;
+
+    admin("/admin/delay?ms=2000")?;
+    let started = Instant::now();
+    let (status, body) = get(gw, "shop.example.com", "/a", &[])?;
+    let took = started.elapsed();
+    admin("/admin/delay?ms=0")?;
+    ensure!(
+        status == 502 && body.contains("-> error: 504"),
+        "B slowed: {status} {body}"
+    );
+    ensure!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "B slowed: answered after {took:?}, expected about 1 s"
+    );
+
+    admin("/admin/fail?status=503")?;
+    let before = metric(r#"lanemesh_retries_total{app="spring-cloud-b",result="retried"}"#);
+    let (_, failed) = get(gw, "shop.example.com", "/a", &[])?;
+    let retried =
+        metric(r#"lanemesh_retries_total{app="spring-cloud-b",result="retried"}"#) - before;
+    ensure!(retried == 1, "B failing: {retried} retries for one request");
+    let answers = demo.send("shop.example.com", "/a", &[], 20);
+    let breaker =
+        r#"lanemesh_breaker_state{app="spring-cloud-b",rule="spring-cloud-b-errors/errors"}"#;
+    let state = metric(breaker);
+    admin("/admin/fail?status=0")?;
+    ensure!(state == 2, "the breaker did not open: {answers:?}");
+    ensure!(
+        answers.keys().any(|k| k.contains("circuit")),
+        "no answer came from the open breaker: {answers:?}"
+    );
+    step(
+        "TrafficPolicy + CircuitBreakerPolicy (examples/resilience.yaml): timeout 1s, 1 retry, break at 50 % errors",
+        format!(
+            "curl -X POST http://{b}/admin/delay?ms=2000; {curl}\ncurl -X POST http://{b}/admin/fail?status=503; for i in $(seq 21); do {curl}; done",
+            curl = format!("curl http://{gw}/a")
+        ),
+        format!(
+            "B slowed to 2 s: {status} after {took:.1?}: {}\nB failing: 1 retry per request: {}\nthen {answers:?}\n{breaker} {state}",
+            strip_details(&body),
+            strip_details(&failed),
+        ),
+    );
+    Ok(())
+}
+
+/// `pod`'s address on the demo bridge at `port`.
+fn pod_addr(pod: &str, port: u16) -> Result<SocketAddr> {
+    let app = APPS
+        .iter()
+        .find(|a| a.pod == pod)
+        .with_context(|| format!("no pod {pod}"))?;
+    Ok(format!("{}.{}:{port}", net::SUBNET, app.host).parse()?)
 }
 
 /// Polls `ready` every 100 ms until it holds or `deadline` passes.

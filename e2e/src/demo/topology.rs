@@ -127,6 +127,7 @@ pub struct Topology {
     lanes: String,
     rate_limit: String,
     gateway: String,
+    resilience: String,
 }
 
 impl Topology {
@@ -140,6 +141,7 @@ impl Topology {
             lanes: read("canary/lanes.yaml")?,
             rate_limit: read("rate-limit.yaml")?,
             gateway: read("gateway/httproute.yaml")?,
+            resilience: read("resilience.yaml")?,
         })
     }
 
@@ -192,6 +194,11 @@ impl Topology {
             ));
         }
         write(dir, "topology.yaml", &yaml)
+    }
+
+    /// `examples/resilience.yaml`: timeout, retries and breaker for callers of B.
+    pub fn write_resilience(&self, dir: &Path) -> Result<()> {
+        write(dir, "resilience.yaml", &self.resilience)
     }
 
     /// Lane gray as `mode` says.

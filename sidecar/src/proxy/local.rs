@@ -61,7 +61,7 @@ impl NoResponse {
                 let mut local = error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
-                    &format!("no response from {target} within {limit:?}"),
+                    &format!("no response from {target} within {limit:.0?}"),
                 );
                 local.grpc_status = Some(grpc::code::DEADLINE_EXCEEDED);
                 local
