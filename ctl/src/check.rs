@@ -124,6 +124,11 @@ fn object_keys(m: &Manifest) -> Vec<(String, String, String)> {
             .iter()
             .map(|o| key("OverloadProtectionPolicy", &o.metadata)),
     );
+    keys.extend(
+        m.traffic_policies
+            .iter()
+            .map(|o| key("TrafficPolicy", &o.metadata)),
+    );
     keys.extend(m.services.iter().map(|o| key("Service", &o.metadata)));
     keys
 }
@@ -134,6 +139,7 @@ fn merge(into: &mut Manifest, from: Manifest) {
     into.rate_limits.extend(from.rate_limits);
     into.circuit_breakers.extend(from.circuit_breakers);
     into.overloads.extend(from.overloads);
+    into.traffic_policies.extend(from.traffic_policies);
     into.services.extend(from.services);
     into.endpoint_slices.extend(from.endpoint_slices);
     into.pods.extend(from.pods);

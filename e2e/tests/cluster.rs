@@ -268,6 +268,16 @@ spec:
                 "cpuThreshold is a ratio in (0, 1]",
             ),
             (
+                "more than 10 retries",
+                "kind: TrafficPolicy\nmetadata: {name: tp, namespace: default}\nspec: {app: c, retries: {attempts: 11}}",
+                "spec.retries.attempts",
+            ),
+            (
+                "an unknown retryOn",
+                "kind: TrafficPolicy\nmetadata: {name: tp, namespace: default}\nspec: {app: c, retries: {attempts: 1, retryOn: [sometimes]}}",
+                "spec.retries.retryOn[0]",
+            ),
+            (
                 "an unquoted YAML 1.1 boolean as overload mode",
                 "kind: OverloadProtectionPolicy\nmetadata: {name: cpu, namespace: default}\nspec: {app: a, mode: On, cpuThreshold: 0.8}",
                 "spec.mode",

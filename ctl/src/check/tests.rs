@@ -35,6 +35,7 @@ fn the_examples_are_valid() {
         "rate-limit.yaml",
         "circuit-breaker.yaml",
         "overload.yaml",
+        "resilience.yaml",
     ] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         sources.push(source(file, &text));
@@ -138,5 +139,27 @@ fn a_document_that_is_not_an_object_names_its_file_and_position() {
     assert!(
         problems[2].message.contains("does not match its schema"),
         "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_second_traffic_policy_for_an_app_is_refused_with_its_file() {
+    let policy = |name: &str| {
+        format!(
+            "apiVersion: lanemesh.io/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{app: b, timeout: 1s}}\n"
+        )
+    };
+    let problems = check(&[
+        source("one.yaml", &policy("b-1")),
+        source("two.yaml", &policy("b-2")),
+    ]);
+    assert_eq!(
+        problems,
+        [Problem {
+            file: "two.yaml".into(),
+            object: "TrafficPolicy shop/b-2".into(),
+            field: "spec.app".into(),
+            message: r#"app "b" already has TrafficPolicy "b-1""#.into(),
+        }]
     );
 }
