@@ -197,8 +197,8 @@ fn error_classifier(
         };
     };
     let ranges = codes.http_statuses.iter().enumerate();
-    let ranges =
-        ranges.filter_map(|(i, s)| status_range(&field.key("httpStatuses").at(i), s, errors));
+    let ranges = ranges
+        .filter_map(|(i, s)| super::status_range(&field.key("httpStatuses").at(i), s, errors));
     let mut grpc_codes: Vec<u32> = codes.grpc_codes.iter().map(|c| c.code()).collect();
     grpc_codes.sort_unstable();
     grpc_codes.dedup();
@@ -206,40 +206,4 @@ fn error_classifier(
         http_statuses: ranges.collect(),
         grpc_codes,
     }
-}
-
-/// `5xx`, `404` or `500-504`.
-pub(super) fn status_range(
-    field: &Field,
-    text: &str,
-    errors: &mut Errors,
-) -> Option<proto::StatusRange> {
-    let parse = |s: &str| s.parse::<u32>().ok().filter(|n| (100..=599).contains(n));
-    let range = if let Some(class) = text.strip_suffix("xx") {
-        parse(&format!("{class}00")).map(|from| proto::StatusRange {
-            from,
-            to: from + 99,
-        })
-    } else if let Some((from, to)) = text.split_once('-') {
-        parse(from)
-            .zip(parse(to))
-            .filter(|(f, t)| f <= t)
-            .map(|(from, to)| proto::StatusRange { from, to })
-    } else {
-        parse(text).map(|code| proto::StatusRange {
-            from: code,
-            to: code,
-        })
-    };
-    if range.is_none() {
-        errors.push(
-            field,
-            Violation::InvalidValue {
-                what: "HTTP status",
-                value: text.to_owned(),
-                reason: "use a class like 5xx, a code like 502, or a range like 500-504 within 100..599",
-            },
-        );
-    }
-    range
 }

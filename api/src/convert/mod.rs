@@ -493,6 +493,38 @@ fn unique<'a>(
     }
 }
 
+/// `5xx`, `404` or `500-504`.
+fn status_range(field: &Field, text: &str, errors: &mut Errors) -> Option<proto::StatusRange> {
+    let parse = |s: &str| s.parse::<u32>().ok().filter(|n| (100..=599).contains(n));
+    let range = if let Some(class) = text.strip_suffix("xx") {
+        parse(&format!("{class}00")).map(|from| proto::StatusRange {
+            from,
+            to: from + 99,
+        })
+    } else if let Some((from, to)) = text.split_once('-') {
+        parse(from)
+            .zip(parse(to))
+            .filter(|(f, t)| f <= t)
+            .map(|(from, to)| proto::StatusRange { from, to })
+    } else {
+        parse(text).map(|code| proto::StatusRange {
+            from: code,
+            to: code,
+        })
+    };
+    if range.is_none() {
+        errors.push(
+            field,
+            Violation::InvalidValue {
+                what: "HTTP status",
+                value: text.to_owned(),
+                reason: "use a class like 5xx, a code like 502, or a range like 500-504 within 100..599",
+            },
+        );
+    }
+    range
+}
+
 /// Sorts by (namespace, name) so that conversions and their versions do not
 /// depend on the order a watch delivered objects in.
 fn sorted_by_ref<T>(items: &[T], meta: impl Fn(&T) -> &ObjectMeta) -> Vec<&T> {

@@ -166,7 +166,7 @@ fn retries(field: &Field, r: &Retries, errors: &mut Errors) -> Option<proto::Ret
             }
             let statuses = statuses.iter().flatten().enumerate();
             out.http_statuses.extend(statuses.filter_map(|(i, s)| {
-                super::breaker::status_range(&field.key("httpStatuses").at(i), s, errors)
+                super::status_range(&field.key("httpStatuses").at(i), s, errors)
             }));
         }
     }
