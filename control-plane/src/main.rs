@@ -151,6 +151,10 @@ struct Args {
     proxy_cpu_limit: String,
     #[arg(long, default_value = "1Gi")]
     proxy_memory_limit: String,
+    /// Lossless offline: app containers without a preStop get a preStop sleep this long
+    /// (0 = none; ignored on API servers before 1.30, which have no sleep action).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(0..=300))]
+    inject_app_drain_seconds: i64,
     /// How long a Lease stays valid without renewal (whole seconds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
@@ -331,6 +335,10 @@ async fn main() -> anyhow::Result<()> {
                 memory: args.proxy_memory.clone(),
                 cpu_limit: args.proxy_cpu_limit.clone(),
                 memory_limit: args.proxy_memory_limit.clone(),
+                app_drain_seconds: match &server_version {
+                    Some(v) if !inject::sleep_action_supported(&v.major, &v.minor) => 0,
+                    _ => args.inject_app_drain_seconds,
+                },
                 ..InjectConfig::default()
             };
             tracing::info!(addr = %args.webhook_addr, ?sidecar_mode, image = %config.proxy_image, "serving the injection webhook");

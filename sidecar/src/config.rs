@@ -55,6 +55,12 @@ pub struct RunConfig {
     #[arg(long, env = "LANEMESH_GRACE_PERIOD", default_value_t = defaults::GRACE_PERIOD.into())]
     pub grace_period: Human,
 
+    /// How long every listener keeps accepting after SIGTERM (capped at the grace period):
+    /// callers that have not yet learned this pod is going are still served, with
+    /// `Connection: close`. The proxy exits once it is over and no connection is left.
+    #[arg(long, env = "LANEMESH_DRAIN_DURATION", default_value_t = defaults::DRAIN_DURATION.into())]
+    pub drain_duration: Human,
+
     /// How long protocol detection waits for the client's first bytes; a client that stays
     /// silent this long is forwarded as opaque TCP (and detected again if it speaks before
     /// the server).
@@ -215,6 +221,7 @@ impl RunConfig {
             app_address: self.app_address,
             workers: self.workers(),
             grace_period: *self.grace_period,
+            drain_duration: *self.drain_duration,
             detect_timeout: *self.detect_timeout,
             detect_max_bytes: self.detect_max_bytes,
             server_first_ports: self.server_first_ports.clone(),

@@ -135,6 +135,7 @@ impl Gateway {
             gateway_ports: vec![0],
             bind_address: "127.0.2.1".parse().unwrap(),
             grace_period: Duration::from_secs(2),
+            drain_duration: Duration::ZERO,
             connect_timeout: Duration::from_secs(2),
             workers: Some(1),
             ..ProxyConfig::default()

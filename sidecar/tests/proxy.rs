@@ -1055,16 +1055,33 @@ async fn router_decisions_are_applied() {
 // ---------------------------------------------------------------- shutdown
 
 #[tokio::test]
-async fn graceful_shutdown_finishes_in_flight_and_refuses_new_inbound_connections() {
+async fn a_drain_serves_late_callers_with_connection_close_then_refuses_them() {
     let upstream = http_upstream().await;
-    let harness = Harness::start(test_config()).await; // grace 5 s
+    let config = ProxyConfig {
+        drain_duration: Duration::from_millis(600),
+        ..test_config() // grace 5 s
+    };
+    let harness = Harness::start(config).await;
     let mut send = harness.h1(upstream.addr).await;
-    let in_flight = tokio::spawn(send.send_request(get("/slow?ms=800")));
+    let in_flight = tokio::spawn(send.send_request(get("/slow?ms=1500")));
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
     harness.shutdown.trigger();
 
-    // New inbound connections are refused once the inbound listener is closed (attempts
-    // racing the close may be accepted by the backlog and then reset).
+    // A caller that has not yet learned this endpoint is going is still served, and told to
+    // close its connection.
+    let mut late = harness.connect_via(harness.inbound, upstream.addr).await;
+    late.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(read_to_end(&mut late).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    // Once the drain duration is over, new inbound connections are refused (attempts racing
+    // the close may be accepted by the backlog and then reset).
     timeout(STEP, async {
         loop {
             match TcpStream::connect(harness.inbound).await {
@@ -1074,7 +1091,8 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_inbound_connection
         }
     })
     .await
-    .expect("inbound listener still accepting after shutdown");
+    .expect("inbound listener still accepting after the drain duration");
+    assert!(started.elapsed() >= Duration::from_millis(550));
     // The app's own calls during its drain still go out.
     let mut stream = harness.connect(upstream.addr).await;
     stream.write_all(CLOSE_REQUEST).await.unwrap();
@@ -1091,6 +1109,24 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_inbound_connection
     assert!(
         refused.is_err(),
         "outbound listener open after the proxy stopped"
+    );
+}
+
+#[tokio::test]
+async fn without_connections_the_proxy_stops_when_the_drain_duration_ends() {
+    let config = ProxyConfig {
+        drain_duration: Duration::from_millis(300),
+        ..test_config()
+    };
+    let harness = Harness::start(config).await;
+    let started = Instant::now();
+    harness.shutdown.trigger();
+    let report = timeout(STEP, harness.run).await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert_eq!(report.abandoned, 0);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "stopped after {took:?}"
     );
 }
 

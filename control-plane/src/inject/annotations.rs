@@ -19,6 +19,9 @@ pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.lanemesh.io/exclude-outbound-p
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "traffic.lanemesh.io/exclude-outbound-cidrs";
 /// The only inbound ports captured (`*`, the default, = all).
 pub const INCLUDE_INBOUND_PORTS: &str = "traffic.lanemesh.io/include-inbound-ports";
+/// Seconds the app's containers keep running after the pod is deleted (a `preStop` sleep),
+/// while callers learn the endpoint is gone; `0` = none.
+pub const APP_DRAIN_SECONDS: &str = "sidecar.lanemesh.io/appDrainSeconds";
 /// The proxy container's CPU request.
 pub const PROXY_CPU: &str = "sidecar.lanemesh.io/proxyCPU";
 /// The proxy container's memory request.
@@ -67,6 +70,8 @@ pub struct PodOverrides {
     pub memory: Option<Quantity>,
     pub cpu_limit: Option<Quantity>,
     pub memory_limit: Option<Quantity>,
+    /// `sidecar.lanemesh.io/appDrainSeconds`.
+    pub app_drain_seconds: Option<i64>,
 }
 
 impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
@@ -107,6 +112,19 @@ impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
                 .transpose()?,
             memory_limit: get(PROXY_MEMORY_LIMIT)
                 .map(|v| quantity(PROXY_MEMORY_LIMIT, v))
+                .transpose()?,
+            app_drain_seconds: get(APP_DRAIN_SECONDS)
+                .map(|v| {
+                    v.trim()
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| (0..=300).contains(n))
+                        .ok_or_else(|| AnnotationError {
+                            annotation: APP_DRAIN_SECONDS,
+                            value: v.to_owned(),
+                            expected: "a whole number of seconds from 0 to 300",
+                        })
+                })
                 .transpose()?,
         })
     }

@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
     Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, SleepAction, Volume,
+    VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -67,17 +67,29 @@ pub enum SidecarMode {
 impl SidecarMode {
     /// Native sidecars are on by default from Kubernetes 1.29 (beta; GA in 1.33).
     pub fn for_server(major: &str, minor: &str) -> Self {
-        // Minor versions may carry a suffix on managed clusters ("29+").
-        let minor: u32 = minor
-            .trim_end_matches(|c: char| !c.is_ascii_digit())
-            .parse()
-            .unwrap_or(0);
-        if major.trim() == "1" && minor >= 29 {
+        if server_minor(major, minor) >= 29 {
             Self::Native
         } else {
             Self::Classic
         }
     }
+}
+
+/// The `preStop` sleep action is on by default from Kubernetes 1.30 (beta; GA in 1.34).
+pub fn sleep_action_supported(major: &str, minor: &str) -> bool {
+    server_minor(major, minor) >= 30
+}
+
+/// The minor version of a 1.x API server, 0 otherwise.
+fn server_minor(major: &str, minor: &str) -> u32 {
+    if major.trim() != "1" {
+        return 0;
+    }
+    // Minor versions may carry a suffix on managed clusters ("29+").
+    minor
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(0)
 }
 
 /// Everything injection needs that is not in the pod: set once from the pilot's flags (the
@@ -101,6 +113,11 @@ pub struct InjectConfig {
     pub memory_limit: String,
     /// Lifetime of the projected token (the kubelet rotates it at 80%).
     pub token_expiration_seconds: i64,
+    /// Lossless offline: the app containers that have no `preStop` get a `preStop` sleep of
+    /// this many seconds, so a deleted pod's app keeps serving while callers learn the
+    /// endpoint is gone (the pod annotation `sidecar.lanemesh.io/appDrainSeconds` overrides
+    /// it); `0` = none, as on API servers before 1.30 (no sleep action).
+    pub app_drain_seconds: i64,
 }
 
 impl Default for InjectConfig {
@@ -116,6 +133,7 @@ impl Default for InjectConfig {
             cpu_limit: "2".to_owned(),
             memory_limit: "1Gi".to_owned(),
             token_expiration_seconds: 3600,
+            app_drain_seconds: 5,
         }
     }
 }
@@ -195,6 +213,25 @@ pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError
     let Some(spec) = out.spec.as_mut() else {
         return Err(InjectError::NoSpec);
     };
+    let drain = overrides
+        .app_drain_seconds
+        .unwrap_or(config.app_drain_seconds);
+    if drain > 0 {
+        for app in &mut spec.containers {
+            let lifecycle = app.lifecycle.get_or_insert_with(Lifecycle::default);
+            if lifecycle.pre_stop.is_none() {
+                lifecycle.pre_stop = Some(LifecycleHandler {
+                    sleep: Some(SleepAction { seconds: drain }),
+                    ..Default::default()
+                });
+            }
+        }
+        // The sleep counts against the grace period: leave the app its own time after it.
+        let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+        if grace < drain + 10 {
+            spec.termination_grace_period_seconds = Some(drain + 10);
+        }
+    }
     let init = init_container(config, &overrides);
     let proxy = proxy_container(config, &overrides);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);

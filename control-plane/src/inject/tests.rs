@@ -285,3 +285,71 @@ fn native_sidecars_from_kubernetes_1_29() {
     assert_eq!(SidecarMode::for_server("1", "34+"), SidecarMode::Native);
     assert_eq!(SidecarMode::for_server("1", ""), SidecarMode::Classic);
 }
+
+#[test]
+fn app_containers_get_a_pre_stop_sleep_unless_they_have_one_or_the_pod_says_no() {
+    let mut with_hook = pod(governed(), json!({}));
+    let spec = with_hook.spec.as_mut().unwrap();
+    spec.containers.push(
+        serde_json::from_value(json!({
+            "name": "own", "image": "own:1",
+            "lifecycle": {"preStop": {"exec": {"command": ["/bin/drain"]}}}
+        }))
+        .unwrap(),
+    );
+    let out = injected(&with_hook, &InjectConfig::default());
+    let spec = out.spec.as_ref().unwrap();
+    let pre_stop = |name: &str| {
+        spec.containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.lifecycle.as_ref()?.pre_stop.clone())
+    };
+    assert_eq!(
+        pre_stop("app").unwrap().sleep.unwrap().seconds,
+        5,
+        "the app keeps serving while callers learn the pod is going"
+    );
+    assert!(
+        pre_stop("own").unwrap().exec.is_some(),
+        "the app's own hook is kept"
+    );
+    assert_eq!(
+        spec.termination_grace_period_seconds, None,
+        "30 s leave enough after 5"
+    );
+    let proxy = &spec.init_containers.as_ref().unwrap()[1];
+    assert!(
+        proxy.lifecycle.is_none(),
+        "the proxy is stopped after the app"
+    );
+
+    let long = pod(
+        governed(),
+        json!({"sidecar.lanemesh.io/appDrainSeconds": "40"}),
+    );
+    let out = injected(&long, &InjectConfig::default());
+    let spec = out.spec.as_ref().unwrap();
+    assert_eq!(spec.termination_grace_period_seconds, Some(50));
+
+    let off = pod(
+        governed(),
+        json!({"sidecar.lanemesh.io/appDrainSeconds": "0"}),
+    );
+    let out = injected(&off, &InjectConfig::default());
+    assert!(out.spec.unwrap().containers[0].lifecycle.is_none());
+    let old_server = InjectConfig {
+        app_drain_seconds: 0,
+        ..InjectConfig::default()
+    };
+    let out = injected(&pod(governed(), json!({})), &old_server);
+    assert!(out.spec.unwrap().containers[0].lifecycle.is_none());
+
+    let bad = pod(
+        governed(),
+        json!({"sidecar.lanemesh.io/appDrainSeconds": "soon"}),
+    );
+    let error = inject(&bad, &InjectConfig::default()).unwrap_err();
+    assert!(error.to_string().contains("appDrainSeconds"), "{error}");
+    assert!(sleep_action_supported("1", "30+") && !sleep_action_supported("1", "29"));
+}

@@ -19,6 +19,9 @@ pub mod defaults {
     pub const ADMIN_PORT: u16 = 15000;
     /// How long in-flight work may run after the shutdown starts.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(25);
+    /// How long every listener keeps accepting after the shutdown starts (Istio's minimum drain
+    /// duration), so callers that have not yet learned the endpoint is gone are still served.
+    pub const DRAIN_DURATION: Duration = Duration::from_secs(5);
     /// How long detection waits for a client's first bytes.
     pub const DETECT_TIMEOUT: Duration = Duration::from_millis(200);
     /// Most bytes read while detecting.
@@ -83,6 +86,9 @@ pub struct ProxyConfig {
     pub workers: Option<usize>,
     /// How long in-flight work may run after the shutdown starts.
     pub grace_period: Duration,
+    /// How long the listeners keep accepting after the shutdown starts (at most the grace
+    /// period); the proxy exits once it is over and no connection is left.
+    pub drain_duration: Duration,
     /// How long detection waits for a client's first bytes.
     pub detect_timeout: Duration,
     /// Most bytes read while detecting.
@@ -129,6 +135,7 @@ impl Default for ProxyConfig {
             app_address: None,
             workers: None,
             grace_period: defaults::GRACE_PERIOD,
+            drain_duration: defaults::DRAIN_DURATION,
             detect_timeout: defaults::DETECT_TIMEOUT,
             detect_max_bytes: defaults::DETECT_MAX_BYTES,
             server_first_ports: defaults::SERVER_FIRST_PORTS.to_vec(),

@@ -104,6 +104,11 @@ impl Drop for ConnSlot {
 }
 
 impl Shared {
+    /// Connections open in every worker, of every listener.
+    fn open_total(&self) -> usize {
+        self.open.iter().map(|n| n.load(Ordering::Acquire)).sum()
+    }
+
     /// Why an inbound connection must not be delivered, if it must not. Inbound traffic is
     /// delivered to the address it was sent to, so a caller naming one of the proxy's own
     /// ports (admin `/shutdown`, `/config_dump`, the capture listeners) would otherwise reach
@@ -332,6 +337,9 @@ impl Proxy {
     }
 }
 
+/// How often a draining worker looks whether every worker's connections are gone.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
+
 /// One worker's accept loop and drain, on its own runtime.
 async fn serve_worker(
     shared: Arc<Shared>,
@@ -391,39 +399,64 @@ async fn serve_worker(
         }
     }
     stop_connections.trigger();
-    // Closing the inbound listener makes new callers fail at once, so they pick another
-    // endpoint. The outbound listener stays open through the drain: the app is usually still
+    // Lossless offline: for the drain duration every listener still accepts, because callers
+    // may not have learned yet that this endpoint is going (the control plane's push is on
+    // its way); what they send is served, with `Connection: close` (HTTP/1; HTTP/2 connections
+    // open before the drain get GOAWAY), so keep-alive clients move to another endpoint. The
+    // outbound listener stays open until the whole proxy stops: the app may still be
     // finishing its own work and calling out (without native sidecars it got SIGTERM at the
-    // same moment), and those calls must not be refused. A gateway's listeners close like the
-    // inbound one: clients (and the load balancer in front) move to another replica.
-    drop(inbound);
-    drop(gateway);
+    // same moment), and one worker closing its SO_REUSEPORT socket early would refuse the
+    // calls the kernel hashes to it. The proxy stops once the drain duration is over and no
+    // connection is left in any worker, or when the grace period runs out.
     let grace = shared.config.grace_period;
+    let started = tokio::time::Instant::now();
+    let drain_end = started + shared.config.drain_duration.min(grace);
+    let deadline = started + grace;
     tracing::info!(
         in_flight = conns.tasks.len(),
         ?grace,
+        drain = ?shared.config.drain_duration,
         "draining connections"
     );
-    let deadline = tokio::time::Instant::now() + grace;
     // Connections accepted during the drain are watched by a shutdown of their own that never
     // fires: the drain waits for them like for any other, up to the grace period.
     let late = GracefulShutdown::new();
     let announced = graceful.shutdown();
     tokio::pin!(announced);
     let mut announced_done = false;
+    let mut callers = Some((inbound, gateway));
+    let mut idle_check = tokio::time::interval(IDLE_CHECK);
     let abandoned = loop {
-        if announced_done && conns.tasks.is_empty() {
+        if callers.is_none() && announced_done && shared.open_total() == 0 {
             break 0;
         }
+        let accepting = callers.is_some();
+        let (inbound, gateway) = match &callers {
+            Some((inbound, gateway)) => (&inbound[..], &gateway[..]),
+            None => (&[][..], &[][..]),
+        };
         tokio::select! {
             () = &mut announced, if !announced_done => announced_done = true,
             Some(_) = conns.tasks.join_next(), if !conns.tasks.is_empty() => {}
             accepted = accept_any(&outbound) => {
                 conns.spawn(&late, Direction::Outbound, accepted).await;
             }
+            accepted = accept_any(inbound), if accepting => {
+                conns.spawn(&late, Direction::Inbound, accepted).await;
+            }
+            accepted = accept_any(gateway), if accepting => {
+                conns.spawn(&late, Direction::Gateway, accepted).await;
+            }
+            () = tokio::time::sleep_until(drain_end), if accepting => {
+                // Callers have had the drain duration to move on: new ones are refused now.
+                callers = None;
+            }
+            // Other workers' connections end without waking this one.
+            _ = idle_check.tick() => {}
             () = tokio::time::sleep_until(deadline) => break conns.tasks.len(),
         }
     };
+    drop(callers);
     drop(outbound);
     if abandoned > 0 {
         tracing::warn!(

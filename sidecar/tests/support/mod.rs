@@ -21,6 +21,9 @@ pub(crate) fn loopback_config() -> ProxyConfig {
         inbound_port: 0,
         bind_address: "127.0.0.1".parse().expect("an IP address"),
         grace_period: std::time::Duration::from_secs(5),
+        // Tests that stop proxies do not wait for callers that will never come; the drain
+        // tests set their own.
+        drain_duration: std::time::Duration::ZERO,
         detect_timeout: std::time::Duration::from_millis(200),
         header_read_timeout: std::time::Duration::from_millis(600),
         max_header_bytes: 16 * 1024,

@@ -65,6 +65,16 @@ impl Sidecar {
     /// A sidecar for pod `n` (pod IP 127.0.0.n, app on 127.0.1.n) of `app`, lane `tag`, built by
     /// the same [`App`] as `lanemesh-proxy`, and the listener its app must serve on.
     pub(crate) async fn start(n: u8, app: &str, tag: Option<&str>) -> (Self, TcpListener) {
+        Self::start_draining(n, app, tag, Duration::ZERO).await
+    }
+
+    /// [`Sidecar::start`] with listeners that keep accepting for `drain` after the shutdown.
+    pub(crate) async fn start_draining(
+        n: u8,
+        app: &str,
+        tag: Option<&str>,
+        drain: Duration,
+    ) -> (Self, TcpListener) {
         let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
         let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
         let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
@@ -75,6 +85,7 @@ impl Sidecar {
             bind_address: pod_ip,
             app_address: Some(app_ip),
             grace_period: Duration::from_secs(2),
+            drain_duration: drain,
             connect_timeout: Duration::from_secs(2),
             ..ProxyConfig::default()
         };
