@@ -256,7 +256,14 @@ fn node_json(world: &World, key: &NodeKey) -> Value {
         "outboundPolicies": list::<proto::OutboundPolicy>(&snap.outbound, |p| json!({
             "app": p.app,
             "breakers": p.breakers.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
-            "timeout": p.timeout.as_ref().map(|t| format!("{}s{}ns", t.seconds, t.nanos)),
+            "timeout": p.timeout.as_ref().map(duration_text),
+            "trafficPolicy": p.traffic_policy,
+            "routes": p.routes.iter().map(|r| json!({
+                "name": r.name,
+                "timeout": r.timeout.as_ref().map(duration_text),
+                "retries": r.retries.as_ref().map(|t| t.attempts),
+            })).collect::<Vec<_>>(),
+            "warmup": p.warmup.as_ref().and_then(|w| w.duration.as_ref()).map(duration_text),
         })),
         "workloads": list::<proto::Workload>(&snap.workload, |w| json!({
             "app": w.app,
@@ -278,6 +285,10 @@ fn list<T: DiscoveryResource>(resources: &Resources, fields: impl Fn(&T) -> Valu
     Value::Array(items.collect())
 }
 
+fn duration_text(d: &prost_types::Duration) -> String {
+    format!("{}s{}ns", d.seconds, d.nanos)
+}
+
 fn service_json(s: &proto::Service) -> Value {
     json!({
         "app": s.app,
@@ -290,6 +301,7 @@ fn service_json(s: &proto::Service) -> Value {
         })).collect::<Vec<_>>(),
         "endpoints": s.endpoints.iter().map(|e| json!({
             "ip": e.ip, "pod": e.pod_name, "laneTag": e.lane_tag, "ready": e.ready,
+            "readySince": e.ready_since.as_ref().map(|t| t.seconds),
             "ports": e.ports.iter().collect::<std::collections::BTreeMap<_, _>>(),
         })).collect::<Vec<_>>(),
     })

@@ -50,7 +50,7 @@ status: {podIP: 10.0.0.1, conditions: [{type: Ready, status: "True"}]}
 apiVersion: v1
 kind: Pod
 metadata: {name: back-1, namespace: shop, labels: {app: back, msePilotAutoEnable: "on"}}
-status: {podIP: 10.0.0.2, conditions: [{type: Ready, status: "True"}]}
+status: {podIP: 10.0.0.2, conditions: [{type: Ready, status: "True", lastTransitionTime: "2026-12-07T10:00:00Z"}]}
 ---
 apiVersion: v1
 kind: Pod
@@ -74,6 +74,15 @@ spec:
   app: back
   rules:
   - {name: errors, strategy: ErrorRatio, threshold: 0.5}
+---
+apiVersion: lanemesh.io/v1alpha1
+kind: TrafficPolicy
+metadata: {name: back-traffic, namespace: shop}
+spec:
+  app: back
+  timeout: 1s
+  retries: {attempts: 1}
+  warmup: {duration: 120s}
 ---
 apiVersion: lanemesh.io/v1alpha1
 kind: CircuitBreakerPolicy
@@ -328,6 +337,38 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
             .any(|n| n.starts_with("elsewhere/")),
         "{held:#?}"
     );
+    // The TrafficPolicy and the endpoints' ready times, as the pilot serves them (and the
+    // sidecar accepted: it holds the same versions).
+    let (_, served) = pilot.serves();
+    let back = served["outboundPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "shop/back")
+        .unwrap();
+    assert_eq!(back["trafficPolicy"], "back-traffic", "{back}");
+    assert_eq!(back["routes"][0]["timeout"], "1s0ns", "{back}");
+    assert_eq!(back["routes"][0]["retries"], 1, "{back}");
+    assert_eq!(back["warmup"], "120s0ns", "{back}");
+    assert_eq!(back["breakers"][0], "back-breakers/errors", "{back}");
+    let endpoints = served["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "shop/back")
+        .unwrap()["endpoints"]
+        .clone();
+    let since = |pod: &str| {
+        endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["pod"] == pod)
+            .unwrap()["readySince"]
+            .clone()
+    };
+    assert_eq!(since("back-1"), 1_796_637_600, "{endpoints}");
+    assert_eq!(since("back-2"), Value::Null, "{endpoints}");
     let dump = proxy.dump();
     assert_eq!(dump["ready"], true, "{dump}");
     assert_eq!(dump["node"]["pod_name"], "front-1", "{dump}");

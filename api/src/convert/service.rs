@@ -458,6 +458,49 @@ status:
     }
 
     #[test]
+    fn endpoints_carry_when_their_pod_became_ready_and_a_terminating_one_is_not_ready() {
+        let mut ready = pod("b-1", "10.0.0.2", None, "True", 8080);
+        let condition = &mut ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
+        condition.last_transition_time = Some(yaml("\"2026-12-07T10:00:00Z\""));
+        let mut deleted = pod("b-2", "10.0.0.3", None, "True", 8080);
+        deleted.metadata.deletion_timestamp = Some(yaml("\"2026-12-07T11:00:00Z\""));
+        let unknown = pod("b-3", "10.0.0.4", None, "True", 8080);
+        let s = service(&svc(), &[], &[&ready, &deleted, &unknown]).unwrap();
+        let since = |ip: &str| s.endpoints.iter().find(|e| e.ip == ip).unwrap().ready_since;
+        assert_eq!(
+            since("10.0.0.2"),
+            Some(prost_types::Timestamp {
+                seconds: 1_796_637_600,
+                nanos: 0
+            })
+        );
+        assert_eq!(since("10.0.0.4"), None, "no transition time: long ready");
+        let going = s.endpoints.iter().find(|e| e.ip == "10.0.0.3").unwrap();
+        assert!(!going.ready, "a terminating pod takes no new requests");
+        // From a slice: the terminating endpoint is not ready, and the pod's time still comes.
+        let slice: EndpointSlice = yaml(
+            r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-abc, namespace: shop, labels: {kubernetes.io/service-name: b}}
+addressType: IPv4
+ports: [{name: http-web, port: 8080}]
+endpoints:
+- addresses: [10.0.0.2]
+  conditions: {ready: true, serving: true, terminating: false}
+  targetRef: {kind: Pod, name: b-1, namespace: shop}
+- addresses: [10.0.0.3]
+  conditions: {ready: false, serving: true, terminating: true}
+  targetRef: {kind: Pod, name: b-2, namespace: shop}
+"#,
+        );
+        let s = service(&svc(), &[&slice], &[&ready]).unwrap();
+        let by_ip = |ip: &str| s.endpoints.iter().find(|e| e.ip == ip).unwrap();
+        assert!(by_ip("10.0.0.2").ready && by_ip("10.0.0.2").ready_since.is_some());
+        assert!(!by_ip("10.0.0.3").ready);
+    }
+
+    #[test]
     fn slices_win_over_the_selector() {
         let pods = [pod("b-1", "10.0.0.2", Some("gray"), "True", 8080)];
         let slice: EndpointSlice = yaml(
