@@ -299,6 +299,7 @@ fn pod_infos(pods: &[&Pod]) -> HashMap<(String, String), PodInfo> {
                     .and_then(|s| s.pod_ip.clone())
                     .unwrap_or_default(),
                 ready: pod_ready(pod),
+                terminating: pod.metadata.deletion_timestamp.is_some(),
             };
             Some(((ns, pod.metadata.name.clone()?), info))
         })

@@ -61,6 +61,8 @@ pub struct PodInfo {
     pub ip: String,
     /// Ready condition true and not being deleted.
     pub ready: bool,
+    /// Being deleted (`deletionTimestamp` set).
+    pub terminating: bool,
 }
 
 /// Everything converted, as of one index build. Immutable; replaced whole.
@@ -200,6 +202,7 @@ pub fn for_node(world: &World, node: &NodeKey) -> NodeSnapshot {
         pod_name: node.pod_name.clone(),
         app: app.clone(),
         lane_tag: lane_tag.clone(),
+        terminating: pod.is_some_and(|p| p.terminating),
     };
     let pick = |all: &Resources, names: &mut dyn Iterator<Item = &String>| -> Resources {
         names
@@ -354,6 +357,7 @@ mod tests {
                 lane_tag: String::new(),
                 ip: "10.0.0.1".into(),
                 ready: true,
+                terminating: false,
             },
         );
         w
@@ -533,10 +537,19 @@ mod tests {
             app: "back".into(),
             lane_tag: "blue".into(),
             gateway: false,
-            ..known
+            ..known.clone()
         };
         let w = workload(&for_node(&world, &claiming));
         assert_eq!((w.app.as_str(), w.lane_tag.as_str()), ("front", "gray"));
+        assert!(!w.terminating);
+
+        // Deleted: the sidecar learns it while the app still serves.
+        world
+            .pods
+            .get_mut(&("a".into(), "front-1".into()))
+            .unwrap()
+            .terminating = true;
+        assert!(workload(&for_node(&world, &known)).terminating);
 
         // Outside the index (local mode, a process outside Kubernetes): the claim, echoed.
         let outside = NodeKey {

@@ -272,6 +272,7 @@ async fn config_dump_lists_names_versions_and_node() {
                 pod_name: "orders-0".into(),
                 app: "orders".into(),
                 lane_tag: "gray".into(),
+                terminating: false,
             },
         )
         .unwrap();

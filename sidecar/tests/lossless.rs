@@ -2,7 +2,7 @@
 //! Lossless offline, in process: a rolling restart of app `c` (two pods replaced one by one,
 //! each old pod's sidecar told to stop at the moment the control plane's endpoint removal is
 //! still on its way to the caller) under a steady load of more than 200 requests per second
-//! from pod `a` loses no request.
+//! from pod `a` loses no request; a deleted pod's sidecar serves and asks clients to leave.
 
 mod support;
 
@@ -159,9 +159,11 @@ async fn a_rolling_restart_under_steady_load_loses_no_request() {
         all.push(&new);
         a.install(a_snapshot(&all)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // The pod is deleted: its sidecar gets SIGTERM while the endpoint removal is still
-        // on its way to the caller.
+        // The pod is deleted: the control plane tells its sidecar (which starts closing
+        // keep-alive connections after each answer), its sidecar gets SIGTERM, and the
+        // endpoint removal is still on its way to the caller.
         let going = old.remove(0);
+        going.sidecar.install_as(c_snapshot(), true).await;
         going.sidecar.shutdown.trigger();
         tokio::time::sleep(PUSH_DELAY).await;
         let mut remaining: Vec<&Pod> = old.iter().collect();
@@ -195,4 +197,19 @@ async fn a_rolling_restart_under_steady_load_loses_no_request() {
         pod.app.stop().await;
     }
     a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_pods_sidecar_still_serves_and_asks_keep_alive_clients_to_leave() {
+    let pod = Pod::start(86, "c5").await;
+    let (status, headers, _) = pod.sidecar.inbound_get("/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.get("connection").is_none(), "{headers:?}");
+    // The control plane's Workload says the pod is being deleted.
+    pod.sidecar.install_as(c_snapshot(), true).await;
+    let (status, headers, body) = pod.sidecar.inbound_get("/", &[]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "c5"));
+    assert_eq!(headers["connection"], "close");
+    pod.sidecar.stop().await;
+    pod.app.stop().await;
 }

@@ -79,6 +79,7 @@ fn write_seeds(examples: &Path, corpus: &Path) -> Result<usize, Box<dyn std::err
         pod_name: "spring-cloud-a-gray-0".into(),
         app: "spring-cloud-a".into(),
         lane_tag: "gray".into(),
+        terminating: false,
     };
     encoded.push(named(4, &workload.name, &|| workload.encode_to_vec()));
     let discovery_dir = corpus.join("discovery");

@@ -610,6 +610,15 @@ impl MeshRouter {
 }
 
 impl Router for MeshRouter {
+    fn closing(&self, conn: &ConnContext) -> bool {
+        conn.direction == Direction::Inbound
+            && self
+                .runtime
+                .load()
+                .as_ref()
+                .is_some_and(|rt| rt.terminating)
+    }
+
     fn route_http(&self, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
         let runtime = self.runtime.load();
         let Some(rt) = runtime.as_deref() else {

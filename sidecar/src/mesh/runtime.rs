@@ -36,6 +36,8 @@ pub struct Runtime {
     pub labels: LabelNames,
     /// A gateway's routes; empty for a sidecar.
     pub gateway: GatewayTable,
+    /// The pod is being deleted: inbound HTTP/1 answers ask clients to close their connection.
+    pub terminating: bool,
 }
 
 impl Runtime {
@@ -107,6 +109,7 @@ impl Runtime {
             outbound,
             labels,
             gateway,
+            terminating: snapshot.terminating(),
         }
     }
 }

@@ -327,6 +327,14 @@ pub trait Router: Send + Sync + 'static {
         None
     }
 
+    /// Whether the answers on this connection should ask the client to close it (HTTP/1
+    /// `Connection: close`) while it is still served: the pod is being deleted, and keep-alive
+    /// clients should move to another endpoint before the app stops. Asked once per request.
+    fn closing(&self, conn: &ConnContext) -> bool {
+        let _ = conn;
+        false
+    }
+
     /// Observes the outcome of a request this router forwarded. Must be cheap:
     /// it runs on the request path. The default ignores it.
     fn on_http_outcome(&self, conn: &ConnContext, outcome: &HttpOutcome) {

@@ -280,6 +280,15 @@ impl Snapshot {
         &self.local
     }
 
+    /// The control plane says the pod is being deleted (its Workload).
+    pub fn terminating(&self) -> bool {
+        self.tables
+            .workloads
+            .values()
+            .next()
+            .is_some_and(|w| w.compiled.terminating)
+    }
+
     /// The identity the flags claim, before the control plane's Workload.
     pub const fn claimed(&self) -> &PodIdentity {
         &self.claimed

@@ -398,6 +398,7 @@ fn workload(app: &str, lane: &str) -> proto::Workload {
         pod_name: "a-1".into(),
         app: app.into(),
         lane_tag: lane.into(),
+        terminating: false,
     }
 }
 

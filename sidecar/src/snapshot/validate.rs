@@ -99,6 +99,8 @@ impl Compile for proto::OutboundPolicy {
 pub struct WorkloadIdentity {
     pub app: String,
     pub lane_tag: Option<String>,
+    /// The pod is being deleted.
+    pub terminating: bool,
 }
 
 impl Compile for proto::Workload {
@@ -126,6 +128,7 @@ impl Compile for proto::Workload {
         Ok(WorkloadIdentity {
             app: self.app.clone(),
             lane_tag: (!self.lane_tag.is_empty()).then(|| self.lane_tag.clone()),
+            terminating: self.terminating,
         })
     }
 }

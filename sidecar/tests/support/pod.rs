@@ -133,6 +133,11 @@ impl Sidecar {
     /// Stores `snapshot`, with this pod's Workload as the control plane sends it (its app and
     /// lane), and waits until the router runs on it.
     pub(crate) async fn install(&self, snapshot: Snapshot) {
+        self.install_as(snapshot, false).await;
+    }
+
+    /// [`Sidecar::install`], with the Workload saying whether the pod is being deleted.
+    pub(crate) async fn install_as(&self, snapshot: Snapshot, terminating: bool) {
         let mut builder = SnapshotBuilder::from_snapshot(&snapshot);
         builder
             .insert_all([proto::Workload {
@@ -141,6 +146,7 @@ impl Sidecar {
                 pod_name: self.identity.pod_name.clone(),
                 app: self.identity.app.clone(),
                 lane_tag: self.identity.lane().unwrap_or_default().to_owned(),
+                terminating,
             }])
             .unwrap();
         let generation = self.store.store(builder.build());

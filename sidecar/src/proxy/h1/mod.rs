@@ -428,7 +428,7 @@ impl Http1Relay {
         // router adds (the lane tag).
         strip_hop_by_hop(&mut head.parts.headers, head.upgrade);
         let client_side = ClientSide {
-            keep_alive: head.keep_alive && !signal.is_triggered(),
+            keep_alive: head.keep_alive && !signal.is_triggered() && !self.router.closing(conn),
             http10: head.parts.version == http::Version::HTTP_10,
             head_request: head.parts.method == Method::HEAD,
             upgrade: head.upgrade,
