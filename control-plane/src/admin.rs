@@ -256,6 +256,8 @@ fn node_json(world: &World, key: &NodeKey) -> Value {
         "outboundPolicies": list::<proto::OutboundPolicy>(&snap.outbound, |p| json!({
             "app": p.app,
             "breakers": p.breakers.iter().map(|b| b.name.clone()).collect::<Vec<_>>(),
+            "dryRunBreakers": p.breakers.iter().filter(|b| b.dry_run).map(|b| b.name.clone())
+                .collect::<Vec<_>>(),
             "timeout": p.timeout.as_ref().map(duration_text),
             "trafficPolicy": p.traffic_policy,
             "routes": p.routes.iter().map(|r| json!({

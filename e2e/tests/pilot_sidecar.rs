@@ -72,6 +72,7 @@ kind: CircuitBreakerPolicy
 metadata: {name: back-breakers, namespace: shop}
 spec:
   app: back
+  dryRun: true
   rules:
   - {name: errors, strategy: ErrorRatio, threshold: 0.5}
 ---
@@ -351,6 +352,7 @@ fn sidecar_follows_the_pilot_and_survives_its_restart() {
     assert_eq!(back["routes"][0]["retries"], 1, "{back}");
     assert_eq!(back["warmup"], "120s0ns", "{back}");
     assert_eq!(back["breakers"][0], "back-breakers/errors", "{back}");
+    assert_eq!(back["dryRunBreakers"][0], "back-breakers/errors", "{back}");
     let endpoints = served["services"]
         .as_array()
         .unwrap()
