@@ -1,10 +1,11 @@
-//! Lane actions through the API server: `lanemeshctl lane enable|disable`. The pilot sees the
-//! change like any `kubectl patch` and streams it to the sidecars.
+//! Lanes through the API server: `lanemeshctl lanes` lists them, `lanemeshctl lane
+//! enable|disable` switches one. The pilot sees a change like any `kubectl patch` and streams
+//! it to the sidecars.
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use lanemesh_api::crd::Lane;
+use lanemesh_api::crd::{Lane, LaneGroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -39,6 +40,24 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client, Clus
         None => Config::infer().await?,
     };
     Client::try_from(config).map_err(ClusterError::Client)
+}
+
+/// The LaneGroups and Lanes of `namespace`, or of every namespace.
+pub async fn list(
+    client: Client,
+    namespace: Option<&str>,
+) -> Result<(Vec<LaneGroup>, Vec<Lane>), ClusterError> {
+    let (groups, lanes): (Api<LaneGroup>, Api<Lane>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client, ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let params = ListParams::default();
+    let groups = groups.list(&params).await.map_err(ClusterError::Api)?;
+    let lanes = lanes.list(&params).await.map_err(ClusterError::Api)?;
+    Ok((groups.items, lanes.items))
 }
 
 /// Sets `spec.enabled` of Lane `namespace/name`; returns the lane's group.

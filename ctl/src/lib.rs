@@ -2,16 +2,20 @@
 //!
 //! It validates manifests offline (`lanemeshctl check -f`), with exactly the conversion the
 //! control plane runs, so CI can refuse a bad Lane or policy before it reaches a cluster, and
-//! switches lanes on and off through the API server (`lanemeshctl lane enable|disable`).
+//! lists and switches lanes through the API server (`lanemeshctl lanes`, `lanemeshctl lane
+//! enable|disable`).
 //!
 //! # Layout
 //! 1. Pure logic, no I/O:
 //!    - [`check`]: manifests (file name and text) -> every problem, with object and field path.
+//!    - [`view`]: lane groups and lanes -> the rows of `lanemeshctl lanes`.
 //! 2. Presentation:
-//!    - [`output`]: problems as a table, JSON or YAML.
+//!    - [`output`]: problems and rows as a table, JSON or YAML.
 //! 3. Cluster access:
-//!    - [`lanes`]: Lane actions through the API server (kube-rs, kubeconfig like kubectl).
+//!    - [`lanes`]: listing and switching lanes through the API server (kube-rs, kubeconfig
+//!      like kubectl).
 
 pub mod check;
 pub mod lanes;
 pub mod output;
+pub mod view;

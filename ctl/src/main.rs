@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use lanemesh_ctl::check::{self, Source};
 use lanemesh_ctl::lanes;
 use lanemesh_ctl::output::{self, Format};
+use lanemesh_ctl::view;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The operator's command line for lanemesh")]
@@ -31,6 +32,16 @@ enum Command {
         /// repeatable. All are checked together, so references across files resolve.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// The lane groups and their lanes: routing mode, tag, enabled, weight, whether the control
+    /// plane accepted each, and the ready pods carrying each lane's tag per app.
+    Lanes {
+        /// Only this namespace (default: every namespace).
+        #[arg(short, long)]
+        namespace: Option<String>,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
@@ -72,6 +83,22 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Lanes { namespace, output } => {
+            let client = lanes::client(cli.kubeconfig.as_deref()).await?;
+            let (groups, all) = lanes::list(client, namespace.as_deref()).await?;
+            let rows = view::lane_rows(&groups, &all);
+            let text = output::render_items(
+                &rows,
+                output,
+                "no lane groups",
+                view::LANE_HEADER,
+                view::lane_cells,
+            )?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Lane { action } => {
             let (args, enabled) = match action {
                 LaneAction::Enable(args) => (args, true),

@@ -20,26 +20,40 @@ pub enum OutputError {
 
 /// `problems` in `format`; the table says so when there are none.
 pub fn render(problems: &[Problem], format: Format) -> Result<String, OutputError> {
-    Ok(match format {
-        Format::Json => serde_json::to_string_pretty(problems)? + "\n",
-        Format::Yaml => serde_yaml::to_string(problems)?,
-        Format::Table if problems.is_empty() => "no problems found\n".to_owned(),
-        Format::Table => table(problems),
+    render_items(problems, format, "no problems found", PROBLEM_HEADER, |p| {
+        [
+            p.file.clone(),
+            p.object.clone(),
+            p.field.clone(),
+            p.message.clone(),
+        ]
     })
 }
 
-fn table(problems: &[Problem]) -> String {
-    let header = ["FILE", "OBJECT", "FIELD", "PROBLEM"];
-    let rows: Vec<[&str; 4]> = problems
+const PROBLEM_HEADER: [&str; 4] = ["FILE", "OBJECT", "FIELD", "PROBLEM"];
+
+/// `items` in `format`: JSON or YAML of the items, or a table of `cells` under `header`
+/// (`none` when there are no items).
+pub fn render_items<T: serde::Serialize, const N: usize>(
+    items: &[T],
+    format: Format,
+    none: &str,
+    header: [&str; N],
+    cells: impl Fn(&T) -> [String; N],
+) -> Result<String, OutputError> {
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(items)? + "\n",
+        Format::Yaml => serde_yaml::to_string(items)?,
+        Format::Table if items.is_empty() => format!("{none}\n"),
+        Format::Table => table(header, &items.iter().map(cells).collect::<Vec<_>>()),
+    })
+}
+
+/// Columns aligned to their widest cell; the last column is not padded.
+fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let rows: Vec<[&str; N]> = rows
         .iter()
-        .map(|p| {
-            [
-                p.file.as_str(),
-                p.object.as_str(),
-                p.field.as_str(),
-                p.message.as_str(),
-            ]
-        })
+        .map(|r| r.each_ref().map(String::as_str))
         .collect();
     let mut widths = header.map(str::len);
     for row in &rows {

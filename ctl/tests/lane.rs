@@ -108,6 +108,36 @@ async fn lane_disable_and_enable_patch_the_lane_and_name_what_is_missing() {
         assert_eq!(code, 2);
         assert!(err.contains("lane shop/blue not found"), "{err}");
 
+        // `lanemeshctl lanes`: the group, its lane, and what the control plane wrote in the
+        // lane's status (written here as the pilot's status writer would).
+        let status = r#"{"status":{"matchedPods":{"a":2,"b":0},"conditions":[{"type":"Accepted","status":"True","reason":"Accepted","message":"ok","lastTransitionTime":"2026-12-07T10:00:00Z"}]}}"#;
+        let out = cluster
+            .kubectl([
+                "patch", "lane", "gray", "-n", "shop", "--subresource=status", "--type=merge",
+                "-p", status,
+            ])
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (code, out, err) = run(&["lanes", "-n", "shop"]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["shop", "flow", "Content", "gray", "gray", "true", "-", "True", "a=2,b=0"],
+            "{out}"
+        );
+        let (code, out, err) = run(&["lanes", "-o", "json"]).await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rows[0]["lane"], "gray", "{out}");
+        assert_eq!(rows[0]["apps"], serde_json::json!(["a*", "b"]), "{out}");
+        assert_eq!(rows[0]["matchedPods"]["a"], 2, "{out}");
+        let (code, out, _) = run(&["lanes", "-n", "elsewhere"]).await.unwrap();
+        assert_eq!((code, out.as_str()), (0, "no lane groups\n"));
+
         // No cluster behind the kubeconfig: a clear error, not a hang or a panic.
         drop(cluster);
         let (code, _, err) = tokio::task::spawn_blocking(move || {

@@ -1,0 +1,243 @@
+//! `lanemeshctl lanes`: what the cluster's lane groups and lanes are, as rows (pure).
+
+use std::collections::BTreeMap;
+
+use lanemesh_api::crd::lane_group::RoutingMode;
+use lanemesh_api::crd::{Lane, LaneGroup};
+use serde::Serialize;
+
+/// One lane of a group, or a group without lanes (every request stays in base).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaneRow {
+    pub namespace: String,
+    pub group: String,
+    /// `Content` or `Percentage`.
+    pub mode: String,
+    /// The group's apps, entry apps marked `*`.
+    pub apps: Vec<String>,
+    /// Empty for a group without lanes.
+    pub lane: String,
+    pub tag: String,
+    pub enabled: bool,
+    /// Percentage mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The `Accepted` condition the control plane wrote (`True`, `False`), or `Unknown`.
+    pub accepted: String,
+    /// Ready pods carrying the lane's tag, per app of the group, as the control plane counted
+    /// them (`status.matchedPods`).
+    pub matched_pods: BTreeMap<String, u32>,
+}
+
+/// The rows of `groups` and their `lanes`, by namespace, group and lane name; a Lane whose
+/// group does not exist is listed with that group's name and mode `-`.
+pub fn lane_rows(groups: &[LaneGroup], lanes: &[Lane]) -> Vec<LaneRow> {
+    let ns = |m: &kube::core::ObjectMeta| m.namespace.clone().unwrap_or_default();
+    let name = |m: &kube::core::ObjectMeta| m.name.clone().unwrap_or_default();
+    let mut rows = Vec::new();
+    for g in groups {
+        let (namespace, group) = (ns(&g.metadata), name(&g.metadata));
+        let mode = match g.spec.routing_mode {
+            RoutingMode::Content => "Content",
+            RoutingMode::Percentage => "Percentage",
+        };
+        let apps: Vec<String> = g
+            .spec
+            .apps
+            .iter()
+            .map(|a| {
+                if g.spec.entry_apps.contains(a) {
+                    format!("{a}*")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let of_group: Vec<&Lane> = lanes
+            .iter()
+            .filter(|l| ns(&l.metadata) == namespace && l.spec.group == group)
+            .collect();
+        if of_group.is_empty() {
+            rows.push(LaneRow {
+                namespace: namespace.clone(),
+                group: group.clone(),
+                mode: mode.to_owned(),
+                apps: apps.clone(),
+                lane: String::new(),
+                tag: String::new(),
+                enabled: false,
+                weight: None,
+                accepted: accepted(g.status.as_ref().map(|s| s.conditions.as_slice())),
+                matched_pods: BTreeMap::new(),
+            });
+        }
+        for l in of_group {
+            rows.push(lane_row(l, &namespace, mode, &apps, g.spec.routing_mode));
+        }
+    }
+    for l in lanes {
+        let has_group = groups
+            .iter()
+            .any(|g| ns(&g.metadata) == ns(&l.metadata) && name(&g.metadata) == l.spec.group);
+        if !has_group {
+            rows.push(lane_row(
+                l,
+                &ns(&l.metadata),
+                "-",
+                &[],
+                RoutingMode::Content,
+            ));
+        }
+    }
+    rows.sort_by(|a, b| (&a.namespace, &a.group, &a.lane).cmp(&(&b.namespace, &b.group, &b.lane)));
+    rows
+}
+
+fn lane_row(
+    l: &Lane,
+    namespace: &str,
+    mode: &str,
+    apps: &[String],
+    routing: RoutingMode,
+) -> LaneRow {
+    LaneRow {
+        namespace: namespace.to_owned(),
+        group: l.spec.group.clone(),
+        mode: mode.to_owned(),
+        apps: apps.to_vec(),
+        lane: l.metadata.name.clone().unwrap_or_default(),
+        tag: l.spec.tag.clone(),
+        enabled: l.spec.enabled,
+        weight: match routing {
+            RoutingMode::Percentage => Some(l.spec.weight.unwrap_or(0)),
+            RoutingMode::Content => None,
+        },
+        accepted: accepted(l.status.as_ref().map(|s| s.conditions.as_slice())),
+        matched_pods: l
+            .status
+            .as_ref()
+            .map(|s| s.matched_pods.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn accepted(
+    conditions: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]>,
+) -> String {
+    conditions
+        .into_iter()
+        .flatten()
+        .find(|c| c.type_ == "Accepted")
+        .map_or_else(|| "Unknown".to_owned(), |c| c.status.clone())
+}
+
+/// The table columns of a row.
+pub fn lane_cells(r: &LaneRow) -> [String; 9] {
+    let matched = if r.matched_pods.is_empty() {
+        "-".to_owned()
+    } else {
+        r.matched_pods
+            .iter()
+            .map(|(app, n)| format!("{app}={n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    [
+        r.namespace.clone(),
+        r.group.clone(),
+        r.mode.clone(),
+        if r.lane.is_empty() {
+            "-".to_owned()
+        } else {
+            r.lane.clone()
+        },
+        if r.tag.is_empty() {
+            "-".to_owned()
+        } else {
+            r.tag.clone()
+        },
+        if r.lane.is_empty() {
+            "-".to_owned()
+        } else {
+            r.enabled.to_string()
+        },
+        r.weight.map_or_else(|| "-".to_owned(), |w| format!("{w}%")),
+        r.accepted.clone(),
+        matched,
+    ]
+}
+
+/// The table header matching [`lane_cells`].
+pub const LANE_HEADER: [&str; 9] = [
+    "NAMESPACE",
+    "GROUP",
+    "MODE",
+    "LANE",
+    "TAG",
+    "ENABLED",
+    "WEIGHT",
+    "ACCEPTED",
+    "MATCHED PODS",
+];
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(yaml: &str) -> T {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn lanes_come_with_their_group_status_and_orphans_are_kept() {
+        let group: LaneGroup = parse(
+            "apiVersion: lanemesh.io/v1alpha1\nkind: LaneGroup\nmetadata: {name: flow, namespace: shop}\nspec: {apps: [a, b], entryApps: [a], routingMode: Percentage}",
+        );
+        let empty: LaneGroup = parse(
+            "apiVersion: lanemesh.io/v1alpha1\nkind: LaneGroup\nmetadata: {name: idle, namespace: shop}\nspec: {apps: [c]}",
+        );
+        let gray: Lane = parse(
+            r#"apiVersion: lanemesh.io/v1alpha1
+kind: Lane
+metadata: {name: gray, namespace: shop}
+spec: {group: flow, tag: gray, enabled: true, weight: 30}
+status:
+  matchedPods: {a: 1, b: 0}
+  conditions: [{type: Accepted, status: "True", reason: Accepted, message: ok, lastTransitionTime: "2026-12-07T10:00:00Z"}]
+"#,
+        );
+        let orphan: Lane = parse(
+            "apiVersion: lanemesh.io/v1alpha1\nkind: Lane\nmetadata: {name: blue, namespace: shop}\nspec: {group: nowhere, tag: blue}",
+        );
+        let rows = lane_rows(&[group, empty], &[gray, orphan]);
+        let cells: Vec<[String; 9]> = rows.iter().map(lane_cells).collect();
+        assert_eq!(
+            cells,
+            [
+                [
+                    "shop",
+                    "flow",
+                    "Percentage",
+                    "gray",
+                    "gray",
+                    "true",
+                    "30%",
+                    "True",
+                    "a=1,b=0"
+                ]
+                .map(String::from),
+                [
+                    "shop", "idle", "Content", "-", "-", "-", "-", "Unknown", "-"
+                ]
+                .map(String::from),
+                [
+                    "shop", "nowhere", "-", "blue", "blue", "true", "-", "Unknown", "-"
+                ]
+                .map(String::from),
+            ]
+        );
+        assert_eq!(rows[0].apps, ["a*", "b"]);
+    }
+}
