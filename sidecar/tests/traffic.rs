@@ -23,6 +23,7 @@ use lanemesh_api::proto;
 use lanemesh_sidecar::identity::PodIdentity;
 use lanemesh_sidecar::snapshot::Snapshot;
 use support::pod::{AppClient, STEP, Sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
@@ -308,6 +309,48 @@ async fn post_is_retried_only_when_the_route_says_so_and_carries_its_body_again(
     assert!(upstream.hits("/flaky") > 20, "some POSTs were retried");
     pod.stop().await;
     retrying.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_100_continue_is_not_held_by_the_retry_policy() {
+    let (upstream, addr) = Upstream::start("127.0.3.65").await;
+    // PUT is idempotent: retried by default, so the proxy would like its body in hand.
+    let pod = pod_calling_c(
+        67,
+        &[(addr, None)],
+        traffic("{app: c, retries: {attempts: 2}}"),
+    )
+    .await;
+    let mut stream = pod.client().connect(C_CLUSTER).await;
+    stream
+        .write_all(b"PUT /doc HTTP/1.1\r\nHost: c.demo\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    // The upstream's 100 comes through before the body is sent.
+    let mut interim = vec![0u8; 25];
+    timeout(STEP, stream.read_exact(&mut interim))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
+    stream.write_all(b"hello").await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("PUT /doc hello") {
+        let n = timeout(STEP, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).contains("200 OK"));
+    assert_eq!(upstream.hits("/doc"), 1);
+    pod.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

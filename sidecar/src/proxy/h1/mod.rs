@@ -465,10 +465,21 @@ impl Http1Relay {
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
-        // A request that may be retried is sent again only when it is in hand in full.
+        // A request that may be retried is sent again only when it is in hand in full. A client
+        // that sent `Expect: 100-continue` waits for the upstream's 100 before its body: its
+        // body is not waited for (it is not replayable unless it came with the head).
+        let expects_continue = head
+            .parts
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let in_hand = retries.is_some()
             && !client_side.upgrade
-            && body_in_hand(client, buf, head.framing, self.body_idle_timeout).await;
+            && if expects_continue {
+                body_in_hand_now(buf, head.framing)
+            } else {
+                body_in_hand(client, buf, head.framing, self.body_idle_timeout).await
+            };
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
         let mut again = false;
@@ -825,6 +836,18 @@ async fn body_in_hand(
                 }
             }
             true
+        }
+        Framing::Chunked | Framing::UntilClose => body_in_hand_now(buf, framing),
+    }
+}
+
+/// Whether the whole body of a request with `framing` is in `buf` already (within
+/// [`MAX_REPLAY_BYTES`]).
+fn body_in_hand_now(buf: &BytesMut, framing: Framing) -> bool {
+    match framing {
+        Framing::Empty | Framing::Length(0) => true,
+        Framing::Length(n) => {
+            usize::try_from(n).is_ok_and(|n| n <= MAX_REPLAY_BYTES && buf.len() >= n)
         }
         Framing::Chunked => {
             let mut scanner = Chunked::new();
