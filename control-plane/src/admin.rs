@@ -1,6 +1,6 @@
 //! The admin server (port 15014): `/healthz`, `/readyz`, `/metrics`, and
-//! the debug endpoints `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`)
-//! and `/debug/rejected`.
+//! the debug endpoints `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`),
+//! `/debug/streams` (connected sidecars and what each holds) and `/debug/rejected`.
 //!
 //! Other pods reach this port (Prometheus scrapes it), while a snapshot shows
 //! any node's configuration: the debug endpoints are served only where
@@ -68,6 +68,8 @@ impl Default for AdminOptions {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub worlds: watch::Receiver<Arc<World>>,
+    /// The discovery server's open streams (`/debug/streams`); `None` serves an empty list.
+    pub streams: Option<crate::discovery::Discovery>,
     pub metrics: Arc<Metrics>,
     pub health: Health,
     pub options: AdminOptions,
@@ -166,6 +168,14 @@ impl Admin {
                         "no such governed pod; use ?node=<namespace>/<pod> or ?node=<pod>\n".into(),
                     ),
                 }
+            }
+            "/debug/streams" => {
+                let streams = self
+                    .streams
+                    .as_ref()
+                    .map(crate::discovery::Discovery::streams)
+                    .unwrap_or_default();
+                json_response(&serde_json::to_value(streams).unwrap_or(Value::Null))
             }
             "/debug/rejected" => {
                 let rejected: Vec<Value> = world

@@ -141,6 +141,7 @@ impl ControlPlane {
             .with_tls(options.discovery_tls);
         let admin = Admin {
             worlds: worlds.clone(),
+            streams: Some(discovery.clone()),
             metrics: Arc::clone(&metrics),
             health: health.clone(),
             options: options.admin,

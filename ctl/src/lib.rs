@@ -14,8 +14,10 @@
 //! 3. Cluster access:
 //!    - [`lanes`]: listing and switching lanes through the API server (kube-rs, kubeconfig
 //!      like kubectl).
+//!    - [`pilot`]: the pilot's admin endpoints (`status`, `proxy-config`).
 
 pub mod check;
 pub mod lanes;
 pub mod output;
+pub mod pilot;
 pub mod view;

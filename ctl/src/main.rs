@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lanemesh_ctl::check::{self, Source};
 use lanemesh_ctl::lanes;
 use lanemesh_ctl::output::{self, Format};
-use lanemesh_ctl::view;
+use lanemesh_ctl::{pilot, view};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "The operator's command line for lanemesh")]
@@ -43,6 +43,28 @@ enum Command {
         #[arg(short, long)]
         namespace: Option<String>,
         /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// The pilot's readiness, its connected sidecars with what each holds per resource type
+    /// (resources, responses not yet ACKed, NACKed resources), and the objects it refused.
+    Status {
+        /// The pilot's admin address (port 15014; `kubectl port-forward` to a pilot pod, whose
+        /// debug endpoints answer on loopback).
+        #[arg(long)]
+        pilot: std::net::SocketAddr,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// What the pilot serves one pod's sidecar (`namespace/pod`, or a pod name), through the
+    /// pilot (not by exec).
+    ProxyConfig {
+        pod: String,
+        /// The pilot's admin address (as for `status`).
+        #[arg(long)]
+        pilot: std::net::SocketAddr,
+        /// Output format: a table of resources and versions, or the whole snapshot.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
@@ -83,6 +105,18 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Status { pilot, output } => {
+            let status = pilot::status(pilot).await?;
+            print(&output::render_one(&status, output, output::status_table)?)
+        }
+        Command::ProxyConfig { pod, pilot, output } => {
+            let snapshot = pilot::proxy_config(pilot, &pod).await?;
+            print(&output::render_one(
+                &snapshot,
+                output,
+                output::snapshot_table,
+            )?)
+        }
         Command::Lanes { namespace, output } => {
             let client = lanes::client(cli.kubeconfig.as_deref()).await?;
             let (groups, all) = lanes::list(client, namespace.as_deref()).await?;
@@ -94,10 +128,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 view::LANE_HEADER,
                 view::lane_cells,
             )?;
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .context("writing to stdout")?;
-            Ok(ExitCode::SUCCESS)
+            print(&text)
         }
         Command::Lane { action } => {
             let (args, enabled) = match action {
@@ -122,10 +153,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 read_sources(path, &mut sources)?;
             }
             let problems = check::check(&sources);
-            let text = output::render(&problems, output)?;
-            std::io::stdout()
-                .write_all(text.as_bytes())
-                .context("writing to stdout")?;
+            print(&output::render(&problems, output)?)?;
             Ok(if problems.is_empty() {
                 ExitCode::SUCCESS
             } else {
@@ -133,6 +161,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn print(text: &str) -> Result<ExitCode> {
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_sources(path: &Path, out: &mut Vec<Source>) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Problems as the operator reads them: an aligned table (default), JSON or YAML.
 
 use crate::check::Problem;
+use crate::view::Status;
 
 /// An output format of `-o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +48,94 @@ pub fn render_items<T: serde::Serialize, const N: usize>(
         Format::Table if items.is_empty() => format!("{none}\n"),
         Format::Table => table(header, &items.iter().map(cells).collect::<Vec<_>>()),
     })
+}
+
+/// One value in `format`: JSON, YAML, or the text `table` makes of it.
+pub fn render_one<T: serde::Serialize>(
+    value: &T,
+    format: Format,
+    table: impl FnOnce(&T) -> String,
+) -> Result<String, OutputError> {
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(value)? + "\n",
+        Format::Yaml => serde_yaml::to_string(value)?,
+        Format::Table => table(value),
+    })
+}
+
+/// `lanemeshctl status` as text: the pilot, its sidecars (per type: resources held, responses
+/// not yet answered, resources refused), the objects it refused.
+pub fn status_table(status: &Status) -> String {
+    let mut out = format!("pilot {}: {}\n\n", status.pilot, status.ready);
+    if status.sidecars.is_empty() {
+        out.push_str("no sidecar connected\n");
+    } else {
+        let rows: Vec<[String; 5]> = status
+            .sidecars
+            .iter()
+            .map(|s| {
+                let pending: usize = s.types.values().map(|t| t.pending).sum();
+                let nacked: usize = s.types.values().map(|t| t.nacked).sum();
+                let held = s
+                    .types
+                    .iter()
+                    .map(|(kind, t)| format!("{kind}={}", t.resources))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let state = match (pending, nacked) {
+                    (0, 0) => "ACKed".to_owned(),
+                    (0, n) => format!("NACKed {n}"),
+                    (p, 0) => format!("pending {p}"),
+                    (p, n) => format!("pending {p}, NACKed {n}"),
+                };
+                let kind = if s.gateway { "gateway" } else { "sidecar" };
+                [
+                    s.node.clone(),
+                    format!("{} ({kind})", s.app),
+                    s.connected.clone(),
+                    state,
+                    held,
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            ["NODE", "APP", "CONNECTED", "STATE", "HOLDS"],
+            &rows,
+        ));
+    }
+    out.push('\n');
+    if status.refused.is_empty() {
+        out.push_str("no refused objects\n");
+    } else {
+        let rows: Vec<[String; 2]> = status
+            .refused
+            .iter()
+            .map(|r| [r.object.clone(), r.message.clone()])
+            .collect();
+        out.push_str(&table(["REFUSED OBJECT", "WHY"], &rows));
+    }
+    out
+}
+
+/// `lanemeshctl proxy-config` as text: each resource the pilot serves the pod, with its
+/// version.
+pub fn snapshot_table(snapshot: &serde_json::Value) -> String {
+    let mut rows = Vec::new();
+    if let Some(kinds) = snapshot.as_object() {
+        for (kind, items) in kinds {
+            for item in items.as_array().into_iter().flatten() {
+                rows.push([
+                    kind.clone(),
+                    item["name"].as_str().unwrap_or_default().to_owned(),
+                    item["version"].as_str().unwrap_or_default().to_owned(),
+                ]);
+            }
+        }
+    }
+    if rows.is_empty() {
+        return "nothing served\n".to_owned();
+    }
+    table(["KIND", "NAME", "VERSION"], &rows)
 }
 
 /// Columns aligned to their widest cell; the last column is not padded.

@@ -1,10 +1,11 @@
-//! `lanemeshctl lanes`: what the cluster's lane groups and lanes are, as rows (pure).
+//! What `lanemeshctl lanes` and `lanemeshctl status` show, as data (pure): lane rows from lane
+//! groups and lanes, and the pilot's status.
 
 use std::collections::BTreeMap;
 
 use lanemesh_api::crd::lane_group::RoutingMode;
 use lanemesh_api::crd::{Lane, LaneGroup};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One lane of a group, or a group without lanes (every request stays in base).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -180,6 +181,44 @@ pub const LANE_HEADER: [&str; 9] = [
     "ACCEPTED",
     "MATCHED PODS",
 ];
+
+/// One connected sidecar, as `/debug/streams` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stream {
+    pub node: String,
+    pub app: String,
+    #[serde(default)]
+    pub gateway: bool,
+    pub connected: String,
+    pub types: BTreeMap<String, TypeState>,
+}
+
+/// One resource type of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeState {
+    pub resources: usize,
+    pub pending: usize,
+    pub nacked: usize,
+}
+
+/// An object the pilot refused, as `/debug/rejected` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub object: String,
+    pub message: String,
+}
+
+/// Everything `lanemeshctl status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    pub pilot: String,
+    /// `/readyz` of the pilot: `ready`, or why not.
+    pub ready: String,
+    pub sidecars: Vec<Stream>,
+    pub refused: Vec<Refused>,
+}
 
 #[cfg(test)]
 mod tests {

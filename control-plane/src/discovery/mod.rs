@@ -96,12 +96,41 @@ pub type Nacks = BTreeMap<(String, String), Nack>;
 /// The NACKs of each open stream, by stream id.
 type StreamNacks = BTreeMap<u64, Nacks>;
 
+/// What one open stream's sidecar holds, for `lanemeshctl status` (`/debug/streams`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamView {
+    /// `namespace/pod`.
+    pub node: String,
+    /// The app the control plane serves it as (its pod's label, else what it claimed).
+    pub app: String,
+    pub gateway: bool,
+    /// When the stream opened (RFC 3339).
+    pub connected: String,
+    /// Per resource type (short name, e.g. `Service`).
+    pub types: BTreeMap<String, TypeView>,
+}
+
+/// One resource type of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeView {
+    /// Resources sent and not removed since.
+    pub resources: usize,
+    /// Responses not answered yet (0 = everything sent is ACKed or NACKed).
+    pub pending: usize,
+    /// Resources of this type the sidecar refused (NACKed) and still does.
+    pub nacked: usize,
+}
+
 /// Shared by every stream.
 #[derive(Debug, Clone)]
 pub struct Discovery {
     worlds: watch::Receiver<Arc<World>>,
     metrics: Arc<Metrics>,
     nacks: Arc<Mutex<StreamNacks>>,
+    /// Every open stream, by id.
+    streams: Arc<Mutex<BTreeMap<u64, StreamView>>>,
     next_stream: Arc<AtomicU64>,
     limits: Arc<DiscoveryLimits>,
     /// Bumped after every NACK, so status writing can react to it.
@@ -139,6 +168,7 @@ impl Discovery {
             worlds,
             metrics,
             nacks: Arc::default(),
+            streams: Arc::default(),
             next_stream: Arc::default(),
             limits: Arc::default(),
             nacks_changed: Arc::new(watch::channel(0).0),
@@ -175,6 +205,19 @@ impl Discovery {
             }
         }
         out
+    }
+
+    /// Every open stream and what its sidecar holds, by node.
+    pub fn streams(&self) -> Vec<StreamView> {
+        let mut out: Vec<StreamView> = self.lock_streams().values().cloned().collect();
+        out.sort_by(|a, b| (&a.node, &a.connected).cmp(&(&b.node, &b.connected)));
+        out
+    }
+
+    fn lock_streams(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, StreamView>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_nacks(&self) -> std::sync::MutexGuard<'_, StreamNacks> {

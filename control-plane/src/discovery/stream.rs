@@ -56,10 +56,16 @@ struct Connected {
 impl Drop for Connected {
     fn drop(&mut self) {
         self.shared.metrics.connected.dec();
+        self.shared.lock_streams().remove(&self.id);
         if self.shared.lock_nacks().remove(&self.id).is_some() {
             self.shared.nacks_changed.send_modify(|n| *n += 1);
         }
     }
+}
+
+/// `Service` of `type.googleapis.com/lanemesh.v1.Service`.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
 /// `message` cut to at most `max` bytes, on a character boundary.
@@ -93,6 +99,46 @@ impl StreamTask {
         format!("{}/{}", self.node.namespace, self.node.pod_name)
     }
 
+    /// Publishes what this stream's sidecar holds (after every request and push; a few
+    /// counts per type under a lock held for no await).
+    fn publish(&self, connected: &str) {
+        let nacked: BTreeMap<String, usize> = {
+            let all = self.shared.lock_nacks();
+            let mut by_type = BTreeMap::new();
+            for (type_url, _) in all.get(&self.id).into_iter().flat_map(|n| n.keys()) {
+                *by_type.entry(short_type(type_url).to_owned()).or_default() += 1;
+            }
+            by_type
+        };
+        let types = self
+            .types
+            .iter()
+            .map(|(type_url, state)| {
+                let name = short_type(type_url);
+                let view = super::TypeView {
+                    resources: state.known.len(),
+                    pending: state.pending.len() + usize::from(state.needs_response),
+                    nacked: nacked.get(name).copied().unwrap_or(0),
+                };
+                (name.to_owned(), view)
+            })
+            .collect();
+        let app = self
+            .cached
+            .as_ref()
+            .map_or_else(|| self.node.app.clone(), |s| s.app.clone());
+        self.shared.lock_streams().insert(
+            self.id,
+            super::StreamView {
+                node: self.node_name(),
+                app,
+                gateway: self.node.gateway,
+                connected: connected.to_owned(),
+                types,
+            },
+        );
+    }
+
     pub(super) async fn run(
         mut self,
         first: DeltaDiscoveryRequest,
@@ -105,6 +151,7 @@ impl StreamTask {
         };
         let mut worlds = self.shared.worlds.clone();
         let shutdown = self.shared.shutdown.clone();
+        let connected = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut next = Some(first);
         loop {
             if let Some(request) = next.take()
@@ -118,6 +165,7 @@ impl StreamTask {
             if world.ready && self.push(&world).await.is_err() {
                 break;
             }
+            self.publish(&connected);
             tokio::select! {
                 message = requests.message() => match message {
                     Ok(Some(request)) => next = Some(request),
