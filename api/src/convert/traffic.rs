@@ -233,16 +233,13 @@ fn budget(field: &Field, b: Option<&RetryBudget>, errors: &mut Errors) -> proto:
     let ratio = b
         .and_then(|b| b.ratio)
         .unwrap_or(defaults::RETRY_BUDGET_RATIO);
-    if !ratio.is_finite() || !(0.0..=1000.0).contains(&ratio) {
-        errors.push(
-            &field.key("ratio"),
-            Violation::InvalidValue {
-                what: "retry ratio",
-                value: ratio.to_string(),
-                reason: "must be a number in 0..=1000",
-            },
-        );
-    }
+    in_range(
+        &field.key("ratio"),
+        ratio,
+        0.0..=1000.0,
+        ("retry ratio", "must be a number in 0..=1000"),
+        errors,
+    );
     let min_per_second = b
         .and_then(|b| b.min_retries_per_second)
         .unwrap_or(defaults::RETRY_BUDGET_MIN_PER_SECOND);
@@ -284,16 +281,13 @@ fn budget(field: &Field, b: Option<&RetryBudget>, errors: &mut Errors) -> proto:
 fn warmup(field: &Field, w: &Warmup, errors: &mut Errors) -> proto::Warmup {
     let duration = super::duration(&field.key("duration"), &w.duration, Zero::Refused, errors);
     let aggression = w.aggression.unwrap_or(defaults::WARMUP_AGGRESSION);
-    if !aggression.is_finite() || !(0.1..=100.0).contains(&aggression) {
-        errors.push(
-            &field.key("aggression"),
-            Violation::InvalidValue {
-                what: "aggression",
-                value: aggression.to_string(),
-                reason: "must be a number in 0.1..=100",
-            },
-        );
-    }
+    in_range(
+        &field.key("aggression"),
+        aggression,
+        0.1..=100.0,
+        ("aggression", "must be a number in 0.1..=100"),
+        errors,
+    );
     let percent = w
         .min_weight_percent
         .unwrap_or(defaults::WARMUP_MIN_WEIGHT_PERCENT);
@@ -311,6 +305,26 @@ fn warmup(field: &Field, w: &Warmup, errors: &mut Errors) -> proto::Warmup {
         duration: Some(duration),
         aggression,
         min_weight: f64::from(percent) / 100.0,
+    }
+}
+
+/// Refuses a number outside `range` (NaN and infinities included) as `(what, reason)`.
+fn in_range(
+    field: &Field,
+    value: f64,
+    range: std::ops::RangeInclusive<f64>,
+    (what, reason): (&'static str, &'static str),
+    errors: &mut Errors,
+) {
+    if !range.contains(&value) {
+        errors.push(
+            field,
+            Violation::InvalidValue {
+                what,
+                value: value.to_string(),
+                reason,
+            },
+        );
     }
 }
 

@@ -286,7 +286,13 @@ impl Balancer {
         let chosen = match candidates.len() {
             0 => return None,
             1 => &candidates[0],
-            _ if candidates.iter().any(|e| e.is_warming(self.clock.now())) => {
+            // Only endpoints of an app with a warm-up carry a ready time: otherwise a pointer
+            // check per candidate, and the clock is read once.
+            _ if candidates.iter().any(|e| e.warming.is_some()) && {
+                let now = self.clock.now();
+                candidates.iter().any(|e| e.is_warming(now))
+            } =>
+            {
                 self.weighted_pick(candidates, rng)
             }
             n => {
