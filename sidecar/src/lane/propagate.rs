@@ -268,7 +268,16 @@ impl Propagator {
         lane: Option<&str>,
         headers: &HeaderMap,
     ) -> InboundGuard {
-        let lane = self.inflight.enter(lane.filter(|t| !t.is_empty()));
+        let lane = lane.filter(|t| !t.is_empty());
+        if is_health_probe(headers) {
+            // The kubelet's probes never call out: counted in flight, one arriving while a lane's
+            // request runs would make this pod's outbound calls ambiguous (rule 4).
+            return InboundGuard {
+                counts: None,
+                lane: lane.map(Arc::from),
+            };
+        }
+        let lane = self.inflight.enter(lane);
         let now = self.clock.now();
         for th in &settings.trace_headers {
             if let Some(id) = header_str(headers, &th.name).and_then(|v| th.format.extract(v)) {
@@ -276,7 +285,7 @@ impl Propagator {
             }
         }
         InboundGuard {
-            counts: Arc::clone(&self.inflight),
+            counts: Some(Arc::clone(&self.inflight)),
             lane,
         }
     }
@@ -411,7 +420,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[derive(Debug)]
 #[must_use = "dropping the guard ends the inbound request at once"]
 pub struct InboundGuard {
-    counts: Arc<InflightCounts>,
+    /// `None` for a request not counted (a health probe).
+    counts: Option<Arc<InflightCounts>>,
     lane: Option<Arc<str>>,
 }
 
@@ -424,8 +434,17 @@ impl InboundGuard {
 
 impl Drop for InboundGuard {
     fn drop(&mut self) {
-        self.counts.leave(self.lane.as_deref());
+        if let Some(counts) = &self.counts {
+            counts.leave(self.lane.as_deref());
+        }
     }
+}
+
+/// A kubelet probe (`User-Agent: kube-probe/<version>`, as the kubelet sends it).
+pub fn is_health_probe(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::USER_AGENT)
+        .is_some_and(|v| v.as_bytes().starts_with(b"kube-probe/"))
 }
 
 /// Shards used when the table is large enough that each shard still holds 64 entries.

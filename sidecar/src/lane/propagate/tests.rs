@@ -218,6 +218,28 @@ fn rule_4_inflight_only_when_all_share_one_lane() {
 }
 
 #[test]
+fn a_kubelet_probe_in_flight_does_not_make_rule_4_ambiguous() {
+    // A base pod serving a gray request while the kubelet probes it: its outbound call still
+    // belongs to the gray request.
+    let (p, s, _) = setup(None);
+    let _gray = p.register_inbound(&s, Some("gray"), &HeaderMap::new());
+    let probe = p.register_inbound(&s, None, &headers(&[("user-agent", "kube-probe/1.34")]));
+    assert_eq!(probe.lane(), None);
+    assert_eq!(
+        decide(&p, &s, &[]),
+        (
+            Some("gray".into()),
+            PropagationRule::Inflight,
+            Some("gray".into())
+        )
+    );
+    drop(probe);
+    // Any other caller in base does count.
+    let _base = p.register_inbound(&s, None, &headers(&[("user-agent", "curl/8.5")]));
+    assert_eq!(decide(&p, &s, &[]), (None, PropagationRule::Base, None));
+}
+
+#[test]
 fn rule_5_color_by_node_and_rule_6_base() {
     // DESIGN §4 rules (5) and (6).
     let (p, s, _) = setup(Some("gray"));
