@@ -9,6 +9,8 @@
 //!   lanemesh installed by its chart; run by `tests/local_mesh.rs` and `make cluster-demo`.
 //! - [`demo`]: `make demo`, the product live without Kubernetes: pilot on a directory, the
 //!   gateway and the seed's apps in network namespaces behind real capture rules.
+//! - [`otlp`]: an OTLP/gRPC trace receiver (the published collector service, served by tonic)
+//!   that keeps what it receives as flat spans, for the trace tests and the demo.
 //! - [`process`]: real lanemesh binaries as child processes (free ports, HTTP probes, kill on
 //!   drop, peak RSS and CPU from `/proc`).
 //! - [`scale`]: the control-plane scale benchmark (`lanemesh-scale-bench`,
@@ -19,6 +21,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod otlp;
 pub mod process;
 pub mod scale;
 pub mod seed;

@@ -22,6 +22,7 @@ use crate::mesh::{MeshRouter, run_builder};
 use crate::metrics::{ProxyMetrics, ScrapeSource};
 use crate::proxy::{DrainReport, OriginalDst, Proxy, ProxyConfig, ProxyError, ShutdownHandle};
 use crate::snapshot::SnapshotStore;
+use crate::trace::{ExportTask, Pipeline, PipelineError, TraceSettings};
 
 /// What a sidecar is built from.
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub struct AppConfig {
     pub logging: Option<LogControl>,
     /// See `--lane-seed`.
     pub lane_seed: Option<u64>,
+    /// Request spans over OTLP; `None`: off.
+    pub tracing: Option<TraceSettings>,
 }
 
 impl AppConfig {
@@ -59,6 +62,7 @@ impl AppConfig {
             cgroup_dir: None,
             logging: None,
             lane_seed: None,
+            tracing: None,
         }
     }
 }
@@ -90,6 +94,9 @@ pub enum AppError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The span exporter.
+    #[error(transparent)]
+    Trace(#[from] PipelineError),
     /// The `--config-file`.
     #[error("loading {}: {source}", path.display())]
     Load {
@@ -117,6 +124,8 @@ pub struct App {
     discovery: Option<JoinHandle<()>>,
     /// Tasks that run as long as the app: the runtime builder, the CPU sampler.
     background: Vec<JoinHandle<()>>,
+    /// The span export, when tracing is on: flushed after the proxy stops.
+    spans: Option<ExportTask>,
 }
 
 impl App {
@@ -134,6 +143,20 @@ impl App {
         if let Some(seed) = config.lane_seed {
             router = router.with_lane_seed(seed);
         }
+        let spans = match &config.tracing {
+            Some(settings) => {
+                let (tracer, export) = Pipeline::start(
+                    settings,
+                    trace_resource(settings, &config.identity),
+                    Arc::clone(&metrics),
+                )?;
+                metrics.declare_span_series();
+                router = router.with_tracer(tracer);
+                tracing::info!(endpoint = %settings.endpoint, sampling = settings.sampling, "exporting request spans");
+                Some(export)
+            }
+            None => None,
+        };
         let router = Arc::new(router);
         let mut background = Vec::new();
         if let Some(cgroup_dir) = config.cgroup_dir {
@@ -196,6 +219,7 @@ impl App {
             stopped,
             discovery,
             background,
+            spans,
         })
     }
 
@@ -237,8 +261,52 @@ impl App {
         for task in self.background {
             task.abort();
         }
+        if let Some(spans) = self.spans {
+            spans.finish(SPAN_FLUSH).await;
+        }
         report
     }
+}
+
+/// How long a stopping proxy waits for its last spans to be exported.
+const SPAN_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What every span of this proxy is from: `service.name` (the flag, else the app, else the
+/// proxy's role) and the pod, as the OpenTelemetry Kubernetes conventions name them.
+fn trace_resource(
+    settings: &TraceSettings,
+    identity: &PodIdentity,
+) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let service = settings.service_name.clone().unwrap_or_else(|| {
+        if !identity.app.is_empty() {
+            identity.app.clone()
+        } else if identity.gateway {
+            "lanemesh-gateway".to_owned()
+        } else {
+            "lanemesh-proxy".to_owned()
+        }
+    });
+    let mut resource = vec![
+        KeyValue::new("service.name", service),
+        KeyValue::new("service.namespace", identity.namespace.clone()),
+        KeyValue::new("k8s.namespace.name", identity.namespace.clone()),
+        KeyValue::new(
+            "lanemesh.proxy",
+            if identity.gateway {
+                "gateway"
+            } else {
+                "sidecar"
+            },
+        ),
+    ];
+    if !identity.pod_name.is_empty() {
+        resource.push(KeyValue::new("k8s.pod.name", identity.pod_name.clone()));
+    }
+    if let Some(lane) = identity.lane() {
+        resource.push(KeyValue::new("lanemesh.pod.lane", lane.to_owned()));
+    }
+    resource
 }
 
 /// Binds and serves the admin, health and metrics listeners; returns their bound addresses.

@@ -16,6 +16,7 @@ use crate::admin::{HEALTH_ADDR, LogControl, METRICS_ADDR};
 use crate::app::{AppConfig, Listeners};
 use crate::discovery::{self, DiscoveryArgs};
 use crate::proxy::config::{ProxyConfig, defaults};
+use crate::trace::{TraceArgs, TraceConfigError};
 
 /// Flags of `lanemesh-proxy run`.
 #[derive(Debug, Clone, Args)]
@@ -164,6 +165,21 @@ pub struct RunConfig {
     /// (`--discovery-addr`, `--config-file`, `--app-name`, `--lane-tag`, ...).
     #[command(flatten)]
     pub discovery: DiscoveryArgs,
+
+    /// Request spans over OTLP (`--trace-endpoint`, `--trace-sampling`, ...).
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Flags that cannot work together or with this machine.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// Discovery and identity flags.
+    #[error(transparent)]
+    Discovery(#[from] discovery::ConfigError),
+    /// Trace flags.
+    #[error(transparent)]
+    Trace(#[from] TraceConfigError),
 }
 
 /// Worker threads for a CPU quota: whole CPUs rounded up, at least one.
@@ -184,7 +200,7 @@ impl RunConfig {
     /// Everything [`crate::app::App::build`] needs. Neither `--discovery-addr` nor
     /// `--config-file` is allowed (everything then passes through, with a warning); a token file
     /// that cannot be read is not.
-    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, discovery::ConfigError> {
+    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, FlagError> {
         let source = match self.discovery.source() {
             Ok(source) => Some(source),
             Err(discovery::ConfigError::NoSource) => {
@@ -193,7 +209,7 @@ impl RunConfig {
                 );
                 None
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(error.into()),
         };
         Ok(AppConfig {
             proxy: self.proxy(),
@@ -208,6 +224,7 @@ impl RunConfig {
             cgroup_dir: Some(self.cgroup_dir.clone()),
             logging,
             lane_seed: self.lane_seed,
+            tracing: self.trace.settings()?,
         })
     }
 
@@ -270,7 +287,7 @@ impl GatewayConfig {
     }
 
     /// Everything [`crate::app::App::build`] needs, for a gateway node.
-    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, discovery::ConfigError> {
+    pub fn app(&self, logging: Option<LogControl>) -> Result<AppConfig, FlagError> {
         let mut app = self.run.app(logging)?;
         app.proxy = self.proxy();
         app.identity.gateway = true;

@@ -9,6 +9,7 @@
 //!      (hyper), opaque TCP, graceful shutdown, its own plain [`proxy::ProxyConfig`]; routing
 //!      is asked through the [`proxy::Router`] trait.
 //!    - [`init`]: `lanemesh-proxy init`, the nat rules that capture a pod's traffic.
+//!    - [`trace`]: OpenTelemetry request spans and their bounded OTLP export.
 //!    - [`metrics`]: the Prometheus registry. It names no domain type: the domains' label enums
 //!      implement [`metrics::LabelValue`], and other modules attach what they report.
 //! 2. Domain logic, pure (no I/O, injectable clocks):
@@ -53,3 +54,4 @@ pub mod policy;
 pub mod proxy;
 pub mod route;
 pub mod snapshot;
+pub mod trace;

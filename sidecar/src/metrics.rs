@@ -245,6 +245,34 @@ pub struct RetryLabels {
     pub result: &'static str,
 }
 
+/// What became of ended request spans (`lanemesh_trace_spans_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpanResult {
+    /// Accepted by the OTLP receiver.
+    Exported,
+    /// The export queue was full.
+    Dropped,
+    /// The export call failed (receiver unreachable, refused, timed out).
+    ExportFailed,
+}
+
+impl SpanResult {
+    const ALL: [Self; 3] = [Self::Exported, Self::Dropped, Self::ExportFailed];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Exported => "exported",
+            Self::Dropped => "dropped",
+            Self::ExportFailed => "export_failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SpanLabels {
+    result: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct AppLabels {
     app: Arc<str>,
@@ -283,6 +311,7 @@ pub struct ProxyMetrics {
     breaker_transitions: Family<TransitionLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     retry_attempts: Family<AppLabels, Counter>,
+    trace_spans: Family<SpanLabels, Counter>,
     sources: Arc<ScrapeSources>,
 }
 
@@ -368,6 +397,12 @@ impl ProxyMetrics {
             "Upstream attempts of requests a retry policy governs (first attempts and retries), by destination app",
             retry_attempts.clone(),
         );
+        let trace_spans = Family::<SpanLabels, Counter>::default();
+        registry.register(
+            "trace_spans",
+            "Request spans ended while tracing is on, by what became of them: exported, dropped (export queue full), export_failed",
+            trace_spans.clone(),
+        );
         let sources = Arc::new(ScrapeSources::default());
         registry.register_collector(Box::new(Arc::clone(&sources)));
 
@@ -391,8 +426,36 @@ impl ProxyMetrics {
             breaker_transitions,
             retries,
             retry_attempts,
+            trace_spans,
             sources,
         }
+    }
+
+    /// `n` ended spans met `result`.
+    pub fn record_spans(&self, result: SpanResult, n: u64) {
+        self.trace_spans
+            .get_or_create(&SpanLabels {
+                result: result.as_str(),
+            })
+            .inc_by(n);
+    }
+
+    /// Exports the span series at 0 (when tracing is on).
+    pub fn declare_span_series(&self) {
+        for result in SpanResult::ALL {
+            drop(self.trace_spans.get_or_create(&SpanLabels {
+                result: result.as_str(),
+            }));
+        }
+    }
+
+    /// Spans that met `result` so far.
+    pub fn span_count(&self, result: SpanResult) -> u64 {
+        self.trace_spans
+            .get_or_create(&SpanLabels {
+                result: result.as_str(),
+            })
+            .get()
     }
 
     /// What became of a failed attempt a retry policy would retry.

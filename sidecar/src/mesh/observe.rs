@@ -1,5 +1,6 @@
-//! Request metrics (`lanemesh_requests_total`, `lanemesh_request_duration_seconds`) recorded by
-//! the router's per-request state, which knows the request's app and lane.
+//! Request metrics (`lanemesh_requests_total`, `lanemesh_request_duration_seconds`) and, when
+//! tracing is on, the request's span, recorded by the router's per-request state, which knows
+//! the request's app and lane.
 //!
 //! Label values come from [`LabelNames`], built with each runtime from the apps and lane tags the
 //! snapshot names: a lane tag read from a header that no lane group defines is recorded as base,
@@ -13,6 +14,7 @@ use crate::lane::DecisionReason;
 use crate::lane::propagate::PropagationRule;
 use crate::metrics::{self, GatewayLabels, ProxyMetrics, RequestLabels, StatusClass};
 use crate::proxy::{Direction, HttpOutcome};
+use crate::trace::RequestSpan;
 
 impl From<Direction> for metrics::Direction {
     fn from(direction: Direction) -> Self {
@@ -71,6 +73,8 @@ pub struct Recorder {
     started: Instant,
     /// At a gateway: the route that matched, also counted in `lanemesh_gateway_requests_total`.
     route: Option<Arc<str>>,
+    /// The request's span, when tracing is on; ended with the recorder.
+    span: Option<Box<RequestSpan>>,
 }
 
 impl Recorder {
@@ -89,14 +93,35 @@ impl Recorder {
             status: StatusClass::Error,
             started: Instant::now(),
             route: None,
+            span: None,
         }
     }
 
     /// Also counts the request as one of gateway route `route`.
     #[must_use]
     pub fn for_route(mut self, route: Arc<str>) -> Self {
+        if let Some(span) = &mut self.span {
+            span.route(&route);
+        }
         self.route = Some(route);
         self
+    }
+
+    /// Writes what this recorder learns into `span` too (taken from the slot: a request has
+    /// one span and one recorder), starting with the app and lane.
+    #[must_use]
+    pub fn traced(mut self, span: &mut Option<Box<RequestSpan>>) -> Self {
+        self.span = span.take().filter(|s| s.is_recording());
+        if let Some(span) = &mut self.span {
+            let lane = (!self.lane.is_empty()).then_some(&*self.lane);
+            span.app_and_lane(&self.app, lane);
+        }
+        self
+    }
+
+    /// The request's span, when traced.
+    pub fn span(&mut self) -> Option<&mut RequestSpan> {
+        self.span.as_deref_mut()
     }
 
     /// The app label (destination app outbound).
@@ -107,11 +132,17 @@ impl Recorder {
     /// Takes the status class from the upstream's answer.
     pub fn outcome(&mut self, outcome: &HttpOutcome) {
         self.status = outcome.result.map_or(StatusClass::Error, StatusClass::from);
+        if let Some(span) = &mut self.span {
+            span.outcome(outcome);
+        }
     }
 
     /// Records a response the proxy produced itself, at once.
     pub fn local(mut self, status: http::StatusCode) {
         self.status = status.into();
+        if let Some(span) = &mut self.span {
+            span.local(status);
+        }
     }
 }
 

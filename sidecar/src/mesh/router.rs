@@ -29,6 +29,7 @@ use crate::proxy::{
 use crate::route::endpoints::{Chosen, Destination, NoEndpoint};
 use crate::route::{Balancer, BalancerConfig, Endpoint, Pick, Protocol};
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::trace::{RequestSpan, RequestTracer};
 
 use super::observe::{Recorder, declare_lane_series};
 use super::runtime::Runtime;
@@ -54,7 +55,12 @@ pub struct MeshRouter {
     /// sequence of requests gets a reproducible sequence of lanes (tests, demos). Unset: each
     /// worker draws from its thread's generator, without a lock.
     lane_rng: Option<Arc<Mutex<StdRng>>>,
+    /// Starts each request's span when tracing is on.
+    tracer: Option<RequestTracer>,
 }
+
+/// The span of the request being routed, until its recorder takes it.
+type SpanSlot = Option<Box<RequestSpan>>;
 
 impl Default for MeshRouter {
     fn default() -> Self {
@@ -87,6 +93,7 @@ impl MeshRouter {
             trusted_proxy_hops: 0,
             no_route: Arc::from(""),
             lane_rng: None,
+            tracer: None,
         }
     }
 
@@ -94,6 +101,13 @@ impl MeshRouter {
     #[must_use]
     pub fn with_lane_seed(mut self, seed: u64) -> Self {
         self.lane_rng = Some(Arc::new(Mutex::new(StdRng::seed_from_u64(seed))));
+        self
+    }
+
+    /// Gives every request a span from `tracer`.
+    #[must_use]
+    pub fn with_tracer(mut self, tracer: RequestTracer) -> Self {
+        self.tracer = Some(tracer);
         self
     }
 
@@ -186,6 +200,7 @@ impl MeshRouter {
         direction: Direction,
         app: &str,
         headers: &HeaderMap,
+        span: &mut SpanSlot,
     ) -> Recorder {
         let lane = rt.propagation.carried_tag(headers);
         Recorder::new(
@@ -194,23 +209,34 @@ impl MeshRouter {
             rt.labels.get(Some(app)),
             rt.labels.get(lane.as_ref().map(|(tag, _)| &**tag)),
         )
+        .traced(span)
     }
 
     /// Answers locally with a governance rejection, counting it.
-    fn reject(&self, recorder: Recorder, blocked: crate::govern::Blocked) -> Routed {
+    fn reject(&self, mut recorder: Recorder, blocked: crate::govern::Blocked) -> Routed {
         self.metrics.record_rejection(&blocked.labels());
+        if let Some(span) = recorder.span() {
+            span.blocked(blocked.reason.as_str(), &blocked.rule);
+        }
         recorder.local(blocked.response.status);
         RouteDecision::Respond(*blocked.response).into()
     }
 
-    fn inbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
+    fn inbound(
+        &self,
+        rt: &Runtime,
+        conn: &ConnContext,
+        req: &mut http::request::Parts,
+        span: &mut SpanSlot,
+    ) -> Routed {
         let admission = if rt.inbound.is_empty() {
             None
         } else {
             match rt.inbound.check(req, conn.peer.ip(), self.clock.now()) {
                 Ok(admission) => Some(admission),
                 Err(blocked) => {
-                    let recorder = self.recorder(rt, Direction::Inbound, &rt.app, &req.headers);
+                    let recorder =
+                        self.recorder(rt, Direction::Inbound, &rt.app, &req.headers, span);
                     return self.reject(recorder, blocked);
                 }
             }
@@ -220,11 +246,15 @@ impl MeshRouter {
         // it chose travels in the tag header, which the decision below keeps): deciding again
         // would draw twice in Percentage mode.
         let decided_upstream = req.headers.remove(&DECIDED_HEADER).is_some();
+        let mut reason = None;
         if rt.is_entry && !decided_upstream {
             let view = RequestView::new(&req.uri, &req.headers);
             let decided = self
                 .lane_draw(|rng| rt.lanes.decide_entry(&rt.app, &view, rng))
-                .inspect(|d| self.metrics.record_entry_decision(d.reason))
+                .inspect(|d| {
+                    self.metrics.record_entry_decision(d.reason);
+                    reason = Some(d.reason);
+                })
                 .filter(|d| d.sets_tag_header())
                 .and_then(|d| {
                     let value = HeaderValue::from_str(d.tag.as_deref()?).ok()?;
@@ -242,12 +272,20 @@ impl MeshRouter {
             lane.as_ref().map(|(tag, _)| &**tag),
             &req.headers,
         );
-        let recorder = Recorder::new(
+        let mut recorder = Recorder::new(
             &self.metrics,
             Direction::Inbound,
             rt.labels.get(Some(&rt.app)),
             rt.labels.get(lane.as_ref().map(|(tag, _)| &**tag)),
-        );
+        )
+        .traced(span);
+        if let Some(span) = recorder.span() {
+            span.lane_rule(match (reason, &lane) {
+                (Some(reason), _) => reason.as_str(),
+                (None, Some(_)) => "carried",
+                (None, None) => "base",
+            });
+        }
         let clock = admission.as_ref().map(|_| Arc::clone(&self.clock));
         Routed::with_state(
             RouteDecision::Passthrough,
@@ -261,7 +299,13 @@ impl MeshRouter {
         .delayed(delay)
     }
 
-    fn outbound(&self, rt: &Runtime, conn: &ConnContext, req: &mut http::request::Parts) -> Routed {
+    fn outbound(
+        &self,
+        rt: &Runtime,
+        conn: &ConnContext,
+        req: &mut http::request::Parts,
+        span: &mut SpanSlot,
+    ) -> Routed {
         let Some(dest) = rt.routes.lookup(conn.original_dst) else {
             // Not governed: counted under app "" so operators see what bypasses lanemesh.
             let recorder = Recorder::new(
@@ -269,11 +313,12 @@ impl MeshRouter {
                 Direction::Outbound,
                 rt.labels.get(None),
                 rt.labels.get(None),
-            );
+            )
+            .traced(span);
             return Routed::with_state(RouteDecision::Passthrough, PassthroughState { recorder });
         };
         let app = dest.service.app();
-        let (breakers, traffic) = match self.admit_outbound(rt, app, req) {
+        let (breakers, traffic) = match self.admit_outbound(rt, app, req, span) {
             Ok(admitted) => admitted,
             Err(rejected) => return *rejected,
         };
@@ -305,12 +350,16 @@ impl MeshRouter {
             ),
         };
         self.metrics.record_propagation(rule);
-        let recorder = Recorder::new(
+        let mut recorder = Recorder::new(
             &self.metrics,
             Direction::Outbound,
             rt.labels.get(Some(app)),
             rt.labels.get(tag),
-        );
+        )
+        .traced(span);
+        if let Some(span) = recorder.span() {
+            span.lane_rule(rule.as_str());
+        }
         let chosen = dest.choose(tag, &rt.lanes);
         match injection {
             Some(Injection::Propagated(value)) => {
@@ -337,6 +386,7 @@ impl MeshRouter {
         rt: &Runtime,
         app: &str,
         req: &http::request::Parts,
+        span: &mut SpanSlot,
     ) -> Result<(Option<OutboundAdmission>, Traffic), Box<Routed>> {
         if rt.outbound.is_empty() || app.is_empty() {
             return Ok((None, Traffic::default()));
@@ -356,7 +406,7 @@ impl MeshRouter {
                 Ok(((!admission.is_empty()).then_some(admission), traffic))
             }
             Err(blocked) => {
-                let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers);
+                let recorder = self.recorder(rt, Direction::Outbound, app, &req.headers, span);
                 Err(Box::new(self.reject(recorder, blocked)))
             }
         }
@@ -370,10 +420,15 @@ impl MeshRouter {
         chosen: Result<Chosen<'_>, NoEndpoint>,
         breakers: Option<OutboundAdmission>,
         traffic: Traffic,
-        recorder: Recorder,
+        mut recorder: Recorder,
     ) -> Routed {
         match chosen {
             Ok(chosen) => {
+                if chosen.fell_back
+                    && let Some(span) = recorder.span()
+                {
+                    span.fell_back();
+                }
                 let addressed = dest.keeps_addressed(&chosen);
                 let (target, pick) = match addressed {
                     // Statistics only when the addressed pod is a ready endpoint.
@@ -440,7 +495,7 @@ impl MeshRouter {
     /// A request entering the mesh at a gateway listener: the route's backend Service, the lane
     /// decision for its app (after removing what an untrusted client claimed), then the same
     /// governance and lane-aware endpoint choice as a sidecar's outbound.
-    fn gateway(&self, rt: &Runtime, req: &mut http::request::Parts) -> Routed {
+    fn gateway(&self, rt: &Runtime, req: &mut http::request::Parts, span: &mut SpanSlot) -> Routed {
         let host = gateway::request_host(req);
         let matched = {
             let view = RequestView::new(&req.uri, &req.headers);
@@ -454,6 +509,7 @@ impl MeshRouter {
                 rt.labels.get(None),
                 rt.labels.get(None),
             )
+            .traced(span)
             .for_route(Arc::clone(&self.no_route));
             recorder.local(StatusCode::NOT_FOUND);
             return RouteDecision::Respond(local::error(
@@ -463,13 +519,14 @@ impl MeshRouter {
             ))
             .into();
         };
-        let unrouted = |status: StatusCode, reason: &'static str, text: &str| -> Routed {
+        let mut unrouted = |status: StatusCode, reason: &'static str, text: &str| -> Routed {
             Recorder::new(
                 &self.metrics,
                 Direction::Gateway,
                 rt.labels.get(None),
                 rt.labels.get(None),
             )
+            .traced(span)
             .for_route(Arc::clone(&route.name))
             .local(status);
             RouteDecision::Respond(local::error(status, reason, text)).into()
@@ -503,10 +560,11 @@ impl MeshRouter {
             edge::strip_lane_claims(&mut req.headers, &rt.lanes);
         }
         edge::ensure_traceparent(&mut req.headers, &mut rand::rng());
-        let (breakers, traffic) = match self.admit_outbound(rt, app, req) {
+        let (breakers, traffic) = match self.admit_outbound(rt, app, req, span) {
             Ok(admitted) => admitted,
             Err(rejected) => return *rejected,
         };
+        let mut reason = None;
         let decided = {
             let view = RequestView::new(&req.uri, &req.headers);
             self.lane_draw(|rng| {
@@ -515,6 +573,7 @@ impl MeshRouter {
             })
             .map(|d| {
                 self.metrics.record_entry_decision(d.reason);
+                reason = Some(d.reason.as_str());
                 let set = d
                     .sets_tag_header()
                     .then(|| {
@@ -544,13 +603,17 @@ impl MeshRouter {
             }
             None => None,
         };
-        let recorder = Recorder::new(
+        let mut recorder = Recorder::new(
             &self.metrics,
             Direction::Gateway,
             rt.labels.get(Some(app)),
             rt.labels.get(tag.as_deref()),
         )
+        .traced(span)
         .for_route(Arc::clone(&route.name));
+        if let (Some(span), Some(reason)) = (recorder.span(), reason) {
+            span.lane_rule(reason);
+        }
         let chosen = dest.choose(tag.as_deref(), &rt.lanes);
         self.forward(&dest, chosen, breakers, traffic, recorder)
     }
@@ -624,10 +687,16 @@ impl Router for MeshRouter {
         let Some(rt) = runtime.as_deref() else {
             return RouteDecision::Passthrough.into();
         };
+        // Before any decision reads `traceparent`: the span's own context replaces the caller's
+        // there (the trace id stays, so lane correlation by trace id is unchanged).
+        let mut span = self
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.start(conn.direction, req));
         match conn.direction {
-            Direction::Inbound => self.inbound(rt, conn, req),
-            Direction::Outbound => self.outbound(rt, conn, req),
-            Direction::Gateway => self.gateway(rt, req),
+            Direction::Inbound => self.inbound(rt, conn, req, &mut span),
+            Direction::Outbound => self.outbound(rt, conn, req, &mut span),
+            Direction::Gateway => self.gateway(rt, req, &mut span),
         }
     }
 
@@ -853,6 +922,9 @@ impl RequestState for OutboundState {
         let pick = r.pick()?;
         let target = pick.addr();
         self.pick = Some(pick);
+        if let Some(span) = self.recorder.span() {
+            span.retried(outcome, target);
+        }
         r.retried += 1;
         r.metrics.record_retry(&r.app, "retried");
         r.metrics.record_retry_policy_attempt(&r.app);
@@ -885,6 +957,11 @@ impl RequestState for OutboundState {
     }
 
     fn on_end(&mut self, end: ResponseEnd<'_>) {
+        if let (ResponseEnd::Trailers(trailers), Some(span)) = (end, self.recorder.span())
+            && let Some(code) = grpc::status(trailers)
+        {
+            span.grpc_status(code);
+        }
         if self.breakers.is_some() {
             self.record(match end {
                 ResponseEnd::Trailers(trailers) => {

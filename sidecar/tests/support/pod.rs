@@ -75,6 +75,16 @@ impl Sidecar {
         tag: Option<&str>,
         drain: Duration,
     ) -> (Self, TcpListener) {
+        Self::start_with(n, app, tag, |config| config.proxy.drain_duration = drain).await
+    }
+
+    /// [`Sidecar::start`] with the app's configuration changed by `configure`.
+    pub(crate) async fn start_with(
+        n: u8,
+        app: &str,
+        tag: Option<&str>,
+        configure: impl FnOnce(&mut AppConfig),
+    ) -> (Self, TcpListener) {
         let pod_ip: IpAddr = format!("127.0.0.{n}").parse().unwrap();
         let app_ip: IpAddr = format!("127.0.1.{n}").parse().unwrap();
         let app_listener = TcpListener::bind(SocketAddr::new(app_ip, 0)).await.unwrap();
@@ -85,7 +95,7 @@ impl Sidecar {
             bind_address: pod_ip,
             app_address: Some(app_ip),
             grace_period: Duration::from_secs(2),
-            drain_duration: drain,
+            drain_duration: Duration::ZERO,
             connect_timeout: Duration::from_secs(2),
             ..ProxyConfig::default()
         };
@@ -94,8 +104,10 @@ impl Sidecar {
             ..PodIdentity::app("demo", app).with_lane(tag.unwrap_or_default())
         };
         let map = PeerMap::new();
+        let mut config = AppConfig::new(proxy, identity.clone());
+        configure(&mut config);
         let built = App::build(
-            AppConfig::new(proxy, identity.clone()),
+            config,
             Arc::new(TestDst {
                 map: map.clone(),
                 app_port,
