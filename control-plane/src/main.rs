@@ -155,6 +155,14 @@ struct Args {
     /// (0 = none; ignored on API servers before 1.30, which have no sleep action).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(0..=300))]
     inject_app_drain_seconds: i64,
+    /// OTLP/gRPC endpoint injected sidecars export request spans to (e.g.
+    /// `http://otel-collector.observability:4317`); empty: no spans.
+    #[arg(long, default_value = "")]
+    inject_trace_endpoint: String,
+    /// Share of the traces starting at a sidecar that are recorded, 0 to 1 (requests arriving
+    /// with a `traceparent` follow its sampled flag).
+    #[arg(long, default_value_t = 0.01, value_parser = parse_ratio)]
+    inject_trace_sampling: f64,
     /// How long a Lease stays valid without renewal (whole seconds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
@@ -339,6 +347,8 @@ async fn main() -> anyhow::Result<()> {
                     Some(v) if !inject::sleep_action_supported(&v.major, &v.minor) => 0,
                     _ => args.inject_app_drain_seconds,
                 },
+                trace_endpoint: args.inject_trace_endpoint.clone(),
+                trace_sampling: args.inject_trace_sampling,
                 ..InjectConfig::default()
             };
             tracing::info!(addr = %args.webhook_addr, ?sidecar_mode, image = %config.proxy_image, "serving the injection webhook");
@@ -380,4 +390,12 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
     }
     Ok(())
+}
+
+/// A ratio from 0 to 1.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("{text:?} is not a ratio from 0 to 1")),
+    }
 }

@@ -122,6 +122,9 @@ fn helm_lint_passes_and_the_schema_refuses_bad_values() {
         "pilot.replicas=0",
         "proxy.resources.requests.cpu=lots",
         "pilot.unknownKey=1",
+        "tracing.samplingRatio=2",
+        "tracing.samplingRatio=1.5",
+        "tracing.endpoint=otel-collector:4317",
     ] {
         let out = helm(home.path(), &["lint", chart, "--set", bad]);
         assert!(!out.status.success(), "{bad} passed lint");
@@ -319,6 +322,67 @@ fn gateway_enabled_renders_the_gateway_deployment_service_and_classes() {
         ],
     );
     assert!(!refused.status.success(), "port 15001 accepted");
+}
+
+#[test]
+fn tracing_values_reach_the_webhook_and_the_gateway() {
+    if cluster::skip_requested("tracing_values_reach_the_webhook_and_the_gateway") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let pilot_args = |docs: &[Value]| {
+        strings(
+            &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"]
+                [0]["args"],
+        )
+    };
+    let off = documents(&template(home.path(), &["--set", "gateway.enabled=true"]));
+    assert!(
+        !pilot_args(&off)
+            .iter()
+            .any(|a| a.starts_with("--inject-trace")),
+        "tracing is off by default"
+    );
+    let on = documents(&template(
+        home.path(),
+        &[
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            "tracing.endpoint=http://otel-collector.observability:4317",
+            "--set",
+            "tracing.samplingRatio=0.5",
+        ],
+    ));
+    let args = pilot_args(&on);
+    assert!(
+        args.contains(
+            &"--inject-trace-endpoint=http://otel-collector.observability:4317".to_owned()
+        ),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--inject-trace-sampling=0.5".to_owned()),
+        "{args:?}"
+    );
+    let gateway =
+        &find(&on, "Deployment", "lanemesh-gateway")["spec"]["template"]["spec"]["containers"][0];
+    let env: std::collections::BTreeMap<String, String> = gateway["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        env["LANEMESH_TRACE_ENDPOINT"],
+        "http://otel-collector.observability:4317"
+    );
+    assert_eq!(env["LANEMESH_TRACE_SAMPLING"], "0.5");
 }
 
 /// `resource` may end in `/status`: the subresource.

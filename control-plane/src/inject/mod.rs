@@ -118,6 +118,10 @@ pub struct InjectConfig {
     /// endpoint is gone (the pod annotation `sidecar.lanemesh.io/appDrainSeconds` overrides
     /// it); `0` = none, as on API servers before 1.30 (no sleep action).
     pub app_drain_seconds: i64,
+    /// OTLP/gRPC endpoint the sidecars export request spans to; empty = no spans.
+    pub trace_endpoint: String,
+    /// Share of the traces starting at a sidecar that are recorded (`--trace-sampling`).
+    pub trace_sampling: f64,
 }
 
 impl Default for InjectConfig {
@@ -134,6 +138,8 @@ impl Default for InjectConfig {
             memory_limit: "1Gi".to_owned(),
             token_expiration_seconds: 3600,
             app_drain_seconds: 5,
+            trace_endpoint: String::new(),
+            trace_sampling: 0.01,
         }
     }
 }
@@ -233,7 +239,7 @@ pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError
         }
     }
     let init = init_container(config, &overrides);
-    let proxy = proxy_container(config, &overrides);
+    let proxy = proxy_container(config, &overrides, labels::app_name(pod_labels));
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     match config.sidecar_mode {
         SidecarMode::Native => {
@@ -387,7 +393,7 @@ fn ready_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
-fn proxy_container(config: &InjectConfig, o: &PodOverrides) -> Container {
+fn proxy_container(config: &InjectConfig, o: &PodOverrides, app: Option<&str>) -> Container {
     let mut env = vec![
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -400,6 +406,18 @@ fn proxy_container(config: &InjectConfig, o: &PodOverrides) -> Container {
     // would be frozen at container start.
     if !config.discovery_ca.is_empty() {
         env.push(value_env("LANEMESH_DISCOVERY_CA", &config.discovery_ca));
+    }
+    if !config.trace_endpoint.is_empty() {
+        env.push(value_env("LANEMESH_TRACE_ENDPOINT", &config.trace_endpoint));
+        env.push(value_env(
+            "LANEMESH_TRACE_SAMPLING",
+            &config.trace_sampling.to_string(),
+        ));
+        // The spans' service.name: the app as the pod was created (a trace backend groups by
+        // it); the lane and the live app still come from the pilot.
+        if let Some(app) = app {
+            env.push(value_env("LANEMESH_TRACE_SERVICE_NAME", app));
+        }
     }
     let pick = |annotation: &Option<annotations::Quantity>, default: &str| {
         annotation

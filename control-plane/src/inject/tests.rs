@@ -353,3 +353,33 @@ fn app_containers_get_a_pre_stop_sleep_unless_they_have_one_or_the_pod_says_no()
     assert!(error.to_string().contains("appDrainSeconds"), "{error}");
     assert!(sleep_action_supported("1", "30+") && !sleep_action_supported("1", "29"));
 }
+
+#[test]
+fn sidecars_export_spans_only_when_a_trace_endpoint_is_configured() {
+    let proxy_of = |pod: &Pod| -> Container {
+        pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1].clone()
+    };
+    let off = injected(&pod(governed(), json!({})), &InjectConfig::default());
+    let proxy = proxy_of(&off);
+    assert!(env(&proxy, "LANEMESH_TRACE_ENDPOINT").is_none());
+    assert!(env(&proxy, "LANEMESH_TRACE_SAMPLING").is_none());
+
+    let config = InjectConfig {
+        trace_endpoint: "http://otel-collector.observability:4317".to_owned(),
+        trace_sampling: 0.25,
+        ..InjectConfig::default()
+    };
+    let on = injected(&pod(governed(), json!({})), &config);
+    let proxy = proxy_of(&on);
+    let value = |name| env(&proxy, name).unwrap().value.clone().unwrap();
+    assert_eq!(
+        value("LANEMESH_TRACE_ENDPOINT"),
+        "http://otel-collector.observability:4317"
+    );
+    assert_eq!(value("LANEMESH_TRACE_SAMPLING"), "0.25");
+    assert_eq!(
+        value("LANEMESH_TRACE_SERVICE_NAME"),
+        "a",
+        "the pod's app label"
+    );
+}
