@@ -143,6 +143,69 @@ fn text(value: &AnyValue) -> String {
     }
 }
 
+/// The spans of one trace as a chain from its root (the span whose parent is not in the
+/// trace), each followed by its child; stops where a span has no child or several.
+pub fn chain(spans: &[ReceivedSpan]) -> Vec<&ReceivedSpan> {
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut roots = spans
+        .iter()
+        .filter(|s| !ids.contains(s.parent_span_id.as_str()));
+    let (Some(mut at), None) = (roots.next(), roots.next()) else {
+        return Vec::new();
+    };
+    let mut out = vec![at];
+    loop {
+        let mut children = spans.iter().filter(|s| s.parent_span_id == at.span_id);
+        match (children.next(), children.next()) {
+            (Some(child), None) => {
+                out.push(child);
+                at = child;
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// The spans as an indented tree, one line per span: name, pod, lane and the rule that
+/// decided it, endpoint, status.
+pub fn tree(spans: &[ReceivedSpan]) -> String {
+    fn walk(spans: &[ReceivedSpan], at: &ReceivedSpan, depth: usize, out: &mut String) {
+        let mut line = format!(
+            "{}{} [{}] {} lane={}",
+            "  ".repeat(depth),
+            at.name,
+            at.kind,
+            at.resource.get("k8s.pod.name").map_or("", String::as_str),
+            at.attr("lanemesh.lane"),
+        );
+        for (key, label) in [
+            ("lanemesh.lane.rule", "rule"),
+            ("lanemesh.trace.parent", "parent"),
+            ("network.peer.address", "endpoint"),
+            ("http.response.status_code", "status"),
+        ] {
+            let value = at.attr(key);
+            if !value.is_empty() {
+                line.push_str(&format!(" {label}={value}"));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+        for child in spans.iter().filter(|s| s.parent_span_id == at.span_id) {
+            walk(spans, child, depth + 1, out);
+        }
+    }
+    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut out = String::new();
+    for root in spans
+        .iter()
+        .filter(|s| !ids.contains(s.parent_span_id.as_str()))
+    {
+        walk(spans, root, 0, &mut out);
+    }
+    out.trim_end().to_owned()
+}
+
 /// A running receiver; stops when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {

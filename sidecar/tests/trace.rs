@@ -38,9 +38,10 @@ fn header(headers: &HeaderMap, name: &str) -> String {
 }
 
 /// An app answering `traceparent=<what it received>`; with `next`, it first calls that
-/// destination through its sidecar forwarding only `traceparent` (as OpenTelemetry-instrumented
-/// apps do) and appends the answer.
-fn app(listener: TcpListener, next: Option<(AppClient, &'static str)>) {
+/// destination through its sidecar and appends the answer, forwarding `traceparent` when
+/// `forward` (as OpenTelemetry-instrumented apps do) and nothing otherwise. `/slow` answers
+/// after a second and calls nobody.
+fn app(listener: TcpListener, next: Option<(AppClient, &'static str)>, forward: bool) {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -53,9 +54,15 @@ fn app(listener: TcpListener, next: Option<(AppClient, &'static str)>) {
                     async move {
                         let seen = header(req.headers(), "traceparent");
                         let mut body = format!("traceparent={seen}");
-                        if let Some((client, dst)) = next {
-                            let (status, _, answer) =
-                                client.get(dst, &[("traceparent", seen.as_str())]).await;
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        } else if let Some((client, dst)) = next {
+                            let headers: &[(&str, &str)] = if forward {
+                                &[("traceparent", seen.as_str())]
+                            } else {
+                                &[]
+                            };
+                            let (status, _, answer) = client.get(dst, headers).await;
                             body.push_str(&format!(" next=[{status}:{answer}]"));
                         }
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
@@ -73,7 +80,7 @@ fn app(listener: TcpListener, next: Option<(AppClient, &'static str)>) {
 async fn bare_c(n: u8) -> SocketAddr {
     let listener = TcpListener::bind(format!("127.0.1.{n}:0")).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    app(listener, None);
+    app(listener, None, false);
     addr
 }
 
@@ -127,7 +134,7 @@ async fn a_request_through_two_sidecars_is_one_trace_of_parent_and_child_spans()
     let (a, _) = Sidecar::start_with(71, "a", None, traced(receiver.endpoint())).await;
     let (b, b_app) = Sidecar::start_with(72, "b", None, traced(receiver.endpoint())).await;
     let c = bare_c(73).await;
-    app(b_app, Some((b.client(), C_CLUSTER)));
+    app(b_app, Some((b.client(), C_CLUSTER)), true);
     // C has no gray pod: gray requests fall back to its base pod.
     let services = vec![
         support::service("b", B_CLUSTER, &[(b.pod, "", true)]),
@@ -258,7 +265,7 @@ async fn a_hanging_receiver_costs_requests_nothing_spans_beyond_the_queue_are_dr
     .await;
     drop(a_app);
     let (b, b_app) = Sidecar::start(77, "b", None).await;
-    app(b_app, None);
+    app(b_app, None, false);
     let services = vec![support::service("b", B_CLUSTER, &[(b.pod, "", true)])];
     a.install(snapshot("a", services.clone())).await;
     b.install(snapshot("b", services)).await;
@@ -296,4 +303,63 @@ async fn a_hanging_receiver_costs_requests_nothing_spans_beyond_the_queue_are_dr
     a.stop().await;
     b.stop().await;
     held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_forwards_nothing_still_gets_one_trace_while_one_request_is_in_flight() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (b, b_app) = Sidecar::start_with(78, "b", None, traced(receiver.endpoint())).await;
+    let c = bare_c(79).await;
+    app(b_app, Some((b.client(), C_CLUSTER)), false);
+    let services = vec![
+        support::service("b", B_CLUSTER, &[(b.pod, "", true)]),
+        support::service("c", C_CLUSTER, &[(c, "", true)]),
+    ];
+    b.install(snapshot("b", services)).await;
+
+    let root = format!("00-{TRACE_ID}-{APP_SPAN}-01");
+    let (status, _, body) = b.inbound_get("/", &[("traceparent", &root)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let spans = receiver.wait_for(STEP, |spans| spans.len() >= 2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let b_in = one(&spans, "b", "server");
+    let b_out = one(&spans, "b", "client");
+    assert_eq!(b_out.trace_id, TRACE_ID);
+    assert_eq!(b_out.parent_span_id, b_in.span_id);
+    assert_eq!(b_out.attr("lanemesh.trace.parent"), "inflight");
+    assert_eq!(
+        b_out.attr("lanemesh.lane.rule"),
+        "base",
+        "the lane group does not infer lanes from requests in flight: tracing does not either"
+    );
+    assert!(
+        body.ends_with(&format!(
+            "next=[200 OK:traceparent=00-{TRACE_ID}-{}-01]",
+            b_out.span_id
+        )),
+        "C is called within the trace: {body}"
+    );
+
+    // Another request in flight (a slow one): nothing says which request the app's call
+    // belongs to, so the call starts a trace of its own.
+    let slow = tokio::spawn({
+        let pod = b.pod;
+        async move {
+            let stream = tokio::net::TcpStream::connect(pod).await.unwrap();
+            support::pod::send_to(stream, "b", "/slow", &[]).await.0
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _, body) = b.inbound_get("/", &[("traceparent", &root)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let spans = receiver.wait_for(STEP, |spans| spans.len() >= 4).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let call = spans[2..].iter().find(|s| s.kind == "client").unwrap();
+    assert_ne!(call.trace_id, TRACE_ID, "{call:#?}");
+    assert_eq!(call.parent_span_id, "");
+    assert_eq!(call.attr("lanemesh.trace.parent"), "");
+    assert_eq!(slow.await.unwrap(), StatusCode::OK);
+    b.stop().await;
 }

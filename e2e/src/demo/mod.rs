@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
+use crate::otlp::{OtlpReceiver, ReceivedSpan};
 use crate::process::{Binaries, ChildGuard, free_addr, http};
 use net::Net;
 use topology::{APPS, Topology};
@@ -83,7 +84,25 @@ pub struct Demo {
     dir: PathBuf,
     gateway: SocketAddr,
     gateway_metrics: SocketAddr,
+    /// Receives every proxy's request spans (OTLP/gRPC on the host's bridge address).
+    spans: Spans,
     teardown: Teardown,
+}
+
+/// The OTLP receiver and the runtime it is served on (the demo itself is blocking code).
+#[derive(Debug)]
+struct Spans {
+    receiver: Option<OtlpReceiver>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Spans {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Drop for Demo {
@@ -134,6 +153,20 @@ impl Demo {
         }
 
         let grpc: SocketAddr = format!("{host}:15010").parse()?;
+        let spans = {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let receiver = runtime
+                .block_on(OtlpReceiver::start(format!("{host}:4317").parse()?))
+                .context("the OTLP receiver")?;
+            Spans {
+                receiver: Some(receiver),
+                runtime: Some(runtime),
+            }
+        };
+        let trace_endpoint = format!("http://{host}:4317");
         let pilot_admin = free_addr()?;
         let pilot = ChildGuard::spawn(
             "lanemesh-pilot",
@@ -176,7 +209,13 @@ impl Demo {
                     "--grace-period",
                     "1s",
                 ],
-                &[("LANEMESH_LOG", "info")],
+                &[
+                    ("LANEMESH_LOG", "info"),
+                    ("LANEMESH_TRACE_ENDPOINT", &trace_endpoint),
+                    ("LANEMESH_TRACE_SAMPLING", "1"),
+                    // What the webhook sets from the pod's app label.
+                    ("LANEMESH_TRACE_SERVICE_NAME", app.service),
+                ],
                 Some(1337),
                 &logs.join(format!("{}-proxy.log", app.pod)),
             )?;
@@ -232,7 +271,11 @@ impl Demo {
                 "--lane-seed",
                 "30",
             ],
-            &[("LANEMESH_LOG", "info")],
+            &[
+                ("LANEMESH_LOG", "info"),
+                ("LANEMESH_TRACE_ENDPOINT", &trace_endpoint),
+                ("LANEMESH_TRACE_SAMPLING", "1"),
+            ],
             None,
             &logs.join("gateway.log"),
         )?;
@@ -243,6 +286,7 @@ impl Demo {
             dir,
             gateway,
             gateway_metrics,
+            spans,
             teardown,
         };
         // Every proxy holds its configuration, every app answers through its sidecar.
@@ -265,6 +309,23 @@ impl Demo {
     /// The gateway's address, for the user's own curl.
     pub fn gateway(&self) -> SocketAddr {
         self.gateway
+    }
+
+    /// Where the proxies export their spans.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.spans.receiver.as_ref().map(OtlpReceiver::endpoint)
+    }
+
+    /// The spans of trace `trace_id` received so far.
+    pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        self.spans
+            .receiver
+            .as_ref()
+            .map(|r| r.spans())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect()
     }
 
     /// The gateway's metrics address.
@@ -380,6 +441,8 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
     );
     let trusted = demo.send("partner.example.com", "/a", &[("x-mse-tag", "gray")], 5);
     ensure!(trusted.get(GRAY) == Some(&5), "trusted route: {trusted:?}");
+    traced_gray_request(demo, &mut step)?;
+
     step(
         "a lane tag sent from outside is removed, unless the route trusts its clients",
         format!(
@@ -502,6 +565,59 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
         "gateway metrics (GrayQPS: sum by (app) (rate(lanemesh_gateway_requests_total{lane!=\"\"}[1m])))",
         format!("curl http://{}/metrics", demo.gateway_metrics()),
         lines.join("\n"),
+    );
+    Ok(())
+}
+
+/// The spans of one gray request: gateway -> A (gray) -> B -> C (gray), one trace, each hop's
+/// span the child of the previous one, though the demo app forwards no header (each sidecar
+/// continues the trace of the one request its app is serving).
+fn traced_gray_request(demo: &Demo, step: &mut dyn FnMut(&str, String, String)) -> Result<()> {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{TRACE}-b7ad6b7169203331-01");
+    let (status, body) = get(
+        demo.gateway(),
+        "shop.example.com",
+        "/a",
+        &[("canary", "gray"), ("traceparent", &traceparent)],
+    )?;
+    ensure!(
+        status == 200 && strip_details(&body) == "Agray -> B -> Cgray",
+        "traced request: {status} {body}"
+    );
+    // gateway; A inbound and outbound; B inbound and outbound; C inbound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut spans = demo.trace(TRACE);
+    while spans.len() < 6 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        spans = demo.trace(TRACE);
+    }
+    let hops: Vec<(&str, &str, &str)> = crate::otlp::chain(&spans)
+        .iter()
+        .map(|s| (s.kind, s.service.as_str(), s.attr("lanemesh.lane")))
+        .collect();
+    ensure!(
+        hops == [
+            ("server", "lanemesh-gateway", "gray"),
+            ("server", "spring-cloud-a", "gray"),
+            ("client", "spring-cloud-a", "gray"),
+            ("server", "spring-cloud-b", "gray"),
+            ("client", "spring-cloud-b", "gray"),
+            ("server", "spring-cloud-c", "gray"),
+        ],
+        "the trace of one gray request: {hops:?}\n{}",
+        crate::otlp::tree(&spans)
+    );
+    step(
+        &format!(
+            "one gray request, traced (every proxy exports OTLP to {})",
+            demo.otlp_endpoint().unwrap_or_default()
+        ),
+        format!(
+            "curl -H 'canary: gray' -H 'traceparent: {traceparent}' http://{}/a",
+            demo.gateway()
+        ),
+        crate::otlp::tree(&spans),
     );
     Ok(())
 }

@@ -111,7 +111,7 @@ impl Recorder {
     /// one span and one recorder), starting with the app and lane.
     #[must_use]
     pub fn traced(mut self, span: &mut Option<Box<RequestSpan>>) -> Self {
-        self.span = span.take().filter(|s| s.is_recording());
+        self.span = span.take();
         if let Some(span) = &mut self.span {
             let lane = (!self.lane.is_empty()).then_some(&*self.lane);
             span.app_and_lane(&self.app, lane);

@@ -29,7 +29,7 @@ use crate::proxy::{
 use crate::route::endpoints::{Chosen, Destination, NoEndpoint};
 use crate::route::{Balancer, BalancerConfig, Endpoint, Pick, Protocol};
 use crate::snapshot::{Snapshot, SnapshotStore};
-use crate::trace::{RequestSpan, RequestTracer};
+use crate::trace::{Link, RequestSpan, RequestTracer};
 
 use super::observe::{Recorder, declare_lane_series};
 use super::runtime::Runtime;
@@ -646,6 +646,21 @@ enum Injection {
 }
 
 impl MeshRouter {
+    /// Routes by direction.
+    fn route(
+        &self,
+        rt: &Runtime,
+        conn: &ConnContext,
+        req: &mut http::request::Parts,
+        span: &mut SpanSlot,
+    ) -> Routed {
+        match conn.direction {
+            Direction::Inbound => self.inbound(rt, conn, req, span),
+            Direction::Outbound => self.outbound(rt, conn, req, span),
+            Direction::Gateway => self.gateway(rt, req, span),
+        }
+    }
+
     /// DESIGN §4 takes the lane decision at the first lanemesh hop that sees a request: a request
     /// this pod sends that nothing links to a lane, to an entry app of a lane group, is decided
     /// here with that group's rules (as the entry's inbound would), so it reaches the entry app's
@@ -689,15 +704,22 @@ impl Router for MeshRouter {
         };
         // Before any decision reads `traceparent`: the span's own context replaces the caller's
         // there (the trace id stays, so lane correlation by trace id is unchanged).
-        let mut span = self
-            .tracer
-            .as_ref()
-            .map(|tracer| tracer.start(conn.direction, req));
-        match conn.direction {
-            Direction::Inbound => self.inbound(rt, conn, req, &mut span),
-            Direction::Outbound => self.outbound(rt, conn, req, &mut span),
-            Direction::Gateway => self.gateway(rt, req, &mut span),
+        let Some(tracer) = &self.tracer else {
+            return self.route(rt, conn, req, &mut None);
+        };
+        let link = match conn.direction {
+            Direction::Inbound if !crate::lane::propagate::is_health_probe(&req.headers) => {
+                Link::Inbound
+            }
+            Direction::Outbound => Link::Outbound,
+            Direction::Inbound | Direction::Gateway => Link::None,
+        };
+        let (span, deferred) = tracer.start(conn.direction, link, req);
+        let routed = self.route(rt, conn, req, &mut Some(span));
+        if let Some(traceparent) = deferred {
+            RequestTracer::write(req, traceparent);
         }
+        routed
     }
 
     /// The Service port the connection is addressed to (a cluster IP or, inbound, this pod's

@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::Args;
 
 pub use export::{ExportTask, Pipeline, PipelineError};
-pub use span::{RequestSpan, RequestTracer};
+pub use span::{Link, RequestSpan, RequestTracer};
 
 /// `--trace-sampling`: Istio's default share of traces.
 pub const DEFAULT_SAMPLING: f64 = 0.01;
@@ -171,7 +171,11 @@ mod tests {
                 req = req.header("traceparent", *value);
             }
             let (mut parts, ()) = req.body(()).unwrap().into_parts();
-            drop(tracer.start(Direction::Inbound, &mut parts));
+            drop(
+                tracer
+                    .start(Direction::Inbound, span::Link::Inbound, &mut parts)
+                    .0,
+            );
             sent.push(parts.headers["traceparent"].to_str().unwrap().to_owned());
         }
         export.finish(std::time::Duration::from_secs(5)).await;

@@ -1,12 +1,15 @@
 //! One span per routed request.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::HeaderValue;
 use http::header::{HeaderMap, HeaderName};
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
@@ -19,6 +22,51 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct RequestTracer {
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    inbound: Arc<InboundSpans>,
+}
+
+/// The inbound requests in flight: how many, and the span the latest one was handed to the app
+/// with. While exactly one is in flight, an outbound request that carries no trace context is
+/// the app's call for it (the same inference as the in-flight lane rule), so its span continues
+/// that trace instead of starting a new one.
+#[derive(Debug, Default)]
+struct InboundSpans {
+    /// Held for a few instructions, never across an await.
+    state: Mutex<(usize, Option<SpanContext>)>,
+}
+
+impl InboundSpans {
+    fn enter(&self, context: SpanContext) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 += 1;
+        state.1 = Some(context);
+    }
+
+    fn leave(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = state.0.saturating_sub(1);
+        if state.0 == 0 {
+            state.1 = None;
+        }
+    }
+
+    /// The span of the one inbound request in flight, if exactly one is.
+    fn single(&self) -> Option<SpanContext> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0 == 1 { state.1.clone() } else { None }
+    }
+}
+
+/// How a request's span relates to the inbound requests in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// An inbound request an app handles (counted while in flight).
+    Inbound,
+    /// An outbound request: without trace context of its own, it may continue the trace of the
+    /// one inbound request in flight.
+    Outbound,
+    /// Neither (a gateway request, a kubelet probe).
+    None,
 }
 
 /// `traceparent` and `tracestate` as the W3C propagator reads them.
@@ -39,6 +87,7 @@ impl RequestTracer {
         Self {
             tracer,
             propagator: TraceContextPropagator::new(),
+            inbound: Arc::default(),
         }
     }
 
@@ -46,8 +95,26 @@ impl RequestTracer {
     /// request's `traceparent` (a new trace without one), and writes the span's own context into
     /// the request's `traceparent`, so the next hop's span is its child. A request the sampler
     /// drops still gets a `traceparent` (flag unsampled) so every hop takes the same decision.
-    pub fn start(&self, direction: Direction, req: &mut http::request::Parts) -> Box<RequestSpan> {
-        let parent = self.propagator.extract(&Headers(&req.headers));
+    ///
+    /// `link`: see [`Link`]; an outbound span continuing an inbound one is marked
+    /// `lanemesh.trace.parent=inflight`, and its `traceparent` is returned instead of written:
+    /// the caller writes it after the lane decision, which must not see a trace id the app did
+    /// not send (lane carrying stays what the lane group configures, tracing on or off).
+    pub fn start(
+        &self,
+        direction: Direction,
+        link: Link,
+        req: &mut http::request::Parts,
+    ) -> (Box<RequestSpan>, Option<HeaderValue>) {
+        let mut parent = self.propagator.extract(&Headers(&req.headers));
+        let mut inferred = false;
+        if link == Link::Outbound
+            && !parent.span().span_context().is_valid()
+            && let Some(inbound) = self.inbound.single()
+        {
+            parent = Context::new().with_remote_span_context(inbound);
+            inferred = true;
+        }
         let kind = match direction {
             Direction::Outbound => SpanKind::Client,
             Direction::Inbound | Direction::Gateway => SpanKind::Server,
@@ -57,7 +124,8 @@ impl RequestTracer {
             .span_builder(direction.as_str())
             .with_kind(kind)
             .start_with_context(&self.tracer, &parent);
-        let context = span.span_context();
+        let context = span.span_context().clone();
+        let mut deferred = None;
         if context.is_valid() {
             let value = format!(
                 "00-{}-{}-{:02x}",
@@ -66,10 +134,21 @@ impl RequestTracer {
                 context.trace_flags().to_u8()
             );
             if let Ok(value) = HeaderValue::from_str(&value) {
-                req.headers.insert(TRACEPARENT.clone(), value);
+                if inferred {
+                    deferred = Some(value);
+                } else {
+                    req.headers.insert(TRACEPARENT.clone(), value);
+                }
             }
         }
+        let inbound = (link == Link::Inbound).then(|| {
+            self.inbound.enter(context.clone());
+            Arc::clone(&self.inbound)
+        });
         if span.is_recording() {
+            if inferred {
+                span.set_attribute(KeyValue::new("lanemesh.trace.parent", "inflight"));
+            }
             span.set_attribute(KeyValue::new("lanemesh.direction", direction.as_str()));
             span.set_attribute(KeyValue::new(
                 "http.request.method",
@@ -85,13 +164,20 @@ impl RequestTracer {
                 span.set_attribute(KeyValue::new("server.address", authority.to_owned()));
             }
         }
-        Box::new(RequestSpan {
+        let span = Box::new(RequestSpan {
             span,
+            inbound,
             direction,
             status: None,
             failed: false,
             name: None,
-        })
+        });
+        (span, deferred)
+    }
+
+    /// Writes a `traceparent` [`RequestTracer::start`] returned into the request.
+    pub fn write(req: &mut http::request::Parts, traceparent: HeaderValue) {
+        req.headers.insert(TRACEPARENT.clone(), traceparent);
     }
 }
 
@@ -100,6 +186,8 @@ impl RequestTracer {
 #[derive(Debug)]
 pub struct RequestSpan {
     span: Span,
+    /// Set for an inbound request: it leaves the in-flight count when the span ends.
+    inbound: Option<Arc<InboundSpans>>,
     direction: Direction,
     /// The response status, once known.
     status: Option<u16>,
@@ -207,6 +295,9 @@ impl RequestSpan {
 
 impl Drop for RequestSpan {
     fn drop(&mut self) {
+        if let Some(inbound) = self.inbound.take() {
+            inbound.leave();
+        }
         if !self.span.is_recording() {
             return;
         }
