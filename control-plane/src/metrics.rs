@@ -128,3 +128,42 @@ pub fn type_label(type_url: &str) -> Vec<(&'static str, String)> {
     let short = type_url.rsplit('.').next().unwrap_or(type_url);
     vec![("type", short.to_owned())]
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_pilot_metric_the_grafana_dashboard_queries_is_exported() {
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../charts/lanemesh/dashboards/lanemesh.json"
+        ))
+        .unwrap();
+        let metrics = Metrics::default();
+        // A family is exported once it has a series.
+        metrics
+            .nacks
+            .get_or_create(&type_label("lanemesh.v1.Service"))
+            .inc();
+        let exposition = metrics.render();
+        let mut queried = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    let Some(name) = word.strip_prefix("lanemesh_pilot_") else {
+                        continue;
+                    };
+                    let family = name.strip_suffix("_total").unwrap_or(name);
+                    queried += 1;
+                    assert!(
+                        exposition.contains(&format!("# TYPE lanemesh_pilot_{family} ")),
+                        "the dashboard queries {word}, which the pilot does not export:\n{exposition}"
+                    );
+                }
+            }
+        }
+        assert!(queried >= 3, "{queried}");
+    }
+}

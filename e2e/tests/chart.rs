@@ -846,3 +846,120 @@ spec:
     .await
     .expect("test timed out");
 }
+
+#[test]
+fn monitors_render_where_the_prometheus_operator_is_installed_with_the_dashboard() {
+    if cluster::skip_requested(
+        "monitors_render_where_the_prometheus_operator_is_installed_with_the_dashboard",
+    ) {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let kinds = |docs: &[Value]| -> Vec<String> {
+        docs.iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let plain = documents(&template(home.path(), &["--set", "gateway.enabled=true"]));
+    assert!(
+        !kinds(&plain).iter().any(|k| k.ends_with("Monitor")),
+        "no Prometheus Operator, no monitors: {:?}",
+        kinds(&plain)
+    );
+    let docs = documents(&template(
+        home.path(),
+        &[
+            "--api-versions",
+            "monitoring.coreos.com/v1/PodMonitor",
+            "--api-versions",
+            "monitoring.coreos.com/v1/ServiceMonitor",
+            "--set",
+            "gateway.enabled=true",
+            "--set",
+            "monitoring.labels.release=kube-prometheus-stack",
+            "--set",
+            "monitoring.dashboard.enabled=true",
+        ],
+    ));
+    let proxies = find(&docs, "PodMonitor", "lanemesh-proxies");
+    assert_eq!(
+        proxies["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(proxies["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        proxies["spec"]["selector"]["matchLabels"]["msePilotAutoEnable"],
+        "on"
+    );
+    // The injected proxy container's metrics port (control-plane/src/inject).
+    assert_eq!(
+        proxies["spec"]["podMetricsEndpoints"][0]["port"],
+        "lanemesh-prom"
+    );
+    assert_eq!(proxies["spec"]["podMetricsEndpoints"][0]["interval"], "15s");
+
+    // The gateway's and the pilot's monitors name ports their pods and Service declare.
+    let gateway = find(&docs, "PodMonitor", "lanemesh-gateway");
+    let gateway_pod = &find(&docs, "Deployment", "lanemesh-gateway")["spec"]["template"];
+    for (k, v) in gateway["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            &gateway_pod["metadata"]["labels"][k], v,
+            "selects the gateway pods"
+        );
+    }
+    let port = &gateway["spec"]["podMetricsEndpoints"][0]["port"];
+    assert!(
+        gateway_pod["spec"]["containers"][0]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| &p["name"] == port),
+        "gateway port {port:?}"
+    );
+    let pilot = find(&docs, "ServiceMonitor", "lanemesh-pilot");
+    let service = find(&docs, "Service", "lanemesh-pilot");
+    let port = &pilot["spec"]["endpoints"][0]["port"];
+    assert!(
+        service["spec"]["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| &p["name"] == port),
+        "pilot Service port {port:?}"
+    );
+    for (k, v) in pilot["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(
+            &service["metadata"]["labels"][k], v,
+            "selects the pilot Service"
+        );
+    }
+
+    // The dashboard, as shipped in the chart, for Grafana's sidecar.
+    let map = find(&docs, "ConfigMap", "lanemesh-grafana-dashboard");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(map["data"]["lanemesh.json"].as_str().unwrap()).unwrap();
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    for panel in [
+        "Total QPS by app",
+        "Exception QPS by app",
+        "GrayQPS by app",
+        "QPS by app and lane",
+        "Rejections by rule and reason",
+        "Breaker transitions",
+        "Refused objects",
+    ] {
+        assert!(titles.contains(&panel), "{panel} missing: {titles:?}");
+    }
+}

@@ -691,6 +691,76 @@ fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u
 mod tests {
     use super::*;
 
+    /// The metric families the chart's Grafana dashboard queries under `prefix` (suffixes
+    /// `_total`, `_bucket`, `_count`, `_sum` removed).
+    fn dashboard_families(prefix: &str, skip: &str) -> std::collections::BTreeSet<String> {
+        let dashboard: serde_json::Value = serde_json::from_str(include_str!(
+            "../../charts/lanemesh/dashboards/lanemesh.json"
+        ))
+        .unwrap();
+        let name = regex::Regex::new(r"lanemesh_[a-z_]+").unwrap();
+        let mut out = std::collections::BTreeSet::new();
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap();
+                for m in name.find_iter(expr) {
+                    let m = m.as_str();
+                    if !m.starts_with(prefix) || (!skip.is_empty() && m.starts_with(skip)) {
+                        continue;
+                    }
+                    let family = ["_total", "_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| m.strip_suffix(s))
+                        .unwrap_or(m);
+                    out.insert(family.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_metric_the_grafana_dashboard_queries_is_one_the_proxy_exports() {
+        // A family is exported once it has a series: one of each.
+        let metrics = ProxyMetrics::new();
+        let app: Arc<str> = Arc::from("b");
+        metrics.record_request(
+            &RequestLabels {
+                direction: Direction::Inbound,
+                app: Arc::clone(&app),
+                lane: Arc::from("gray"),
+                status: StatusClass::Success,
+            },
+            Duration::from_millis(1),
+        );
+        metrics.record_gateway_request(&GatewayLabels {
+            route: Arc::from("r"),
+            app: Arc::clone(&app),
+            lane: Arc::from(""),
+            status: StatusClass::Success,
+        });
+        metrics.declare_propagation_rules::<Light>();
+        metrics.declare_entry_decisions::<Light>();
+        let rejection = RejectionLabels::new(Light::Red, "rule");
+        metrics.declare_rejections(&rejection, false);
+        metrics.declare_rejections(&rejection, true);
+        let breaker = BreakerLabels::new("b", "rule");
+        metrics.set_breaker_state(&breaker, Light::Red);
+        metrics.record_breaker_transition(&breaker, Light::Red);
+        metrics.record_retry(&app, "retried");
+        metrics.record_retry_policy_attempt(&app);
+        metrics.declare_span_series();
+        let exposition = metrics.encode();
+        let queried = dashboard_families("lanemesh_", "lanemesh_pilot_");
+        assert!(queried.len() >= 8, "{queried:?}");
+        for family in queried {
+            assert!(
+                exposition.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {family}, which the proxy does not export:\n{exposition}"
+            );
+        }
+    }
+
     /// A two-state label type, standing in for a domain's enum.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum Light {
