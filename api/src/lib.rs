@@ -9,6 +9,8 @@
 //! - [`hash`]: FNV-1a 64, for the `Percentage` operator and resource versions.
 //! - [`limits`]: upper bounds on user-supplied numbers (schema and conversion).
 //! - [`labels`]: the MSE onboarding labels and what they say about a pod.
+//! - [`exposition`]: reading the Prometheus text format of the proxies' `/metrics` (the pilot's
+//!   traffic view).
 //! - [`manifest`]: reading multi-document YAML of lanemesh objects (examples, local source).
 
 pub mod convert;
@@ -17,6 +19,7 @@ pub mod convert;
 #[allow(unreachable_pub)]
 pub mod crd;
 pub mod defaults;
+pub mod exposition;
 pub mod hash;
 pub mod labels;
 pub mod limits;

@@ -33,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("discovery", targets::discovery::run),
     ("manifest", targets::manifest::run),
     ("path-normalize", targets::path_normalize::run),
+    ("exposition", targets::exposition::run),
 ];
 
 /// The `main` of a fuzz target binary: afl's persistent loop under `cargo afl build`, a replay

@@ -2,6 +2,7 @@
 
 pub mod detect;
 pub mod discovery;
+pub mod exposition;
 pub mod h1_chunked;
 pub mod h1_request;
 pub mod h1_response;
