@@ -1,6 +1,9 @@
 //! The admin server (port 15014): `/healthz`, `/readyz`, `/metrics`, and
 //! the debug endpoints `/debug/snapshot?node=<ns>/<pod>` (or `?node=<pod>`),
-//! `/debug/streams` (connected sidecars and what each holds) and `/debug/rejected`.
+//! `/debug/streams` (connected sidecars and what each holds), `/debug/rejected` and
+//! `/debug/traffic` (QPS per app and lane from the sidecars' metrics, when scraping is on) and
+//! `/debug/lanes` (the LaneGroups and Lanes with the status the control plane computes for
+//! them: what `lanemeshctl lanes --pilot` shows without an API server).
 //!
 //! Other pods reach this port (Prometheus scrapes it), while a snapshot shows
 //! any node's configuration: the debug endpoints are served only where
@@ -73,6 +76,8 @@ pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub health: Health,
     pub options: AdminOptions,
+    /// The scrape task's latest view (`/debug/traffic`).
+    pub traffic: watch::Receiver<Arc<crate::traffic::TrafficView>>,
 }
 
 impl Admin {
@@ -177,6 +182,11 @@ impl Admin {
                     .unwrap_or_default();
                 json_response(&serde_json::to_value(streams).unwrap_or(Value::Null))
             }
+            "/debug/traffic" => {
+                let view = Arc::clone(&self.traffic.borrow());
+                json_response(&serde_json::to_value(&*view).unwrap_or(Value::Null))
+            }
+            "/debug/lanes" => json_response(&lanes_json(&world)),
             "/debug/rejected" => {
                 let rejected: Vec<Value> = world
                     .rejected
@@ -188,6 +198,38 @@ impl Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
     }
+}
+
+/// Every LaneGroup and Lane as its source reports it, with the status this control plane
+/// computes (`Accepted`, `matchedPods`) in place of the one the object carries.
+fn lanes_json(world: &World) -> Value {
+    use crate::source::Object;
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let statuses: std::collections::HashMap<_, _> =
+        crate::status::desired::desired(world, &std::collections::BTreeMap::new(), &now)
+            .into_iter()
+            .map(|d| (d.key, d.next))
+            .collect();
+    let mut groups = Vec::new();
+    let mut lanes = Vec::new();
+    for (key, object) in world.objects.iter() {
+        let (mut value, into) = match object {
+            Object::LaneGroup(g) => (serde_json::to_value(g), &mut groups),
+            Object::Lane(l) => (serde_json::to_value(l), &mut lanes),
+            _ => continue,
+        };
+        if let (Ok(Value::Object(map)), Some(status)) = (&mut value, statuses.get(key)) {
+            map.insert(
+                "status".to_owned(),
+                serde_json::to_value(status).unwrap_or(Value::Null),
+            );
+        }
+        if let Ok(value) = value {
+            into.push(value);
+        }
+    }
+    json!({"laneGroups": groups, "lanes": lanes})
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

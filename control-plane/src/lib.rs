@@ -9,7 +9,9 @@
 //! - [`discovery`]: the gRPC delta aggregated discovery server (port 15010).
 //! - [`status`]: CRD status (`Accepted`, `Lane.status.matchedPods`), written by the Lease holder.
 //! - [`inject`]: sidecar injection and its mutating admission webhook (port 15017).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/snapshot` (port 15014).
+//! - [`traffic`]: QPS per app and lane, rule hits and breakers from the sidecars' own metrics
+//!   (scraped by the pilot).
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/*` (port 15014).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`health`]: whether every task of the replica still runs (the admin server reports it).
 //! - [`run`]: wiring of all the above, used by `lanemesh-pilot` and tests.
@@ -25,6 +27,7 @@ pub mod run;
 pub mod snapshot;
 pub mod source;
 pub mod status;
+pub mod traffic;
 
 /// Resolves once `shutdown` is `true` (or its sender is gone). The borrow
 /// `wait_for` returns is dropped here, so callers' futures stay `Send`.

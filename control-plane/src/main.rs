@@ -60,6 +60,10 @@ struct Args {
         env = "LANEMESH_DEBUG_ENDPOINTS"
     )]
     debug_endpoints: admin::DebugEndpoints,
+    /// Scrape the `/metrics` of every served pod's sidecar this often, for the traffic view
+    /// (`/debug/traffic`, `lanemeshctl lanes`, the console); 0 = never.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    scrape_interval: Duration,
     /// Time an admin client has to send its request head.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     admin_header_timeout: Duration,
@@ -359,6 +363,13 @@ async fn main() -> anyhow::Result<()> {
     let mut plane = ControlPlane::start_with(source, grpc, admin, options);
     if let Some((listener, tls, config)) = webhook {
         plane.start_webhook(listener, tls, config);
+    }
+    if !args.scrape_interval.is_zero() {
+        tracing::info!(interval = ?args.scrape_interval, "scraping the sidecars' metrics for the traffic view");
+        plane.start_scraper(lanemesh_control_plane::traffic::scrape::ScrapeOptions {
+            interval: args.scrape_interval,
+            ..Default::default()
+        });
     }
     if let Some(client) = status_client {
         tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "writing CRD status while holding the lease");

@@ -96,6 +96,9 @@ pub struct ControlPlane {
     pub discovery: Discovery,
     pub metrics: Arc<Metrics>,
     pub health: Health,
+    /// The traffic view, updated by the scrape task when started.
+    pub traffic: watch::Receiver<Arc<crate::traffic::TrafficView>>,
+    traffic_tx: watch::Sender<Arc<crate::traffic::TrafficView>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -135,6 +138,7 @@ impl ControlPlane {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::default());
         let health = Health::default();
+        let (traffic_tx, traffic) = watch::channel(Arc::default());
         let discovery = Discovery::new(worlds.clone(), Arc::clone(&metrics), shutdown_rx.clone())
             .with_limits(options.discovery)
             .with_authenticator(options.authenticator)
@@ -145,6 +149,7 @@ impl ControlPlane {
             metrics: Arc::clone(&metrics),
             health: health.clone(),
             options: options.admin,
+            traffic: traffic.clone(),
         };
         let serving = discovery.clone();
         let spawn = |name, task| supervise(name, task, health.clone(), shutdown_rx.clone());
@@ -172,6 +177,8 @@ impl ControlPlane {
             discovery,
             metrics,
             health,
+            traffic,
+            traffic_tx,
             shutdown,
             tasks,
         }
@@ -195,6 +202,23 @@ impl ControlPlane {
         let task = supervise(
             "status writer",
             writer.run(self.shutdown.subscribe()),
+            self.health.clone(),
+            self.shutdown.subscribe(),
+        );
+        self.tasks.push(task);
+    }
+
+    /// Scrapes the sidecars of the served pods into [`ControlPlane::traffic`]; stops with the
+    /// rest.
+    pub fn start_scraper(&mut self, options: crate::traffic::scrape::ScrapeOptions) {
+        let task = supervise(
+            "traffic scraper",
+            crate::traffic::scrape::run(
+                options,
+                self.worlds.clone(),
+                self.traffic_tx.clone(),
+                self.shutdown.subscribe(),
+            ),
             self.health.clone(),
             self.shutdown.subscribe(),
         );

@@ -42,6 +42,10 @@ enum Command {
         /// Only this namespace (default: every namespace).
         #[arg(short, long)]
         namespace: Option<String>,
+        /// Ask this pilot's admin address instead of the API server: the lanes it holds, their
+        /// status as it computes it, and each lane's QPS when it scrapes the sidecars.
+        #[arg(long)]
+        pilot: Option<std::net::SocketAddr>,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
@@ -117,7 +121,43 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 output::snapshot_table,
             )?)
         }
-        Command::Lanes { namespace, output } => {
+        Command::Lanes {
+            namespace,
+            pilot: Some(addr),
+            output,
+        } => {
+            let held = pilot::lanes(addr).await?;
+            let in_ns = |m: &kube::core::ObjectMeta| {
+                namespace.is_none() || m.namespace.as_deref() == namespace.as_deref()
+            };
+            let groups: Vec<_> = held
+                .lane_groups
+                .into_iter()
+                .filter(|g| in_ns(&g.metadata))
+                .collect();
+            let all: Vec<_> = held
+                .lanes
+                .into_iter()
+                .filter(|l| in_ns(&l.metadata))
+                .collect();
+            let mut rows = view::lane_rows(&groups, &all);
+            if let Some(rates) = pilot::lane_rates(addr).await? {
+                view::add_rates(&mut rows, &rates);
+            }
+            let text = output::render_items(
+                &rows,
+                output,
+                "no lane groups",
+                view::LANE_HEADER,
+                view::lane_cells,
+            )?;
+            print(&text)
+        }
+        Command::Lanes {
+            namespace,
+            pilot: None,
+            output,
+        } => {
             let client = lanes::client(cli.kubeconfig.as_deref()).await?;
             let (groups, all) = lanes::list(client, namespace.as_deref()).await?;
             let rows = view::lane_rows(&groups, &all);

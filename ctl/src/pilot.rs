@@ -1,6 +1,7 @@
 //! The pilot's admin endpoints (`--pilot <addr>`, its port 15014 reached directly or through
 //! `kubectl port-forward`): connected sidecars, what the pilot serves a pod, refused objects.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use serde::Deserialize;
 
 use crate::view::Status;
 
@@ -115,6 +118,78 @@ pub async fn status(addr: SocketAddr) -> Result<Status, PilotError> {
         sidecars: get_json(addr, "/debug/streams").await?,
         refused: get_json(addr, "/debug/rejected").await?,
     })
+}
+
+/// The LaneGroups and Lanes the pilot holds, with the status it computes for them
+/// (`/debug/lanes`): the local-mode source of `lanemeshctl lanes --pilot`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lanes {
+    pub lane_groups: Vec<lanemesh_api::crd::LaneGroup>,
+    pub lanes: Vec<lanemesh_api::crd::Lane>,
+}
+
+/// The lane objects the pilot holds.
+pub async fn lanes(addr: SocketAddr) -> Result<Lanes, PilotError> {
+    get_json(addr, "/debug/lanes").await
+}
+
+/// `/debug/traffic`, the parts `lanemeshctl` reads.
+#[derive(Debug, Clone, Deserialize)]
+struct Traffic {
+    enabled: bool,
+    points: Vec<TrafficPoint>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TrafficPoint {
+    /// Unix milliseconds.
+    at: u64,
+    apps: BTreeMap<String, AppRates>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct AppRates {
+    lanes: BTreeMap<String, Rates>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Rates {
+    total: f64,
+    errors: f64,
+}
+
+/// Per-app, per-lane rates the pilot measured over the last minute (as PromQL's
+/// `rate(...[1m])`); `None` when it does not scrape (`--scrape-interval`) or has no point yet.
+pub async fn lane_rates(addr: SocketAddr) -> Result<Option<crate::view::LaneRates>, PilotError> {
+    let traffic: Traffic = get_json(addr, "/debug/traffic").await?;
+    if !traffic.enabled {
+        return Ok(None);
+    }
+    let Some(last) = traffic.points.last().map(|p| p.at) else {
+        return Ok(None);
+    };
+    let minute: Vec<&TrafficPoint> = traffic
+        .points
+        .iter()
+        .filter(|p| p.at + 60_000 > last)
+        .collect();
+    let n = minute.len() as f64;
+    let mut rates = crate::view::LaneRates::new();
+    for point in &minute {
+        for (app, app_rates) in &point.apps {
+            for (lane, r) in &app_rates.lanes {
+                let sum = rates
+                    .entry(app.clone())
+                    .or_default()
+                    .entry(lane.clone())
+                    .or_default();
+                sum.0 += r.total / n;
+                sum.1 += r.errors / n;
+            }
+        }
+    }
+    Ok(Some(rates))
 }
 
 /// What the pilot serves pod `node` (`namespace/pod` or `pod`).

@@ -8,7 +8,7 @@ use lanemesh_api::crd::{Lane, LaneGroup};
 use serde::{Deserialize, Serialize};
 
 /// One lane of a group, or a group without lanes (every request stays in base).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LaneRow {
     pub namespace: String,
@@ -29,6 +29,43 @@ pub struct LaneRow {
     /// Ready pods carrying the lane's tag, per app of the group, as the control plane counted
     /// them (`status.matchedPods`).
     pub matched_pods: BTreeMap<String, u32>,
+    /// Requests per second that entered this lane: served in it by the group's entry apps (by
+    /// all its apps when it names none), when the pilot scrapes the sidecars' metrics.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qps: Option<f64>,
+    /// Of those, 5xx answers and requests that got none, per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_qps: Option<f64>,
+}
+
+/// The latest rates of one app's lanes (`""` = base): `(total, errors)` per second.
+pub type LaneRates = BTreeMap<String, BTreeMap<String, (f64, f64)>>;
+
+/// Fills each lane row's QPS from `rates` (app -> lane tag -> rates): the requests in the
+/// lane's tag at the group's entry apps (every app when none is an entry), so a request that
+/// crosses three apps of the lane counts once.
+pub fn add_rates(rows: &mut [LaneRow], rates: &LaneRates) {
+    for row in rows.iter_mut().filter(|r| !r.tag.is_empty()) {
+        let (mut total, mut errors) = (0.0, 0.0);
+        let entries: Vec<&str> = row
+            .apps
+            .iter()
+            .filter_map(|a| a.strip_suffix('*'))
+            .collect();
+        let apps: Vec<&str> = if entries.is_empty() {
+            row.apps.iter().map(String::as_str).collect()
+        } else {
+            entries
+        };
+        for app in apps {
+            if let Some((t, e)) = rates.get(app).and_then(|lanes| lanes.get(&row.tag)) {
+                total += t;
+                errors += e;
+            }
+        }
+        row.qps = Some(total);
+        row.error_qps = Some(errors);
+    }
 }
 
 /// The rows of `groups` and their `lanes`, by namespace, group and lane name; a Lane whose
@@ -71,6 +108,8 @@ pub fn lane_rows(groups: &[LaneGroup], lanes: &[Lane]) -> Vec<LaneRow> {
                 weight: None,
                 accepted: accepted(g.status.as_ref().map(|s| s.conditions.as_slice())),
                 matched_pods: BTreeMap::new(),
+                qps: None,
+                error_qps: None,
             });
         }
         for l in of_group {
@@ -120,6 +159,8 @@ fn lane_row(
             .as_ref()
             .map(|s| s.matched_pods.clone())
             .unwrap_or_default(),
+        qps: None,
+        error_qps: None,
     }
 }
 
@@ -134,7 +175,7 @@ fn accepted(
 }
 
 /// The table columns of a row.
-pub fn lane_cells(r: &LaneRow) -> [String; 9] {
+pub fn lane_cells(r: &LaneRow) -> [String; 11] {
     let matched = if r.matched_pods.is_empty() {
         "-".to_owned()
     } else {
@@ -166,11 +207,14 @@ pub fn lane_cells(r: &LaneRow) -> [String; 9] {
         r.weight.map_or_else(|| "-".to_owned(), |w| format!("{w}%")),
         r.accepted.clone(),
         matched,
+        r.qps.map_or_else(|| "-".to_owned(), |q| format!("{q:.1}")),
+        r.error_qps
+            .map_or_else(|| "-".to_owned(), |q| format!("{q:.1}")),
     ]
 }
 
 /// The table header matching [`lane_cells`].
-pub const LANE_HEADER: [&str; 9] = [
+pub const LANE_HEADER: [&str; 11] = [
     "NAMESPACE",
     "GROUP",
     "MODE",
@@ -180,6 +224,8 @@ pub const LANE_HEADER: [&str; 9] = [
     "WEIGHT",
     "ACCEPTED",
     "MATCHED PODS",
+    "QPS",
+    "ERR QPS",
 ];
 
 /// One connected sidecar, as `/debug/streams` reports it.
@@ -250,12 +296,13 @@ status:
         let orphan: Lane = parse(
             "apiVersion: lanemesh.io/v1alpha1\nkind: Lane\nmetadata: {name: blue, namespace: shop}\nspec: {group: nowhere, tag: blue}",
         );
-        let rows = lane_rows(&[group, empty], &[gray, orphan]);
-        let cells: Vec<[String; 9]> = rows.iter().map(lane_cells).collect();
+        let mut rows = lane_rows(&[group, empty], &[gray, orphan]);
+        let row = |cells: [&str; 11]| cells.map(String::from);
+        let cells: Vec<[String; 11]> = rows.iter().map(lane_cells).collect();
         assert_eq!(
             cells,
             [
-                [
+                row([
                     "shop",
                     "flow",
                     "Percentage",
@@ -264,19 +311,41 @@ status:
                     "true",
                     "30%",
                     "True",
-                    "a=1,b=0"
-                ]
-                .map(String::from),
-                [
-                    "shop", "idle", "Content", "-", "-", "-", "-", "Unknown", "-"
-                ]
-                .map(String::from),
-                [
-                    "shop", "nowhere", "-", "blue", "blue", "true", "-", "Unknown", "-"
-                ]
-                .map(String::from),
+                    "a=1,b=0",
+                    "-",
+                    "-"
+                ]),
+                row([
+                    "shop", "idle", "Content", "-", "-", "-", "-", "Unknown", "-", "-", "-"
+                ]),
+                row([
+                    "shop", "nowhere", "-", "blue", "blue", "true", "-", "Unknown", "-", "-", "-"
+                ]),
             ]
         );
+        // The pilot's rates: the entry app a's gray requests; b's (the same requests further
+        // down), c's (not in the group) and base do not count.
+        let rates: LaneRates = [
+            ("a", vec![("gray", (2.0, 0.5)), ("", (10.0, 0.0))]),
+            ("b", vec![("gray", (1.25, 0.0))]),
+            ("c", vec![("gray", (100.0, 100.0))]),
+        ]
+        .into_iter()
+        .map(|(app, lanes)| {
+            (
+                app.to_owned(),
+                lanes.into_iter().map(|(l, r)| (l.to_owned(), r)).collect(),
+            )
+        })
+        .collect();
+        add_rates(&mut rows, &rates);
+        assert_eq!((rows[0].qps, rows[0].error_qps), (Some(2.0), Some(0.5)));
+        assert_eq!(
+            lane_cells(&rows[0])[9..],
+            ["2.0".to_owned(), "0.5".to_owned()]
+        );
+        assert_eq!(rows[1].qps, None, "a group without lanes");
+        assert_eq!(rows[2].qps, Some(0.0), "a lane nobody sends to");
         assert_eq!(rows[0].apps, ["a*", "b"]);
     }
 }

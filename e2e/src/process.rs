@@ -150,10 +150,11 @@ pub fn cargo_build(
 pub struct Binaries {
     pub pilot: PathBuf,
     pub proxy: PathBuf,
+    pub ctl: PathBuf,
 }
 
-/// Builds `lanemesh-pilot` and `lanemesh-proxy` with [`cargo_build`]. Every
-/// test asks for the same pair: cargo unifies features over the packages of
+/// Builds `lanemesh-pilot`, `lanemesh-proxy` and `lanemeshctl` with [`cargo_build`]. Every
+/// test asks for the same set: cargo unifies features over the packages of
 /// one build, so asking for different sets would rebuild shared
 /// dependencies and relink the binaries back and forth.
 pub fn lanemesh_binaries(timeout: Duration) -> Result<Binaries, ProcessError> {
@@ -161,6 +162,7 @@ pub fn lanemesh_binaries(timeout: Duration) -> Result<Binaries, ProcessError> {
         &[
             ("lanemesh-control-plane", "lanemesh-pilot"),
             ("lanemesh-sidecar", "lanemesh-proxy"),
+            ("lanemesh-ctl", "lanemeshctl"),
         ],
         timeout,
     )?;
@@ -173,6 +175,7 @@ pub fn lanemesh_binaries(timeout: Duration) -> Result<Binaries, ProcessError> {
     Ok(Binaries {
         pilot: take("lanemesh-pilot")?,
         proxy: take("lanemesh-proxy")?,
+        ctl: take("lanemeshctl")?,
     })
 }
 

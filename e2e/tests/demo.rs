@@ -3,6 +3,7 @@
 //! directory and the seed's apps in network namespaces behind the real capture rules, each step
 //! of [`lanemesh_e2e::demo::run`] checked (base; the content lane decided at the gateway;
 //! one gray request traced as one trace of gateway, A, B and C spans in an OTLP receiver;
+//! `lanemeshctl lanes` showing the gray lane with matched pods and QPS;
 //! client tags stripped, a trusted route keeping them; 30 % over 300 requests; the lane
 //! disabled; gray C gone; the 429 of /greet1a; timeout, retry and breaker of
 //! examples/resilience.yaml; the gateway's metrics), then nothing left.
@@ -48,7 +49,7 @@ fn the_demo_shows_the_seed_through_the_gateway_and_cleans_up() {
     }) {
         panic!("{e:#}\n{}", logs(work.path()));
     }
-    assert_eq!(steps.len(), 10, "{steps:?}");
+    assert_eq!(steps.len(), 11, "{steps:?}");
     drop(demo);
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {

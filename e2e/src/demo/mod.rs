@@ -86,6 +86,10 @@ pub struct Demo {
     gateway_metrics: SocketAddr,
     /// Receives every proxy's request spans (OTLP/gRPC on the host's bridge address).
     spans: Spans,
+    /// The pilot's admin address (debug endpoints on loopback).
+    pilot_admin: SocketAddr,
+    /// `lanemeshctl`.
+    ctl: PathBuf,
     teardown: Teardown,
 }
 
@@ -177,6 +181,8 @@ impl Demo {
                     .arg(&dir)
                     .args(["--grpc-addr", &grpc.to_string()])
                     .args(["--admin-addr", &pilot_admin.to_string()])
+                    // The traffic view of `lanemeshctl lanes` and the console.
+                    .args(["--scrape-interval", "1s"])
                     .env("RUST_LOG", "info");
                 command
             },
@@ -287,6 +293,8 @@ impl Demo {
             gateway,
             gateway_metrics,
             spans,
+            pilot_admin,
+            ctl: options.binaries.ctl.clone(),
             teardown,
         };
         // Every proxy holds its configuration, every app answers through its sidecar.
@@ -442,6 +450,7 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
     let trusted = demo.send("partner.example.com", "/a", &[("x-mse-tag", "gray")], 5);
     ensure!(trusted.get(GRAY) == Some(&5), "trusted route: {trusted:?}");
     traced_gray_request(demo, &mut step)?;
+    lanes_with_qps(demo, &mut step)?;
 
     step(
         "a lane tag sent from outside is removed, unless the route trusts its clients",
@@ -565,6 +574,53 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
         "gateway metrics (GrayQPS: sum by (app) (rate(lanemesh_gateway_requests_total{lane!=\"\"}[1m])))",
         format!("curl http://{}/metrics", demo.gateway_metrics()),
         lines.join("\n"),
+    );
+    Ok(())
+}
+
+/// `lanemeshctl lanes --pilot`: the gray lane with its matched pods and its QPS over the last
+/// minute, from the sidecars' metrics the pilot scrapes every second, while gray requests flow.
+fn lanes_with_qps(demo: &Demo, step: &mut dyn FnMut(&str, String, String)) -> Result<()> {
+    let pilot = demo.pilot_admin.to_string();
+    let ctl = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(&demo.ctl).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "lanemeshctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = demo.send("shop.example.com", "/a", &[("canary", "gray")], 30);
+        ensure!(sent.get(GRAY) == Some(&30), "gray traffic: {sent:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&ctl(&["lanes", "--pilot", &pilot, "-o", "json"])?)?;
+        let gray = json
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["tag"] == "gray"))
+            .cloned()
+            .unwrap_or_default();
+        let qps = gray["qps"].as_f64().unwrap_or(0.0);
+        let matched = &gray["matchedPods"];
+        if qps > 0.0
+            && matched["spring-cloud-a"] == 1
+            && matched["spring-cloud-c"] == 1
+            && gray["accepted"] == "True"
+        {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "lanemeshctl lanes shows no gray QPS or matched pods: {gray}"
+        );
+    }
+    let table = ctl(&["lanes", "--pilot", &pilot])?;
+    step(
+        "lanemeshctl lanes: the gray lane, its pods and its QPS (the pilot scrapes the sidecars)",
+        format!("lanemeshctl lanes --pilot {pilot}"),
+        table.trim_end().to_owned(),
     );
     Ok(())
 }
