@@ -202,7 +202,7 @@ impl Admin {
 
 /// Every LaneGroup and Lane as its source reports it, with the status this control plane
 /// computes (`Accepted`, `matchedPods`) in place of the one the object carries.
-fn lanes_json(world: &World) -> Value {
+pub(crate) fn lanes_json(world: &World) -> Value {
     use crate::source::Object;
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());

@@ -11,6 +11,8 @@
 //! - [`inject`]: sidecar injection and its mutating admission webhook (port 15017).
 //! - [`traffic`]: QPS per app and lane, rule hits and breakers from the sidecars' own metrics
 //!   (scraped by the pilot).
+//! - [`console`]: the web console (`--console-addr`): lanes, QPS charts, rule hits, refused
+//!   objects, lane switches with `--console-writes`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/debug/*` (port 15014).
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`health`]: whether every task of the replica still runs (the admin server reports it).
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod discovery;
 pub mod health;
 pub mod index;

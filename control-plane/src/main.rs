@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use futures::future::BoxFuture;
 use lanemesh_control_plane::auth::{AllowAll, Authenticator, TokenReviewer};
+use lanemesh_control_plane::console::LaneWriter;
 use lanemesh_control_plane::discovery::{DiscoveryLimits, DiscoveryTls};
 use lanemesh_control_plane::inject::{self, InjectConfig, SidecarMode};
 use lanemesh_control_plane::run::{ControlPlane, Options};
@@ -60,8 +61,16 @@ struct Args {
         env = "LANEMESH_DEBUG_ENDPOINTS"
     )]
     debug_endpoints: admin::DebugEndpoints,
+    /// Serve the web console on this address (e.g. `0.0.0.0:15080`); unset: no console.
+    #[arg(long)]
+    console_addr: Option<String>,
+    /// Let the console switch lanes on and off (Kubernetes: a patch of the Lane through the API
+    /// server; local: the Lane's file in --dir is rewritten). Off: the console is read-only.
+    #[arg(long)]
+    console_writes: bool,
     /// Scrape the `/metrics` of every served pod's sidecar this often, for the traffic view
-    /// (`/debug/traffic`, `lanemeshctl lanes`, the console); 0 = never.
+    /// (`/debug/traffic`, `lanemeshctl lanes`, the console); 0 = never, or every 5 s when the
+    /// console is on.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     scrape_interval: Duration,
     /// Time an admin client has to send its request head.
@@ -213,6 +222,15 @@ async fn main() -> anyhow::Result<()> {
         duration: args.lease_duration,
         grace: args.lease_grace,
     };
+    let console = match &args.console_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the console on {addr}"))?,
+        ),
+        None => None,
+    };
+    let mut console_writer = None;
     let mut status_client = None;
     let mut server_version = None;
     let mut authenticator: Option<Arc<dyn Authenticator>> = None;
@@ -224,6 +242,9 @@ async fn main() -> anyhow::Result<()> {
                 !args.poll_interval.is_zero(),
                 "--poll-interval must be greater than zero"
             );
+            if args.console_writes {
+                console_writer = Some(LaneWriter::Directory(dir.clone()));
+            }
             let source = LocalSource::new(dir).with_interval(args.poll_interval);
             Box::new(move |tx| -> BoxFuture<'static, ()> {
                 Box::pin(async move {
@@ -250,6 +271,9 @@ async fn main() -> anyhow::Result<()> {
                     .context("reading the API server's version")?,
             );
             authenticator = Some(Arc::new(TokenReviewer::new(client.clone())));
+            if args.console_writes {
+                console_writer = Some(LaneWriter::Kubernetes(client.clone()));
+            }
             let source = KubernetesSource::new(client);
             Box::new(move |tx| -> BoxFuture<'static, ()> { Box::pin(source.run(tx)) })
         }
@@ -364,12 +388,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some((listener, tls, config)) = webhook {
         plane.start_webhook(listener, tls, config);
     }
-    if !args.scrape_interval.is_zero() {
-        tracing::info!(interval = ?args.scrape_interval, "scraping the sidecars' metrics for the traffic view");
+    let scrape = match (args.scrape_interval.is_zero(), console.is_some()) {
+        (false, _) => Some(args.scrape_interval),
+        (true, true) => Some(Duration::from_secs(5)),
+        (true, false) => None,
+    };
+    if let Some(interval) = scrape {
+        tracing::info!(
+            ?interval,
+            "scraping the sidecars' metrics for the traffic view"
+        );
         plane.start_scraper(lanemesh_control_plane::traffic::scrape::ScrapeOptions {
-            interval: args.scrape_interval,
+            interval,
             ..Default::default()
         });
+    }
+    if let Some(listener) = console {
+        plane.start_console(listener, console_writer);
     }
     if let Some(client) = status_client {
         tracing::info!(lease = %format!("{}/{}", lease.namespace, lease.name), identity = %lease.identity, "writing CRD status while holding the lease");

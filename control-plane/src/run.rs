@@ -225,6 +225,27 @@ impl ControlPlane {
         self.tasks.push(task);
     }
 
+    /// Serves the web console on `listener`; stops with the rest.
+    pub fn start_console(
+        &mut self,
+        listener: TcpListener,
+        writer: Option<crate::console::LaneWriter>,
+    ) {
+        let console = crate::console::Console {
+            worlds: self.worlds.clone(),
+            traffic: self.traffic.clone(),
+            writer,
+            header_read_timeout: crate::admin::DEFAULT_HEADER_READ_TIMEOUT,
+        };
+        let task = supervise(
+            "console",
+            console.serve(listener, self.shutdown.subscribe()),
+            self.health.clone(),
+            self.shutdown.subscribe(),
+        );
+        self.tasks.push(task);
+    }
+
     /// Serves the sidecar injection webhook on `listener` (HTTPS with `tls`); stops with the
     /// rest.
     pub fn start_webhook(

@@ -9,6 +9,8 @@
 //!   lanemesh installed by its chart; run by `tests/local_mesh.rs` and `make cluster-demo`.
 //! - [`demo`]: `make demo`, the product live without Kubernetes: pilot on a directory, the
 //!   gateway and the seed's apps in network namespaces behind real capture rules.
+//! - [`console`]: the pilot's web console checked in a real headless chromium
+//!   (`console/check.cjs`, playwright-core), screenshots kept as artefacts.
 //! - [`otlp`]: an OTLP/gRPC trace receiver (the published collector service, served by tonic)
 //!   that keeps what it receives as flat spans, for the trace tests and the demo.
 //! - [`process`]: real lanemesh binaries as child processes (free ports, HTTP probes, kill on
@@ -20,6 +22,7 @@
 //!   against the real `lanemesh-pilot`.
 
 pub mod cluster;
+pub mod console;
 pub mod demo;
 pub mod otlp;
 pub mod process;

@@ -963,3 +963,67 @@ fn monitors_render_where_the_prometheus_operator_is_installed_with_the_dashboard
         assert!(titles.contains(&panel), "{panel} missing: {titles:?}");
     }
 }
+
+#[test]
+fn the_console_is_off_by_default_read_only_when_on_and_writes_need_their_own_permission() {
+    if cluster::skip_requested(
+        "the_console_is_off_by_default_read_only_when_on_and_writes_need_their_own_permission",
+    ) {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let args = |docs: &[Value]| {
+        strings(
+            &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"]
+                [0]["args"],
+        )
+    };
+    let may_patch_lanes = |docs: &[Value]| {
+        find(docs, "ClusterRole", "lanemesh-pilot")["rules"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|r| {
+                strings(&r["resources"]) == ["lanes"]
+                    && strings(&r["verbs"]).contains(&"patch".to_owned())
+            })
+    };
+    let off = documents(&template(home.path(), &[]));
+    assert!(!args(&off).iter().any(|a| a.starts_with("--console")));
+    assert!(!may_patch_lanes(&off));
+    let on = documents(&template(home.path(), &["--set", "console.enabled=true"]));
+    let on_args = args(&on);
+    assert!(
+        on_args.contains(&"--console-addr=0.0.0.0:15080".to_owned()),
+        "{on_args:?}"
+    );
+    assert!(
+        on_args.contains(&"--scrape-interval=5s".to_owned()),
+        "{on_args:?}"
+    );
+    assert!(
+        !on_args.contains(&"--console-writes".to_owned()),
+        "read-only by default"
+    );
+    assert!(!may_patch_lanes(&on));
+    let ports = &find(&on, "Service", "lanemesh-pilot")["spec"]["ports"];
+    assert!(
+        ports
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "http-console" && p["port"] == 15080),
+        "{ports:?}"
+    );
+    let writes = documents(&template(
+        home.path(),
+        &[
+            "--set",
+            "console.enabled=true",
+            "--set",
+            "console.writes=true",
+        ],
+    ));
+    assert!(args(&writes).contains(&"--console-writes".to_owned()));
+    assert!(may_patch_lanes(&writes));
+}

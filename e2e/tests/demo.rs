@@ -3,7 +3,8 @@
 //! directory and the seed's apps in network namespaces behind the real capture rules, each step
 //! of [`lanemesh_e2e::demo::run`] checked (base; the content lane decided at the gateway;
 //! one gray request traced as one trace of gateway, A, B and C spans in an OTLP receiver;
-//! `lanemeshctl lanes` showing the gray lane with matched pods and QPS;
+//! `lanemeshctl lanes` showing the gray lane with matched pods and QPS; the console's data,
+//! and the console itself in headless chromium (GrayQPS drawn, the lane switched off and on);
 //! client tags stripped, a trusted route keeping them; 30 % over 300 requests; the lane
 //! disabled; gray C gone; the 429 of /greet1a; timeout, retry and breaker of
 //! examples/resilience.yaml; the gateway's metrics), then nothing left.
@@ -49,7 +50,22 @@ fn the_demo_shows_the_seed_through_the_gateway_and_cleans_up() {
     }) {
         panic!("{e:#}\n{}", logs(work.path()));
     }
-    assert_eq!(steps.len(), 11, "{steps:?}");
+    assert_eq!(steps.len(), 12, "{steps:?}");
+    // The console in a real browser, on the demo's traffic: the gray lane, a GrayQPS chart with
+    // data, and the lane switched off and on from the page (screenshots kept).
+    let artifacts = lanemesh_e2e::console::artifacts_dir().unwrap();
+    match lanemesh_e2e::console::browser_check(
+        &demo.console_url(),
+        &artifacts,
+        "canary-demo/gray",
+        true,
+    ) {
+        Ok(seen) => println!(
+            "console in chromium: {seen}\nscreenshots: {}",
+            artifacts.display()
+        ),
+        Err(e) => panic!("{e:#}\n{}", logs(work.path())),
+    }
     drop(demo);
     let netns: Vec<String> = std::fs::read_dir("/run/netns")
         .map(|d| {

@@ -135,6 +135,62 @@ impl LocalSource {
     }
 }
 
+/// Sets `spec.enabled` of Lane `namespace/name` in the directory's files (the console's lane
+/// switch in local mode): the file holding it is rewritten with that document changed, the
+/// others as they were parsed (comments and formatting are not kept), through a temporary file
+/// and a rename so the source never reads half of it. Returns the file.
+pub fn set_lane_enabled(
+    dir: &Path,
+    namespace: &str,
+    name: &str,
+    enabled: bool,
+) -> Result<Option<PathBuf>, LocalError> {
+    use serde::Deserialize as _;
+    for path in list(dir)?.into_keys() {
+        let file_err = |reason: String| LocalError::File {
+            file: path.clone(),
+            reason,
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut docs = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            match serde_yaml::Value::deserialize(doc) {
+                Ok(value) => docs.push(value),
+                // A file the source refuses is not one to rewrite.
+                Err(_) => {
+                    docs.clear();
+                    break;
+                }
+            }
+        }
+        let is_lane = |d: &serde_yaml::Value| {
+            d["kind"] == "Lane"
+                && d["metadata"]["name"] == name
+                && d["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
+        };
+        let Some(lane) = docs.iter_mut().find(|d| is_lane(d)) else {
+            continue;
+        };
+        let spec = lane
+            .get_mut("spec")
+            .and_then(serde_yaml::Value::as_mapping_mut)
+            .ok_or_else(|| file_err(format!("Lane {namespace}/{name} has no spec")))?;
+        spec.insert("enabled".into(), enabled.into());
+        let mut out = String::new();
+        for doc in docs.iter().filter(|d| !d.is_null()) {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(doc).map_err(|e| file_err(e.to_string()))?);
+        }
+        let tmp = dir.join(format!(".lanemesh-console-{}.tmp", std::process::id()));
+        std::fs::write(&tmp, out).map_err(|e| file_err(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| file_err(e.to_string()))?;
+        return Ok(Some(path));
+    }
+    Ok(None)
+}
+
 fn list(dir: &Path) -> Result<BTreeMap<PathBuf, (Option<SystemTime>, u64)>, LocalError> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -258,6 +314,50 @@ pub fn parse(text: &str) -> Result<Vec<Object>, String> {
 mod tests {
     use super::*;
     use crate::source::Kind;
+
+    #[test]
+    fn the_console_switch_rewrites_the_one_lane_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let lanes = dir.path().join("lanes.yaml");
+        std::fs::write(
+            &lanes,
+            "# comment\napiVersion: lanemesh.io/v1alpha1\nkind: Lane\nmetadata: {name: gray, namespace: shop}\nspec: {group: flow, tag: gray, enabled: true}\n---\napiVersion: lanemesh.io/v1alpha1\nkind: Lane\nmetadata: {name: blue, namespace: shop}\nspec: {group: flow, tag: blue, enabled: true}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("other.yaml"),
+            "kind: Service\nmetadata: {name: gray, namespace: shop}\n",
+        )
+        .unwrap();
+        let written = set_lane_enabled(dir.path(), "shop", "gray", false).unwrap();
+        assert_eq!(written.as_deref(), Some(lanes.as_path()));
+        let objects = parse(&std::fs::read_to_string(&lanes).unwrap()).unwrap();
+        let enabled: Vec<(String, bool)> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Lane(l) => Some((l.metadata.name.clone().unwrap(), l.spec.enabled)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            enabled,
+            [("gray".to_owned(), false), ("blue".to_owned(), true)]
+        );
+        assert_eq!(
+            set_lane_enabled(dir.path(), "shop", "red", false).unwrap(),
+            None
+        );
+        assert_eq!(
+            set_lane_enabled(dir.path(), "other", "gray", false).unwrap(),
+            None
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
+    }
 
     #[test]
     fn parse_keeps_known_kinds_and_skips_others() {

@@ -88,6 +88,8 @@ pub struct Demo {
     spans: Spans,
     /// The pilot's admin address (debug endpoints on loopback).
     pilot_admin: SocketAddr,
+    /// The pilot's web console.
+    console: SocketAddr,
     /// `lanemeshctl`.
     ctl: PathBuf,
     teardown: Teardown,
@@ -172,6 +174,7 @@ impl Demo {
         };
         let trace_endpoint = format!("http://{host}:4317");
         let pilot_admin = free_addr()?;
+        let console = free_addr()?;
         let pilot = ChildGuard::spawn(
             "lanemesh-pilot",
             {
@@ -183,6 +186,8 @@ impl Demo {
                     .args(["--admin-addr", &pilot_admin.to_string()])
                     // The traffic view of `lanemeshctl lanes` and the console.
                     .args(["--scrape-interval", "1s"])
+                    // The console, with lane switches (they rewrite the Lane's file).
+                    .args(["--console-addr", &console.to_string(), "--console-writes"])
                     .env("RUST_LOG", "info");
                 command
             },
@@ -294,6 +299,7 @@ impl Demo {
             gateway_metrics,
             spans,
             pilot_admin,
+            console,
             ctl: options.binaries.ctl.clone(),
             teardown,
         };
@@ -317,6 +323,11 @@ impl Demo {
     /// The gateway's address, for the user's own curl.
     pub fn gateway(&self) -> SocketAddr {
         self.gateway
+    }
+
+    /// The web console's address: `http://<this>/`.
+    pub fn console_url(&self) -> String {
+        format!("http://{}/", self.console)
     }
 
     /// Where the proxies export their spans.
@@ -451,6 +462,7 @@ pub fn run(demo: &Demo, report: &mut dyn FnMut(&Step)) -> Result<()> {
     ensure!(trusted.get(GRAY) == Some(&5), "trusted route: {trusted:?}");
     traced_gray_request(demo, &mut step)?;
     lanes_with_qps(demo, &mut step)?;
+    console(demo, &mut step)?;
 
     step(
         "a lane tag sent from outside is removed, unless the route trusts its clients",
@@ -621,6 +633,44 @@ fn lanes_with_qps(demo: &Demo, step: &mut dyn FnMut(&str, String, String)) -> Re
         "lanemeshctl lanes: the gray lane, its pods and its QPS (the pilot scrapes the sidecars)",
         format!("lanemeshctl lanes --pilot {pilot}"),
         table.trim_end().to_owned(),
+    );
+    Ok(())
+}
+
+/// The console's data: the gray lane listed and GrayQPS of the entry app above zero in the
+/// pilot's traffic view (what the page draws; `tests/demo.rs` also loads the page in chromium).
+fn console(demo: &Demo, step: &mut dyn FnMut(&str, String, String)) -> Result<()> {
+    let (status, body) = http(demo.console, "GET", "/api/overview").context("the console")?;
+    ensure!(status == 200, "console /api/overview answered {status}");
+    let overview: serde_json::Value = serde_json::from_str(&body)?;
+    let lanes: Vec<String> = overview["lanes"]["lanes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["metadata"]["name"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        lanes.contains(&"gray".to_owned()),
+        "console lanes: {lanes:?}"
+    );
+    let gray: Vec<f64> = overview["traffic"]["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| p["apps"]["spring-cloud-a"]["gray"].as_f64().unwrap_or(0.0))
+        .collect();
+    let peak = gray.iter().copied().fold(0.0, f64::max);
+    ensure!(
+        peak > 0.0,
+        "no GrayQPS of spring-cloud-a in the console's data"
+    );
+    step(
+        "the console: lanes, Total / Exception / Gray QPS per app and lane, rule hits, refused objects",
+        format!("open {}", demo.console_url()),
+        format!(
+            "lanes {lanes:?}; GrayQPS of spring-cloud-a over {} points, peak {peak:.1}/s",
+            gray.len()
+        ),
     );
     Ok(())
 }
