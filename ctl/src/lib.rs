@@ -12,11 +12,14 @@
 //! 2. Presentation:
 //!    - [`output`]: problems and rows as a table, JSON or YAML.
 //! 3. Cluster access:
+//!    - [`cluster`]: the pilot replicas, the status Lease's holder and the refused objects as
+//!      the API server has them (`lanemeshctl status` without `--pilot`).
 //!    - [`lanes`]: listing and switching lanes through the API server (kube-rs, kubeconfig
 //!      like kubectl).
 //!    - [`pilot`]: the pilot's admin endpoints (`status`, `proxy-config`).
 
 pub mod check;
+pub mod cluster;
 pub mod lanes;
 pub mod output;
 pub mod pilot;

@@ -50,13 +50,21 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// The pilot's readiness, its connected sidecars with what each holds per resource type
+    /// Without --pilot, from the API server: the pilot replicas and the leader (the status
+    /// Lease's holder), the governed pods, the objects the control plane refused. With --pilot:
+    /// that pilot's readiness, its connected sidecars with what each holds per resource type
     /// (resources, responses not yet ACKed, NACKed resources), and the objects it refused.
     Status {
-        /// The pilot's admin address (port 15014; `kubectl port-forward` to a pilot pod, whose
+        /// A pilot's admin address (port 15014; `kubectl port-forward` to a pilot pod, whose
         /// debug endpoints answer on loopback).
         #[arg(long)]
-        pilot: std::net::SocketAddr,
+        pilot: Option<std::net::SocketAddr>,
+        /// The pilot's namespace (without --pilot).
+        #[arg(short, long, default_value = "lanemesh-system")]
+        namespace: String,
+        /// The status Lease's name (the chart's).
+        #[arg(long, default_value = "lanemesh-pilot-status")]
+        lease: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
@@ -109,9 +117,27 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Status { pilot, output } => {
+        Command::Status {
+            pilot: Some(pilot),
+            output,
+            ..
+        } => {
             let status = pilot::status(pilot).await?;
             print(&output::render_one(&status, output, output::status_table)?)
+        }
+        Command::Status {
+            pilot: None,
+            namespace,
+            lease,
+            output,
+        } => {
+            let client = lanes::client(cli.kubeconfig.as_deref()).await?;
+            let status = lanemesh_ctl::cluster::status(client, &namespace, &lease).await?;
+            print(&output::render_one(
+                &status,
+                output,
+                output::cluster_status_table,
+            )?)
         }
         Command::ProxyConfig { pod, pilot, output } => {
             let snapshot = pilot::proxy_config(pilot, &pod).await?;

@@ -117,6 +117,61 @@ pub fn status_table(status: &Status) -> String {
     out
 }
 
+/// `lanemeshctl status` (API server) as text: the pilot replicas with the leader, the governed
+/// pods, the refused objects.
+pub fn cluster_status_table(status: &crate::view::ClusterStatus) -> String {
+    let mut out = if status.pilots.is_empty() {
+        format!(
+            "no lanemesh-pilot pod in namespace {} (is lanemesh installed there? see -n)\n",
+            status.namespace
+        )
+    } else {
+        let rows: Vec<[String; 5]> = status
+            .pilots
+            .iter()
+            .map(|p| {
+                [
+                    p.name.clone(),
+                    if p.ready { "ready" } else { "not ready" }.to_owned(),
+                    if p.leader { "leader" } else { "-" }.to_owned(),
+                    if p.ip.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        p.ip.clone()
+                    },
+                    if p.node.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        p.node.clone()
+                    },
+                ]
+            })
+            .collect();
+        table(["PILOT", "READY", "LEASE", "IP", "NODE"], &rows)
+    };
+    if status.leader.is_some() && !status.pilots.iter().any(|p| p.leader) {
+        out.push_str(&format!(
+            "status lease held by {}, not a pilot pod listed here\n",
+            status.leader.as_deref().unwrap_or_default()
+        ));
+    }
+    out.push_str(&format!(
+        "\n{} governed pods, {} ready (sidecar ACK state: lanemeshctl status --pilot <admin addr>)\n\n",
+        status.governed_pods, status.governed_ready
+    ));
+    if status.refused.is_empty() {
+        out.push_str("no refused objects\n");
+    } else {
+        let rows: Vec<[String; 2]> = status
+            .refused
+            .iter()
+            .map(|r| [r.object.clone(), r.message.clone()])
+            .collect();
+        out.push_str(&table(["REFUSED OBJECT", "WHY"], &rows));
+    }
+    out
+}
+
 /// `lanemeshctl proxy-config` as text: each resource the pilot serves the pod, with its
 /// version.
 pub fn snapshot_table(snapshot: &serde_json::Value) -> String {

@@ -266,6 +266,33 @@ pub struct Status {
     pub refused: Vec<Refused>,
 }
 
+/// One pilot pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PilotReplica {
+    pub name: String,
+    pub ready: bool,
+    pub ip: String,
+    pub node: String,
+    /// Holds the status Lease: this replica writes CRD status.
+    pub leader: bool,
+}
+
+/// `lanemeshctl status` from the API server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStatus {
+    /// The pilot's namespace.
+    pub namespace: String,
+    pub pilots: Vec<PilotReplica>,
+    /// The status Lease's holder identity, when held.
+    pub leader: Option<String>,
+    /// Pods labelled `msePilotAutoEnable: "on"`, and of them the ready ones.
+    pub governed_pods: usize,
+    pub governed_ready: usize,
+    /// Objects whose `Accepted` condition is `False`, with reason and message.
+    pub refused: Vec<Refused>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
