@@ -2,6 +2,7 @@
 //! Request spans end to end: sidecars on loopback export to a real OTLP/gRPC receiver (the
 //! collector's published service). A request through two sidecars arrives as one trace of
 //! parent/child spans carrying app, lane, the deciding lane rule, endpoint and fallback; a
+//! rejected request names the rule and reason that rejected it; a
 //! receiver that hangs costs requests nothing (spans beyond the queue are dropped and counted).
 
 mod support;
@@ -362,4 +363,66 @@ async fn an_app_that_forwards_nothing_still_gets_one_trace_while_one_request_is_
     assert_eq!(call.attr("lanemesh.trace.parent"), "");
     assert_eq!(slow.await.unwrap(), StatusCode::OK);
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_governance_rejects_is_a_span_naming_the_rule_and_reason() {
+    let receiver = OtlpReceiver::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (a, a_app) = Sidecar::start_with(80, "a", None, traced(receiver.endpoint())).await;
+    app(a_app, None, false);
+    let rule = proto::RateLimitRule {
+        name: "limits/once".into(),
+        r#match: Some(proto::RouteMatch {
+            paths: vec![proto::PathMatch {
+                kind: Some(proto::path_match::Kind::Exact("/limited".into())),
+            }],
+            methods: vec![],
+        }),
+        qps: Some(proto::QpsLimit {
+            threshold: 1.0,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let policy = proto::InboundPolicy {
+        name: "demo/a".into(),
+        namespace: "demo".into(),
+        app: "a".into(),
+        rules: vec![rule],
+        overload: None,
+    };
+    a.install(
+        Snapshot::from_resources(
+            PodIdentity::app("demo", "a"),
+            vec![],
+            [lane_group()],
+            Some(policy),
+            None::<proto::OutboundPolicy>,
+        )
+        .unwrap(),
+    )
+    .await;
+    let (first, _, _) = a.inbound_get("/limited", &[]).await;
+    let (second, _, _) = a.inbound_get("/limited", &[]).await;
+    assert_eq!(
+        (first, second),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+    let spans = receiver.wait_for(STEP, |spans| spans.len() >= 2).await;
+    let limited = spans
+        .iter()
+        .find(|s| s.attr("http.response.status_code") == "429")
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    assert_eq!(limited.kind, "server");
+    assert_eq!(limited.attr("lanemesh.governance.blocked"), "flow");
+    assert_eq!(limited.attr("lanemesh.governance.rule"), "limits/once");
+    assert_eq!(limited.attr("lanemesh.local_response"), "true");
+    let passed = spans
+        .iter()
+        .find(|s| s.attr("http.response.status_code") == "200")
+        .unwrap();
+    assert_eq!(passed.attr("lanemesh.governance.blocked"), "");
+    a.stop().await;
 }
