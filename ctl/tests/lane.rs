@@ -126,8 +126,8 @@ async fn lane_disable_and_enable_patch_the_lane_and_name_what_is_missing() {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["shop", "flow", "Content", "gray", "gray", "true", "-", "True", "a=2,b=0"],
-            "{out}"
+            ["shop", "flow", "Content", "gray", "gray", "true", "-", "True", "a=2,b=0", "-", "-"],
+            "{out}: no QPS from the API server alone"
         );
         let (code, out, err) = run(&["lanes", "-o", "json"]).await.unwrap();
         assert_eq!(code, 0, "{err}");
