@@ -208,11 +208,12 @@ async fn two_replicas_serve_and_only_the_lease_holder_writes_status() {
         const LEASE: &str = "pilot-replicas";
         // Longer than `short_lease`: the test asserts who wrote what, and a loaded machine
         // (three API servers of this file run at once, builds beside them) can miss a renewal
-        // and move the lease mid-test; with 4 s that still happened. The takeover below is by
-        // release, so a long lease costs no time.
+        // and move the lease mid-test; with 4 s that still happened, and with 10 s renewed 4 s
+        // before expiry it happened once more (the other replica then found every status
+        // written). Renewing every 2 s leaves 8 s for a slow API server.
         let steady = |identity: &str| LeaseConfig {
             duration: Duration::from_secs(10),
-            grace: Duration::from_secs(4),
+            grace: Duration::from_secs(8),
             ..short_lease(LEASE, identity)
         };
         let lease = steady("x");
