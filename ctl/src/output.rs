@@ -104,16 +104,7 @@ pub fn status_table(status: &Status) -> String {
         ));
     }
     out.push('\n');
-    if status.refused.is_empty() {
-        out.push_str("no refused objects\n");
-    } else {
-        let rows: Vec<[String; 2]> = status
-            .refused
-            .iter()
-            .map(|r| [r.object.clone(), r.message.clone()])
-            .collect();
-        out.push_str(&table(["REFUSED OBJECT", "WHY"], &rows));
-    }
+    out.push_str(&refused_table(&status.refused));
     out
 }
 
@@ -159,17 +150,20 @@ pub fn cluster_status_table(status: &crate::view::ClusterStatus) -> String {
         "\n{} governed pods, {} ready (sidecar ACK state: lanemeshctl status --pilot <admin addr>)\n\n",
         status.governed_pods, status.governed_ready
     ));
-    if status.refused.is_empty() {
-        out.push_str("no refused objects\n");
-    } else {
-        let rows: Vec<[String; 2]> = status
-            .refused
-            .iter()
-            .map(|r| [r.object.clone(), r.message.clone()])
-            .collect();
-        out.push_str(&table(["REFUSED OBJECT", "WHY"], &rows));
-    }
+    out.push_str(&refused_table(&status.refused));
     out
+}
+
+/// The refused objects and why, or a line saying there are none.
+fn refused_table(refused: &[crate::view::Refused]) -> String {
+    if refused.is_empty() {
+        return "no refused objects\n".to_owned();
+    }
+    let rows: Vec<[String; 2]> = refused
+        .iter()
+        .map(|r| [r.object.clone(), r.message.clone()])
+        .collect();
+    table(["REFUSED OBJECT", "WHY"], &rows)
 }
 
 /// `lanemeshctl proxy-config` as text: each resource the pilot serves the pod, with its

@@ -101,6 +101,21 @@ fn verify(ca_pem: &[u8], cert_pem: &[u8]) -> Result<(), rustls::Error> {
         .map(|_| ())
 }
 
+/// A container's env vars that have a plain value, by name.
+fn env_values(container: &Value) -> std::collections::BTreeMap<String, String> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_sequence()
         .map(|s| s.iter().map(|x| x.as_str().unwrap().to_owned()).collect())
@@ -279,17 +294,7 @@ fn gateway_enabled_renders_the_gateway_deployment_service_and_classes() {
         "/healthz/ready"
     );
     // Discovery over TLS with the chart's CA, authenticated by a projected token.
-    let env: std::collections::BTreeMap<String, String> = container["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
+    let env = env_values(container);
     let secret = find(&docs, "Secret", "lanemesh-pilot-tls");
     assert_eq!(
         env["LANEMESH_DISCOVERY_CA"].as_bytes(),
@@ -367,17 +372,7 @@ fn tracing_values_reach_the_webhook_and_the_gateway() {
     );
     let gateway =
         &find(&on, "Deployment", "lanemesh-gateway")["spec"]["template"]["spec"]["containers"][0];
-    let env: std::collections::BTreeMap<String, String> = gateway["env"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .filter_map(|e| {
-            Some((
-                e["name"].as_str()?.to_owned(),
-                e["value"].as_str()?.to_owned(),
-            ))
-        })
-        .collect();
+    let env = env_values(gateway);
     assert_eq!(
         env["LANEMESH_TRACE_ENDPOINT"],
         "http://otel-collector.observability:4317"
