@@ -187,14 +187,7 @@ impl Admin {
                 json_response(&serde_json::to_value(&*view).unwrap_or(Value::Null))
             }
             "/debug/lanes" => json_response(&lanes_json(&world)),
-            "/debug/rejected" => {
-                let rejected: Vec<Value> = world
-                    .rejected
-                    .iter()
-                    .map(|r| json!({"object": r.object.to_string(), "message": r.message()}))
-                    .collect();
-                json_response(&Value::Array(rejected))
-            }
+            "/debug/rejected" => json_response(&rejected_json(&world)),
             _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
         }
     }
@@ -202,6 +195,15 @@ impl Admin {
 
 /// Every LaneGroup and Lane as its source reports it, with the status this control plane
 /// computes (`Accepted`, `matchedPods`) in place of the one the object carries.
+/// The objects the latest build refused, with why.
+pub(crate) fn rejected_json(world: &World) -> Value {
+    world
+        .rejected
+        .iter()
+        .map(|r| json!({"object": r.object.to_string(), "message": r.message()}))
+        .collect()
+}
+
 pub(crate) fn lanes_json(world: &World) -> Value {
     use crate::source::Object;
     let now =

@@ -149,44 +149,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Lanes {
             namespace,
-            pilot: Some(addr),
+            pilot,
             output,
         } => {
-            let held = pilot::lanes(addr).await?;
-            let in_ns = |m: &kube::core::ObjectMeta| {
-                namespace.is_none() || m.namespace.as_deref() == namespace.as_deref()
+            let rows = match pilot {
+                Some(addr) => {
+                    let held = pilot::lanes(addr, namespace.as_deref()).await?;
+                    let mut rows = view::lane_rows(&held.lane_groups, &held.lanes);
+                    if let Some(rates) = pilot::lane_rates(addr).await? {
+                        view::add_rates(&mut rows, &rates);
+                    }
+                    rows
+                }
+                None => {
+                    let client = lanes::client(cli.kubeconfig.as_deref()).await?;
+                    let (groups, all) = lanes::list(client, namespace.as_deref()).await?;
+                    view::lane_rows(&groups, &all)
+                }
             };
-            let groups: Vec<_> = held
-                .lane_groups
-                .into_iter()
-                .filter(|g| in_ns(&g.metadata))
-                .collect();
-            let all: Vec<_> = held
-                .lanes
-                .into_iter()
-                .filter(|l| in_ns(&l.metadata))
-                .collect();
-            let mut rows = view::lane_rows(&groups, &all);
-            if let Some(rates) = pilot::lane_rates(addr).await? {
-                view::add_rates(&mut rows, &rates);
-            }
-            let text = output::render_items(
-                &rows,
-                output,
-                "no lane groups",
-                view::LANE_HEADER,
-                view::lane_cells,
-            )?;
-            print(&text)
-        }
-        Command::Lanes {
-            namespace,
-            pilot: None,
-            output,
-        } => {
-            let client = lanes::client(cli.kubeconfig.as_deref()).await?;
-            let (groups, all) = lanes::list(client, namespace.as_deref()).await?;
-            let rows = view::lane_rows(&groups, &all);
             let text = output::render_items(
                 &rows,
                 output,

@@ -129,9 +129,15 @@ pub struct Lanes {
     pub lanes: Vec<lanemesh_api::crd::Lane>,
 }
 
-/// The lane objects the pilot holds.
-pub async fn lanes(addr: SocketAddr) -> Result<Lanes, PilotError> {
-    get_json(addr, "/debug/lanes").await
+/// The lane objects the pilot holds, of `namespace` or of every namespace.
+pub async fn lanes(addr: SocketAddr, namespace: Option<&str>) -> Result<Lanes, PilotError> {
+    let mut held: Lanes = get_json(addr, "/debug/lanes").await?;
+    if let Some(ns) = namespace {
+        let in_ns = |m: &kube::core::ObjectMeta| m.namespace.as_deref() == Some(ns);
+        held.lane_groups.retain(|g| in_ns(&g.metadata));
+        held.lanes.retain(|l| in_ns(&l.metadata));
+    }
+    Ok(held)
 }
 
 /// `/debug/traffic`, the parts `lanemeshctl` reads.

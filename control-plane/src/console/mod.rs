@@ -191,17 +191,12 @@ impl Console {
     fn overview(&self) -> Value {
         let world = Arc::clone(&self.worlds.borrow());
         let traffic = Arc::clone(&self.traffic.borrow());
-        let refused: Vec<Value> = world
-            .rejected
-            .iter()
-            .map(|r| json!({"object": r.object.to_string(), "message": r.message()}))
-            .collect();
         json!({
             "writes": self.writer.is_some(),
             "ready": world.ready,
             "lanes": crate::admin::lanes_json(&world),
             "traffic": &*traffic,
-            "refused": refused,
+            "refused": crate::admin::rejected_json(&world),
         })
     }
 

@@ -196,23 +196,23 @@ impl Traffic {
         }
     }
 
-    /// One round: `pods` scraped at `now` (pod key -> its counters), `failed` pods that did not
-    /// answer. A pod's rate is its counters' growth since its own last scrape (a counter that
-    /// went down restarted from 0); a pod seen for the first time adds nothing yet; pods gone
-    /// are forgotten.
+    /// One round: `pods` scraped at `now` (pod key -> its counters), `failed` the pods that did
+    /// not answer. A pod's rate is its counters' growth since its own last scrape (a counter that
+    /// went down restarted from 0); a pod seen for the first time adds nothing yet; a failed pod
+    /// keeps its last counters for the next round; pods in neither list are forgotten.
     pub fn record(
         &mut self,
         at_unix_ms: u64,
         now: Instant,
         pods: HashMap<String, PodCounters>,
-        failed: usize,
+        failed: &[String],
     ) {
         let mut sums: HashMap<Key, f64> = HashMap::new();
         let mut transitions: HashMap<Key, f64> = HashMap::new();
         let mut breakers: BTreeMap<(String, String), f64> = BTreeMap::new();
         let mut seen = HashMap::new();
         self.scraped = pods.len();
-        self.failed = failed;
+        self.failed = failed.len();
         for (pod, counters) in pods {
             for (key, state) in &counters.breakers {
                 let worst = breakers.entry(key.clone()).or_default();
@@ -237,10 +237,9 @@ impl Traffic {
             }
             seen.insert(pod, (now, counters.counters));
         }
-        // Pods that failed this round keep their last counters; pods no longer listed go.
-        for (pod, last) in self.previous.drain() {
-            if !seen.contains_key(&pod) && failed > 0 {
-                seen.entry(pod).or_insert(last);
+        for pod in failed {
+            if let Some(last) = self.previous.remove(pod) {
+                seen.entry(pod.clone()).or_insert(last);
             }
         }
         self.previous = seen;
@@ -346,7 +345,7 @@ mod tests {
         let round = |pods: Vec<(&str, PodCounters)>| -> HashMap<String, PodCounters> {
             pods.into_iter().map(|(p, c)| (p.to_owned(), c)).collect()
         };
-        traffic.record(0, start, round(vec![("b-0", metrics(100, 10, 0, 0))]), 0);
+        traffic.record(0, start, round(vec![("b-0", metrics(100, 10, 0, 0))]), &[]);
         assert!(
             traffic.view().latest().unwrap().apps.is_empty(),
             "first sight: no rate yet"
@@ -360,7 +359,7 @@ mod tests {
                 // New pod: counted from its next scrape.
                 ("b-1", metrics(500, 500, 500, 500)),
             ]),
-            0,
+            &[],
         );
         let view = traffic.view();
         let b = &view.latest().unwrap().apps["b"];
@@ -392,12 +391,31 @@ mod tests {
                 ("b-0", metrics(5, 0, 0, 0)),
                 ("b-1", metrics(510, 500, 500, 500)),
             ]),
-            0,
+            &[],
         );
         let b = &traffic.view().latest().unwrap().apps["b"].clone();
         assert_eq!(b.total, (5.0 + 10.0) / 5.0);
-        traffic.record(15000, t2 + Duration::from_secs(5), HashMap::new(), 0);
+        // b-1 does not answer, b-0 is gone: b-1 keeps its counters, b-0 is forgotten.
+        let t3 = t2 + Duration::from_secs(5);
+        traffic.record(15000, t3, HashMap::new(), &["b-1".to_owned()]);
         assert_eq!(traffic.view().points.len(), 3, "bounded window");
         assert_eq!(traffic.view().points[0].at, 5000);
+        assert_eq!(traffic.view().pods_failed, 1);
+        traffic.record(
+            20000,
+            t3 + Duration::from_secs(5),
+            round(vec![
+                // Back with higher counters: seen first again, it adds nothing yet.
+                ("b-0", metrics(25, 0, 0, 0)),
+                ("b-1", metrics(530, 500, 500, 500)),
+            ]),
+            &[],
+        );
+        let b = &traffic.view().latest().unwrap().apps["b"].clone();
+        assert_eq!(
+            b.total,
+            20.0 / 10.0,
+            "b-1 over the ten seconds since it last answered"
+        );
     }
 }

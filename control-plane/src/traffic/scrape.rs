@@ -89,15 +89,20 @@ pub async fn run(
             .buffer_unordered(options.concurrency.max(1))
             .collect()
             .await;
-        let failed = results.iter().filter(|(_, c)| c.is_none()).count();
-        let pods: HashMap<String, PodCounters> = results
-            .into_iter()
-            .filter_map(|(pod, c)| Some((pod, c?)))
-            .collect();
+        let mut pods: HashMap<String, PodCounters> = HashMap::new();
+        let mut failed = Vec::new();
+        for (pod, counters) in results {
+            match counters {
+                Some(c) => {
+                    pods.insert(pod, c);
+                }
+                None => failed.push(pod),
+            }
+        }
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        traffic.record(at, Instant::now(), pods, failed);
+        traffic.record(at, Instant::now(), pods, &failed);
         views.send_replace(Arc::new(traffic.view()));
     }
 }
