@@ -219,11 +219,12 @@ async fn the_gateway_routes_decides_the_lane_and_strips_client_claims() {
     ];
     let gw = Gateway::start(routes, services, groups, None).await;
 
-    // Content lane at the first hop: `canary: gray` reaches gray a.
+    // Content lane at the first hop: `canary: gray` reaches gray a, the lane in the tag header
+    // and in baggage (which OpenTelemetry-instrumented apps forward).
     let (status, _, body) = gw.get("/a/x", &[("canary", "gray")]).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
-        body.starts_with("name=a-gray tag=gray baggage=- decided=-"),
+        body.starts_with("name=a-gray tag=gray baggage=x-mse-tag=gray decided=-"),
         "{body}"
     );
     assert!(
@@ -248,6 +249,16 @@ async fn the_gateway_routes_decides_the_lane_and_strips_client_claims() {
         .await;
     assert!(
         body.starts_with("name=a-base tag=- baggage=user=alice decided=base"),
+        "{body}"
+    );
+    let (_, _, body) = gw
+        .get(
+            "/a",
+            &[("canary", "gray"), ("baggage", "x-mse-tag=blue,user=alice")],
+        )
+        .await;
+    assert!(
+        body.starts_with("name=a-gray tag=gray baggage=x-mse-tag=gray,user=alice decided=-"),
         "{body}"
     );
     // A trusted route keeps them.
@@ -286,10 +297,10 @@ async fn the_gateway_routes_decides_the_lane_and_strips_client_claims() {
     for line in [
         format!("lanemesh_gateway_requests_total{{route=\"demo/HTTPRoute/p30\",app=\"p\",lane=\"gray\",status=\"2xx\"}} {gray}\n"),
         format!("lanemesh_gateway_requests_total{{route=\"demo/HTTPRoute/p30\",app=\"p\",lane=\"\",status=\"2xx\"}} {}\n", n - gray),
-        "lanemesh_gateway_requests_total{route=\"demo/HTTPRoute/a\",app=\"a\",lane=\"gray\",status=\"2xx\"} 1\n".to_owned(),
+        "lanemesh_gateway_requests_total{route=\"demo/HTTPRoute/a\",app=\"a\",lane=\"gray\",status=\"2xx\"} 2\n".to_owned(),
         "lanemesh_gateway_requests_total{route=\"\",app=\"\",lane=\"\",status=\"4xx\"} 1\n".to_owned(),
         "lanemesh_gateway_requests_total{route=\"demo/HTTPRoute/nowhere\",app=\"\",lane=\"\",status=\"5xx\"} 1\n".to_owned(),
-        "lanemesh_requests_total{direction=\"gateway\",app=\"a\",lane=\"gray\",status=\"2xx\"} 3\n".to_owned(),
+        "lanemesh_requests_total{direction=\"gateway\",app=\"a\",lane=\"gray\",status=\"2xx\"} 4\n".to_owned(),
     ] {
         assert!(text.contains(&line), "{line}: {text}");
     }

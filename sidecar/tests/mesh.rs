@@ -41,6 +41,18 @@ fn app(
     next: Option<(AppClient, &'static str)>,
     delay: Duration,
 ) -> JoinHandle<()> {
+    forwarding_app(listener, name, next, "traceparent", delay)
+}
+
+/// [`app`] forwarding only the header `forwards` (as OpenTelemetry's instrumentation forwards
+/// `traceparent` and `baggage`).
+fn forwarding_app(
+    listener: TcpListener,
+    name: &'static str,
+    next: Option<(AppClient, &'static str)>,
+    forwards: &'static str,
+    delay: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -54,11 +66,11 @@ fn app(
                         let tag = header(req.headers(), "x-mse-tag");
                         let next_body = match next {
                             Some((client, dst)) => {
-                                let trace = header(req.headers(), "traceparent");
-                                let headers: Vec<(&str, &str)> = if trace == "-" {
+                                let carried = header(req.headers(), forwards);
+                                let headers: Vec<(&str, &str)> = if carried == "-" {
                                     vec![]
                                 } else {
-                                    vec![("traceparent", trace.as_str())]
+                                    vec![(forwards, carried.as_str())]
                                 };
                                 let (status, _, body) = client.get(dst, &headers).await;
                                 format!("{status}:{body}")
@@ -237,6 +249,74 @@ async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
     }
     assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
     assert_eq!(b.count(PropagationRule::TraceId), 50);
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baggage_the_sidecar_adds_links_50_concurrent_mixed_lane_requests_to_their_lanes() {
+    // Issue 17: B's app forwards only `baggage` (what OpenTelemetry's zero-code instrumentation
+    // carries) and its callers set only the tag header; no trace header and no in-flight rule
+    // is configured. B's sidecar writes the lane into each inbound request's baggage, so each
+    // outbound call names its own lane while three lanes are in flight.
+    let (b, b_app) = Sidecar::start(36, "b", None).await;
+    let c_base = bare_app(37, "c-base", Duration::from_millis(20)).await;
+    let c_gray = bare_app(38, "c-gray", Duration::from_millis(20)).await;
+    let c_blue = bare_app(39, "c-blue", Duration::from_millis(20)).await;
+    forwarding_app(
+        b_app,
+        "b-base",
+        Some((b.client(), C_CLUSTER)),
+        "baggage",
+        Duration::ZERO,
+    );
+    let services = vec![
+        service("b", B_CLUSTER, &[(b.pod, "", true)]),
+        service(
+            "c",
+            C_CLUSTER,
+            &[
+                (c_base, "", true),
+                (c_gray, "gray", true),
+                (c_blue, "blue", true),
+            ],
+        ),
+    ];
+    let mut group = lane_group(false, false);
+    if let Some(p) = group.propagation.as_mut() {
+        p.trace_headers.clear();
+    }
+    b.install(snapshot("b", services, group)).await;
+
+    let lanes = ["gray", "blue", "base"];
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let pod = b.pod;
+        tasks.push(tokio::spawn(async move {
+            let lane = lanes[i % 3];
+            // Other members of the caller's baggage travel on beside the lane.
+            let mut headers = vec![("baggage", "user=alice")];
+            if lane != "base" {
+                headers.push(("x-mse-tag", lane));
+            }
+            let stream = timeout(STEP, TcpStream::connect(pod))
+                .await
+                .unwrap()
+                .unwrap();
+            let (status, _, body) = send(stream, B_CLUSTER, &headers).await;
+            (lane, status, body)
+        }));
+    }
+    let mut misroutes = Vec::new();
+    for task in tasks {
+        let (lane, status, body) = timeout(STEP, task).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if !body.contains(&format!("next=[200 OK:name=c-{lane} ")) {
+            misroutes.push(format!("{lane}: {body}"));
+        }
+    }
+    assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
+    assert_eq!(b.count(PropagationRule::Baggage), 34, "the gray and blue calls");
+    assert_eq!(b.count(PropagationRule::Base), 16);
     b.stop().await;
 }
 

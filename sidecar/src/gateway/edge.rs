@@ -7,7 +7,7 @@ use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
 use rand::Rng;
 
-use crate::lane::LaneTable;
+use crate::lane::{LaneTable, baggage};
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
@@ -25,29 +25,16 @@ pub fn strip_lane_claims(headers: &mut HeaderMap, lanes: &LaneTable) {
     if !headers.contains_key(&BAGGAGE) {
         return;
     }
-    let claimed = |member: &str| {
-        let key = member.split_once('=').map_or(member, |(k, _)| k).trim();
-        lanes
-            .groups()
-            .iter()
-            .any(|g| g.tag_header.as_str().eq_ignore_ascii_case(key))
-    };
-    let kept: Vec<String> = headers
-        .get_all(&BAGGAGE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter(|m| !m.trim().is_empty() && !claimed(m))
-        .map(|m| m.trim().to_owned())
-        .collect();
-    headers.remove(&BAGGAGE);
-    if kept.is_empty() {
-        return;
-    }
-    // Built from parts of valid header values joined by commas: still a valid value.
-    if let Ok(value) = HeaderValue::from_str(&kept.join(",")) {
-        headers.insert(BAGGAGE.clone(), value);
-    }
+    baggage::rewrite(
+        headers,
+        |key| {
+            lanes
+                .groups()
+                .iter()
+                .any(|g| g.tag_header.as_str().eq_ignore_ascii_case(key))
+        },
+        None,
+    );
 }
 
 /// Starts a W3C trace (`traceparent: 00-<trace id>-<span id>-01`) when the request has none, so

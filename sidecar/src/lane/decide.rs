@@ -84,28 +84,6 @@ pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Optio
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
-/// The value of baggage member `key` (ASCII case-insensitive) in any `baggage` header, per W3C
-/// Baggage: comma-separated `key=value` members with optional whitespace and `;` properties;
-/// the value is percent-decoded. Empty values count as absent.
-pub fn baggage_value<'a>(headers: &'a HeaderMap, key: &str) -> Option<Cow<'a, str>> {
-    headers
-        .get_all("baggage")
-        .iter()
-        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|member| {
-            let (k, rest) = member.split_once('=')?;
-            if !k.trim().eq_ignore_ascii_case(key) {
-                return None;
-            }
-            let value = rest.split(';').next().unwrap_or("").trim();
-            let decoded = percent_encoding::percent_decode_str(value)
-                .decode_utf8()
-                .ok()?;
-            (!decoded.is_empty()).then_some(decoded)
-        })
-}
-
 /// How a request carries a tag it already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Carried {
@@ -126,7 +104,7 @@ pub fn carried_tag<'a>(
     {
         return Some((Cow::Borrowed(tag), Carried::TagHeader));
     }
-    baggage_value(headers, tag_header.as_str()).map(|tag| (tag, Carried::Baggage))
+    super::baggage::value(headers, tag_header.as_str()).map(|tag| (tag, Carried::Baggage))
 }
 
 /// Why a request is (or is not) in a lane.
@@ -191,7 +169,8 @@ pub struct LaneDecision<'a> {
 
 impl LaneDecision<'_> {
     /// Whether the proxy must set the tag header: a lane rule put the request in a lane (a tag
-    /// that arrived in baggage stays there; the next hops read baggage too).
+    /// that arrived in baggage stays there; the next hops read baggage too). The proxy writes it
+    /// with [`super::baggage::carry`], into baggage as well.
     pub fn sets_tag_header(&self) -> bool {
         self.tag.is_some()
             && matches!(

@@ -11,7 +11,9 @@
 //! - [`rules`]: runtime lane groups converted from the protocol, with typed errors.
 //! - [`decide`]: the lane decision (conditions, operators, percentage routing, FNV-1a).
 //! - [`propagate`]: the six propagation rules, the trace table and the in-flight counts.
+//! - [`baggage`]: the lane as a W3C `baggage` member, read and written.
 
+pub mod baggage;
 pub mod decide;
 pub mod propagate;
 pub mod rules;

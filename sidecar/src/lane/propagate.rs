@@ -30,7 +30,8 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName};
 use lru::LruCache;
 
-use super::decide::{baggage_value, header_str};
+use super::baggage;
+use super::decide::header_str;
 use super::rules::{DEFAULT_TAG_HEADER, LaneGroupConfig, PropagationConfig, TraceHeader};
 use crate::policy::clock::Clock;
 use crate::policy::lock;
@@ -114,7 +115,7 @@ impl PropagationSettings {
         }
         self.tag_headers
             .iter()
-            .find_map(|h| baggage_value(headers, h.as_str()))
+            .find_map(|h| baggage::value(headers, h.as_str()))
             .map(|tag| (tag, PropagationRule::Baggage))
     }
 }

@@ -15,7 +15,7 @@ use crate::gateway::{self, BackendPort, Matched, edge};
 use crate::govern::{
     CallResult, GovernContext, InboundAdmission, OutboundAdmission, RetryPlan, Traffic,
 };
-use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView};
+use crate::lane::{InboundGuard, PropagationRule, Propagator, RequestView, baggage};
 use crate::metrics::ProxyMetrics;
 use crate::policy::clock::{Clock, MonotonicClock};
 use crate::policy::{AttemptResult, SampledCpu};
@@ -261,12 +261,22 @@ impl MeshRouter {
                     Some((d.tag_header.clone(), value))
                 });
             if let Some((name, value)) = decided {
-                req.headers.insert(name, value);
+                baggage::carry(&mut req.headers, &name, &value);
             }
         }
         // The entry decision (if any) is in the tag header now; elsewhere the request carries
         // its lane from upstream, or is base.
-        let lane = rt.propagation.carried_tag(&req.headers);
+        let lane = rt
+            .propagation
+            .carried_tag(&req.headers)
+            .map(|(tag, rule)| (tag.into_owned(), rule));
+        if let Some((tag, PropagationRule::TagHeader)) = &lane {
+            // An app that forwards baggage (OpenTelemetry's instrumentation does) then names
+            // the lane on each of its own calls, however many lanes it serves at once.
+            for name in &rt.propagation.tag_headers {
+                baggage::complete(&mut req.headers, name, tag);
+            }
+        }
         let guard = self.propagator.register_inbound(
             &rt.propagation,
             lane.as_ref().map(|(tag, _)| &**tag),
@@ -364,11 +374,11 @@ impl MeshRouter {
         match injection {
             Some(Injection::Propagated(value)) => {
                 for name in &rt.propagation.tag_headers {
-                    req.headers.insert(name.clone(), value.clone());
+                    baggage::carry(&mut req.headers, name, &value);
                 }
             }
             Some(Injection::Header(name, value)) => {
-                req.headers.insert(name, value);
+                baggage::carry(&mut req.headers, &name, &value);
             }
             Some(Injection::DecidedBase) => {
                 req.headers
@@ -590,7 +600,7 @@ impl MeshRouter {
             Some((tag, set)) => {
                 match (&tag, set) {
                     (_, Some((name, value))) => {
-                        req.headers.insert(name, value);
+                        baggage::carry(&mut req.headers, &name, &value);
                     }
                     // No lane: the entry app's inbound must not draw again.
                     (None, None) => {

@@ -234,47 +234,6 @@ fn existing_tag_is_kept() {
     assert_eq!(d.reason, DecisionReason::Matched);
 }
 
-#[test]
-fn baggage_parsing() {
-    // DESIGN §2: `baggage: x-mse-tag=<tag>` per W3C Baggage.
-    let get = |values: &[&str]| {
-        let (_, headers) = request(
-            "/",
-            &values.iter().map(|v| ("baggage", *v)).collect::<Vec<_>>(),
-        );
-        baggage_value(&headers, "x-mse-tag").map(Cow::into_owned)
-    };
-    assert_eq!(get(&["x-mse-tag=gray"]).as_deref(), Some("gray"));
-    assert_eq!(get(&["a=1,b=2,x-mse-tag=gray"]).as_deref(), Some("gray"));
-    assert_eq!(
-        get(&[" a = 1 ,  x-mse-tag  =  gray  , c=3"]).as_deref(),
-        Some("gray")
-    );
-    assert_eq!(
-        get(&["x-mse-tag=gray;prop1;p2=v, a=b"]).as_deref(),
-        Some("gray")
-    );
-    assert_eq!(get(&["x-mse-tag = gray ; prop"]).as_deref(), Some("gray"));
-    assert_eq!(
-        get(&["a=1", "x-mse-tag=gray"]).as_deref(),
-        Some("gray"),
-        "several headers"
-    );
-    assert_eq!(
-        get(&["x-mse-tag=gr%61y"]).as_deref(),
-        Some("gray"),
-        "percent-decoded"
-    );
-    assert_eq!(get(&["X-MSE-TAG=gray"]).as_deref(), Some("gray"));
-    assert_eq!(
-        get(&["x-mse-tags=gray, mse-tag=blue"]),
-        None,
-        "whole key only"
-    );
-    assert_eq!(get(&["x-mse-tag="]), None);
-    assert_eq!(get(&["garbage, x-mse-tag"]), None);
-}
-
 fn weighted(weights: &[(&str, &str, u32, bool)]) -> LaneGroupConfig {
     let mut g = group("ns/w", &["a"], vec![]);
     g.routing_mode = proto::RoutingMode::Percentage as i32;
