@@ -176,6 +176,26 @@ struct Args {
     /// with a `traceparent` follow its sampled flag).
     #[arg(long, default_value_t = 0.01, value_parser = parse_ratio)]
     inject_trace_sampling: f64,
+    /// OpenTelemetry context propagation injected into the app containers of governed pods
+    /// that neither they nor their Namespace choose (`lanemesh.io/inject-context`).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "none",
+        env = "LANEMESH_INJECT_CONTEXT"
+    )]
+    inject_context: inject::Language,
+    /// The image copying the OpenTelemetry Java agent into the directory it is given.
+    #[arg(long, default_value = "lanemesh/context-java:latest")]
+    context_java_image: String,
+    /// The image copying OpenTelemetry's Python auto-instrumentation into the directory it is
+    /// given.
+    #[arg(long, default_value = "lanemesh/context-python:latest")]
+    context_python_image: String,
+    /// OTLP/HTTP endpoint instrumented apps export their spans to (e.g.
+    /// `http://otel-collector.observability:4318`); empty: they export nothing.
+    #[arg(long, default_value = "")]
+    inject_context_trace_endpoint: String,
     /// How long a Lease stays valid without renewal (whole seconds).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     lease_duration: Duration,
@@ -232,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut console_writer = None;
     let mut status_client = None;
+    let mut kube_client = None;
     let mut server_version = None;
     let mut authenticator: Option<Arc<dyn Authenticator>> = None;
     let source: Box<dyn FnOnce(_) -> _> = match args.source {
@@ -271,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("reading the API server's version")?,
             );
             authenticator = Some(Arc::new(TokenReviewer::new(client.clone())));
+            kube_client = Some(client.clone());
             if args.console_writes {
                 console_writer = Some(LaneWriter::Kubernetes(client.clone()));
             }
@@ -377,6 +399,12 @@ async fn main() -> anyhow::Result<()> {
                 },
                 trace_endpoint: args.inject_trace_endpoint.clone(),
                 trace_sampling: args.inject_trace_sampling,
+                context: inject::ContextConfig {
+                    default: args.inject_context,
+                    java_image: args.context_java_image.clone(),
+                    python_image: args.context_python_image.clone(),
+                    trace_endpoint: args.inject_context_trace_endpoint.clone(),
+                },
                 ..InjectConfig::default()
             };
             tracing::info!(addr = %args.webhook_addr, ?sidecar_mode, image = %config.proxy_image, "serving the injection webhook");
@@ -386,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut plane = ControlPlane::start_with(source, grpc, admin, options);
     if let Some((listener, tls, config)) = webhook {
-        plane.start_webhook(listener, tls, config);
+        plane.start_webhook(listener, tls, config, kube_client);
     }
     let scrape = match (args.scrape_interval.is_zero(), console.is_some()) {
         (false, _) => Some(args.scrape_interval),

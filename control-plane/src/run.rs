@@ -247,22 +247,43 @@ impl ControlPlane {
     }
 
     /// Serves the sidecar injection webhook on `listener` (HTTPS with `tls`); stops with the
-    /// rest.
+    /// rest. With `client`, it reads Namespace annotations (a metadata reflector).
     pub fn start_webhook(
         &mut self,
         listener: TcpListener,
         tls: Arc<tokio_rustls::rustls::ServerConfig>,
         config: crate::inject::InjectConfig,
+        client: Option<kube::Client>,
     ) {
+        let (namespaces, watch) = match client {
+            Some(client) => {
+                let (store, watch) = crate::inject::webhook::watch_namespaces(client);
+                (Some(store), Some(watch))
+            }
+            None => (None, None),
+        };
+        let serve = crate::inject::webhook::serve(
+            listener,
+            tls,
+            Arc::new(config),
+            namespaces,
+            Arc::clone(&self.metrics),
+            self.shutdown.subscribe(),
+        );
         let task = supervise(
             "injection webhook",
-            crate::inject::webhook::serve(
-                listener,
-                tls,
-                Arc::new(config),
-                Arc::clone(&self.metrics),
-                self.shutdown.subscribe(),
-            ),
+            async move {
+                match watch {
+                    // The watch retries with backoff and never ends: serving decides.
+                    Some(watch) => {
+                        tokio::select! {
+                            () = serve => {}
+                            () = watch => {}
+                        }
+                    }
+                    None => serve.await,
+                }
+            },
             self.health.clone(),
             self.shutdown.subscribe(),
         );

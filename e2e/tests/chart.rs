@@ -1022,3 +1022,59 @@ fn the_console_is_off_by_default_read_only_when_on_and_writes_need_their_own_per
     assert!(args(&writes).contains(&"--console-writes".to_owned()));
     assert!(may_patch_lanes(&writes));
 }
+
+#[test]
+fn context_values_reach_the_webhook_and_a_bad_language_is_refused() {
+    if cluster::skip_requested("context_values_reach_the_webhook_and_a_bad_language_is_refused") {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let pilot_args = |docs: &[Value]| {
+        strings(
+            &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"]
+                [0]["args"],
+        )
+    };
+    let defaults = pilot_args(&documents(&template(home.path(), &[])));
+    for arg in [
+        "--inject-context=none",
+        "--context-java-image=lanemesh/context-java:2.33.1",
+        "--context-python-image=lanemesh/context-python:0.66b2",
+    ] {
+        assert!(defaults.contains(&arg.to_owned()), "{arg}: {defaults:?}");
+    }
+    assert!(
+        !defaults
+            .iter()
+            .any(|a| a.starts_with("--inject-context-trace-endpoint")),
+        "apps export nothing by default"
+    );
+    let set = pilot_args(&documents(&template(
+        home.path(),
+        &[
+            "--set",
+            "context.default=python",
+            "--set",
+            "context.traceEndpoint=http://collector:4318",
+        ],
+    )));
+    assert!(
+        set.contains(&"--inject-context=python".to_owned()),
+        "{set:?}"
+    );
+    assert!(
+        set.contains(&"--inject-context-trace-endpoint=http://collector:4318".to_owned()),
+        "{set:?}"
+    );
+    let refused = helm(
+        home.path(),
+        &[
+            "template",
+            "x",
+            chart().to_str().unwrap(),
+            "--set",
+            "context.default=ruby",
+        ],
+    );
+    assert!(!refused.status.success(), "context.default=ruby accepted");
+}

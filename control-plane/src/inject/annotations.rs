@@ -72,6 +72,8 @@ pub struct PodOverrides {
     pub memory_limit: Option<Quantity>,
     /// `sidecar.lanemesh.io/appDrainSeconds`.
     pub app_drain_seconds: Option<i64>,
+    /// `lanemesh.io/inject-context`.
+    pub context: Option<super::context::Language>,
 }
 
 impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
@@ -125,6 +127,9 @@ impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
                             expected: "a whole number of seconds from 0 to 300",
                         })
                 })
+                .transpose()?,
+            context: get(super::context::ANNOTATION)
+                .map(|v| super::context::Language::parse(super::context::ANNOTATION, v))
                 .transpose()?,
         })
     }

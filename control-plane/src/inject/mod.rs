@@ -15,9 +15,12 @@
 //!   `postStart` hook that waits for readiness; UID/GID 1337, read-only root filesystem, every
 //!   capability dropped; its identity from the downward API; a projected service-account
 //!   token with audience `lanemesh` for the discovery stream and the discovery CA;
-//! - the annotation `sidecar.lanemesh.io/status`, which makes injection idempotent.
+//! - the annotation `sidecar.lanemesh.io/status`, which makes injection idempotent;
+//! - where the pod, its namespace or the default asks for it, OpenTelemetry's zero-code
+//!   context propagation in the app's containers ([`context`]).
 
 pub mod annotations;
+pub mod context;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -33,6 +36,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use lanemesh_api::labels;
 
 pub use annotations::{AnnotationError, InboundPorts, PodOverrides};
+pub use context::{ContextConfig, ContextError, Language};
 
 /// The name of the init container that installs the capture rules.
 pub const INIT_CONTAINER: &str = "lanemesh-init";
@@ -122,6 +126,8 @@ pub struct InjectConfig {
     pub trace_endpoint: String,
     /// Share of the traces starting at a sidecar that are recorded (`--trace-sampling`).
     pub trace_sampling: f64,
+    /// The context propagation injected into app containers.
+    pub context: ContextConfig,
 }
 
 impl Default for InjectConfig {
@@ -140,6 +146,7 @@ impl Default for InjectConfig {
             app_drain_seconds: 5,
             trace_endpoint: String::new(),
             trace_sampling: 0.01,
+            context: ContextConfig::default(),
         }
     }
 }
@@ -173,10 +180,17 @@ pub enum InjectError {
     Annotation(#[from] AnnotationError),
     #[error("pod has no spec")]
     NoSpec,
+    #[error(transparent)]
+    Context(#[from] ContextError),
 }
 
-/// The pod `pod` becomes (see the module docs).
-pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError> {
+/// The pod `pod` becomes (see the module docs); `namespace` holds the annotations of its
+/// Namespace when the webhook knows them.
+pub fn inject(
+    pod: &Pod,
+    namespace: Option<&BTreeMap<String, String>>,
+    config: &InjectConfig,
+) -> Result<Injection, InjectError> {
     let empty = BTreeMap::new();
     let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
     let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
@@ -198,6 +212,7 @@ pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError
     if spec.host_network == Some(true) {
         return Ok(Injection::Skipped(SkipReason::HostNetwork));
     }
+    let language = context::choose(overrides.context, namespace, config.context.default)?;
 
     let mut out = pod.clone();
     let first_app_container = spec.containers.first().map(|c| c.name.clone());
@@ -238,8 +253,16 @@ pub fn inject(pod: &Pod, config: &InjectConfig) -> Result<Injection, InjectError
             spec.termination_grace_period_seconds = Some(drain + 10);
         }
     }
+    let app = labels::app_name(pod_labels);
+    context::inject(
+        spec,
+        language,
+        &config.context,
+        &config.image_pull_policy,
+        app,
+    )?;
     let init = init_container(config, &overrides);
-    let proxy = proxy_container(config, &overrides, labels::app_name(pod_labels));
+    let proxy = proxy_container(config, &overrides, app);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     match config.sidecar_mode {
         SidecarMode::Native => {

@@ -20,7 +20,7 @@ fn governed() -> serde_json::Value {
 }
 
 fn injected(pod: &Pod, config: &InjectConfig) -> Pod {
-    match inject(pod, config).unwrap() {
+    match inject(pod, None, config).unwrap() {
         Injection::Injected(pod) => *pod,
         Injection::Skipped(reason) => panic!("skipped: {reason:?}"),
     }
@@ -204,14 +204,14 @@ fn injection_is_idempotent() {
     let config = InjectConfig::default();
     let once = injected(&pod(governed(), json!({})), &config);
     assert_eq!(
-        inject(&once, &config).unwrap(),
+        inject(&once, None, &config).unwrap(),
         Injection::Skipped(SkipReason::AlreadyInjected)
     );
     // Our containers without the annotation (removed by hand) are not added twice either.
     let mut stripped = once.clone();
     stripped.metadata.annotations = None;
     assert_eq!(
-        inject(&stripped, &config).unwrap(),
+        inject(&stripped, None, &config).unwrap(),
         Injection::Skipped(SkipReason::AlreadyInjected)
     );
 }
@@ -221,13 +221,14 @@ fn unlabelled_opted_out_and_host_network_pods_are_left_alone() {
     let config = InjectConfig::default();
     for labels in [json!({}), json!({"msePilotAutoEnable": "off"})] {
         assert_eq!(
-            inject(&pod(labels, json!({})), &config).unwrap(),
+            inject(&pod(labels, json!({})), None, &config).unwrap(),
             Injection::Skipped(SkipReason::NotGoverned)
         );
     }
     assert_eq!(
         inject(
             &pod(governed(), json!({"sidecar.lanemesh.io/inject": "false"})),
+            None,
             &config
         )
         .unwrap(),
@@ -236,7 +237,7 @@ fn unlabelled_opted_out_and_host_network_pods_are_left_alone() {
     let mut host = pod(governed(), json!({}));
     host.spec.as_mut().unwrap().host_network = Some(true);
     assert_eq!(
-        inject(&host, &config).unwrap(),
+        inject(&host, None, &config).unwrap(),
         Injection::Skipped(SkipReason::HostNetwork)
     );
 }
@@ -248,6 +249,7 @@ fn a_bad_annotation_is_an_error_naming_it() {
             governed(),
             json!({"traffic.lanemesh.io/exclude-outbound-ports": "mysql"}),
         ),
+        None,
         &InjectConfig::default(),
     )
     .unwrap_err();
@@ -349,7 +351,7 @@ fn app_containers_get_a_pre_stop_sleep_unless_they_have_one_or_the_pod_says_no()
         governed(),
         json!({"sidecar.lanemesh.io/appDrainSeconds": "soon"}),
     );
-    let error = inject(&bad, &InjectConfig::default()).unwrap_err();
+    let error = inject(&bad, None, &InjectConfig::default()).unwrap_err();
     assert!(error.to_string().contains("appDrainSeconds"), "{error}");
     assert!(sleep_action_supported("1", "30+") && !sleep_action_supported("1", "29"));
 }
@@ -381,5 +383,208 @@ fn sidecars_export_spans_only_when_a_trace_endpoint_is_configured() {
         value("LANEMESH_TRACE_SERVICE_NAME"),
         "a",
         "the pod's app label"
+    );
+}
+
+fn context_pod(annotations: serde_json::Value, env: serde_json::Value) -> Pod {
+    let mut p = pod(governed(), annotations);
+    let app = &mut p.spec.as_mut().unwrap().containers[0];
+    app.env = serde_json::from_value(env).unwrap();
+    p
+}
+
+fn value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    env(c, name).and_then(|e| e.value.as_deref())
+}
+
+#[test]
+fn java_context_adds_the_agent_copy_the_volume_and_the_otel_settings() {
+    let out = injected(
+        &context_pod(
+            json!({"lanemesh.io/inject-context": "java"}),
+            json!([
+                {"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx512m"},
+                {"name": "OTEL_TRACES_EXPORTER", "value": "console"},
+            ]),
+        ),
+        &InjectConfig::default(),
+    );
+    let spec = out.spec.as_ref().unwrap();
+    let inits = spec.init_containers.as_ref().unwrap();
+    let names: Vec<_> = inits.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            INIT_CONTAINER,
+            PROXY_CONTAINER,
+            "migrate",
+            context::CONTAINER
+        ]
+    );
+    let copy = inits.last().unwrap();
+    assert_eq!(copy.image.as_deref(), Some("lanemesh/context-java:latest"));
+    assert_eq!(copy.args.as_deref().unwrap(), [context::CONTEXT_DIR]);
+    let sc = copy.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_user, None, "runs as the pod's user");
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    let mount = &copy.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (
+            mount.name.as_str(),
+            mount.mount_path.as_str(),
+            mount.read_only
+        ),
+        (context::CONTAINER, context::CONTEXT_DIR, None)
+    );
+
+    let app = &spec.containers[0];
+    assert_eq!(
+        value(app, "JAVA_TOOL_OPTIONS"),
+        Some("-Xmx512m -javaagent:/lanemesh-context/opentelemetry-javaagent.jar")
+    );
+    assert_eq!(value(app, "OTEL_PROPAGATORS"), Some("tracecontext,baggage"));
+    assert_eq!(
+        value(app, "OTEL_TRACES_SAMPLER"),
+        Some("parentbased_always_off")
+    );
+    assert_eq!(value(app, "OTEL_METRICS_EXPORTER"), Some("none"));
+    assert_eq!(value(app, "OTEL_SERVICE_NAME"), Some("a"));
+    // The app's own setting stays, once.
+    assert_eq!(value(app, "OTEL_TRACES_EXPORTER"), Some("console"));
+    assert_eq!(
+        app.env
+            .iter()
+            .flatten()
+            .filter(|e| e.name == "OTEL_TRACES_EXPORTER")
+            .count(),
+        1
+    );
+    assert!(env(app, "PYTHONPATH").is_none());
+    let mount = app
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == context::CONTAINER)
+        .unwrap();
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (context::CONTEXT_DIR, Some(true))
+    );
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == context::CONTAINER)
+        .unwrap();
+    assert!(volume.empty_dir.is_some());
+    // The proxy's own container gets none of it.
+    let proxy = &inits[1];
+    assert!(env(proxy, "OTEL_PROPAGATORS").is_none());
+}
+
+#[test]
+fn python_context_puts_the_distro_first_on_the_path_and_exports_only_when_asked() {
+    let config = InjectConfig {
+        context: ContextConfig {
+            trace_endpoint: "http://collector:4318".to_owned(),
+            ..ContextConfig::default()
+        },
+        ..InjectConfig::default()
+    };
+    let out = injected(
+        &context_pod(
+            json!({"lanemesh.io/inject-context": "python"}),
+            json!([{"name": "PYTHONPATH", "value": "/app/lib"}]),
+        ),
+        &config,
+    );
+    let spec = out.spec.as_ref().unwrap();
+    let copy = spec.init_containers.as_ref().unwrap().last().unwrap();
+    assert_eq!(
+        copy.image.as_deref(),
+        Some("lanemesh/context-python:latest")
+    );
+    let app = &spec.containers[0];
+    assert_eq!(
+        value(app, "PYTHONPATH"),
+        Some(
+            "/lanemesh-context/opentelemetry/instrumentation/auto_instrumentation:/lanemesh-context:/app/lib"
+        )
+    );
+    assert!(env(app, "JAVA_TOOL_OPTIONS").is_none());
+    assert_eq!(value(app, "OTEL_TRACES_EXPORTER"), Some("otlp"));
+    assert_eq!(
+        value(app, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("http://collector:4318")
+    );
+    assert_eq!(
+        value(app, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        Some("http/protobuf")
+    );
+}
+
+#[test]
+fn the_default_context_applies_unless_the_pod_says_none_and_classic_proxies_get_none() {
+    let config = InjectConfig {
+        sidecar_mode: SidecarMode::Classic,
+        context: ContextConfig {
+            default: Language::Java,
+            ..ContextConfig::default()
+        },
+        ..InjectConfig::default()
+    };
+    let out = injected(&context_pod(json!({}), json!([])), &config);
+    let spec = out.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].name, PROXY_CONTAINER);
+    assert!(env(&spec.containers[0], "JAVA_TOOL_OPTIONS").is_none());
+    assert_eq!(
+        value(&spec.containers[1], "JAVA_TOOL_OPTIONS"),
+        Some("-javaagent:/lanemesh-context/opentelemetry-javaagent.jar")
+    );
+    assert_eq!(
+        value(&spec.containers[1], "OTEL_TRACES_EXPORTER"),
+        Some("none")
+    );
+
+    let out = injected(
+        &context_pod(json!({"lanemesh.io/inject-context": "none"}), json!([])),
+        &config,
+    );
+    let spec = out.spec.as_ref().unwrap();
+    assert!(env(&spec.containers[1], "JAVA_TOOL_OPTIONS").is_none());
+    assert!(
+        !spec
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == context::CONTAINER)
+    );
+}
+
+#[test]
+fn a_context_that_cannot_be_injected_is_refused_with_the_reason() {
+    let error = inject(
+        &context_pod(json!({"lanemesh.io/inject-context": "ruby"}), json!([])),
+        None,
+        &InjectConfig::default(),
+    )
+    .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "annotation lanemesh.io/inject-context: \"ruby\" is not \"java\", \"python\" or \"none\""
+    );
+    let error = inject(
+        &context_pod(
+            json!({"lanemesh.io/inject-context": "java"}),
+            json!([{"name": "JAVA_TOOL_OPTIONS", "valueFrom": {"configMapKeyRef": {"name": "jvm", "key": "opts"}}}]),
+        ),
+        None,
+        &InjectConfig::default(),
+    )
+    .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("container \"app\": JAVA_TOOL_OPTIONS comes from valueFrom"),
+        "{message}"
     );
 }

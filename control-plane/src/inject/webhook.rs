@@ -6,6 +6,9 @@
 //! annotation is refused with the annotation's name and expected form, so `kubectl` shows it.
 //! The API server calls with a 10 s timeout by default; injection is a few microseconds of
 //! work, so requests are served as they come with a bound on connections and body size.
+//!
+//! In Kubernetes mode the webhook also reads the pod's Namespace annotations (for
+//! `lanemesh.io/inject-context`) from a reflector of Namespace metadata ([`watch_namespaces`]).
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -13,14 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::{DynamicObject, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -41,6 +47,53 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a review waits for the first list of Namespaces (only right after start).
+const NAMESPACES_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Namespaces' metadata as last seen; `None` outside Kubernetes (no namespace opt-in).
+pub type Namespaces = Option<Store<PartialObjectMeta<Namespace>>>;
+
+/// A store of every Namespace's metadata and the task keeping it current (it runs until
+/// dropped; watch errors are retried with backoff).
+pub fn watch_namespaces(
+    client: kube::Client,
+) -> (
+    Store<PartialObjectMeta<Namespace>>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store();
+    // `Api<PartialObjectMeta<_>>` lists and watches metadata only.
+    let api = kube::Api::<PartialObjectMeta<Namespace>>::all(client);
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    let task = async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(%error, "watching namespaces for the injection webhook");
+            }
+        }
+    };
+    (reader, task)
+}
+
+/// The annotations of Namespace `name`, waiting briefly for the first list after start.
+async fn namespace_annotations(
+    namespaces: &Namespaces,
+    name: Option<&str>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let (store, name) = (namespaces.as_ref()?, name?);
+    if tokio::time::timeout(NAMESPACES_READY_TIMEOUT, store.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the namespace list is not ready: namespace annotations not applied");
+    }
+    store
+        .get(&ObjectRef::new(name))
+        .and_then(|ns| ns.metadata.annotations.clone())
+}
 
 /// Why the webhook cannot serve.
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +143,10 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, WebhookE
 
 /// The answer to one AdmissionReview body: always a review (a malformed one is answered with
 /// an `invalid` response, as the API server expects), and how the pod fared, for the log.
-pub fn review(
+pub async fn review(
     body: &[u8],
     config: &InjectConfig,
+    namespaces: &Namespaces,
 ) -> (AdmissionReview<DynamicObject>, &'static str) {
     let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
         Ok(review) => review,
@@ -117,7 +171,8 @@ pub fn review(
     let Some(pod) = request.object.as_ref() else {
         return (response.into_review(), "no object");
     };
-    let (response, outcome) = match inject(pod, config) {
+    let namespace = namespace_annotations(namespaces, request.namespace.as_deref()).await;
+    let (response, outcome) = match inject(pod, namespace.as_ref(), config) {
         Ok(Injection::Injected(injected)) => match patch(pod, &injected) {
             Ok(patch) => match response.clone().with_patch(patch) {
                 Ok(response) => (response, "injected"),
@@ -142,6 +197,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
     config: Arc<InjectConfig>,
+    namespaces: Namespaces,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -165,6 +221,7 @@ pub async fn serve(
         };
         let acceptor = acceptor.clone();
         let config = Arc::clone(&config);
+        let namespaces = namespaces.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let _permit = permit;
@@ -179,8 +236,9 @@ pub async fn serve(
             };
             let service = hyper::service::service_fn(move |req| {
                 let config = Arc::clone(&config);
+                let namespaces = namespaces.clone();
                 let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(handle(req, &config, &metrics).await) }
+                async move { Ok::<_, Infallible>(handle(req, &config, &namespaces, &metrics).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -202,6 +260,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<Incoming>,
     config: &InjectConfig,
+    namespaces: &Namespaces,
     metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     if req.uri().path() != PATH {
@@ -217,7 +276,7 @@ async fn handle(
         Ok(body) => body.to_bytes(),
         Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n"),
     };
-    let (review, outcome) = review(&body, config);
+    let (review, outcome) = review(&body, config, namespaces).await;
     metrics
         .injections
         .get_or_create(&vec![("outcome", outcome.to_owned())])
@@ -277,7 +336,75 @@ mod tests {
     }
 
     fn answer(body: &[u8]) -> Value {
-        serde_json::to_value(review(body, &InjectConfig::default()).0).unwrap()
+        answer_with(body, &None)
+    }
+
+    fn answer_with(body: &[u8], namespaces: &Namespaces) -> Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let review = runtime.block_on(review(body, &InjectConfig::default(), namespaces));
+        serde_json::to_value(review.0).unwrap()
+    }
+
+    /// A listed store holding Namespace `demo` with `annotations`.
+    fn namespaces(annotations: Value) -> Namespaces {
+        let (reader, mut writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+        let ns: PartialObjectMeta<Namespace> = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "PartialObjectMetadata",
+            "metadata": {"name": "demo", "annotations": annotations},
+        }))
+        .unwrap();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(ns));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        Some(reader)
+    }
+
+    fn init_names(pod: &Value) -> Vec<String> {
+        pod["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_namespace_annotation_injects_context_unless_the_pod_says_none() {
+        let java = namespaces(json!({"lanemesh.io/inject-context": "java"}));
+        let governed = pod(json!({"msePilotAutoEnable": "on"}), json!({}));
+        let review = answer_with(&admission(governed.clone(), false), &java);
+        let patched = apply_patch(&governed, &review["response"]);
+        assert_eq!(
+            init_names(&patched),
+            ["lanemesh-init", "lanemesh-proxy", "lanemesh-context"]
+        );
+        let env = &patched["spec"]["containers"][0]["env"];
+        assert!(
+            env.to_string()
+                .contains("-javaagent:/lanemesh-context/opentelemetry-javaagent.jar"),
+            "{env}"
+        );
+
+        let opted_out = pod(
+            json!({"msePilotAutoEnable": "on"}),
+            json!({"lanemesh.io/inject-context": "none"}),
+        );
+        let review = answer_with(&admission(opted_out.clone(), false), &java);
+        let patched = apply_patch(&opted_out, &review["response"]);
+        assert_eq!(init_names(&patched), ["lanemesh-init", "lanemesh-proxy"]);
+
+        // A typo on the namespace refuses its governed pods, naming the annotation.
+        let typo = namespaces(json!({"lanemesh.io/inject-context": "jvm"}));
+        let review = answer_with(&admission(governed, false), &typo);
+        assert_eq!(review["response"]["allowed"], false);
+        let message = review["response"]["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("lanemesh.io/inject-context: \"jvm\""),
+            "{message}"
+        );
     }
 
     fn apply_patch(pod: &Value, response: &Value) -> Value {
@@ -300,13 +427,7 @@ mod tests {
             assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
             assert_eq!(response["allowed"], true);
             let patched = apply_patch(&pod, response);
-            let names: Vec<_> = patched["spec"]["initContainers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c["name"].as_str().unwrap().to_owned())
-                .collect();
-            assert_eq!(names, ["lanemesh-init", "lanemesh-proxy"]);
+            assert_eq!(init_names(&patched), ["lanemesh-init", "lanemesh-proxy"]);
             assert_eq!(
                 patched["metadata"]["annotations"]["sidecar.lanemesh.io/status"],
                 "injected"
