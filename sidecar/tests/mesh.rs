@@ -315,7 +315,11 @@ async fn baggage_the_sidecar_adds_links_50_concurrent_mixed_lane_requests_to_the
         }
     }
     assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
-    assert_eq!(b.count(PropagationRule::Baggage), 34, "the gray and blue calls");
+    assert_eq!(
+        b.count(PropagationRule::Baggage),
+        34,
+        "the gray and blue calls"
+    );
     assert_eq!(b.count(PropagationRule::Base), 16);
     b.stop().await;
 }

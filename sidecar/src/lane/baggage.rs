@@ -114,7 +114,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -163,7 +166,10 @@ mod tests {
 
     #[test]
     fn carry_writes_the_tag_header_and_the_baggage_member() {
-        let mut h = headers(&[("baggage", "user=alice"), ("baggage", "X-Mse-Tag=blue;p, k=v")]);
+        let mut h = headers(&[
+            ("baggage", "user=alice"),
+            ("baggage", "X-Mse-Tag=blue;p, k=v"),
+        ]);
         carry(&mut h, &tag(), &HeaderValue::from_static("gray"));
         assert_eq!(h.get("x-mse-tag").unwrap(), "gray");
         // One header; the stale lane member replaced, the others kept in order.
