@@ -1,5 +1,5 @@
 # The two commands the README gives a new user, plus helpers.
-.PHONY: demo cluster-demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane fuzz fuzz-smoke
+.PHONY: demo cluster-demo test crds fmt lint cluster-bins bench bench-policy bench-control-plane bench-context fuzz fuzz-smoke
 
 export LANEMESH_CACHE ?= $(HOME)/.cache/lanemesh
 export CARGO_TARGET_DIR ?= $(LANEMESH_CACHE)/target
@@ -18,6 +18,7 @@ demo:
 cluster-demo:
 	bash e2e/cluster/build.sh
 	bash e2e/apps/build.sh
+	bash context/build.sh
 	cargo run --quiet --locked -p lanemesh-e2e --bin lanemesh-cluster-demo -- $(ARGS)
 
 ## test: install what the suite needs (idempotent) and run every test tier
@@ -41,6 +42,13 @@ cluster-bins:
 ## bench: sidecar data-plane benchmark (root; netns + iptables): direct vs lanemesh vs HAProxy vs nginx, one hop
 bench:
 	bash e2e/bench/sidecar.sh
+
+## bench-context: what injected context propagation costs an app: demo-java with and without the
+## OpenTelemetry Java agent, demo-python with and without the auto-instrumentation, demo-go and
+## demo-go-otel, side by side on loopback (start-up, p50/p99, req/s, CPU, RSS; table with ratios)
+bench-context:
+	bash context/build.sh
+	bash e2e/bench/context.sh
 
 ## bench-policy: criterion benchmark of the per-request governance decision (route match, QPS, concurrency, breaker)
 bench-policy:

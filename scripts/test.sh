@@ -45,6 +45,9 @@ bash e2e/cluster/build.sh
 step "demo apps (Go, Java/Spring Boot, Python/Flask from their registries; cached)"
 bash e2e/apps/build.sh
 
+step "context payloads (OpenTelemetry Java agent from Maven Central, Python auto-instrumentation from PyPI; cached)"
+bash context/build.sh
+
 step "console browser check (Debian's chromium, playwright-core from npm; cached)"
 bash e2e/console/install.sh
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Builds and tests the e2e demo apps (Go, Java/Spring Boot, Python/Flask) from
-# e2e/apps/{go,java,python}. Needs go >= 1.22, java >= 17 + mvn, python3 >= 3.10
+# e2e/apps/{go,java,python}. Needs go >= 1.26, java >= 17 + mvn, python3 >= 3.10
 # (with venv); downloads from the Go module proxy, Maven Central and PyPI only.
 #
 # Usage: build.sh [--force] [go|java|python]...   (default: all three)
-# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/apps/{demo-go,demo-java.jar,
-#   demo-java,python/,demo-python}; last lines `demo-<lang>=<absolute path>`.
+# Output: ${LANEMESH_CACHE:-$HOME/.cache/lanemesh}/apps/{demo-go,demo-go-otel,
+#   demo-java.jar,demo-java,python/,demo-python}; last lines `key=<absolute path>`.
 # Idempotent: an app is skipped when its stamp matches its sources, toolchain
 # and recipe. --force rebuilds. Each build runs the app's own tests first.
 set -euo pipefail
@@ -71,29 +71,39 @@ fresh() {
 }
 
 build_go() {
-  command -v go >/dev/null || die "'go' not found; install Go >= 1.22 (the Go module proxy must be reachable)"
+  command -v go >/dev/null || die "'go' not found; install Go >= 1.26 (the Go module proxy must be reachable)"
   export GOMODCACHE="$cache/gomod" GOCACHE="$cache/gobuild"
   export GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0 GOTOOLCHAIN=local
   local recipe stamp start tmp
-  recipe="$(go env GOVERSION GOOS GOARCH) trimpath ldflags=-s -w"
+  recipe="$(go env GOVERSION GOOS GOARCH) trimpath ldflags=-s -w; demo-go-otel: tags=otel"
   stamp="$(stamp_of "$here/go" "$recipe")"
-  if fresh go "$stamp" "$apps/demo-go"; then
-    echo "build.sh: demo-go up to date"
+  if fresh go "$stamp" "$apps/demo-go" "$apps/demo-go-otel"; then
+    echo "build.sh: demo-go and demo-go-otel up to date"
     return
   fi
-  echo "build.sh: building demo-go ($(go env GOVERSION))"
+  echo "build.sh: building demo-go and demo-go-otel ($(go env GOVERSION))"
   start=$(date +%s)
   rm -f "$apps/.stamp-go"
   # (&&: set -e does not apply left of ||)
   (cd "$here/go" && go vet ./... && go test -count=1 ./...) || die "demo-go: tests failed"
-  tmp="$(mktemp "$apps/.demo-go.XXXXXX")"
-  (cd "$here/go" && go build -trimpath -ldflags="-s -w" -o "$tmp" .) || {
-    rm -f "$tmp"
-    die "demo-go: go build failed"
-  }
-  mv -f "$tmp" "$apps/demo-go"
+  # With -tags otel the app forwards traceparent and baggage, which is exactly
+  # what TestForwardsNoIncomingHeader rules out for the plain build; otel_test.go
+  # checks the otel variant's forwarding instead.
+  (cd "$here/go" && go vet -tags otel ./... &&
+    go test -tags otel -count=1 -skip '^TestForwardsNoIncomingHeader$' ./...) || die "demo-go-otel: tests failed"
+  local out tags
+  for out in demo-go demo-go-otel; do
+    tags=""
+    [[ $out != demo-go-otel ]] || tags=otel
+    tmp="$(mktemp "$apps/.$out.XXXXXX")"
+    (cd "$here/go" && go build -tags="$tags" -trimpath -ldflags="-s -w" -o "$tmp" .) || {
+      rm -f "$tmp"
+      die "$out: go build failed"
+    }
+    mv -f "$tmp" "$apps/$out"
+  done
   echo "$stamp" >"$apps/.stamp-go"
-  echo "build.sh: demo-go built in $(($(date +%s) - start))s"
+  echo "build.sh: demo-go and demo-go-otel built in $(($(date +%s) - start))s"
 }
 
 build_java() {
@@ -196,5 +206,6 @@ done
 # Entry commands, one `key=absolute path` a line, for other scripts to parse.
 for lang in "${want[@]}"; do
   echo "demo-$lang=$apps/demo-$lang"
+  [[ $lang != go ]] || echo "demo-go-otel=$apps/demo-go-otel"
   [[ $lang != java ]] || echo "demo-java-jar=$apps/demo-java.jar"
 done

@@ -7,6 +7,9 @@
 //!   the checkout; a `kube::Client` and the matching `kubectl` come with it.
 //! - [`seed`]: the seed story (the examples' apps, lanes and policies) on a local cluster with
 //!   lanemesh installed by its chart; run by `tests/local_mesh.rs` and `make cluster-demo`.
+//! - [`concurrency`]: lane carrying under concurrency on a local cluster: a burst of mixed
+//!   gray/base requests through a base pod B that is Go, Go with `otelhttp`, or Java / Python
+//!   with the webhook's injected context; run by `tests/lane_context.rs`.
 //! - [`demo`]: `make demo`, the product live without Kubernetes: pilot on a directory, the
 //!   gateway and the seed's apps in network namespaces behind real capture rules.
 //! - [`console`]: the pilot's web console checked in a real headless chromium
@@ -22,6 +25,7 @@
 //!   against the real `lanemesh-pilot`.
 
 pub mod cluster;
+pub mod concurrency;
 pub mod console;
 pub mod demo;
 pub mod otlp;

@@ -1039,7 +1039,7 @@ fn context_values_reach_the_webhook_and_a_bad_language_is_refused() {
     for arg in [
         "--inject-context=none",
         "--context-java-image=lanemesh/context-java:2.33.1",
-        "--context-python-image=lanemesh/context-python:0.66b2",
+        "--context-python-image=lanemesh/context-python:0.66b1",
     ] {
         assert!(defaults.contains(&arg.to_owned()), "{arg}: {defaults:?}");
     }

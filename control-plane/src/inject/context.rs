@@ -11,12 +11,13 @@
 //! What a pod gets, as the OpenTelemetry Operator does it:
 //! - a `lanemesh-context` emptyDir and an init container of that name running the language's
 //!   context image with one argument, the directory to fill: the image copies its payload there
-//!   (Java: `opentelemetry-javaagent.jar`; Python: `opentelemetry-distro` and its
-//!   instrumentations installed with `pip install --target`). The init container runs as the
-//!   pod's user, so the files belong to the app's user;
+//!   (Java: `opentelemetry-javaagent.jar`; Python: `boot/sitecustomize.py` and, in `lib/`,
+//!   `opentelemetry-distro` and its instrumentations installed with `pip install --target`).
+//!   The init container runs as the pod's user, so the files belong to the app's user;
 //! - in every app container, that directory read-only at [`CONTEXT_DIR`] and the interpreter's
 //!   start-up hook: `JAVA_TOOL_OPTIONS=-javaagent:…` (appended to the container's own) or
-//!   `PYTHONPATH` (the distro's `sitecustomize` first);
+//!   `PYTHONPATH=…/boot` (prepended; its `sitecustomize` puts `lib/` at the end of `sys.path`,
+//!   so the app's own packages win, and starts the instrumentation);
 //! - the OpenTelemetry settings, each only where the container does not set it itself:
 //!   propagators `tracecontext,baggage`; no exporter (`none`) unless `--inject-context-trace-endpoint`
 //!   names an OTLP/HTTP collector; sampler `parentbased_always_off`, so the app records spans
@@ -221,12 +222,12 @@ fn java_hook(env: &mut Vec<EnvVar>) -> Result<(), &'static str> {
 }
 
 fn python_hook(env: &mut Vec<EnvVar>) -> Result<(), &'static str> {
-    // The distro's `sitecustomize` runs `initialize()` when the interpreter starts; its
-    // packages come after the app's own on `sys.path` only where the app installed them.
+    // Only the payload's `sitecustomize` goes first: it appends the payload's packages to the
+    // end of `sys.path` (the app's own versions win) and starts the auto-instrumentation.
     extend(
         env,
         "PYTHONPATH",
-        &format!("{CONTEXT_DIR}/opentelemetry/instrumentation/auto_instrumentation:{CONTEXT_DIR}"),
+        &format!("{CONTEXT_DIR}/boot"),
         |own, ours| format!("{ours}:{own}"),
     )
 }

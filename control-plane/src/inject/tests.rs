@@ -507,9 +507,7 @@ fn python_context_puts_the_distro_first_on_the_path_and_exports_only_when_asked(
     let app = &spec.containers[0];
     assert_eq!(
         value(app, "PYTHONPATH"),
-        Some(
-            "/lanemesh-context/opentelemetry/instrumentation/auto_instrumentation:/lanemesh-context:/app/lib"
-        )
+        Some("/lanemesh-context/boot:/app/lib")
     );
     assert!(env(app, "JAVA_TOOL_OPTIONS").is_none());
     assert_eq!(value(app, "OTEL_TRACES_EXPORTER"), Some("otlp"));

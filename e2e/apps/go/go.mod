@@ -1,5 +1,23 @@
 // The Go demo app of the lanemesh e2e scenarios (see ../README.md): an
-// ordinary net/http service, standard library only.
+// ordinary net/http service. The plain build is standard library only; the
+// OpenTelemetry modules below are linked by the `otel` build tag alone
+// (demo-go-otel). Their versions require go >= 1.26.
 module lanemesh.io/e2e/apps/go
 
-go 1.22
+go 1.26.0
+
+require (
+	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.72.0
+	go.opentelemetry.io/otel v1.47.0
+)
+
+require (
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/felixge/httpsnoop v1.1.0 // indirect
+	github.com/go-logr/logr v1.4.4 // indirect
+	github.com/go-logr/stdr v1.2.2 // indirect
+	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
+	go.opentelemetry.io/otel/log v1.47.0 // indirect
+	go.opentelemetry.io/otel/metric v1.47.0 // indirect
+	go.opentelemetry.io/otel/trace v1.47.0 // indirect
+)

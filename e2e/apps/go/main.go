@@ -28,6 +28,16 @@ const (
 	errorBodyLimit    = 200
 )
 
+// Hook points for the `otel` build tag (otel.go): the variant built with
+// `-tags otel` replaces them with OpenTelemetry's net/http instrumentation,
+// which extracts the incoming W3C traceparent/baggage into the request context
+// and injects them into the outbound request. The plain build keeps them as the
+// identity and links no OpenTelemetry code. Handler code is the same in both.
+var (
+	instrumentHandler   = func(h http.Handler) http.Handler { return h }
+	instrumentTransport = func(rt http.RoundTripper) http.RoundTripper { return rt }
+)
+
 // App holds the settings of one instance and its run-time fault injection.
 type App struct {
 	Name   string
@@ -52,7 +62,7 @@ func NewApp(name, next, config, podIP string) *App {
 		Config: config,
 		PodIP:  podIP,
 		client: &http.Client{
-			Transport: transport,
+			Transport: instrumentTransport(transport),
 			Timeout:   downstreamTimeout,
 			// A redirect is an answer like any other non-2xx one.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -71,7 +81,7 @@ func (a *App) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { text(w, http.StatusOK, "ok") })
 	mux.HandleFunc("POST /admin/delay", a.setting("ms", "delay_ms", 0, 1<<31-1, &a.delayMs))
 	mux.HandleFunc("POST /admin/fail", a.setting("status", "fail_status", 200, 599, &a.failStatus))
-	return logRequests(mux)
+	return logRequests(instrumentHandler(mux))
 }
 
 // SetDelay and SetFail set the fault injection (0 turns it off).

@@ -18,8 +18,17 @@ pub fn demo_apps_dir() -> Result<PathBuf> {
         .join("apps"))
 }
 
+/// Where `context/build.sh` puts the context payloads: `$LANEMESH_CACHE/context`.
+pub fn context_dir() -> Result<PathBuf> {
+    Ok(demo_apps_dir()?
+        .parent()
+        .context("the apps directory has no parent")?
+        .join("context"))
+}
+
 /// The images the chart and the examples use: `lanemesh/pilot` and `lanemesh/proxy` run the
-/// given binaries, `lanemesh/demo-{go,java,python}` the demo apps, `python` the host's python3.
+/// given binaries, `lanemesh/demo-{go,go-otel,java,python}` the demo apps,
+/// `lanemesh/context-{java,python}` copy the context payloads, `python` is the host's python3.
 pub fn mesh_images(pilot: &Path, proxy: &Path) -> Result<Vec<Image>> {
     let apps = demo_apps_dir()?;
     let mut images = vec![
@@ -37,6 +46,32 @@ pub fn mesh_images(pilot: &Path, proxy: &Path) -> Result<Vec<Image>> {
         images.push(Image::new(
             &format!("lanemesh/demo-{lang}"),
             &[&path.display().to_string()],
+        ));
+    }
+    let go_otel = apps.join("demo-go-otel");
+    if !go_otel.is_file() {
+        bail!(
+            "{} missing: build the demo apps with e2e/apps/build.sh",
+            go_otel.display()
+        );
+    }
+    images.push(Image::new(
+        "lanemesh/demo-go-otel",
+        &[&go_otel.display().to_string()],
+    ));
+    // The context images' contract: copy the payload into the directory given (context/).
+    let context = context_dir()?;
+    for lang in ["java", "python"] {
+        let payload = context.join(lang);
+        if !payload.is_dir() {
+            bail!(
+                "{} missing: build the context payloads with context/build.sh",
+                payload.display()
+            );
+        }
+        images.push(Image::new(
+            &format!("lanemesh/context-{lang}"),
+            &["cp", "-RT", &payload.display().to_string()],
         ));
     }
     images.push(Image::new("python", &["python3"]));
