@@ -91,6 +91,32 @@ async fn create(cluster: &TestCluster, args: &[&str], yaml: &str) -> Result<Valu
     }
 }
 
+/// `kubectl create --dry-run=server` of `yaml` until the answer has the init container `init`
+/// (what reaches the webhook changes asynchronously); the answer.
+async fn dry_run_until(cluster: &TestCluster, yaml: &str, init: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = create(
+            cluster,
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            yaml,
+        )
+        .await
+        .unwrap();
+        if names(&probe["spec"]["initContainers"])
+            .iter()
+            .any(|n| n == init)
+        {
+            return probe;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {init} after 30 s: {probe}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
     if cluster::skip_requested("kubectl_create_of_a_labelled_pod_comes_back_injected") {
@@ -114,10 +140,14 @@ async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
             sidecar_mode: SidecarMode::Native,
             ..InjectConfig::default()
         };
+        // The pilot's Namespace reflector, against the real API server.
+        let (namespaces, watch) = webhook::watch_namespaces(cluster.client());
+        tokio::spawn(watch);
         tokio::spawn(webhook::serve(
             listener,
             tls,
             Arc::new(config),
+            Some(namespaces),
             Arc::clone(&metrics),
             stopped,
         ));
@@ -139,24 +169,7 @@ async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
         let governed =
             r#"{msePilotAutoEnable: "on", msePilotCreateAppName: a, alicloud.service.tag: gray}"#;
         // The API server picks the configuration up asynchronously: dry-run until it injects.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let probe = create(
-                &cluster,
-                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-                &pod("probe", governed, "{}"),
-            )
-            .await
-            .unwrap();
-            if !names(&probe["spec"]["initContainers"]).is_empty() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the webhook never injected"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        dry_run_until(&cluster, &pod("probe", governed, "{}"), "lanemesh-proxy").await;
         assert!(
             cluster
                 .kubectl(["get", "pod", "probe", "-n", "shop"])
@@ -337,6 +350,43 @@ async fn kubectl_create_of_a_labelled_pod_comes_back_injected() {
                 .status
                 .code()
                 != Some(0)
+        );
+
+        // The Namespace opts its pods into Python context; a pod saying `none` stays out.
+        let out = cluster
+            .kubectl([
+                "annotate",
+                "namespace",
+                "shop",
+                "lanemesh.io/inject-context=python",
+            ])
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let python = dry_run_until(&cluster, &pod("py", governed, "{}"), "lanemesh-context").await;
+        let app_env = python["spec"]["containers"][0]["env"].to_string();
+        assert!(
+            app_env.contains(r#"{"name":"PYTHONPATH","value":"/lanemesh-context/boot"}"#),
+            "{app_env}"
+        );
+        let opted_out = create(
+            &cluster,
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &pod(
+                "py-none",
+                governed,
+                r#"{lanemesh.io/inject-context: "none"}"#,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            names(&opted_out["spec"]["initContainers"]),
+            ["lanemesh-init", "lanemesh-proxy"]
         );
     })
     .await

@@ -10,6 +10,7 @@
 //! A and C are the Go demo app. Shared by the `lane_context` test (which asserts no misroute
 //! where B forwards context) and anyone who wants the table.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -202,6 +203,9 @@ pub struct Outcome {
     pub failed: usize,
     /// A few offending lines, for the report.
     pub examples: Vec<String>,
+    /// How B's sidecar chose the lane of its outbound calls during the burst: rule -> calls
+    /// (`lanemesh_lane_propagations_total`).
+    pub rules: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -223,6 +227,7 @@ pub fn judge(variant: Variant, output: &str) -> Result<Outcome> {
         base_misrouted: 0,
         failed: 0,
         examples: Vec::new(),
+        rules: BTreeMap::new(),
     };
     for line in output.lines().filter(|l| !l.trim().is_empty()) {
         let mut parts = line.splitn(4, ' ');
@@ -277,12 +282,7 @@ pub async fn deploy(mesh: &LocalMesh, variants: &[Variant]) -> Result<()> {
 /// configuration reached every sidecar), then sends the burst through `variant`'s B.
 pub async fn burst(mesh: &LocalMesh, variant: Variant) -> Result<Outcome> {
     let ns = variant.namespace();
-    let client = mesh
-        .pods(&ns, "app=client")
-        .await?
-        .into_iter()
-        .next()
-        .with_context(|| format!("no client pod in {ns}"))?;
+    let client = first_pod(mesh, &ns, "app=client").await?;
     let exec = |n: usize, delay: Option<u32>| {
         let ns = ns.clone();
         let client = client.clone();
@@ -329,19 +329,72 @@ pub async fn burst(mesh: &LocalMesh, variant: Variant) -> Result<Outcome> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let b = first_pod(mesh, &ns, "app=b").await?;
+    let b_ip = mesh
+        .kubectl([
+            "get",
+            "pod",
+            "-n",
+            &ns,
+            &b,
+            "-o",
+            "jsonpath={.status.podIP}",
+        ])
+        .await?;
+    let metrics_url = format!("http://{}:15020/metrics", b_ip.trim());
+    let rules = || async {
+        let text = mesh
+            .kubectl([
+                "exec", "-n", &ns, &client, "-c", "client", "--", "python3", "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
+                &metrics_url,
+            ])
+            .await?;
+        Ok::<_, anyhow::Error>(propagation_rules(&text))
+    };
+    let before = rules().await?;
     let out = exec(BURST, Some(B_DELAY_MS)).await?;
-    judge(variant, &out)
+    let mut outcome = judge(variant, &out)?;
+    for (rule, after) in rules().await? {
+        let delta = after.saturating_sub(before.get(&rule).copied().unwrap_or(0));
+        if delta > 0 {
+            outcome.rules.insert(rule, delta);
+        }
+    }
+    Ok(outcome)
+}
+
+/// The first running pod matching `selector`.
+async fn first_pod(mesh: &LocalMesh, ns: &str, selector: &str) -> Result<String> {
+    mesh.pods(ns, selector)
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("no pod {selector} in {ns}"))
+}
+
+/// `lanemesh_lane_propagations_total{rule="…"} N` lines of a sidecar's metrics: rule -> N.
+fn propagation_rules(metrics: &str) -> BTreeMap<String, u64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("lanemesh_lane_propagations_total{rule=\""))
+        .filter_map(|l| {
+            let (rule, rest) = l.split_once('"')?;
+            let n = rest.rsplit(' ').next()?.trim().parse().ok()?;
+            Some((rule.to_owned(), n))
+        })
+        .collect()
 }
 
 /// The table of outcomes (markdown).
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut out = String::from(
-        "| B's app | context | requests | gray misrouted | base misrouted | failed |\n|---|---|---|---|---|---|\n",
+        "| B's app | context | requests | gray misrouted | base misrouted | failed | B's outbound lane rules |\n|---|---|---|---|---|---|---|\n",
     );
     for o in outcomes {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             o.variant.name,
             o.variant.context.map_or_else(
                 || if o.variant.forwards {
@@ -355,7 +408,12 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.requests,
             o.gray_misrouted,
             o.base_misrouted,
-            o.failed
+            o.failed,
+            o.rules
+                .iter()
+                .map(|(rule, n)| format!("{rule} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     out
@@ -378,6 +436,18 @@ mod tests {
         assert_eq!(o.examples.len(), 3);
         assert!(!o.exact());
         assert!(judge(VARIANTS[0], "garbage").is_err());
+    }
+
+    #[test]
+    fn propagation_rules_are_read_from_the_metrics_text() {
+        let text = "# TYPE lanemesh_lane_propagations counter\n\
+                    lanemesh_lane_propagations_total{rule=\"baggage\"} 100\n\
+                    lanemesh_lane_propagations_total{rule=\"base\"} 7\n\
+                    lanemesh_requests_total{rule=\"x\"} 1\n";
+        assert_eq!(
+            propagation_rules(text),
+            BTreeMap::from([("baggage".to_owned(), 100), ("base".to_owned(), 7)])
+        );
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub const PROXY_CPU_LIMIT: &str = "sidecar.lanemesh.io/proxyCPULimit";
 /// The proxy container's memory limit.
 pub const PROXY_MEMORY_LIMIT: &str = "sidecar.lanemesh.io/proxyMemoryLimit";
 
+/// The pod or Namespace annotation choosing the context propagation injected into the app's
+/// containers (`java`, `python`, `none`; see [`super::context`]).
+pub const INJECT_CONTEXT: &str = "lanemesh.io/inject-context";
+
 /// An annotation the webhook refuses; the pod is not created.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("annotation {annotation}: {value:?} is not {expected}")]
@@ -73,7 +77,7 @@ pub struct PodOverrides {
     /// `sidecar.lanemesh.io/appDrainSeconds`.
     pub app_drain_seconds: Option<i64>,
     /// `lanemesh.io/inject-context`.
-    pub context: Option<super::context::Language>,
+    pub context: Option<Language>,
 }
 
 impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
@@ -128,10 +132,47 @@ impl TryFrom<&BTreeMap<String, String>> for PodOverrides {
                         })
                 })
                 .transpose()?,
-            context: get(super::context::ANNOTATION)
-                .map(|v| super::context::Language::parse(super::context::ANNOTATION, v))
+            context: get(INJECT_CONTEXT)
+                .map(|v| Language::parse(INJECT_CONTEXT, v))
                 .transpose()?,
         })
+    }
+}
+
+/// Which instrumentation an app gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Language {
+    /// Nothing (the app forwards what it forwards).
+    #[default]
+    None,
+    /// The OpenTelemetry Java agent through `JAVA_TOOL_OPTIONS`.
+    Java,
+    /// OpenTelemetry's Python auto-instrumentation through `PYTHONPATH`.
+    Python,
+}
+
+impl Language {
+    /// The annotation's value.
+    pub fn parse(annotation: &'static str, value: &str) -> Result<Self, AnnotationError> {
+        match value.trim() {
+            "none" => Ok(Self::None),
+            "java" => Ok(Self::Java),
+            "python" => Ok(Self::Python),
+            other => Err(AnnotationError {
+                annotation,
+                value: other.to_owned(),
+                expected: "\"java\", \"python\" or \"none\"",
+            }),
+        }
+    }
+
+    /// The annotation's value for this language.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Java => "java",
+            Self::Python => "python",
+        }
     }
 }
 

@@ -31,11 +31,10 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::annotations::AnnotationError;
+pub use super::annotations::Language;
+use super::annotations::{AnnotationError, INJECT_CONTEXT};
 use super::{dropped_capabilities, resources, value_env};
 
-/// The pod or Namespace annotation choosing the context injected into the app's containers.
-pub const ANNOTATION: &str = "lanemesh.io/inject-context";
 /// The name of the init container and of the volume it fills.
 pub const CONTAINER: &str = "lanemesh-context";
 /// Where app containers see the payload.
@@ -44,43 +43,6 @@ pub const CONTEXT_DIR: &str = "/lanemesh-context";
 pub const JAVA_AGENT: &str = "opentelemetry-javaagent.jar";
 /// The payload is tens of MiB; more is a broken image.
 const VOLUME_LIMIT: &str = "256Mi";
-
-/// Which instrumentation an app gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Language {
-    /// Nothing (the app forwards what it forwards).
-    #[default]
-    None,
-    /// The OpenTelemetry Java agent through `JAVA_TOOL_OPTIONS`.
-    Java,
-    /// OpenTelemetry's Python auto-instrumentation through `PYTHONPATH`.
-    Python,
-}
-
-impl Language {
-    /// The annotation's value.
-    pub fn parse(annotation: &'static str, value: &str) -> Result<Self, AnnotationError> {
-        match value.trim() {
-            "none" | "false" => Ok(Self::None),
-            "java" => Ok(Self::Java),
-            "python" => Ok(Self::Python),
-            other => Err(AnnotationError {
-                annotation,
-                value: other.to_owned(),
-                expected: "\"java\", \"python\" or \"none\"",
-            }),
-        }
-    }
-
-    /// The annotation's value for this language.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Java => "java",
-            Self::Python => "python",
-        }
-    }
-}
 
 /// The webhook's context settings (the chart's `context.*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,7 +72,7 @@ impl Default for ContextConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "container {container:?}: {variable} comes from valueFrom, so {annotation}: {language} cannot extend it; set it as a plain value or choose \"none\"",
-    annotation = ANNOTATION,
+    annotation = INJECT_CONTEXT,
 )]
 pub struct ContextError {
     pub container: String,
@@ -127,8 +89,8 @@ pub fn choose(
     if let Some(language) = pod {
         return Ok(language);
     }
-    match namespace.and_then(|a| a.get(ANNOTATION)) {
-        Some(value) => Language::parse(ANNOTATION, value),
+    match namespace.and_then(|a| a.get(INJECT_CONTEXT)) {
+        Some(value) => Language::parse(INJECT_CONTEXT, value),
         None => Ok(default),
     }
 }
