@@ -1,6 +1,7 @@
 //! [`MeshRouter`]: the lane decision on inbound requests and the lane-aware endpoint choice on
 //! outbound ones.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use std::sync::{Mutex, PoisonError};
@@ -266,16 +267,22 @@ impl MeshRouter {
         }
         // The entry decision (if any) is in the tag header now; elsewhere the request carries
         // its lane from upstream, or is base.
-        let lane = rt
-            .propagation
-            .carried_tag(&req.headers)
-            .map(|(tag, rule)| (tag.into_owned(), rule));
-        if let Some((tag, PropagationRule::TagHeader)) = &lane {
-            // An app that forwards baggage (OpenTelemetry's instrumentation does) then names
-            // the lane on each of its own calls, however many lanes it serves at once.
+        let mut lane = rt.propagation.carried_tag(&req.headers);
+        // An app that forwards baggage (OpenTelemetry's instrumentation does) then names the
+        // lane on each of its own calls, however many lanes it serves at once. A caller's
+        // sidecar already wrote it: only a tag from elsewhere costs a copy.
+        if let Some((tag, PropagationRule::TagHeader)) = &lane
+            && rt
+                .propagation
+                .tag_headers
+                .iter()
+                .any(|name| baggage::value(&req.headers, name.as_str()).as_deref() != Some(&**tag))
+        {
+            let tag = tag.clone().into_owned();
             for name in &rt.propagation.tag_headers {
-                baggage::complete(&mut req.headers, name, tag);
+                baggage::complete(&mut req.headers, name, &tag);
             }
+            lane = Some((Cow::Owned(tag), PropagationRule::TagHeader));
         }
         let guard = self.propagator.register_inbound(
             &rt.propagation,
