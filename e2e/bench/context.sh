@@ -5,7 +5,8 @@
 #   python plain demo-python vs demo-python + opentelemetry-distro (through PYTHONPATH, see PYTHON_CONTEXT below)
 #   go     demo-go          vs  demo-go-otel (built with -tags otel: otelhttp handler + transport, no SDK)
 # The instrumented runs get OTEL_PROPAGATORS=tracecontext,baggage, OTEL_{TRACES,METRICS,LOGS}_EXPORTER=none,
-# OTEL_TRACES_SAMPLER=parentbased_always_off, OTEL_SERVICE_NAME=b: propagation only, nothing exported.
+# OTEL_TRACES_SAMPLER=parentbased_traceidratio with OTEL_TRACES_SAMPLER_ARG=0.01 (what the webhook sets with the
+# default sampling), OTEL_SERVICE_NAME=b: propagation, nothing exported.
 #
 # Topology, all on loopback: load client -> B (the app under test, --next=C) -> C (demo-go, last hop, shared by
 # every run). For each app: start B, start-up = exec until the first 200 from GET /healthz; then a warm-up and N
@@ -234,7 +235,7 @@ C_PORT=$PORT
 start C "$C_PORT" env -u JAVA_TOOL_OPTIONS -u PYTHONPATH "$DEMO_GO" --name=C --port="$C_PORT"
 NEXT=http://127.0.0.1:$C_PORT
 OTEL_ENV=(OTEL_PROPAGATORS=tracecontext,baggage OTEL_TRACES_EXPORTER=none OTEL_METRICS_EXPORTER=none
-    OTEL_LOGS_EXPORTER=none OTEL_TRACES_SAMPLER=parentbased_always_off OTEL_SERVICE_NAME=b)
+    OTEL_LOGS_EXPORTER=none OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 OTEL_SERVICE_NAME=b)
 # The plain runs (and C) get none of it, whatever the caller's environment holds.
 PLAIN=(env -u JAVA_TOOL_OPTIONS -u PYTHONPATH)
 for v in "${OTEL_ENV[@]}"; do PLAIN+=(-u "${v%%=*}"); done

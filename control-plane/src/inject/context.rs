@@ -20,9 +20,10 @@
 //!   so the app's own packages win, and starts the instrumentation);
 //! - the OpenTelemetry settings, each only where the container does not set it itself:
 //!   propagators `tracecontext,baggage`; no exporter (`none`) unless `--inject-context-trace-endpoint`
-//!   names an OTLP/HTTP collector; sampler `parentbased_always_off`, so the app records spans
-//!   only of requests the mesh's tracing sampled and never originates an unsampled trace of
-//!   its own that would switch the sidecars' spans off; `service.name` = the pod's app.
+//!   names an OTLP/HTTP collector; sampler `parentbased_traceidratio` at the sidecars' ratio
+//!   (`--inject-trace-sampling`), so an app follows the decision in the `traceparent` its sidecar
+//!   hands it and starts its own traces (calls outside any request) as often as a sidecar
+//!   would; `service.name` = the pod's app.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 pub use super::annotations::Language;
 use super::annotations::{AnnotationError, INJECT_CONTEXT};
-use super::{dropped_capabilities, resources, value_env};
+use super::{InjectConfig, dropped_capabilities, resources, value_env};
 
 /// The name of the init container and of the volume it fills.
 pub const CONTAINER: &str = "lanemesh-context";
@@ -99,14 +100,13 @@ pub fn choose(
 pub fn inject(
     spec: &mut PodSpec,
     language: Language,
-    config: &ContextConfig,
-    image_pull_policy: &str,
+    config: &InjectConfig,
     app: Option<&str>,
 ) -> Result<(), ContextError> {
     let (image, hook) = match language {
         Language::None => return Ok(()),
-        Language::Java => (&config.java_image, java_hook as Hook),
-        Language::Python => (&config.python_image, python_hook as Hook),
+        Language::Java => (&config.context.java_image, java_hook as Hook),
+        Language::Python => (&config.context.python_image, python_hook as Hook),
     };
     for container in &mut spec.containers {
         if container.name == super::PROXY_CONTAINER {
@@ -138,7 +138,7 @@ pub fn inject(
         .push(Container {
             name: CONTAINER.to_owned(),
             image: Some(image.clone()),
-            image_pull_policy: Some(image_pull_policy.to_owned()),
+            image_pull_policy: Some(config.image_pull_policy.clone()),
             args: Some(vec![CONTEXT_DIR.to_owned()]),
             // The pod's own user (no runAsUser here): the copied files then belong to it.
             security_context: Some(SecurityContext {
@@ -220,14 +220,15 @@ fn extend(
 }
 
 /// The OpenTelemetry SDK settings (environment variables both SDKs read).
-fn otel_env(config: &ContextConfig, app: Option<&str>) -> Vec<(&'static str, String)> {
+fn otel_env(config: &InjectConfig, app: Option<&str>) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("OTEL_PROPAGATORS", "tracecontext,baggage".to_owned()),
-        ("OTEL_TRACES_SAMPLER", "parentbased_always_off".to_owned()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+        ("OTEL_TRACES_SAMPLER_ARG", config.trace_sampling.to_string()),
         ("OTEL_METRICS_EXPORTER", "none".to_owned()),
         ("OTEL_LOGS_EXPORTER", "none".to_owned()),
     ];
-    if config.trace_endpoint.is_empty() {
+    if config.context.trace_endpoint.is_empty() {
         env.push(("OTEL_TRACES_EXPORTER", "none".to_owned()));
     } else {
         env.push(("OTEL_TRACES_EXPORTER", "otlp".to_owned()));
@@ -235,7 +236,10 @@ fn otel_env(config: &ContextConfig, app: Option<&str>) -> Vec<(&'static str, Str
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "http/protobuf".to_owned(),
         ));
-        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", config.trace_endpoint.clone()));
+        env.push((
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            config.context.trace_endpoint.clone(),
+        ));
     }
     if let Some(app) = app {
         env.push(("OTEL_SERVICE_NAME", app.to_owned()));

@@ -254,13 +254,7 @@ pub fn inject(
         }
     }
     let app = labels::app_name(pod_labels);
-    context::inject(
-        spec,
-        language,
-        &config.context,
-        &config.image_pull_policy,
-        app,
-    )?;
+    context::inject(spec, language, config, app)?;
     let init = init_container(config, &overrides);
     let proxy = proxy_container(config, &overrides, app);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);

@@ -445,8 +445,9 @@ fn java_context_adds_the_agent_copy_the_volume_and_the_otel_settings() {
     assert_eq!(value(app, "OTEL_PROPAGATORS"), Some("tracecontext,baggage"));
     assert_eq!(
         value(app, "OTEL_TRACES_SAMPLER"),
-        Some("parentbased_always_off")
+        Some("parentbased_traceidratio")
     );
+    assert_eq!(value(app, "OTEL_TRACES_SAMPLER_ARG"), Some("0.01"));
     assert_eq!(value(app, "OTEL_METRICS_EXPORTER"), Some("none"));
     assert_eq!(value(app, "OTEL_SERVICE_NAME"), Some("a"));
     // The app's own setting stays, once.
