@@ -329,18 +329,19 @@ fn gateway_enabled_renders_the_gateway_deployment_service_and_classes() {
     assert!(!refused.status.success(), "port 15001 accepted");
 }
 
+/// The pilot container's arguments in rendered `docs`.
+fn pilot_args(docs: &[Value]) -> Vec<String> {
+    strings(
+        &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"][0]["args"],
+    )
+}
+
 #[test]
 fn tracing_values_reach_the_webhook_and_the_gateway() {
     if cluster::skip_requested("tracing_values_reach_the_webhook_and_the_gateway") {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let pilot_args = |docs: &[Value]| {
-        strings(
-            &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"]
-                [0]["args"],
-        )
-    };
     let off = documents(&template(home.path(), &["--set", "gateway.enabled=true"]));
     assert!(
         !pilot_args(&off)
@@ -1029,12 +1030,6 @@ fn context_values_reach_the_webhook_and_a_bad_language_is_refused() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let pilot_args = |docs: &[Value]| {
-        strings(
-            &find(docs, "Deployment", "lanemesh-pilot")["spec"]["template"]["spec"]["containers"]
-                [0]["args"],
-        )
-    };
     let defaults = pilot_args(&documents(&template(home.path(), &[])));
     for arg in [
         "--inject-context=none",

@@ -8,75 +8,56 @@
 
 use std::time::Duration;
 
-use lanemesh_e2e::cluster::{self, LocalMesh, is_root, leftovers};
+use lanemesh_e2e::cluster::local_mesh_test;
 use lanemesh_e2e::concurrency::{self, VARIANTS};
-use lanemesh_e2e::process::lanemesh_binaries;
-
-const TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_mixed_lanes_through_a_base_pod_stay_in_their_lanes() {
-    if cluster::skip_requested("concurrent_mixed_lanes_through_a_base_pod_stay_in_their_lanes") {
-        return;
-    }
-    assert!(
-        is_root(),
-        "the local cluster tier needs root (network namespaces, iptables); run as root or set {}=1",
-        cluster::SKIP_ENV
-    );
-    tokio::time::timeout(TIMEOUT, async {
-        let bins = tokio::task::spawn_blocking(|| lanemesh_binaries(Duration::from_secs(15 * 60)))
-            .await
-            .unwrap()
-            .unwrap();
-        let mesh = LocalMesh::install(&bins.pilot, &bins.proxy).await.unwrap();
-        concurrency::deploy(&mesh, &VARIANTS).await.unwrap();
-        // The webhook injected the context into B only, where asked.
-        for v in VARIANTS {
-            let b = mesh.pods(&v.namespace(), "app=b").await.unwrap();
-            let inits = mesh
-                .kubectl([
-                    "get",
-                    "pod",
-                    "-n",
-                    &v.namespace(),
-                    &b[0],
-                    "-o",
-                    "jsonpath={.spec.initContainers[*].name}",
-                ])
-                .await
-                .unwrap();
-            assert_eq!(
-                inits.contains("lanemesh-context"),
-                v.context.is_some(),
-                "{}: init containers {inits}",
-                v.name
-            );
-        }
-        let mut outcomes = Vec::new();
-        for v in VARIANTS {
-            let outcome = concurrency::burst(&mesh, v).await.unwrap();
-            println!("{}: {outcome:?}", v.name);
-            outcomes.push(outcome);
-        }
-        println!(
-            "{} concurrent requests (half gray) through A -> B -> C, B a base pod:\n{}",
-            concurrency::BURST,
-            concurrency::table(&outcomes)
-        );
-        for o in &outcomes {
-            assert_eq!(o.requests, concurrency::BURST, "{o:?}");
-            if o.variant.forwards {
-                assert!(o.exact(), "{} left its lanes: {o:?}", o.variant.name);
+    local_mesh_test(
+        "concurrent_mixed_lanes_through_a_base_pod_stay_in_their_lanes",
+        Duration::from_secs(20 * 60),
+        |mesh| async move {
+            concurrency::deploy(&mesh, &VARIANTS).await.unwrap();
+            // The webhook injected the context into B only, where asked.
+            for v in VARIANTS {
+                let b = mesh.pods(&v.namespace(), "app=b").await.unwrap();
+                let inits = mesh
+                    .kubectl([
+                        "get",
+                        "pod",
+                        "-n",
+                        &v.namespace(),
+                        &b[0],
+                        "-o",
+                        "jsonpath={.spec.initContainers[*].name}",
+                    ])
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    inits.contains("lanemesh-context"),
+                    v.context.is_some(),
+                    "{}: init containers {inits}",
+                    v.name
+                );
             }
-        }
-        drop(mesh);
-        assert_eq!(
-            leftovers(),
-            Vec::<String>::new(),
-            "teardown left things behind"
-        );
-    })
-    .await
-    .expect("test timed out");
+            let mut outcomes = Vec::new();
+            for v in VARIANTS {
+                let outcome = concurrency::burst(&mesh, v).await.unwrap();
+                println!("{}: {outcome:?}", v.name);
+                outcomes.push(outcome);
+            }
+            println!(
+                "{} concurrent requests (half gray) through A -> B -> C, B a base pod:\n{}",
+                concurrency::BURST,
+                concurrency::table(&outcomes)
+            );
+            for o in &outcomes {
+                assert_eq!(o.requests, concurrency::BURST, "{o:?}");
+                if o.variant.forwards {
+                    assert!(o.exact(), "{} left its lanes: {o:?}", o.variant.name);
+                }
+            }
+        },
+    )
+    .await;
 }

@@ -189,19 +189,22 @@ async fn gray_request_falls_back_to_base_b_keeps_its_tag_and_b_reaches_c_gray() 
     b.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
-    // DESIGN §4 rule 3: B's app forwards only `traceparent`; B's sidecar must find each
-    // outbound call's lane from the inbound request that carried the same trace id, while
-    // requests of three lanes are in flight at once (so no in-flight shortcut applies).
-    let (b, b_app) = Sidecar::start(6, "b", None).await;
-    let c_base = bare_app(7, "c-base", Duration::from_millis(20)).await;
-    let c_gray = bare_app(8, "c-gray", Duration::from_millis(20)).await;
-    let c_blue = bare_app(9, "c-blue", Duration::from_millis(20)).await;
-    app(
+/// B (a base pod whose app forwards only `forwards`) in front of c-base, c-gray and c-blue, each
+/// answering after 20 ms, on the addresses `n`..`n + 3`.
+async fn b_before_three_lanes_of_c(
+    n: u8,
+    forwards: &'static str,
+    group: proto::LaneGroup,
+) -> Sidecar {
+    let (b, b_app) = Sidecar::start(n, "b", None).await;
+    let c_base = bare_app(n + 1, "c-base", Duration::from_millis(20)).await;
+    let c_gray = bare_app(n + 2, "c-gray", Duration::from_millis(20)).await;
+    let c_blue = bare_app(n + 3, "c-blue", Duration::from_millis(20)).await;
+    forwarding_app(
         b_app,
         "b-base",
         Some((b.client(), C_CLUSTER)),
+        forwards,
         Duration::ZERO,
     );
     let services = vec![
@@ -216,21 +219,25 @@ async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
             ],
         ),
     ];
-    b.install(snapshot("b", services, lane_group(true, false)))
-        .await;
+    b.install(snapshot("b", services, group)).await;
+    b
+}
 
+/// 50 requests at once straight to B's pod, as callers' sidecars send them: lanes gray, blue and
+/// base by turn, request `i` with `headers(i, lane)`. Every answer is a 200; returns those that
+/// did not reach their own lane's C.
+async fn mixed_lane_burst(
+    b: &Sidecar,
+    headers: fn(usize, &'static str) -> Vec<(&'static str, String)>,
+) -> Vec<String> {
     let lanes = ["gray", "blue", "base"];
     let mut tasks = Vec::new();
     for i in 0..50 {
         let pod = b.pod;
         tasks.push(tokio::spawn(async move {
             let lane = lanes[i % 3];
-            let trace = traceparent(1000 + i);
-            let mut headers = vec![("traceparent", trace.as_str())];
-            if lane != "base" {
-                headers.push(("x-mse-tag", lane));
-            }
-            // Straight to B's pod, as another sidecar would.
+            let owned = headers(i, lane);
+            let headers: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let stream = timeout(STEP, TcpStream::connect(pod))
                 .await
                 .unwrap()
@@ -247,6 +254,26 @@ async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
             misroutes.push(format!("{lane}: {body}"));
         }
     }
+    misroutes
+}
+
+/// The tag header, for the requests of a lane.
+fn tag(lane: &'static str) -> Option<(&'static str, String)> {
+    (lane != "base").then(|| ("x-mse-tag", lane.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_ids_link_50_concurrent_mixed_lane_requests_to_their_lanes() {
+    // DESIGN §4 rule 3: B's app forwards only `traceparent`; B's sidecar must find each
+    // outbound call's lane from the inbound request that carried the same trace id, while
+    // requests of three lanes are in flight at once (so no in-flight shortcut applies).
+    let b = b_before_three_lanes_of_c(6, "traceparent", lane_group(true, false)).await;
+    let misroutes = mixed_lane_burst(&b, |i, lane| {
+        let mut headers = vec![("traceparent", traceparent(1000 + i))];
+        headers.extend(tag(lane));
+        headers
+    })
+    .await;
     assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
     assert_eq!(b.count(PropagationRule::TraceId), 50);
     b.stop().await;
@@ -258,62 +285,18 @@ async fn baggage_the_sidecar_adds_links_50_concurrent_mixed_lane_requests_to_the
     // carries) and its callers set only the tag header; no trace header and no in-flight rule
     // is configured. B's sidecar writes the lane into each inbound request's baggage, so each
     // outbound call names its own lane while three lanes are in flight.
-    let (b, b_app) = Sidecar::start(36, "b", None).await;
-    let c_base = bare_app(37, "c-base", Duration::from_millis(20)).await;
-    let c_gray = bare_app(38, "c-gray", Duration::from_millis(20)).await;
-    let c_blue = bare_app(39, "c-blue", Duration::from_millis(20)).await;
-    forwarding_app(
-        b_app,
-        "b-base",
-        Some((b.client(), C_CLUSTER)),
-        "baggage",
-        Duration::ZERO,
-    );
-    let services = vec![
-        service("b", B_CLUSTER, &[(b.pod, "", true)]),
-        service(
-            "c",
-            C_CLUSTER,
-            &[
-                (c_base, "", true),
-                (c_gray, "gray", true),
-                (c_blue, "blue", true),
-            ],
-        ),
-    ];
     let mut group = lane_group(false, false);
     if let Some(p) = group.propagation.as_mut() {
         p.trace_headers.clear();
     }
-    b.install(snapshot("b", services, group)).await;
-
-    let lanes = ["gray", "blue", "base"];
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let pod = b.pod;
-        tasks.push(tokio::spawn(async move {
-            let lane = lanes[i % 3];
-            // Other members of the caller's baggage travel on beside the lane.
-            let mut headers = vec![("baggage", "user=alice")];
-            if lane != "base" {
-                headers.push(("x-mse-tag", lane));
-            }
-            let stream = timeout(STEP, TcpStream::connect(pod))
-                .await
-                .unwrap()
-                .unwrap();
-            let (status, _, body) = send(stream, B_CLUSTER, &headers).await;
-            (lane, status, body)
-        }));
-    }
-    let mut misroutes = Vec::new();
-    for task in tasks {
-        let (lane, status, body) = timeout(STEP, task).await.unwrap().unwrap();
-        assert_eq!(status, StatusCode::OK, "{body}");
-        if !body.contains(&format!("next=[200 OK:name=c-{lane} ")) {
-            misroutes.push(format!("{lane}: {body}"));
-        }
-    }
+    let b = b_before_three_lanes_of_c(36, "baggage", group).await;
+    let misroutes = mixed_lane_burst(&b, |_, lane| {
+        // Other members of the caller's baggage travel on beside the lane.
+        let mut headers = vec![("baggage", "user=alice".to_owned())];
+        headers.extend(tag(lane));
+        headers
+    })
+    .await;
     assert!(misroutes.is_empty(), "misrouted: {misroutes:#?}");
     assert_eq!(
         b.count(PropagationRule::Baggage),

@@ -301,3 +301,47 @@ impl LocalMesh {
         report
     }
 }
+
+/// The frame of a local-cluster test: returns at once when the test is skipped
+/// ([`super::skip_requested`]), requires root, builds the lanemesh binaries, installs them with
+/// [`LocalMesh::install`], runs `body` on the mesh within `timeout`, and checks that dropping the
+/// mesh (which `body` owns) left nothing behind.
+pub async fn local_mesh_test<F, Fut>(test: &str, timeout: Duration, body: F)
+where
+    F: FnOnce(LocalMesh) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if super::skip_requested(test) {
+        return;
+    }
+    assert!(
+        super::is_root(),
+        "the local cluster tier needs root (network namespaces, iptables); run as root or set {}=1",
+        super::SKIP_ENV
+    );
+    let run = async {
+        let bins = tokio::task::spawn_blocking(|| {
+            crate::process::lanemesh_binaries(Duration::from_secs(15 * 60))
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|built| built.map_err(anyhow::Error::from));
+        let bins = match bins {
+            Ok(bins) => bins,
+            Err(e) => panic!("building the lanemesh binaries: {e:#}"),
+        };
+        let mesh = match LocalMesh::install(&bins.pilot, &bins.proxy).await {
+            Ok(mesh) => mesh,
+            Err(e) => panic!("installing lanemesh on the local cluster: {e:#}"),
+        };
+        body(mesh).await;
+        assert_eq!(
+            super::leftovers(),
+            Vec::<String>::new(),
+            "teardown left things behind"
+        );
+    };
+    if tokio::time::timeout(timeout, run).await.is_err() {
+        panic!("{test} timed out after {timeout:?}");
+    }
+}

@@ -38,7 +38,7 @@ use tempfile::TempDir;
 
 pub use binaries::Binaries;
 pub use local::{Image, LocalCluster, is_root, leftovers};
-pub use mesh::LocalMesh;
+pub use mesh::{LocalMesh, local_mesh_test};
 pub use pki::ServingPki;
 use process::{Started, Supervisor};
 
