@@ -163,28 +163,8 @@ stop() { # PID : SIGTERM, then SIGKILL after 10 s; forgets the pid
     PIDS=("${rest[@]}")
 }
 
-tree() { # PID -> the pid and all its descendants
-    local child
-    echo "$1"
-    for child in $(pgrep -P "$1" || true); do tree "$child"; done
-}
-cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
-    local total=0 pid f=()
-    for pid in "$@"; do
-        read -ra f < <(sed 's/.*) //' "/proc/$pid/stat")
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-rss_kb() { # PIDS... -> VmRSS summed, in kB
-    local total=0 pid v
-    for pid in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
-        total=$((total + v))
-    done
-    echo "$total"
-}
-TICKS=$(getconf CLK_TCK)
+# shellcheck source=procstat.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procstat.sh"
 
 # ---------------------------------------------------------------- load client
 # N sequential keep-alive GET requests on one connection (reopened if the server closes it); a fresh random trace id
@@ -304,15 +284,15 @@ run() {
             die "$variant: warm-up failed ($(cat "$WORK/$variant.$ROUND.client.err"))"
         [ "${out##* }" = 0 ] || log "round $ROUND: $variant: ${out##* } errors in the warm-up"
     fi
-    mapfile -t procs < <(tree "$pid")
+    mapfile -t procs < <(proc_tree "$pid")
     t0=$(cpu_ticks "${procs[@]}")
     out=$(timeout 900 python3 "$WORK/client.py" "$B_PORT" /b "$REQUESTS" 2>>"$WORK/$variant.$ROUND.client.err") ||
         die "$variant: load client failed ($(cat "$WORK/$variant.$ROUND.client.err"))"
     t1=$(cpu_ticks "${procs[@]}")
     read -r p50 p99 rps errors <<<"$out"
     [ "$errors" = 0 ] || log "round $ROUND: $variant: $errors errors, e.g. $(cat "$WORK/$variant.$ROUND.client.err")"
-    mapfile -t procs < <(tree "$pid")
-    rss=$(rss_kb "${procs[@]}")
+    mapfile -t procs < <(proc_tree "$pid")
+    rss=$(status_kb VmRSS "${procs[@]}")
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$variant" "$ROUND" "$STARTUP_MS" "$p50" "$p99" "$rps" \
         "$(awk -v t="$((t1 - t0))" -v k="$TICKS" -v n="$REQUESTS" 'BEGIN { printf "%.1f", t * 1000 / k / n * 1000 }')" \
         "$rss" "$errors" >>"$RESULTS"

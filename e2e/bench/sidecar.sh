@@ -187,28 +187,8 @@ wait_port "$NS_S" "$S_IP" "$UP_PORT"
 
 # ---------------------------------------------------------------- measurement helpers
 # Proxy processes of the setup under test: nginx = master + workers; others = one process.
-proc_tree() { # PID -> pid and its direct children
-    echo "$1"
-    pgrep -P "$1" || true
-}
-cpu_ticks() { # PIDS... -> utime+stime summed, in clock ticks
-    local total=0 pid f=()
-    for pid in "$@"; do
-        # Fields after the ")" of comm: utime and stime are overall fields 14 and 15.
-        read -ra f < <(sed 's/.*) //' "/proc/$pid/stat")
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-hwm_kb() { # PIDS... -> VmHWM summed, in kB
-    local total=0 pid v
-    for pid in "$@"; do
-        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
-        total=$((total + v))
-    done
-    echo "$total"
-}
-TICKS=$(getconf CLK_TCK)
+# shellcheck source=procstat.sh
+source "$(dirname "${BASH_SOURCE[0]}")/procstat.sh"
 
 oha_run() { # OUT-JSON URL ARGS...
     local out=$1 url=$2
@@ -237,8 +217,8 @@ measure() {
     t1=$([ ${#procs[@]} -gt 0 ] && cpu_ticks "${procs[@]}" || echo 0)
     local rss_c=- rss_s=-
     if [ -n "$cpid" ]; then
-        rss_c=$(hwm_kb $(proc_tree "$cpid"))
-        rss_s=$(hwm_kb $(proc_tree "$spid"))
+        rss_c=$(status_kb VmHWM $(proc_tree "$cpid"))
+        rss_s=$(status_kb VmHWM $(proc_tree "$spid"))
     fi
     log "$name: saturation, $CONNECTIONS connections for $DURATION"
     local perf_pid=
