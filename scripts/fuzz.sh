@@ -29,7 +29,7 @@ if [ "${1:-}" = smoke ]; then
 fi
 seconds="${FUZZ_SECONDS:-$default_seconds}"
 jobs="${FUZZ_JOBS:-1}"
-all_targets=(h1-request h1-response h1-chunked detect discovery manifest path-normalize exposition)
+all_targets=(h1-request h1-response h1-chunked detect discovery manifest path-normalize exposition baggage)
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all_targets[@]}")
 for t in "${targets[@]}"; do

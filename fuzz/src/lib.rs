@@ -1,6 +1,6 @@
 //! Coverage-guided fuzz targets for every parser that reads hostile input: HTTP/1 heads and
 //! chunked bodies from clients and upstreams, protocol detection, the discovery resources a
-//! control plane streams and the YAML users apply.
+//! control plane streams, the YAML users apply, metrics text and the lane in `baggage`.
 //!
 //! Each target is a function `fn(&[u8])` in [`targets`] that feeds the bytes to the real code
 //! and panics when an invariant breaks (a panic is what the fuzzer reports as a crash). The
@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("manifest", targets::manifest::run),
     ("path-normalize", targets::path_normalize::run),
     ("exposition", targets::exposition::run),
+    ("baggage", targets::baggage::run),
 ];
 
 /// The `main` of a fuzz target binary: afl's persistent loop under `cargo afl build`, a replay

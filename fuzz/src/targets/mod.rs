@@ -1,5 +1,6 @@
 //! One module per fuzz target; each `run` takes the fuzzer's bytes.
 
+pub mod baggage;
 pub mod detect;
 pub mod discovery;
 pub mod exposition;

@@ -1,0 +1,3 @@
+//! Fuzz target: see [`lanemesh_fuzz::targets::baggage`].
+
+lanemesh_fuzz::fuzz_main!(lanemesh_fuzz::targets::baggage::run);
