@@ -56,10 +56,20 @@ spec:
         args:
         - -c
         - |
-          import socket, urllib.request
+          import socket, time, urllib.error, urllib.request
           ip = socket.gethostbyname("web.web")
           assert ip.startswith("10.96."), ip
-          body = urllib.request.urlopen("http://web.web/", timeout=10).read()
+          # kube-proxy programs the Service's endpoints a moment after the EndpointSlice has
+          # them (until then it rejects): a client retries a refused connection, for 30 s.
+          deadline = time.monotonic() + 30
+          while True:
+              try:
+                  body = urllib.request.urlopen("http://web.web/", timeout=10).read()
+                  break
+              except urllib.error.URLError as e:
+                  if not isinstance(e.reason, ConnectionRefusedError) or time.monotonic() > deadline:
+                      raise
+                  time.sleep(0.5)
           assert b"Directory listing" in body, body[:200]
           print("ok", ip)
 "#;
