@@ -28,13 +28,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, PodSpec, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, PodSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 pub use super::annotations::Language;
 use super::annotations::{AnnotationError, INJECT_CONTEXT};
-use super::{InjectConfig, dropped_capabilities, resources, value_env};
+use super::{InjectConfig, locked_down, resources, value_env};
 
 /// The name of the init container and of the volume it fills.
 pub const CONTAINER: &str = "lanemesh-context";
@@ -141,13 +141,7 @@ pub fn inject(
             image_pull_policy: Some(config.image_pull_policy.clone()),
             args: Some(vec![CONTEXT_DIR.to_owned()]),
             // The pod's own user (no runAsUser here): the copied files then belong to it.
-            security_context: Some(SecurityContext {
-                privileged: Some(false),
-                allow_privilege_escalation: Some(false),
-                read_only_root_filesystem: Some(true),
-                capabilities: Some(dropped_capabilities(&[])),
-                ..Default::default()
-            }),
+            security_context: Some(locked_down()),
             resources: Some(resources(
                 [("cpu", "10m"), ("memory", "32Mi")],
                 [("cpu", "500m"), ("memory", "128Mi")],

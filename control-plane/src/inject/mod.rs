@@ -296,6 +296,18 @@ pub fn inject(
     Ok(Injection::Injected(Box::new(out)))
 }
 
+/// Not privileged, no privilege escalation, read-only root, no capabilities: what the proxy
+/// and the context copy run with (the user is each one's own choice).
+fn locked_down() -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(dropped_capabilities(&[])),
+        ..Default::default()
+    }
+}
+
 fn dropped_capabilities(add: &[&str]) -> Capabilities {
     Capabilities {
         add: (!add.is_empty()).then(|| add.iter().map(|c| (*c).to_owned()).collect()),
@@ -471,11 +483,7 @@ fn proxy_container(config: &InjectConfig, o: &PodOverrides, app: Option<&str>) -
             run_as_user: Some(PROXY_UID),
             run_as_group: Some(PROXY_UID),
             run_as_non_root: Some(true),
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(dropped_capabilities(&[])),
-            ..Default::default()
+            ..locked_down()
         }),
         resources: Some(resources(
             [("cpu", cpu.as_str()), ("memory", memory.as_str())],
